@@ -1,0 +1,46 @@
+//! Test kit for Strata backends: the contract suites that every [`EventStore`] and every
+//! [`ViewManager`] must pass, and helpers for fresh, self-cleaning test resources.
+//!
+//! A backend proves itself by implementing a factory and calling the suite from its own
+//! integration tests:
+//!
+//! ```text
+//! strata_testkit::event_store_contract(MyFactory::new()).await;
+//! strata_testkit::view_manager_contract(MyViewFactory::new()).await;
+//! ```
+
+mod event_store;
+mod view_manager;
+
+use std::future::Future;
+
+use strata::{EventStore, ViewManager};
+
+pub use event_store::{event_store_contract, sample_event};
+pub use view_manager::view_manager_contract;
+
+/// Opens one backend's event store, always at the same location, so that a second `open`
+/// after the first store was dropped shows what survived.
+pub trait EventStoreFactory: Send + Sync {
+    /// The store under test.
+    type Store: EventStore;
+
+    /// Opens the store at this factory's location.
+    fn open(&self) -> impl Future<Output = Self::Store> + Send;
+
+    /// Whether events survive dropping the store and opening it again. The in-memory store
+    /// declares `false`; every persistent backend must declare `true`.
+    fn durable(&self) -> bool;
+}
+
+/// Opens one backend's view manager, always at the same location.
+pub trait ViewManagerFactory: Send + Sync {
+    /// The manager under test.
+    type Manager: ViewManager;
+
+    /// Opens the manager at this factory's location.
+    fn open(&self) -> impl Future<Output = Self::Manager> + Send;
+
+    /// Whether views and checkpoints survive dropping the manager and opening it again.
+    fn durable(&self) -> bool;
+}

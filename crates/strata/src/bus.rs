@@ -1,0 +1,285 @@
+//! The command bus: routes a command to its aggregate, serializes commands for one aggregate
+//! in-process, keeps recently used aggregates in memory, and retries a bounded number of times
+//! when another writer got there first.
+//!
+//! The cache is safe without any invalidation protocol because every append states the
+//! version it decided against: a stale cached aggregate (another process appended) makes the
+//! append fail with a conflict, which evicts the entry, reloads it and decides again.
+
+use std::any::Any;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Mutex as AsyncMutex;
+
+use crate::aggregate::{Aggregate, Decision};
+use crate::event::{DecodeError, DomainEvent, EventMetadata};
+use crate::store::{EventStore, StoreError};
+use crate::stream::{ExpectedVersion, Position, StreamId, Version};
+
+/// Tuning of the [`CommandBus`].
+#[derive(Debug, Clone)]
+pub struct BusConfig {
+    /// How many times a command is decided again after a version conflict.
+    pub max_conflict_retries: u32,
+    /// How many aggregates are kept in memory at most.
+    pub cache_capacity: usize,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self { max_conflict_retries: 5, cache_capacity: 10_000 }
+    }
+}
+
+/// Who sends a command and under which conditions.
+#[derive(Debug, Clone)]
+pub struct CommandContext {
+    /// Stored on every event the command causes.
+    pub correlation_id: String,
+    /// The id of this command; stored as the causation id of its events.
+    pub command_id: String,
+    /// The user on whose behalf the command runs.
+    pub user: Option<String>,
+    /// When set, the command applies only if the aggregate is at this version (`If-Match`).
+    pub expected_version: Option<Version>,
+}
+
+impl CommandContext {
+    /// A context with a fresh command id under `correlation_id`.
+    pub fn new(correlation_id: impl Into<String>) -> Self {
+        Self {
+            correlation_id: correlation_id.into(),
+            command_id: uuid::Uuid::now_v7().to_string(),
+            user: None,
+            expected_version: None,
+        }
+    }
+}
+
+/// What a handled command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandOutcome {
+    /// The aggregate's stream.
+    pub stream: StreamId,
+    /// The aggregate's version after the command.
+    pub version: Version,
+    /// The position of the command's last event; `None` when it emitted nothing.
+    pub position: Option<Position>,
+}
+
+/// Why a command did not take effect. Nothing was appended in any case.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError<E: std::error::Error + 'static> {
+    /// The aggregate refused the command.
+    #[error(transparent)]
+    Rejected(E),
+    /// The aggregate was not at the expected version: either the caller's `If-Match` was
+    /// stale, or other writers kept winning after every retry.
+    #[error("aggregate {stream} is at version {actual}, not {expected}")]
+    Conflict {
+        /// The aggregate's stream.
+        stream: StreamId,
+        /// The version the command expected.
+        expected: ExpectedVersion,
+        /// The version found.
+        actual: Version,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(StoreError),
+    /// A stored event of the aggregate could not be decoded.
+    #[error("cannot load aggregate: {0}")]
+    Decode(#[from] DecodeError),
+    /// An emitted event could not be encoded.
+    #[error("cannot encode event: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// An aggregate as loaded: its state and the stream version it reflects.
+#[derive(Debug, Clone)]
+pub struct Loaded<A> {
+    /// The state.
+    pub state: A,
+    /// The stream version the state reflects; `Version::NONE` for a stream with no events.
+    pub version: Version,
+}
+
+type Slot = Arc<AsyncMutex<Option<Box<dyn Any + Send>>>>;
+
+/// Routes commands to aggregates over an [`EventStore`].
+pub struct CommandBus<S> {
+    store: Arc<S>,
+    config: BusConfig,
+    cache: AggregateCache,
+}
+
+impl<S: EventStore> CommandBus<S> {
+    /// A bus over `store`.
+    pub fn new(store: Arc<S>, config: BusConfig) -> Self {
+        let cache = AggregateCache::new(config.cache_capacity);
+        Self { store, config, cache }
+    }
+
+    /// The store this bus appends to.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// Handles `command` on aggregate `id` of type `A`: loads it (from the cache when
+    /// possible), decides, appends what it emitted with the version it decided against, and
+    /// retries after a conflict up to [`BusConfig::max_conflict_retries`] times.
+    pub async fn execute<A: Aggregate>(
+        &self,
+        id: &str,
+        command: A::Command,
+        context: &CommandContext,
+    ) -> Result<CommandOutcome, CommandError<A::Error>> {
+        let stream = StreamId::new(A::TYPE, id);
+        let slot = self.cache.slot(&stream);
+        let mut cached = slot.lock().await;
+        let mut conflicts = 0;
+        loop {
+            let (loaded, from_cache) = match take_cached::<A>(&mut cached) {
+                Some(loaded) => (loaded, true),
+                None => (load::<A, S>(&self.store, &stream).await?, false),
+            };
+            if let Some(expected) = context.expected_version {
+                if loaded.version != expected {
+                    if from_cache {
+                        // The cache may lag another process; only the store may refuse.
+                        continue;
+                    }
+                    let actual = loaded.version;
+                    *cached = Some(Box::new(loaded));
+                    return Err(CommandError::Conflict {
+                        stream,
+                        expected: ExpectedVersion::Exact(expected),
+                        actual,
+                    });
+                }
+            }
+            let mut decision = Decision::new(&loaded.state);
+            let decided = A::handle(&mut decision, command.clone());
+            let (next_state, events) = decision.into_parts();
+            if let Err(rejection) = decided {
+                *cached = Some(Box::new(loaded));
+                return Err(CommandError::Rejected(rejection));
+            }
+            let Some(next_state) = next_state else {
+                let version = loaded.version;
+                *cached = Some(Box::new(loaded));
+                return Ok(CommandOutcome { stream, version, position: None });
+            };
+            let new_events = events
+                .iter()
+                .map(|event| {
+                    let mut metadata = EventMetadata::new(
+                        context.correlation_id.clone(),
+                        Some(context.command_id.clone()),
+                    );
+                    metadata.user = context.user.clone();
+                    event.to_new_event(metadata)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let expected = ExpectedVersion::of(loaded.version);
+            match self.store.append(&stream, expected, new_events).await {
+                Ok(appended) => {
+                    let loaded = Loaded { state: next_state, version: appended.version };
+                    *cached = Some(Box::new(loaded));
+                    return Ok(CommandOutcome {
+                        stream,
+                        version: appended.version,
+                        position: Some(appended.last_position),
+                    });
+                }
+                Err(StoreError::Conflict { stream, expected, actual }) => {
+                    // Leave the slot empty: the next attempt reloads from the store.
+                    conflicts += 1;
+                    if conflicts > self.config.max_conflict_retries {
+                        return Err(CommandError::Conflict { stream, expected, actual });
+                    }
+                    tracing::debug!(%stream, conflicts, "version conflict, deciding again");
+                }
+                Err(other) => return Err(CommandError::Store(other)),
+            }
+        }
+    }
+
+    /// The current state of aggregate `id` of type `A`, for commands that must consult
+    /// another aggregate (an order line reads its product's price).
+    pub async fn load<A: Aggregate>(&self, id: &str) -> Result<Loaded<A>, CommandError<A::Error>> {
+        let stream = StreamId::new(A::TYPE, id);
+        let slot = self.cache.slot(&stream);
+        let mut cached = slot.lock().await;
+        let loaded = match take_cached::<A>(&mut cached) {
+            Some(loaded) => loaded,
+            None => load::<A, S>(&self.store, &stream).await?,
+        };
+        *cached = Some(Box::new(loaded.clone()));
+        Ok(loaded)
+    }
+}
+
+fn take_cached<A: Aggregate>(slot: &mut Option<Box<dyn Any + Send>>) -> Option<Loaded<A>> {
+    let boxed = slot.take()?;
+    boxed.downcast::<Loaded<A>>().ok().map(|loaded| *loaded)
+}
+
+async fn load<A: Aggregate, S: EventStore>(
+    store: &S,
+    stream: &StreamId,
+) -> Result<Loaded<A>, CommandError<A::Error>> {
+    let records = store.read_stream(stream, Version::NONE).await.map_err(CommandError::Store)?;
+    let mut loaded = Loaded { state: A::default(), version: Version::NONE };
+    for record in &records {
+        let event = A::Event::decode(record)?;
+        loaded.state.apply(&event);
+        loaded.version = record.version;
+    }
+    Ok(loaded)
+}
+
+/// A bounded map from stream to a locked slot holding its loaded aggregate.
+///
+/// Holding a slot's lock serializes commands for that aggregate. When the map is over
+/// capacity the oldest entries not in use are dropped (first in, first out, skipping locked
+/// ones), which is cheap and good enough until measurements ask for recency.
+struct AggregateCache {
+    capacity: usize,
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    slots: HashMap<StreamId, Slot>,
+    order: VecDeque<StreamId>,
+}
+
+impl AggregateCache {
+    fn new(capacity: usize) -> Self {
+        Self { capacity: capacity.max(1), inner: Mutex::new(CacheInner::default()) }
+    }
+
+    fn slot(&self, stream: &StreamId) -> Slot {
+        let mut inner = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(slot) = inner.slots.get(stream) {
+            return slot.clone();
+        }
+        let slot = Slot::default();
+        inner.slots.insert(stream.clone(), slot.clone());
+        inner.order.push_back(stream.clone());
+        let mut skipped = 0;
+        while inner.slots.len() > self.capacity && skipped < inner.order.len() {
+            let Some(oldest) = inner.order.pop_front() else { break };
+            let in_use = inner.slots.get(&oldest).is_some_and(|slot| Arc::strong_count(slot) > 1);
+            if in_use {
+                inner.order.push_back(oldest);
+                skipped += 1;
+            } else {
+                inner.slots.remove(&oldest);
+            }
+        }
+        slot
+    }
+}

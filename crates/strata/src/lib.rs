@@ -1,0 +1,26 @@
+//! Strata's core: the domain traits (aggregates, events, views), the event envelope, the
+//! [`EventStore`] contract, the [`CommandBus`], the projection runner and the in-memory store.
+//!
+//! The core knows no database. Backends (`strata-sqlite`, later `strata-postgres`) implement
+//! [`EventStore`] and [`ViewManager`] and prove it with the contract suites in `strata-testkit`.
+
+pub mod aggregate;
+pub mod bus;
+pub mod event;
+pub mod idempotency;
+pub mod memory;
+pub mod projection;
+pub mod store;
+pub mod stream;
+pub mod testing;
+pub mod view;
+
+pub use aggregate::{Aggregate, Decision};
+pub use bus::{BusConfig, CommandBus, CommandError, CommandOutcome};
+pub use event::{DecodeError, DomainEvent, Envelope, EventMetadata, NewEvent, RecordedEvent};
+pub use idempotency::{IdempotencyError, IdempotencyRecord, IdempotencyStore};
+pub use memory::{InMemoryEventStore, InMemoryIdempotencyStore, InMemoryViewManager};
+pub use projection::{Projection, ProjectionHandle, ProjectionRunner, ProjectionStatus};
+pub use store::{AppendOutcome, EventStore, StoreError};
+pub use stream::{ExpectedVersion, Position, StreamId, Version};
+pub use view::{StoredView, View, ViewError, ViewLocator, ViewManager};

@@ -1,0 +1,88 @@
+//! The [`EventStore`] contract: append with an expected version, read one stream, read the
+//! whole log after a position, and be told about new commits without polling.
+//!
+//! Every backend runs `strata_testkit::event_store_contract` to prove it keeps these promises:
+//! all events of one append commit together or none do; a stale expected version fails with
+//! [`StoreError::Conflict`] and writes nothing; positions strictly increase in commit order.
+
+use std::future::Future;
+
+use tokio::sync::watch;
+
+use crate::event::{NewEvent, RecordedEvent};
+use crate::stream::{ExpectedVersion, Position, StreamId, Version};
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// The stream's version after the append.
+    pub version: Version,
+    /// The global position of the first appended event.
+    pub first_position: Position,
+    /// The global position of the last appended event.
+    pub last_position: Position,
+}
+
+/// Why an event store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The stream was not at the expected version; nothing was written.
+    #[error("version conflict on stream {stream}: expected {expected}, found version {actual}")]
+    Conflict {
+        /// The stream appended to.
+        stream: StreamId,
+        /// What the append expected.
+        expected: ExpectedVersion,
+        /// The stream's version when the append was checked.
+        actual: Version,
+    },
+    /// The append held no events; stores refuse it so that every append moves the log.
+    #[error("append to stream {0} holds no events")]
+    EmptyAppend(StreamId),
+    /// An event id already exists in the store; nothing was written.
+    #[error("event id {0} is already stored")]
+    DuplicateEventId(uuid::Uuid),
+    /// A stored row could not be read back as an event.
+    #[error("stored event is corrupt: {0}")]
+    Corrupt(String),
+    /// The store has shut down and takes no more work.
+    #[error("the event store has shut down")]
+    Closed,
+    /// The backend failed (I/O, driver, database server).
+    #[error("event store backend failed: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// An append-only log of events, ordered per stream by version and overall by position.
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends `events` to `stream` if the stream is at `expected`, all or nothing.
+    fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> impl Future<Output = Result<AppendOutcome, StoreError>> + Send;
+
+    /// The events of `stream` with a version above `after`, oldest first.
+    fn read_stream(
+        &self,
+        stream: &StreamId,
+        after: Version,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+
+    /// Up to `limit` events with a position above `after`, in position order.
+    fn read_all(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+
+    /// The position of the last committed event readers can see.
+    fn head(&self) -> Position {
+        *self.subscribe().borrow()
+    }
+
+    /// A receiver that changes whenever new events commit; its value is the head position.
+    /// Followers wait on it instead of polling.
+    fn subscribe(&self) -> watch::Receiver<Position>;
+}

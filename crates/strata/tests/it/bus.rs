@@ -1,0 +1,140 @@
+//! The command bus: emit/apply, atomic commands, conflicts, If-Match and serialization.
+
+use std::sync::Arc;
+
+use strata::bus::CommandContext;
+use strata::testing::given;
+use strata::{
+    BusConfig, CommandBus, CommandError, EventStore, ExpectedVersion, InMemoryEventStore, StreamId,
+    Version,
+};
+use strata_testkit::sample_event;
+
+use crate::counter::{Counter, CounterCommand, CounterError, CounterEvent};
+
+fn bus() -> CommandBus<InMemoryEventStore> {
+    CommandBus::new(Arc::new(InMemoryEventStore::new()), BusConfig::default())
+}
+
+fn context() -> CommandContext {
+    CommandContext::new("test-correlation")
+}
+
+fn open(owner: &str) -> CounterCommand {
+    CounterCommand::Open { owner: owner.to_owned() }
+}
+
+#[test]
+fn emitted_events_are_applied_at_once_to_the_in_flight_state() {
+    given::<Counter>([CounterEvent::Opened { owner: "o".into() }])
+        .when(CounterCommand::Increment { amounts: vec![60, 30] })
+        .then([CounterEvent::Incremented { by: 60 }, CounterEvent::Incremented { by: 30 }]);
+    given::<Counter>([CounterEvent::Opened { owner: "o".into() }])
+        .when(CounterCommand::Increment { amounts: vec![60, 50] })
+        .then_error(CounterError::OverLimit);
+}
+
+#[tokio::test]
+async fn a_refused_command_appends_none_of_its_events() {
+    let bus = bus();
+    bus.execute::<Counter>("o.c", open("o"), &context()).await.unwrap();
+    let refused = bus
+        .execute::<Counter>("o.c", CounterCommand::Increment { amounts: vec![60, 50] }, &context())
+        .await;
+    assert!(matches!(refused, Err(CommandError::Rejected(CounterError::OverLimit))));
+    let stream = StreamId::new("counter", "o.c");
+    let stored = bus.store().read_stream(&stream, Version::NONE).await.unwrap();
+    assert_eq!(stored.len(), 1, "the first increment of the refused command is not stored");
+    // The cached state was not touched by the refused command either.
+    let ok = bus
+        .execute::<Counter>("o.c", CounterCommand::Increment { amounts: vec![100] }, &context())
+        .await
+        .unwrap();
+    assert_eq!(ok.version, Version(2));
+}
+
+#[tokio::test]
+async fn events_carry_the_command_metadata() {
+    let bus = bus();
+    let mut ctx = context();
+    ctx.user = Some("alice".into());
+    bus.execute::<Counter>("o.c", open("o"), &ctx).await.unwrap();
+    let stored =
+        bus.store().read_stream(&StreamId::new("counter", "o.c"), Version::NONE).await.unwrap();
+    let metadata = &stored[0].metadata;
+    assert_eq!(metadata.correlation_id, "test-correlation");
+    assert_eq!(metadata.causation_id.as_deref(), Some(ctx.command_id.as_str()));
+    assert_eq!(metadata.user.as_deref(), Some("alice"));
+    assert_eq!(metadata.event_id.get_version_num(), 7, "event ids are UUID v7");
+}
+
+#[tokio::test]
+async fn a_writer_outside_the_bus_is_caught_by_the_version_check_and_retried() {
+    let bus = bus();
+    bus.execute::<Counter>("o.c", open("o"), &context()).await.unwrap();
+    // Another process appends behind the bus's back: its cached counter is now stale.
+    let stream = StreamId::new("counter", "o.c");
+    let foreign = CounterEvent::Incremented { by: 90 };
+    let new_event = strata::DomainEvent::to_new_event(&foreign, sample_event(0).metadata).unwrap();
+    bus.store().append(&stream, ExpectedVersion::Exact(Version(1)), vec![new_event]).await.unwrap();
+
+    let refused = bus
+        .execute::<Counter>("o.c", CounterCommand::Increment { amounts: vec![20] }, &context())
+        .await;
+    assert!(
+        matches!(refused, Err(CommandError::Rejected(CounterError::OverLimit))),
+        "after the conflict the command decides against the fresh state (90 + 20 > 100)"
+    );
+    let ok = bus
+        .execute::<Counter>("o.c", CounterCommand::Increment { amounts: vec![10] }, &context())
+        .await
+        .unwrap();
+    assert_eq!(ok.version, Version(3));
+}
+
+#[tokio::test]
+async fn if_match_makes_a_command_conditional() {
+    let bus = bus();
+    bus.execute::<Counter>("o.c", open("o"), &context()).await.unwrap();
+    let mut stale = context();
+    stale.expected_version = Some(Version(0));
+    match bus
+        .execute::<Counter>("o.c", CounterCommand::Increment { amounts: vec![1] }, &stale)
+        .await
+    {
+        Err(CommandError::Conflict { actual, .. }) => assert_eq!(actual, Version(1)),
+        other => panic!("a stale If-Match must conflict, got {other:?}"),
+    }
+    let mut current = context();
+    current.expected_version = Some(Version(1));
+    let ok = bus
+        .execute::<Counter>("o.c", CounterCommand::Increment { amounts: vec![1] }, &current)
+        .await
+        .unwrap();
+    assert_eq!(ok.version, Version(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_commands_on_one_aggregate_lose_nothing() {
+    let bus = Arc::new(CommandBus::new(
+        Arc::new(InMemoryEventStore::new()),
+        BusConfig { max_conflict_retries: 0, cache_capacity: 2 },
+    ));
+    bus.execute::<Counter>("o.hot", open("o"), &context()).await.unwrap();
+    let mut tasks = Vec::new();
+    for n in 0..50 {
+        let bus = bus.clone();
+        tasks.push(tokio::spawn(async move {
+            // Touch other aggregates too, so the tiny cache evicts while commands run.
+            bus.execute::<Counter>(&format!("o.other{n}"), open("o"), &context()).await.unwrap();
+            let one = CounterCommand::Increment { amounts: vec![1] };
+            bus.execute::<Counter>("o.hot", one, &context()).await.unwrap()
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let counter = bus.load::<Counter>("o.hot").await.unwrap();
+    assert_eq!(counter.state.value, 50, "with no retries allowed, serialization alone wins");
+    assert_eq!(counter.version, Version(51));
+}
