@@ -7,6 +7,24 @@ use std::ops::Deref;
 
 use crate::event::DomainEvent;
 
+/// What kind of refusal an aggregate's error is, so that front ends (HTTP, CLI) can answer
+/// consistently without knowing each domain's errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectionKind {
+    /// The aggregate the command addresses does not exist.
+    NotFound,
+    /// The command conflicts with the current state (already exists, wrong state).
+    Conflict,
+    /// The command breaks a business rule (a quantity of zero, an empty name).
+    BrokenRule,
+}
+
+/// An aggregate error that says which [`RejectionKind`] it is.
+pub trait Rejection: std::error::Error {
+    /// The kind of refusal.
+    fn kind(&self) -> RejectionKind;
+}
+
 /// A consistency boundary: its state is the fold of its events.
 pub trait Aggregate: Default + Clone + Send + Sync + 'static {
     /// The aggregate type's stored name, e.g. `order`.

@@ -15,8 +15,8 @@ pub mod stream;
 pub mod testing;
 pub mod view;
 
-pub use aggregate::{Aggregate, Decision};
-pub use bus::{BusConfig, CommandBus, CommandError, CommandOutcome};
+pub use aggregate::{Aggregate, Decision, Rejection, RejectionKind};
+pub use bus::{BusConfig, CommandBus, CommandContext, CommandError, CommandOutcome, Loaded};
 pub use event::{DecodeError, DomainEvent, Envelope, EventMetadata, NewEvent, RecordedEvent};
 pub use idempotency::{IdempotencyError, IdempotencyRecord, IdempotencyStore};
 pub use memory::{InMemoryEventStore, InMemoryIdempotencyStore, InMemoryViewManager};

@@ -1,0 +1,61 @@
+//! Correlation ids: taken from `X-Correlation-Id` (at most 128 visible ASCII characters) or
+//! generated, handed to handlers as [`CorrelationId`], and echoed on every answer, errors
+//! included, so a client can find the events and log lines its request caused.
+
+use axum::extract::{FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::problem::Problem;
+
+/// The header carrying the correlation id.
+pub static CORRELATION_HEADER: HeaderName = HeaderName::from_static("x-correlation-id");
+
+const MAX_LEN: usize = 128;
+
+/// The request's correlation id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorrelationId(pub String);
+
+/// Middleware: validates or generates the correlation id and echoes it on the answer.
+pub async fn correlation_id(mut request: Request, next: Next) -> Response {
+    let id = match request.headers().get(&CORRELATION_HEADER) {
+        None => uuid::Uuid::now_v7().to_string(),
+        Some(value) => match value.to_str() {
+            Ok(text)
+                if !text.is_empty()
+                    && text.len() <= MAX_LEN
+                    && text.bytes().all(|b| b.is_ascii_graphic()) =>
+            {
+                text.to_owned()
+            }
+            _ => {
+                return Problem::bad_request(format!(
+                    "X-Correlation-Id must be 1 to {MAX_LEN} visible ASCII characters"
+                ))
+                .into_response();
+            }
+        },
+    };
+    request.extensions_mut().insert(CorrelationId(id.clone()));
+    let mut response = next.run(request).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(CORRELATION_HEADER.clone(), value);
+    }
+    response
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for CorrelationId {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Problem> {
+        // Without the middleware (a router assembled without it) still give events an id.
+        Ok(parts
+            .extensions
+            .get::<CorrelationId>()
+            .cloned()
+            .unwrap_or_else(|| CorrelationId(uuid::Uuid::now_v7().to_string())))
+    }
+}

@@ -1,0 +1,23 @@
+//! axum glue for Strata services: every failure as `application/problem+json`, JSON bodies
+//! whose errors name the field, correlation ids, `If-Match`, `Idempotency-Key`, and
+//! read-your-writes waits on views.
+//!
+//! This crate alone knows HTTP status codes: domain and store errors reach it as typed values
+//! and become responses in exactly one place, [`Problem`]'s conversions.
+
+pub mod conditional;
+pub mod correlation;
+pub mod idempotency;
+pub mod json;
+pub mod problem;
+pub mod wait;
+
+pub use conditional::IfMatch;
+pub use correlation::{CORRELATION_HEADER, CorrelationId, correlation_id};
+pub use idempotency::{IDEMPOTENCY_HEADER, IdempotencyLayerState, idempotency};
+pub use json::JsonBody;
+pub use problem::Problem;
+pub use wait::{VIEW_POSITION_HEADER, ViewWait};
+
+/// The largest request body accepted, in bytes; larger ones get 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;

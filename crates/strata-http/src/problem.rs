@@ -1,0 +1,176 @@
+//! RFC 9457 problem details: the one shape every error answer takes.
+//!
+//! Each constructor documents the status it becomes. Internal failures are logged in full
+//! and answered with a generic detail, so no internal detail reaches a client.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use strata::{CommandError, Rejection, RejectionKind, ViewError};
+
+/// A problem+json answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    /// A URI naming the kind of problem, stable for scripts to match on.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// A short, fixed summary of the kind.
+    pub title: &'static str,
+    /// The HTTP status.
+    pub status: u16,
+    /// What was wrong, with which field or value.
+    pub detail: String,
+    #[serde(skip)]
+    retry_after_seconds: Option<u32>,
+}
+
+impl Problem {
+    fn new(status: StatusCode, kind: &'static str, title: &'static str, detail: String) -> Self {
+        Self { kind, title, status: status.as_u16(), detail, retry_after_seconds: None }
+    }
+
+    /// 400: the request is malformed (bad JSON, missing or mistyped field, invalid id).
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "urn:strata:problem:bad-request",
+            "Malformed request",
+            detail.into(),
+        )
+    }
+
+    /// 404: the addressed aggregate or view does not exist.
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "urn:strata:problem:not-found", "Not found", detail.into())
+    }
+
+    /// 405: the route exists but not with this method.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "urn:strata:problem:method-not-allowed",
+            "Method not allowed",
+            "this route does not take that method".into(),
+        )
+    }
+
+    /// 409: the request conflicts with the current state.
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "urn:strata:problem:conflict",
+            "Conflict with current state",
+            detail.into(),
+        )
+    }
+
+    /// 413: the body is larger than [`crate::MAX_BODY_BYTES`].
+    pub fn payload_too_large(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "urn:strata:problem:payload-too-large",
+            "Request body too large",
+            detail.into(),
+        )
+    }
+
+    /// 415: the body is not JSON.
+    pub fn unsupported_media_type(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "urn:strata:problem:unsupported-media-type",
+            "Body must be JSON",
+            detail.into(),
+        )
+    }
+
+    /// 422: the request is well formed but breaks a rule.
+    pub fn unprocessable(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "urn:strata:problem:rule-broken",
+            "Request breaks a rule",
+            detail.into(),
+        )
+    }
+
+    /// 503 with `Retry-After`: the view has not reached the asked position in time.
+    pub fn view_not_ready(detail: impl Into<String>, retry_after_seconds: u32) -> Self {
+        let mut problem = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "urn:strata:problem:view-not-ready",
+            "View not ready",
+            detail.into(),
+        );
+        problem.retry_after_seconds = Some(retry_after_seconds);
+        problem
+    }
+
+    /// 503: a dependency (the store) is unreachable. The cause is logged, not sent.
+    pub fn unavailable(cause: &dyn std::error::Error) -> Self {
+        tracing::error!(error = %cause, "store unavailable");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "urn:strata:problem:unavailable",
+            "Service unavailable",
+            "the store is not reachable; try again later".into(),
+        )
+    }
+
+    /// 500: a bug or an unexpected failure. The cause is logged, not sent.
+    pub fn internal(cause: &dyn std::error::Error) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "urn:strata:problem:internal",
+            "Internal error",
+            "the request failed on the server; it has been logged".into(),
+        )
+    }
+
+    /// The status as a [`StatusCode`].
+    pub fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = self.status_code();
+        let retry_after = self.retry_after_seconds;
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if let Some(seconds) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+/// A refused command: 404, 409 or 422 by the refusal's kind; a lost version race (stale
+/// `If-Match`, or too many concurrent writers) is 409; store failures are 503, the rest 500.
+impl<E: Rejection + 'static> From<CommandError<E>> for Problem {
+    fn from(error: CommandError<E>) -> Self {
+        match error {
+            CommandError::Rejected(rejection) => match rejection.kind() {
+                RejectionKind::NotFound => Problem::not_found(rejection.to_string()),
+                RejectionKind::Conflict => Problem::conflict(rejection.to_string()),
+                RejectionKind::BrokenRule => Problem::unprocessable(rejection.to_string()),
+            },
+            CommandError::Conflict { stream, expected, actual } => Problem::conflict(format!(
+                "{stream} is at version {actual}, but the request expected {expected}"
+            )),
+            CommandError::Store(error) => Problem::unavailable(&error),
+            other => Problem::internal(&other),
+        }
+    }
+}
+
+/// A view store failure: 503.
+impl From<ViewError> for Problem {
+    fn from(error: ViewError) -> Self {
+        Problem::unavailable(&error)
+    }
+}

@@ -1,0 +1,72 @@
+//! Read-your-writes: a view query may ask, with `?min_position=N`, to wait until its view has
+//! reached the position a command answered with; `wait_ms` bounds the wait (default 2000,
+//! at most 30000). Every view answer says where its view stands in `X-View-Position`.
+
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, Query};
+use axum::http::HeaderName;
+use axum::http::request::Parts;
+use serde::Deserialize;
+use strata::{Position, ProjectionHandle};
+
+use crate::problem::Problem;
+
+/// The header carrying the position a view answer reflects.
+pub static VIEW_POSITION_HEADER: HeaderName = HeaderName::from_static("x-view-position");
+
+const DEFAULT_WAIT_MS: u64 = 2_000;
+const MAX_WAIT_MS: u64 = 30_000;
+
+/// What a view query asked to wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViewWait {
+    /// The position the view must reach before answering.
+    pub min_position: Option<Position>,
+    /// How long to wait for it.
+    pub wait: Duration,
+}
+
+#[derive(Deserialize)]
+struct RawWait {
+    min_position: Option<u64>,
+    wait_ms: Option<u64>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ViewWait {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        let Query(raw) =
+            Query::<RawWait>::from_request_parts(parts, state).await.map_err(|_| {
+                Problem::bad_request("min_position and wait_ms must be non-negative integers")
+            })?;
+        let wait_ms = raw.wait_ms.unwrap_or(DEFAULT_WAIT_MS);
+        if wait_ms > MAX_WAIT_MS {
+            return Err(Problem::bad_request(format!(
+                "wait_ms must be at most {MAX_WAIT_MS}; got {wait_ms}"
+            )));
+        }
+        Ok(ViewWait {
+            min_position: raw.min_position.map(Position),
+            wait: Duration::from_millis(wait_ms),
+        })
+    }
+}
+
+impl ViewWait {
+    /// Waits until `projection` has reached the asked position; 503 with `Retry-After` when
+    /// it does not within the wait. Returns the position the view reflects.
+    pub async fn until_ready(&self, projection: &ProjectionHandle) -> Result<Position, Problem> {
+        let Some(target) = self.min_position else { return Ok(projection.position()) };
+        projection.wait_for(target, self.wait).await.map_err(|reached| {
+            Problem::view_not_ready(
+                format!(
+                    "view {} is at position {reached}, not yet at {target}; retry shortly",
+                    projection.name()
+                ),
+                1,
+            )
+        })
+    }
+}
