@@ -1,0 +1,247 @@
+//! [`SqliteEventStore`]: the event log in `events.sqlite`.
+//!
+//! Appends are sent to the writer thread (`writer.rs`), which commits them in groups;
+//! reads run on a small pool of read-only connections on tokio's blocking pool, so they
+//! never wait for a commit (WAL). This module holds the handle, the reads and the mapping
+//! between rows and events; it holds no write SQL.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+
+use chrono::DateTime;
+use rusqlite::{Row, params};
+use strata::{
+    AppendOutcome, EventMetadata, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent,
+    StoreError, StreamId, Version,
+};
+use tokio::sync::{oneshot, watch};
+use uuid::Uuid;
+
+use crate::error::{DbError, SqliteError, from_sql_integer};
+use crate::pool::ReadPool;
+use crate::schema;
+use crate::writer::{self, AppendRequest, EventRow};
+
+/// The columns [`decode`] reads, in its order; a macro so that queries can `concat!` it.
+macro_rules! columns {
+    () => {
+        "position, aggregate_type, aggregate_id, version, event_type, schema_version, payload, \
+         event_id, correlation_id, causation_id, user_id, recorded_at"
+    };
+}
+
+const READ_STREAM: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM events WHERE aggregate_type = ?1 AND aggregate_id = ?2 AND version > ?3 \
+     ORDER BY version"
+);
+const READ_ALL: &str =
+    concat!("SELECT ", columns!(), " FROM events WHERE position > ?1 ORDER BY position LIMIT ?2");
+
+/// An [`EventStore`] on SQLite: `events.sqlite` in the directory it is opened on.
+///
+/// Clones share one store. When the last clone is dropped the writer thread finishes the
+/// appends already sent and stops, and the drop waits for it (at most one group commit),
+/// so the directory can be opened again at once.
+#[derive(Clone)]
+pub struct SqliteEventStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    /// `None` only while dropping: closing the channel is what stops the writer.
+    requests: Option<mpsc::Sender<AppendRequest>>,
+    writer: Option<JoinHandle<()>>,
+    head: watch::Receiver<Position>,
+    readers: ReadPool,
+}
+
+impl SqliteEventStore {
+    /// Opens (or creates) the store in `dir/events.sqlite`, creating `dir` if missing,
+    /// migrating the schema and starting the writer thread.
+    ///
+    /// This blocks on file I/O; call it at startup, or from `spawn_blocking`.
+    pub fn open(dir: &Path) -> Result<Self, SqliteError> {
+        let (connection, path) = schema::open_writer(dir, &schema::EVENTS)?;
+        let head: i64 = connection
+            .query_row(writer::HEAD, [], |row| row.get(0))
+            .map_err(|source| SqliteError::Open { path: path.clone(), source })?;
+        let head = Position(u64::try_from(head).unwrap_or(0));
+        let (published, head_receiver) = watch::channel(head);
+        let (requests, received) = mpsc::channel();
+        let writer = writer::spawn(connection, head, published, received)
+            .map_err(SqliteError::WriterThread)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                readers: ReadPool::new(&path),
+                path,
+                requests: Some(requests),
+                writer: Some(writer),
+                head: head_receiver,
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+}
+
+impl std::fmt::Debug for SqliteEventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteEventStore").field("path", &self.inner.path).finish_non_exhaustive()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        drop(self.requests.take());
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            tracing::error!(path = %self.path.display(), "event store writer thread panicked");
+        }
+    }
+}
+
+impl EventStore for SqliteEventStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome, StoreError> {
+        // Checks that need no database run here, in the caller's task, so that the writer
+        // thread spends its time writing.
+        if events.is_empty() {
+            return Err(StoreError::EmptyAppend(stream.clone()));
+        }
+        let mut ids = HashSet::with_capacity(events.len());
+        for event in &events {
+            if !ids.insert(event.metadata.event_id) {
+                return Err(StoreError::DuplicateEventId(event.metadata.event_id));
+            }
+        }
+        let events = events.into_iter().map(encode).collect::<Result<Vec<_>, _>>()?;
+
+        let (answer, answered) = oneshot::channel();
+        let request = AppendRequest { stream: stream.clone(), expected, events, answer };
+        let requests = self.inner.requests.as_ref().ok_or(StoreError::Closed)?;
+        requests.send(request).map_err(|_| StoreError::Closed)?;
+        // The writer answers every request it takes; a dropped answer means it is gone.
+        answered.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        after: Version,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let stream = stream.clone();
+        // No stream reaches i64::MAX events, so a larger `after` simply finds none.
+        let after = i64::try_from(after.0).unwrap_or(i64::MAX);
+        self.inner
+            .readers
+            .run(move |connection| {
+                let mut statement = connection.prepare_cached(READ_STREAM)?;
+                let rows = statement.query(params![stream.aggregate_type, stream.id, after])?;
+                collect_events(rows)
+            })
+            .await
+            .map_err(DbError::into_store_error)
+    }
+
+    async fn read_all(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let after = i64::try_from(after.0).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.inner
+            .readers
+            .run(move |connection| {
+                let mut statement = connection.prepare_cached(READ_ALL)?;
+                let rows = statement.query(params![after, limit])?;
+                collect_events(rows)
+            })
+            .await
+            .map_err(DbError::into_store_error)
+    }
+
+    fn subscribe(&self) -> watch::Receiver<Position> {
+        self.inner.head.clone()
+    }
+}
+
+/// The error for a time outside what nanoseconds in an `i64` hold.
+#[derive(Debug, thiserror::Error)]
+#[error("recorded_at {0} is outside the years 1677 to 2262, which this store can hold")]
+struct UnstorableTime(DateTime<chrono::Utc>);
+
+/// Encodes an event for its row. Time is stored in nanoseconds so that the event read back
+/// equals the one appended; that limits it to the years 1677 to 2262.
+fn encode(event: NewEvent) -> Result<EventRow, StoreError> {
+    let NewEvent { event_type, schema_version, payload, metadata } = event;
+    let recorded_at = metadata
+        .recorded_at
+        .timestamp_nanos_opt()
+        .ok_or_else(|| StoreError::Backend(Box::new(UnstorableTime(metadata.recorded_at))))?;
+    Ok(EventRow {
+        event_id: metadata.event_id,
+        event_type,
+        schema_version,
+        payload,
+        correlation_id: metadata.correlation_id,
+        causation_id: metadata.causation_id,
+        user_id: metadata.user,
+        recorded_at,
+    })
+}
+
+fn collect_events(mut rows: rusqlite::Rows<'_>) -> Result<Vec<RecordedEvent>, DbError> {
+    let mut events = Vec::new();
+    while let Some(row) = rows.next()? {
+        events.push(decode(row)?);
+    }
+    Ok(events)
+}
+
+/// Reads one row selected with `columns!()` back into the event that was appended.
+fn decode(row: &Row<'_>) -> Result<RecordedEvent, DbError> {
+    let position: i64 = row.get(0)?;
+    let version: i64 = row.get(3)?;
+    let schema_version: i64 = row.get(5)?;
+    let event_id: Vec<u8> = row.get(7)?;
+    let event_id = Uuid::from_slice(&event_id).map_err(|_| {
+        DbError::Corrupt(format!(
+            "event at position {position} has an id of {} bytes, not 16",
+            event_id.len()
+        ))
+    })?;
+    let schema_version = u32::try_from(schema_version).map_err(|_| {
+        DbError::Corrupt(format!(
+            "event at position {position} has schema version {schema_version}"
+        ))
+    })?;
+    Ok(RecordedEvent {
+        stream: StreamId { aggregate_type: row.get(1)?, id: row.get(2)? },
+        version: Version(from_sql_integer(version, "version")?),
+        position: Position(from_sql_integer(position, "position")?),
+        event_type: row.get(4)?,
+        schema_version,
+        payload: row.get(6)?,
+        metadata: EventMetadata {
+            event_id,
+            correlation_id: row.get(8)?,
+            causation_id: row.get(9)?,
+            user: row.get(10)?,
+            recorded_at: DateTime::from_timestamp_nanos(row.get(11)?),
+        },
+    })
+}

@@ -1,0 +1,27 @@
+//! Strata's embedded backend: the event store, view manager and idempotency store on
+//! SQLite, the default storage of the orders service.
+//!
+//! A store directory holds two files. `events.sqlite` is the event log, written only by
+//! the [`SqliteEventStore`]'s writer thread, which commits concurrent appends in groups
+//! (one fsync per group). `views.sqlite` holds view instances, projection checkpoints
+//! ([`SqliteViewManager`]) and idempotency records ([`SqliteIdempotencyStore`]); it is a
+//! separate file so that projection commits and appends never wait for each other's lock.
+//! Both files use WAL with `synchronous=FULL`: what a caller was told is committed
+//! survives a power cut.
+//!
+//! This crate is for one process on one machine. Several nodes sharing a log is the
+//! PostgreSQL backend's job; nothing here coordinates between processes beyond SQLite's
+//! own file locks.
+
+mod error;
+mod event_store;
+mod idempotency;
+mod pool;
+mod schema;
+mod view_manager;
+mod writer;
+
+pub use error::SqliteError;
+pub use event_store::SqliteEventStore;
+pub use idempotency::SqliteIdempotencyStore;
+pub use view_manager::SqliteViewManager;

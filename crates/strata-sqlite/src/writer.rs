@@ -1,0 +1,253 @@
+//! The event store's write path: one thread that owns the only write connection to
+//! `events.sqlite` and commits appends in groups.
+//!
+//! Group commit: the thread blocks for the first pending request, then takes every request
+//! already waiting (never waiting for more), checks and writes each one inside its own
+//! savepoint of a single transaction, commits once (one fsync for the whole group) and
+//! answers each caller with its own result. A request that fails its checks is rolled back
+//! alone; the rest of the group commits. Because this thread is the only writer, positions
+//! are dense and in commit order (invariant 3), and the expected-version check is a plain
+//! read inside the transaction.
+//!
+//! It is a `std::thread` rather than a tokio task because every step blocks on SQLite and
+//! the disk; a task would hold a runtime worker for the whole commit.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use rusqlite::{Connection, Transaction, TransactionBehavior, params};
+use strata::{AppendOutcome, ExpectedVersion, Position, StoreError, StreamId, Version};
+use tokio::sync::{oneshot, watch};
+use uuid::Uuid;
+
+use crate::error::{from_sql_integer, to_sql_integer};
+
+/// The most requests one group commits. It bounds the time the first caller of a group
+/// waits behind the others and the size of one transaction; under heavier load the next
+/// group starts right away.
+const MAX_BATCH: usize = 1000;
+
+const CURRENT_VERSION: &str = "SELECT COALESCE(MAX(version), 0) FROM events \
+     WHERE aggregate_type = ?1 AND aggregate_id = ?2";
+const INSERT_EVENT: &str = "INSERT INTO events (position, aggregate_type, aggregate_id, version, \
+     event_type, schema_version, payload, event_id, correlation_id, causation_id, user_id, \
+     recorded_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
+const EVENT_ID_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM events WHERE event_id = ?1)";
+pub(crate) const HEAD: &str = "SELECT COALESCE(MAX(position), 0) FROM events";
+
+/// An event encoded for its row, prepared by the caller so that the writer only writes.
+pub(crate) struct EventRow {
+    pub(crate) event_id: Uuid,
+    pub(crate) event_type: String,
+    pub(crate) schema_version: u32,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) correlation_id: String,
+    pub(crate) causation_id: Option<String>,
+    pub(crate) user_id: Option<String>,
+    /// Unix time in nanoseconds.
+    pub(crate) recorded_at: i64,
+}
+
+/// One caller's append and where to send its answer.
+pub(crate) struct AppendRequest {
+    pub(crate) stream: StreamId,
+    pub(crate) expected: ExpectedVersion,
+    /// Never empty: the caller refuses empty appends before sending.
+    pub(crate) events: Vec<EventRow>,
+    pub(crate) answer: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+}
+
+/// Starts the writer thread. It runs until every sender of `requests` is dropped, finishing
+/// the requests already sent.
+pub(crate) fn spawn(
+    connection: Connection,
+    head: Position,
+    published: watch::Sender<Position>,
+    requests: mpsc::Receiver<AppendRequest>,
+) -> std::io::Result<JoinHandle<()>> {
+    let writer = Writer { connection, head, published };
+    std::thread::Builder::new()
+        .name("strata-sqlite-writer".to_owned())
+        .spawn(move || writer.run(requests))
+}
+
+struct Writer {
+    /// The only connection that writes `events.sqlite`.
+    connection: Connection,
+    /// The position of the last committed event. Kept here rather than queried per group:
+    /// nothing else writes the file.
+    head: Position,
+    /// Where followers learn of new commits.
+    published: watch::Sender<Position>,
+}
+
+/// Why a whole group failed: the transaction did not commit, so none of it was written.
+#[derive(Debug, thiserror::Error)]
+#[error("the group commit holding this append failed, nothing of it was written: {0}")]
+struct GroupFailed(#[source] Arc<rusqlite::Error>);
+
+impl Writer {
+    fn run(mut self, requests: mpsc::Receiver<AppendRequest>) {
+        let mut group = Vec::with_capacity(MAX_BATCH);
+        while let Ok(first) = requests.recv() {
+            group.push(first);
+            // Take what is already waiting, without sleeping for more: a lone request
+            // commits at once, and under load the groups grow by themselves.
+            while group.len() < MAX_BATCH {
+                match requests.try_recv() {
+                    Ok(request) => group.push(request),
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(&mut group);
+        }
+        tracing::debug!("event store writer stopped: the store was dropped");
+    }
+
+    /// Writes and commits `group`, answers every request in it and empties it.
+    fn commit_group(&mut self, group: &mut Vec<AppendRequest>) {
+        // Group-commit metrics (group size, events written, commit and fsync time) belong
+        // here, around this call, when they are added.
+        match self.write_group(group) {
+            Ok((outcomes, head)) => {
+                if head != self.head {
+                    self.head = head;
+                    // After the commit, never before: a follower woken by this must find
+                    // the rows.
+                    self.published.send_replace(head);
+                }
+                for (request, outcome) in group.drain(..).zip(outcomes) {
+                    // A caller that stopped waiting has nobody to tell.
+                    let _ = request.answer.send(outcome);
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, requests = group.len(), "event store group commit failed");
+                let error = Arc::new(error);
+                for request in group.drain(..) {
+                    let failed = GroupFailed(Arc::clone(&error));
+                    let _ = request.answer.send(Err(StoreError::Backend(Box::new(failed))));
+                }
+                // The transaction rolled back, so the head is unchanged; but a failed
+                // commit is the one place where that is worth checking, not assuming.
+                match self.connection.query_row(HEAD, [], |row| row.get::<_, i64>(0)) {
+                    Ok(head) => match from_sql_integer(head, "position") {
+                        Ok(head) => self.head = Position(head),
+                        Err(error) => tracing::error!(%error, "cannot re-read the head"),
+                    },
+                    Err(error) => tracing::error!(%error, "cannot re-read the head"),
+                }
+            }
+        }
+    }
+
+    /// Writes every request of `group` in one transaction. The outer error means the
+    /// transaction failed and nothing was written; otherwise each request has its own
+    /// outcome, and the returned position is the new head.
+    fn write_group(
+        &mut self,
+        group: &[AppendRequest],
+    ) -> rusqlite::Result<(Vec<Result<AppendOutcome, StoreError>>, Position)> {
+        let mut head = self.head;
+        // IMMEDIATE takes the write lock up front, so the transaction cannot fail halfway
+        // with SQLITE_BUSY if another process has the file open.
+        let mut transaction =
+            self.connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut outcomes = Vec::with_capacity(group.len());
+        for request in group {
+            let outcome = append_one(&mut transaction, request, head)?;
+            if let Ok(appended) = &outcome {
+                head = appended.last_position;
+            }
+            outcomes.push(outcome);
+        }
+        transaction.commit()?;
+        Ok((outcomes, head))
+    }
+}
+
+/// Checks and writes one request after `head`. The outer error is a driver failure that
+/// fails the whole group; the inner one is this request's own refusal, which writes nothing
+/// and leaves the group going.
+fn append_one(
+    transaction: &mut Transaction<'_>,
+    request: &AppendRequest,
+    head: Position,
+) -> rusqlite::Result<Result<AppendOutcome, StoreError>> {
+    let stream = &request.stream;
+    // Read inside the transaction, this sees the earlier requests of the same group too.
+    let actual: i64 = transaction
+        .prepare_cached(CURRENT_VERSION)?
+        .query_row(params![stream.aggregate_type, stream.id], |row| row.get(0))?;
+    let actual = Version(
+        u64::try_from(actual).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, actual))?,
+    );
+    // Checked before drawing positions, so a losing append leaves no hole (DESIGN 4.2).
+    if !request.expected.matches(actual) {
+        return Ok(Err(StoreError::Conflict {
+            stream: stream.clone(),
+            expected: request.expected,
+            actual,
+        }));
+    }
+
+    // Duplicate event ids are found by the UNIQUE constraint rather than a lookup per
+    // event: the insert probes that index anyway. The savepoint undoes the events of this
+    // request already inserted when a later one turns out to be a duplicate.
+    let savepoint = transaction.savepoint()?;
+    let mut duplicate = None;
+    {
+        let mut insert = savepoint.prepare_cached(INSERT_EVENT)?;
+        for (offset, event) in (1..).zip(&request.events) {
+            let inserted = insert.execute(params![
+                to_sql_integer(head.0 + offset)?,
+                stream.aggregate_type,
+                stream.id,
+                to_sql_integer(actual.0 + offset)?,
+                event.event_type,
+                event.schema_version,
+                event.payload,
+                event.event_id.as_bytes().as_slice(),
+                event.correlation_id,
+                event.causation_id,
+                event.user_id,
+                event.recorded_at,
+            ]);
+            match inserted {
+                Ok(_) => {}
+                Err(error) if is_unique_violation(&error) => {
+                    // Only a stored (or repeated) event id is this request's fault; any
+                    // other unique violation means the file changed under the writer.
+                    let exists: bool = savepoint
+                        .prepare_cached(EVENT_ID_EXISTS)?
+                        .query_row([event.event_id.as_bytes().as_slice()], |row| row.get(0))?;
+                    if !exists {
+                        return Err(error);
+                    }
+                    duplicate = Some(event.event_id);
+                    break;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    if let Some(event_id) = duplicate {
+        // The default drop behaviour rolls back to the savepoint and releases it; `finish`
+        // does that and reports a failure, which fails the group.
+        savepoint.finish()?;
+        return Ok(Err(StoreError::DuplicateEventId(event_id)));
+    }
+    savepoint.commit()?;
+
+    let count = request.events.len() as u64;
+    Ok(Ok(AppendOutcome {
+        version: Version(actual.0 + count),
+        first_position: Position(head.0 + 1),
+        last_position: Position(head.0 + count),
+    }))
+}
+
+fn is_unique_violation(error: &rusqlite::Error) -> bool {
+    error.sqlite_extended_error_code() == Some(rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
+}

@@ -1,0 +1,96 @@
+//! Schema versions: a reopened file is not migrated again, and a file from a newer Strata
+//! is refused without being touched.
+
+use std::path::Path;
+
+use strata::{EventStore, IdempotencyRecord, IdempotencyStore, Position, Version};
+use strata_sqlite::{SqliteError, SqliteEventStore, SqliteIdempotencyStore, SqliteViewManager};
+use tempfile::TempDir;
+
+use crate::{NEW, event, stream};
+
+fn user_version(file: &Path) -> i64 {
+    let connection = rusqlite::Connection::open(file).expect("open the file directly");
+    connection.pragma_query_value(None, "user_version", |row| row.get(0)).expect("user_version")
+}
+
+#[tokio::test]
+async fn reopening_keeps_the_schema_and_the_data() {
+    let dir = TempDir::new().unwrap();
+    {
+        let store = SqliteEventStore::open(dir.path()).unwrap();
+        store.append(&stream("s"), NEW, vec![event(1)]).await.unwrap();
+    }
+    assert_eq!(user_version(&dir.path().join("events.sqlite")), 1);
+    // Running the first migration again would fail: its tables exist.
+    for _ in 0..2 {
+        let store = SqliteEventStore::open(dir.path()).unwrap();
+        assert_eq!(store.read_stream(&stream("s"), Version::NONE).await.unwrap().len(), 1);
+    }
+    assert_eq!(user_version(&dir.path().join("events.sqlite")), 1);
+}
+
+#[test]
+fn the_view_manager_and_idempotency_store_can_create_their_shared_file_at_once() {
+    for _ in 0..5 {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().to_owned();
+        let other = path.clone();
+        let idempotency = std::thread::spawn(move || SqliteIdempotencyStore::open(&other));
+        SqliteViewManager::open(&path).unwrap();
+        idempotency.join().unwrap().unwrap();
+        assert_eq!(user_version(&path.join("views.sqlite")), 1);
+    }
+}
+
+#[test]
+fn a_file_from_a_newer_strata_is_refused_and_left_alone() {
+    let dir = TempDir::new().unwrap();
+    for file in ["events.sqlite", "views.sqlite"] {
+        let connection = rusqlite::Connection::open(dir.path().join(file)).unwrap();
+        connection.pragma_update(None, "user_version", 2).unwrap();
+    }
+
+    let refusals = [
+        SqliteEventStore::open(dir.path()).err(),
+        SqliteViewManager::open(dir.path()).err(),
+        SqliteIdempotencyStore::open(dir.path()).err(),
+    ];
+    for refusal in refusals {
+        let refusal = refusal.expect("a newer schema is refused");
+        assert!(
+            matches!(refusal, SqliteError::UnknownSchemaVersion { found: 2, known: 1, .. }),
+            "{refusal:?}"
+        );
+        assert!(refusal.to_string().contains("newer Strata"), "{refusal}");
+    }
+    assert_eq!(user_version(&dir.path().join("events.sqlite")), 2);
+    let connection = rusqlite::Connection::open(dir.path().join("events.sqlite")).unwrap();
+    let tables: i64 =
+        connection.query_row("SELECT COUNT(*) FROM sqlite_schema", [], |row| row.get(0)).unwrap();
+    assert_eq!(tables, 0, "nothing was created in the refused file");
+    let mode: String =
+        connection.pragma_query_value(None, "journal_mode", |row| row.get(0)).unwrap();
+    assert_eq!(mode, "delete", "not even the journal mode changed");
+    let mode: String =
+        connection.pragma_query_value(None, "journal_mode", |row| row.get(0)).unwrap();
+    assert_eq!(mode, "delete", "not even the journal mode changed");
+}
+
+#[tokio::test]
+async fn the_first_idempotency_record_wins_and_survives_reopening() {
+    let dir = TempDir::new().unwrap();
+    let first = IdempotencyRecord { fingerprint: "f1".to_owned(), answer: b"one".to_vec() };
+    let second = IdempotencyRecord { fingerprint: "f2".to_owned(), answer: b"two".to_vec() };
+    {
+        let store = SqliteIdempotencyStore::open(dir.path()).unwrap();
+        assert_eq!(store.get("key").await.unwrap(), None);
+        store.put("key", first.clone()).await.unwrap();
+        store.put("key", second).await.unwrap();
+        assert_eq!(store.get("key").await.unwrap(), Some(first.clone()));
+    }
+    let store = SqliteIdempotencyStore::open(dir.path()).unwrap();
+    assert_eq!(store.get("key").await.unwrap(), Some(first));
+    // The idempotency store shares views.sqlite without disturbing the event store.
+    assert_eq!(SqliteEventStore::open(dir.path()).unwrap().head(), Position::START);
+}
