@@ -144,10 +144,10 @@ async fn answer<I: IdempotencyStore>(
             .map(str::to_owned),
         body: String::from_utf8_lossy(&body).into_owned(),
     };
-    if let Ok(answer) = serde_json::to_vec(&stored) {
-        if let Err(error) = state.store.put(&key, IdempotencyRecord { fingerprint, answer }).await {
-            tracing::warn!(%error, key, "could not remember an idempotent answer");
-        }
+    if let Ok(answer) = serde_json::to_vec(&stored)
+        && let Err(error) = state.store.put(&key, IdempotencyRecord { fingerprint, answer }).await
+    {
+        tracing::warn!(%error, key, "could not remember an idempotent answer");
     }
     Ok(Response::from_parts(parts, Body::from(body)))
 }

@@ -13,7 +13,7 @@ use crate::EventStoreFactory;
 /// An event of type `Sample` whose payload is `{"n": n}`, with fresh metadata.
 pub fn sample_event(n: u64) -> NewEvent {
     let mut metadata = EventMetadata::new("contract-correlation", Some(format!("command-{n}")));
-    metadata.user = (n % 2 == 0).then(|| "contract-user".to_owned());
+    metadata.user = n.is_multiple_of(2).then(|| "contract-user".to_owned());
     NewEvent {
         event_type: "Sample".to_owned(),
         schema_version: 1,

@@ -144,20 +144,20 @@ impl<S: EventStore> CommandBus<S> {
                 Some(loaded) => (loaded, true),
                 None => (load::<A, S>(&self.store, &stream).await?, false),
             };
-            if let Some(expected) = context.expected_version {
-                if loaded.version != expected {
-                    if from_cache {
-                        // The cache may lag another process; only the store may refuse.
-                        continue;
-                    }
-                    let actual = loaded.version;
-                    *cached = Some(Box::new(loaded));
-                    return Err(CommandError::Conflict {
-                        stream,
-                        expected: ExpectedVersion::Exact(expected),
-                        actual,
-                    });
+            if let Some(expected) = context.expected_version
+                && loaded.version != expected
+            {
+                if from_cache {
+                    // The cache may lag another process; only the store may refuse.
+                    continue;
                 }
+                let actual = loaded.version;
+                *cached = Some(Box::new(loaded));
+                return Err(CommandError::Conflict {
+                    stream,
+                    expected: ExpectedVersion::Exact(expected),
+                    actual,
+                });
             }
             let mut decision = Decision::new(&loaded.state);
             let decided = A::handle(&mut decision, command.clone());
