@@ -1,0 +1,245 @@
+//! The application: one store, the command bus over it, the running projections, and the
+//! commands that need more than one aggregate (an order line reads its product's price, an
+//! order checks its customer exists).
+
+use std::sync::Arc;
+
+use strata::{
+    Aggregate, CommandBus, CommandContext, CommandError, CommandOutcome, EventStore,
+    IdempotencyStore, ProjectionHandle, ProjectionRunner, ProjectionStatus, ViewManager,
+};
+
+use crate::domain::{
+    Customer, CustomerCommand, CustomerError, Order, OrderCommand, OrderError, OrderLine, Product,
+    ProductCommand, ProductError,
+};
+use crate::views;
+
+/// The storage a service runs on, chosen once at start.
+pub trait Backend: Send + Sync + 'static {
+    /// Where events live.
+    type Events: EventStore;
+    /// Where views and checkpoints live.
+    type Views: ViewManager;
+    /// Where idempotent answers live.
+    type Idempotency: IdempotencyStore;
+}
+
+/// The opened stores of a [`Backend`].
+pub struct Stores<B: Backend> {
+    /// The event store.
+    pub events: Arc<B::Events>,
+    /// The view manager.
+    pub views: Arc<B::Views>,
+    /// The idempotency store.
+    pub idempotency: Arc<B::Idempotency>,
+}
+
+/// The running projections, one per view.
+pub struct Projections {
+    /// `customers`.
+    pub customers: ProjectionHandle,
+    /// `customer_orders`.
+    pub customer_orders: ProjectionHandle,
+    /// `products`.
+    pub products: ProjectionHandle,
+    /// `orders`.
+    pub orders: ProjectionHandle,
+}
+
+impl Projections {
+    /// Every projection, in a stable order.
+    pub fn all(&self) -> [&ProjectionHandle; 4] {
+        [&self.customers, &self.customer_orders, &self.products, &self.orders]
+    }
+}
+
+/// A running orders service.
+pub struct App<B: Backend> {
+    /// Routes commands to aggregates.
+    pub bus: CommandBus<B::Events>,
+    /// Reads views.
+    pub views: Arc<B::Views>,
+    /// Remembers idempotent answers.
+    pub idempotency: Arc<B::Idempotency>,
+    /// The projections this node runs.
+    pub projections: Projections,
+    /// This node's id, shown by `/health` and as projection owner.
+    pub node_id: String,
+}
+
+/// Why a command of the service was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A customer command failed.
+    #[error(transparent)]
+    Customer(#[from] CommandError<CustomerError>),
+    /// A product command failed.
+    #[error(transparent)]
+    Product(#[from] CommandError<ProductError>),
+    /// An order command failed.
+    #[error(transparent)]
+    Order(#[from] CommandError<OrderError>),
+    /// The body names a customer that does not exist.
+    #[error("customer {0:?} does not exist")]
+    UnknownCustomer(String),
+    /// The body names a product that does not exist.
+    #[error("product {0:?} does not exist")]
+    UnknownProduct(String),
+}
+
+/// A requested order line before it is priced.
+#[derive(Debug, Clone)]
+pub struct LineRequest {
+    /// The product.
+    pub sku: String,
+    /// Units.
+    pub qty: i64,
+}
+
+/// A request to place an order.
+#[derive(Debug, Clone)]
+pub struct PlaceOrder {
+    /// The customer.
+    pub customer_id: String,
+    /// The lines.
+    pub lines: Vec<LineRequest>,
+    /// How the customer pays.
+    pub payment_method: Option<String>,
+    /// Where it goes.
+    pub shipping_address: Option<String>,
+}
+
+impl<B: Backend> App<B> {
+    /// Starts the projections over `stores` and returns the running service.
+    pub fn start(stores: Stores<B>, node_id: impl Into<String>, bus: strata::BusConfig) -> Self {
+        let node_id = node_id.into();
+        let runner = ProjectionRunner::new(node_id.clone());
+        let (events, views) = (stores.events, stores.views);
+        let projections = Projections {
+            customers: runner.spawn(views::customers(), events.clone(), views.clone()),
+            customer_orders: runner.spawn(views::customer_orders(), events.clone(), views.clone()),
+            products: runner.spawn(views::products(), events.clone(), views.clone()),
+            orders: runner.spawn(views::orders(), events.clone(), views.clone()),
+        };
+        Self {
+            bus: CommandBus::new(events, bus),
+            views,
+            idempotency: stores.idempotency,
+            projections,
+            node_id,
+        }
+    }
+
+    /// The event store.
+    pub fn events(&self) -> &Arc<B::Events> {
+        self.bus.store()
+    }
+
+    /// Where every projection stands.
+    pub fn projection_statuses(&self) -> Vec<ProjectionStatus> {
+        let head = self.events().head();
+        self.projections.all().iter().map(|p| p.status(head)).collect()
+    }
+
+    /// Registers a customer.
+    pub async fn register_customer(
+        &self,
+        id: &str,
+        name: String,
+        email: String,
+        context: &CommandContext,
+    ) -> Result<CommandOutcome, AppError> {
+        let command = CustomerCommand::Register { name, email };
+        Ok(self.bus.execute::<Customer>(id, command, context).await?)
+    }
+
+    /// Creates a product.
+    pub async fn create_product(
+        &self,
+        sku: &str,
+        name: String,
+        price_cents: i64,
+        context: &CommandContext,
+    ) -> Result<CommandOutcome, AppError> {
+        let command = ProductCommand::Create { name, price_cents };
+        Ok(self.bus.execute::<Product>(sku, command, context).await?)
+    }
+
+    /// Adds stock to a product.
+    pub async fn restock_product(
+        &self,
+        sku: &str,
+        qty: i64,
+        context: &CommandContext,
+    ) -> Result<CommandOutcome, AppError> {
+        let command = ProductCommand::Restock { qty };
+        Ok(self.bus.execute::<Product>(sku, command, context).await?)
+    }
+
+    /// Places an order for an existing customer, pricing each line from its product.
+    pub async fn place_order(
+        &self,
+        id: &str,
+        request: PlaceOrder,
+        context: &CommandContext,
+    ) -> Result<CommandOutcome, AppError> {
+        if !self.bus.load::<Customer>(&request.customer_id).await?.state.registered {
+            return Err(AppError::UnknownCustomer(request.customer_id));
+        }
+        let mut lines = Vec::with_capacity(request.lines.len());
+        for line in request.lines {
+            lines.push(self.price(line).await?);
+        }
+        let command = OrderCommand::Place {
+            customer_id: request.customer_id,
+            lines,
+            payment_method: request.payment_method,
+            shipping_address: request.shipping_address,
+        };
+        Ok(self.bus.execute::<Order>(id, command, context).await?)
+    }
+
+    /// Adds a line to a placed order at the product's current price.
+    pub async fn add_line(
+        &self,
+        id: &str,
+        line: LineRequest,
+        context: &CommandContext,
+    ) -> Result<CommandOutcome, AppError> {
+        // The addressed order is checked first: a missing order is 404 whatever the body says.
+        if self.bus.load::<Order>(id).await?.state.status.is_none() {
+            return Err(CommandError::Rejected(OrderError::NotFound).into());
+        }
+        let line = self.price(line).await?;
+        Ok(self.bus.execute::<Order>(id, OrderCommand::AddLine(line), context).await?)
+    }
+
+    /// Confirms, ships or cancels an order.
+    pub async fn change_order(
+        &self,
+        id: &str,
+        command: OrderCommand,
+        context: &CommandContext,
+    ) -> Result<CommandOutcome, AppError> {
+        Ok(self.bus.execute::<Order>(id, command, context).await?)
+    }
+
+    async fn price(&self, line: LineRequest) -> Result<OrderLine, AppError> {
+        let product = self.bus.load::<Product>(&line.sku).await?;
+        if !product.state.created {
+            return Err(AppError::UnknownProduct(line.sku));
+        }
+        Ok(OrderLine { sku: line.sku, qty: line.qty, price_cents: product.state.price_cents })
+    }
+
+    /// Stops the projections; committed batches stay committed.
+    pub fn stop(&self) {
+        for projection in self.projections.all() {
+            projection.stop();
+        }
+    }
+}
+
+/// The aggregate types the admin routes accept.
+pub const AGGREGATE_TYPES: [&str; 3] = [Customer::TYPE, Product::TYPE, Order::TYPE];

@@ -1,0 +1,36 @@
+//! The `strata` command line. Arguments are parsed in two stages: what the user typed
+//! ([`Cli`]) and the validated settings a command runs with ([`store::StoreLocation`]).
+
+pub mod exit;
+mod serve;
+pub mod store;
+
+use clap::{Parser, Subcommand};
+
+pub use serve::ServeArgs;
+
+/// Strata: an event-sourced orders service. With no command, runs `serve`.
+#[derive(Debug, Parser)]
+#[command(name = "strata", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the HTTP service (the default).
+    Serve(ServeArgs),
+}
+
+impl Cli {
+    /// Runs the chosen command to completion.
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Some(Command::Serve(args)) => serve::run(args).await,
+            None => serve::run(self.serve).await,
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! `--store URL` and `--data-dir DIR`, shared by every command that touches a store.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+/// Where the store lives, as typed.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// The store: `sqlite:DIR` (SQLite files in DIR) or `memory` (nothing kept).
+    #[arg(long, env = "STRATA_STORE", value_name = "URL")]
+    pub store: Option<String>,
+    /// The data directory; alone it means `--store sqlite:DIR`.
+    #[arg(long, env = "STRATA_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Where the store lives, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// SQLite files in this directory.
+    Sqlite(PathBuf),
+    /// In memory.
+    Memory,
+}
+
+/// A store URL or flag combination that cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StoreUrlError {
+    /// Both flags given, pointing at different places.
+    #[error("--store {store} and --data-dir {data_dir} disagree; give one of them")]
+    Conflicting {
+        /// The `--store` value.
+        store: String,
+        /// The `--data-dir` value.
+        data_dir: String,
+    },
+    /// A PostgreSQL URL, which this build does not run on yet.
+    #[error("PostgreSQL stores are not available in this version; use sqlite:DIR")]
+    PostgresNotYet,
+    /// Nothing this build knows.
+    #[error("unknown store {0:?}; expected sqlite:DIR or memory")]
+    Unknown(String),
+}
+
+/// The data directory used when neither flag is given.
+pub const DEFAULT_DATA_DIR: &str = "./data";
+
+impl StoreArgs {
+    /// Validates the flags into a location.
+    pub fn location(&self) -> Result<StoreLocation, StoreUrlError> {
+        let Some(url) = &self.store else {
+            let dir = self.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+            return Ok(StoreLocation::Sqlite(dir));
+        };
+        let location = if let Some(dir) = url.strip_prefix("sqlite:").filter(|d| !d.is_empty()) {
+            StoreLocation::Sqlite(PathBuf::from(dir))
+        } else if url == "memory" || url == "memory:" {
+            StoreLocation::Memory
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Err(StoreUrlError::PostgresNotYet);
+        } else {
+            return Err(StoreUrlError::Unknown(url.clone()));
+        };
+        match (&location, &self.data_dir) {
+            (StoreLocation::Sqlite(dir), Some(data_dir)) if dir != data_dir => {
+                Err(StoreUrlError::Conflicting {
+                    store: url.clone(),
+                    data_dir: data_dir.display().to_string(),
+                })
+            }
+            _ => Ok(location),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(store: Option<&str>, data_dir: Option<&str>) -> StoreArgs {
+        StoreArgs { store: store.map(str::to_owned), data_dir: data_dir.map(PathBuf::from) }
+    }
+
+    #[test]
+    fn data_dir_alone_means_sqlite_there_and_nothing_means_data() {
+        assert_eq!(args(None, Some("x")).location(), Ok(StoreLocation::Sqlite("x".into())));
+        assert_eq!(args(None, None).location(), Ok(StoreLocation::Sqlite("./data".into())));
+    }
+
+    #[test]
+    fn store_urls_are_parsed_or_refused_clearly() {
+        assert_eq!(
+            args(Some("sqlite:/tmp/s"), None).location(),
+            Ok(StoreLocation::Sqlite("/tmp/s".into()))
+        );
+        assert_eq!(args(Some("memory"), None).location(), Ok(StoreLocation::Memory));
+        assert_eq!(
+            args(Some("postgres://x/y"), None).location(),
+            Err(StoreUrlError::PostgresNotYet)
+        );
+        assert!(matches!(args(Some("sqlite:"), None).location(), Err(StoreUrlError::Unknown(_))));
+        assert!(matches!(
+            args(Some("sqlite:a"), Some("b")).location(),
+            Err(StoreUrlError::Conflicting { .. })
+        ));
+        assert_eq!(
+            args(Some("sqlite:a"), Some("a")).location(),
+            Ok(StoreLocation::Sqlite("a".into()))
+        );
+    }
+}

@@ -1,0 +1,214 @@
+//! Command routes: deserialize and check the shape of the body, then hand it to the app.
+//! Bodies refuse unknown fields, so a misspelt optional field is an error, not ignored.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use strata::{CommandContext, CommandOutcome};
+use strata_http::{CorrelationId, IfMatch, JsonBody, Problem};
+
+use super::ids::{self, PathId};
+use crate::app::{App, Backend, LineRequest, PlaceOrder};
+use crate::domain::OrderCommand;
+
+/// The answer to every successful command.
+#[derive(Serialize)]
+struct Accepted {
+    id: String,
+    position: u64,
+}
+
+fn accepted(status: StatusCode, outcome: CommandOutcome) -> Response {
+    let body = Accepted { id: outcome.stream.id, position: outcome.position.map_or(0, |p| p.0) };
+    let mut response = (status, Json(body)).into_response();
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", outcome.version)) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    response
+}
+
+fn context(correlation: CorrelationId, if_match: IfMatch) -> CommandContext {
+    let mut context = CommandContext::new(correlation.0);
+    context.expected_version = if_match.0;
+    context
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterCustomer {
+    customer_id: Option<String>,
+    name: String,
+    email: String,
+}
+
+pub async fn register_customer<B: Backend>(
+    State(app): State<Arc<App<B>>>,
+    correlation: CorrelationId,
+    if_match: IfMatch,
+    JsonBody(body): JsonBody<RegisterCustomer>,
+) -> Result<Response, Problem> {
+    let id = ids::given_or_new("customer_id", body.customer_id)?;
+    let ctx = context(correlation, if_match);
+    let outcome = app.register_customer(&id, body.name, body.email, &ctx).await?;
+    Ok(accepted(StatusCode::CREATED, outcome))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProduct {
+    sku: String,
+    name: String,
+    price_cents: i64,
+}
+
+pub async fn create_product<B: Backend>(
+    State(app): State<Arc<App<B>>>,
+    correlation: CorrelationId,
+    if_match: IfMatch,
+    JsonBody(body): JsonBody<CreateProduct>,
+) -> Result<Response, Problem> {
+    ids::check("sku", &body.sku)?;
+    let ctx = context(correlation, if_match);
+    let outcome = app.create_product(&body.sku, body.name, body.price_cents, &ctx).await?;
+    Ok(accepted(StatusCode::CREATED, outcome))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Restock {
+    qty: i64,
+}
+
+pub async fn restock_product<B: Backend>(
+    State(app): State<Arc<App<B>>>,
+    PathId(sku): PathId,
+    correlation: CorrelationId,
+    if_match: IfMatch,
+    JsonBody(body): JsonBody<Restock>,
+) -> Result<Response, Problem> {
+    let ctx = context(correlation, if_match);
+    let outcome = app.restock_product(&sku, body.qty, &ctx).await?;
+    Ok(accepted(StatusCode::OK, outcome))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Line {
+    sku: String,
+    qty: i64,
+}
+
+impl Line {
+    fn checked(self, field: &str) -> Result<LineRequest, Problem> {
+        ids::check(field, &self.sku)?;
+        Ok(LineRequest { sku: self.sku, qty: self.qty })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceOrderBody {
+    order_id: Option<String>,
+    customer_id: String,
+    lines: Vec<Line>,
+    payment_method: Option<String>,
+    shipping_address: Option<String>,
+}
+
+pub async fn place_order<B: Backend>(
+    State(app): State<Arc<App<B>>>,
+    correlation: CorrelationId,
+    if_match: IfMatch,
+    JsonBody(body): JsonBody<PlaceOrderBody>,
+) -> Result<Response, Problem> {
+    let id = ids::given_or_new("order_id", body.order_id)?;
+    ids::check("customer_id", &body.customer_id)?;
+    let lines = body
+        .lines
+        .into_iter()
+        .enumerate()
+        .map(|(i, line)| line.checked(&format!("lines[{i}].sku")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let request = PlaceOrder {
+        customer_id: body.customer_id,
+        lines,
+        payment_method: body.payment_method,
+        shipping_address: body.shipping_address,
+    };
+    let ctx = context(correlation, if_match);
+    let outcome = app.place_order(&id, request, &ctx).await?;
+    Ok(accepted(StatusCode::CREATED, outcome))
+}
+
+pub async fn add_line<B: Backend>(
+    State(app): State<Arc<App<B>>>,
+    PathId(id): PathId,
+    correlation: CorrelationId,
+    if_match: IfMatch,
+    JsonBody(body): JsonBody<Line>,
+) -> Result<Response, Problem> {
+    let line = body.checked("sku")?;
+    let ctx = context(correlation, if_match);
+    let outcome = app.add_line(&id, line, &ctx).await?;
+    Ok(accepted(StatusCode::OK, outcome))
+}
+
+/// The body of confirm and ship: a JSON object with no fields.
+pub type Empty = serde_json::Map<String, serde_json::Value>;
+
+fn check_empty(body: &Empty) -> Result<(), Problem> {
+    match body.keys().next() {
+        None => Ok(()),
+        Some(field) => {
+            Err(Problem::bad_request(format!("unknown field `{field}`: this command takes {{}}")))
+        }
+    }
+}
+
+pub async fn confirm_order<B: Backend>(
+    State(app): State<Arc<App<B>>>,
+    PathId(id): PathId,
+    correlation: CorrelationId,
+    if_match: IfMatch,
+    JsonBody(body): JsonBody<Empty>,
+) -> Result<Response, Problem> {
+    check_empty(&body)?;
+    let ctx = context(correlation, if_match);
+    let outcome = app.change_order(&id, OrderCommand::Confirm, &ctx).await?;
+    Ok(accepted(StatusCode::OK, outcome))
+}
+
+pub async fn ship_order<B: Backend>(
+    State(app): State<Arc<App<B>>>,
+    PathId(id): PathId,
+    correlation: CorrelationId,
+    if_match: IfMatch,
+    JsonBody(body): JsonBody<Empty>,
+) -> Result<Response, Problem> {
+    check_empty(&body)?;
+    let ctx = context(correlation, if_match);
+    let outcome = app.change_order(&id, OrderCommand::Ship, &ctx).await?;
+    Ok(accepted(StatusCode::OK, outcome))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cancel {
+    reason: String,
+}
+
+pub async fn cancel_order<B: Backend>(
+    State(app): State<Arc<App<B>>>,
+    PathId(id): PathId,
+    correlation: CorrelationId,
+    if_match: IfMatch,
+    JsonBody(body): JsonBody<Cancel>,
+) -> Result<Response, Problem> {
+    let ctx = context(correlation, if_match);
+    let outcome = app.change_order(&id, OrderCommand::Cancel { reason: body.reason }, &ctx).await?;
+    Ok(accepted(StatusCode::OK, outcome))
+}

@@ -1,0 +1,63 @@
+//! The service's HTTP API: command routes (`POST`), view queries (`GET`), admin and health.
+//! Handlers only check the shape of what arrives and call [`crate::app::App`]; every error
+//! becomes problem+json through `strata-http`.
+
+mod admin;
+mod commands;
+mod ids;
+mod queries;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use strata_http::{IdempotencyLayerState, MAX_BODY_BYTES, Problem, correlation_id, idempotency};
+
+use crate::app::{App, AppError, Backend};
+
+/// The whole API over a running service.
+pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
+    let idempotency_state = IdempotencyLayerState::new(app.idempotency.clone());
+    let commands = Router::new()
+        .route("/customers", post(commands::register_customer::<B>))
+        .route("/products", post(commands::create_product::<B>))
+        .route("/products/{sku}/restock", post(commands::restock_product::<B>))
+        .route("/orders", post(commands::place_order::<B>))
+        .route("/orders/{id}/lines", post(commands::add_line::<B>))
+        .route("/orders/{id}/confirm", post(commands::confirm_order::<B>))
+        .route("/orders/{id}/ship", post(commands::ship_order::<B>))
+        .route("/orders/{id}/cancel", post(commands::cancel_order::<B>))
+        .route_layer(axum::middleware::from_fn_with_state(
+            idempotency_state,
+            idempotency::<B::Idempotency>,
+        ));
+    let queries = Router::new()
+        .route("/customers/{id}", get(queries::customer::<B>))
+        .route("/customers/{id}/orders", get(queries::customer_orders::<B>))
+        .route("/products/{sku}", get(queries::product::<B>))
+        .route("/orders/{id}", get(queries::order::<B>))
+        .route("/admin/streams/{aggregate_type}/{id}", get(admin::stream::<B>))
+        .route("/admin/projections", get(admin::projections::<B>))
+        .route("/health", get(admin::health::<B>));
+    commands
+        .merge(queries)
+        .fallback(|| async { Problem::not_found("no such route") })
+        .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(correlation_id))
+        .with_state(app)
+}
+
+impl From<AppError> for Problem {
+    fn from(error: AppError) -> Self {
+        match error {
+            AppError::Customer(e) => e.into(),
+            AppError::Product(e) => e.into(),
+            AppError::Order(e) => e.into(),
+            AppError::UnknownCustomer(_) | AppError::UnknownProduct(_) => {
+                Problem::unprocessable(error.to_string())
+            }
+        }
+    }
+}

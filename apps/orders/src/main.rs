@@ -1,0 +1,37 @@
+//! The `strata` binary: parses the command line and runs it. All behaviour lives in the
+//! `orders` library; this file only maps failures to messages and exit codes.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use orders::cli::store::StoreUrlError;
+use orders::cli::{Cli, exit};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("strata: error: cannot start the async runtime: {error}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    match runtime.block_on(cli.run()) {
+        Ok(()) => ExitCode::from(exit::SUCCESS),
+        Err(error) => {
+            eprintln!("strata: error: {error:#}");
+            if error.downcast_ref::<StoreUrlError>().is_some() {
+                ExitCode::from(exit::USAGE)
+            } else {
+                ExitCode::from(exit::FAILURE)
+            }
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Every route's success path, as the README walks a newcomer through it.
+
+use axum::http::{Method, StatusCode};
+use serde_json::json;
+
+use crate::support::Service;
+
+#[tokio::test]
+async fn customers_are_registered_and_read_back() {
+    let service = Service::start();
+    let created = service
+        .post(
+            "/customers",
+            json!({"customer_id": "ada", "name": "Ada", "email": "ada@example.com"}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    assert_eq!(created.body, json!({"id": "ada", "position": 1}));
+
+    let view = service.view("/customers/ada").await;
+    assert_eq!(view.status, StatusCode::OK);
+    assert_eq!(view.body, json!({"id": "ada", "name": "Ada", "email": "ada@example.com"}));
+    assert_eq!(view.header("x-view-position"), Some("1"));
+
+    let orders = service.view("/customers/ada/orders").await;
+    assert_eq!(orders.body, json!({"customer_id": "ada", "orders": []}));
+}
+
+#[tokio::test]
+async fn ids_left_out_are_generated_as_uuid_v7() {
+    let service = Service::start();
+    let created =
+        service.post("/customers", json!({"name": "Bob", "email": "bob@example.com"})).await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let id = created.body["id"].as_str().unwrap();
+    assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 7);
+    assert_eq!(service.view(&format!("/customers/{id}")).await.body["name"], "Bob");
+}
+
+#[tokio::test]
+async fn products_are_created_restocked_and_read_back() {
+    let service = Service::start();
+    let created =
+        service.post("/products", json!({"sku": "tea", "name": "Tea", "price_cents": 450})).await;
+    assert_eq!(
+        (created.status, created.body.clone()),
+        (StatusCode::CREATED, json!({"id": "tea", "position": 1}))
+    );
+    let restocked = service.post("/products/tea/restock", json!({"qty": 10})).await;
+    assert_eq!(
+        (restocked.status, restocked.body.clone()),
+        (StatusCode::OK, json!({"id": "tea", "position": 2}))
+    );
+    service.post("/products/tea/restock", json!({"qty": 5})).await;
+    let view = service.view("/products/tea").await;
+    assert_eq!(view.body, json!({"sku": "tea", "name": "Tea", "price_cents": 450, "on_hand": 15}));
+}
+
+#[tokio::test]
+async fn an_order_goes_from_placed_to_shipped_with_lines_priced_when_added() {
+    let service = Service::start();
+    service.seed().await;
+    let line = service.post("/orders/o1/lines", json!({"sku": "cake", "qty": 3})).await;
+    assert_eq!(line.status, StatusCode::OK);
+    assert_eq!(line.body["id"], "o1");
+
+    let order = service.view("/orders/o1").await;
+    assert_eq!(order.status, StatusCode::OK);
+    assert_eq!(order.body["status"], "placed");
+    assert_eq!(order.body["customer_id"], "ada");
+    assert_eq!(
+        order.body["lines"],
+        json!([{"sku": "tea", "qty": 2, "price_cents": 450}, {"sku": "cake", "qty": 3, "price_cents": 300}])
+    );
+    assert_eq!(order.body["total_cents"], 1800);
+    assert_eq!(order.body["version"], 2);
+    assert_eq!(order.header("etag"), Some("\"2\""));
+    assert!(order.body["placed_at"].as_str().is_some_and(|t| t.starts_with("20")));
+
+    assert_eq!(service.post("/orders/o1/confirm", json!({})).await.status, StatusCode::OK);
+    let shipped = service.post("/orders/o1/ship", json!({})).await;
+    assert_eq!(shipped.status, StatusCode::OK);
+    let order = service.get(&format!("/orders/o1?min_position={}", shipped.position())).await;
+    assert_eq!(
+        (order.body["status"].as_str(), order.body["version"].as_u64()),
+        (Some("shipped"), Some(4))
+    );
+
+    let mine = service.view("/customers/ada/orders").await;
+    let listed = &mine.body["orders"][0];
+    assert_eq!(
+        (listed["id"].as_str(), listed["status"].as_str(), listed["total_cents"].as_i64()),
+        (Some("o1"), Some("shipped"), Some(1800))
+    );
+    assert_eq!(listed["placed_at"], order.body["placed_at"]);
+}
+
+#[tokio::test]
+async fn an_order_keeps_payment_and_shipping_details_and_can_be_cancelled() {
+    let service = Service::start();
+    service.seed().await;
+    let placed = service
+        .post("/orders", json!({"order_id": "o2", "customer_id": "ada", "lines": [], "payment_method": "card", "shipping_address": "1 Main St"}))
+        .await;
+    assert_eq!(placed.status, StatusCode::CREATED);
+    assert_eq!(
+        service.post("/orders/o2/cancel", json!({"reason": "changed my mind"})).await.status,
+        StatusCode::OK
+    );
+    let order = service.view("/orders/o2").await;
+    assert_eq!(order.body["payment_method"], "card");
+    assert_eq!(order.body["shipping_address"], "1 Main St");
+    assert_eq!(order.body["status"], "cancelled");
+}
+
+#[tokio::test]
+async fn the_correlation_id_is_echoed_and_stored_on_every_event() {
+    let service = Service::start();
+    service.seed().await;
+    let answer = service
+        .request(
+            Method::POST,
+            "/orders/o1/lines",
+            Some(r#"{"sku":"cake","qty":1}"#),
+            &[("x-correlation-id", "trace-42")],
+        )
+        .await;
+    assert_eq!(answer.header("x-correlation-id"), Some("trace-42"));
+    let generated = service.get("/health").await;
+    assert!(generated.header("x-correlation-id").is_some_and(|id| !id.is_empty()));
+
+    let stream = service.get("/admin/streams/order/o1").await;
+    assert_eq!(stream.status, StatusCode::OK);
+    let events = stream.body.as_array().unwrap();
+    assert_eq!(events.len(), 2);
+    let added = &events[1];
+    assert_eq!(added["type"], "LineAdded");
+    assert_eq!((added["version"].as_u64(), added["schema_version"].as_u64()), (Some(2), Some(1)));
+    assert_eq!(added["position"].as_u64(), Some(answer.position()));
+    assert_eq!(added["data"]["line"], json!({"sku": "cake", "qty": 1, "price_cents": 300}));
+    let metadata = &added["metadata"];
+    assert_eq!(metadata["correlation_id"], "trace-42");
+    assert!(metadata["event_id"].as_str().is_some_and(|id| uuid::Uuid::parse_str(id).is_ok()));
+    assert!(metadata["causation_id"].is_string());
+    assert!(metadata["user"].is_null());
+    assert!(metadata["recorded_at"].is_string());
+    assert_eq!(events[0]["type"], "OrderPlaced");
+}
+
+#[tokio::test]
+async fn admin_lists_projections_and_health_names_the_node() {
+    let service = Service::start();
+    service.seed().await;
+    service.view("/orders/o1").await;
+    service.view("/customers/ada").await;
+    service.view("/customers/ada/orders").await;
+    service.view("/products/cake").await;
+    let projections = service.get("/admin/projections").await;
+    assert_eq!(projections.status, StatusCode::OK);
+    let list = projections.body.as_array().unwrap();
+    let names: Vec<&str> = list.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["customers", "customer_orders", "products", "orders"]);
+    for projection in list {
+        assert_eq!(projection["head"].as_u64(), Some(service.head()));
+        assert_eq!(projection["position"], projection["head"]);
+        assert_eq!(projection["lag_events"], 0);
+        assert_eq!(projection["owner"], "test-node");
+    }
+    let health = service.get("/health").await;
+    assert_eq!(
+        (health.status, health.body.clone()),
+        (StatusCode::OK, json!({"status": "ok", "node_id": "test-node"}))
+    );
+}
+
+#[tokio::test]
+async fn idempotency_key_returns_the_first_answer_and_appends_nothing() {
+    let service = Service::start();
+    service.seed().await;
+    let key = [("idempotency-key", "add-cake-1")];
+    let body = r#"{"sku":"cake","qty":1}"#;
+    let first = service.request(Method::POST, "/orders/o1/lines", Some(body), &key).await;
+    assert_eq!(first.status, StatusCode::OK);
+    let head = service.head();
+    let again = service.request(Method::POST, "/orders/o1/lines", Some(body), &key).await;
+    assert_eq!(
+        (again.status, &again.body),
+        (first.status, &first.body),
+        "the retry gets the first answer"
+    );
+    assert_eq!(service.head(), head, "the retry appended nothing");
+
+    let other = service
+        .request(Method::POST, "/orders/o1/lines", Some(r#"{"sku":"cake","qty":2}"#), &key)
+        .await;
+    other.expect_problem(422, "different");
+    assert_eq!(service.head(), head);
+
+    // Refusals are remembered too: the retry of a 404 stays a 404 even once the order exists.
+    let missing = [("idempotency-key", "confirm-o9")];
+    let refused = service.request(Method::POST, "/orders/o9/confirm", Some("{}"), &missing).await;
+    refused.expect_problem(404, "does not exist");
+    service.post("/orders", json!({"order_id": "o9", "customer_id": "ada", "lines": []})).await;
+    let replayed = service.request(Method::POST, "/orders/o9/confirm", Some("{}"), &missing).await;
+    replayed.expect_problem(404, "does not exist");
+}
+
+#[tokio::test]
+async fn if_match_makes_a_command_conditional_on_the_version() {
+    let service = Service::start();
+    service.seed().await;
+    let stale = service
+        .request(Method::POST, "/orders/o1/confirm", Some("{}"), &[("if-match", "\"7\"")])
+        .await;
+    stale.expect_problem(409, "version 1");
+    let current = service
+        .request(Method::POST, "/orders/o1/confirm", Some("{}"), &[("if-match", "\"1\"")])
+        .await;
+    assert_eq!(current.status, StatusCode::OK);
+    assert_eq!(current.header("etag"), Some("\"2\""));
+}

@@ -1,0 +1,233 @@
+//! Every error status of the API, each checked to change nothing.
+
+use axum::http::Method;
+use serde_json::json;
+
+use crate::support::Service;
+
+async fn post_raw(service: &Service, path: &str, body: &str) -> crate::support::Answer {
+    service.request(Method::POST, path, Some(body), &[]).await
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_400_and_name_the_field() {
+    let service = Service::start();
+    service.seed().await;
+    let head = service.head();
+    post_raw(&service, "/customers", "{not json").await.expect_problem(400, "not valid JSON");
+    post_raw(&service, "/customers", r#"{"name":"Ada"}"#)
+        .await
+        .expect_problem(400, "missing field `email`");
+    post_raw(&service, "/products", r#"{"sku":"x","name":"X","price_cents":"free"}"#)
+        .await
+        .expect_problem(400, "price_cents");
+    post_raw(&service, "/orders", r#"{"customer_id":"ada","lines":[{"sku":"tea","qty":1.5}]}"#)
+        .await
+        .expect_problem(400, "lines[0].qty");
+    post_raw(&service, "/orders/o1/cancel", "{}")
+        .await
+        .expect_problem(400, "missing field `reason`");
+    post_raw(&service, "/customers", r#"{"name":"A","email":"a@b","nickname":"x"}"#)
+        .await
+        .expect_problem(400, "unknown field `nickname`");
+    post_raw(&service, "/orders/o1/confirm", "[]").await.expect_problem(400, "");
+    assert_eq!(service.head(), head, "nothing was appended");
+}
+
+#[tokio::test]
+async fn invalid_ids_are_400() {
+    let service = Service::start();
+    service.seed().await;
+    let head = service.head();
+    service
+        .post("/customers", json!({"customer_id": "has space", "name": "A", "email": "a@b"}))
+        .await
+        .expect_problem(400, "customer_id");
+    service
+        .post("/customers", json!({"customer_id": "", "name": "A", "email": "a@b"}))
+        .await
+        .expect_problem(400, "customer_id");
+    service
+        .post("/customers", json!({"customer_id": "x".repeat(65), "name": "A", "email": "a@b"}))
+        .await
+        .expect_problem(400, "customer_id");
+    service
+        .post("/products", json!({"sku": "tea/green", "name": "T", "price_cents": 1}))
+        .await
+        .expect_problem(400, "sku");
+    service
+        .post("/orders", json!({"order_id": "ö", "customer_id": "ada", "lines": []}))
+        .await
+        .expect_problem(400, "order_id");
+    service
+        .post("/orders", json!({"customer_id": "ada", "lines": [{"sku": "t ea", "qty": 1}]}))
+        .await
+        .expect_problem(400, "lines[0].sku");
+    service.post("/orders/bad%20id/confirm", json!({})).await.expect_problem(400, "path");
+    service.get("/orders/bad%20id").await.expect_problem(400, "path");
+    assert_eq!(service.head(), head);
+}
+
+#[tokio::test]
+async fn bodies_that_are_not_json_are_415_and_large_ones_413() {
+    let service = Service::start();
+    let not_json =
+        service.request(Method::POST, "/customers", None, &[("content-type", "text/plain")]).await;
+    not_json.expect_problem(415, "JSON");
+    let huge = format!(r#"{{"name":"{}","email":"a@b"}}"#, "x".repeat(70 * 1024));
+    post_raw(&service, "/customers", &huge).await.expect_problem(413, "larger than 65536");
+    let keyed = service
+        .request(Method::POST, "/customers", Some(&huge), &[("idempotency-key", "big")])
+        .await;
+    keyed.expect_problem(413, "larger than 65536");
+    assert_eq!(service.head(), 0);
+}
+
+#[tokio::test]
+async fn missing_aggregates_and_views_are_404() {
+    let service = Service::start();
+    service.seed().await;
+    let head = service.head();
+    service
+        .post("/orders/nope/confirm", json!({}))
+        .await
+        .expect_problem(404, "order does not exist");
+    service.post("/orders/nope/ship", json!({})).await.expect_problem(404, "order does not exist");
+    service
+        .post("/orders/nope/cancel", json!({"reason": "x"}))
+        .await
+        .expect_problem(404, "order does not exist");
+    service
+        .post("/orders/nope/lines", json!({"sku": "tea", "qty": 1}))
+        .await
+        .expect_problem(404, "order does not exist");
+    service
+        .post("/products/nope/restock", json!({"qty": 1}))
+        .await
+        .expect_problem(404, "product does not exist");
+    service.view("/orders/nope").await.expect_problem(404, "nope");
+    service.view("/customers/nope").await.expect_problem(404, "nope");
+    service.view("/customers/nope/orders").await.expect_problem(404, "nope");
+    service.view("/products/nope").await.expect_problem(404, "nope");
+    service.get("/admin/streams/order/nope").await.expect_problem(404, "no events");
+    service.get("/admin/streams/planet/ada").await.expect_problem(404, "aggregate type");
+    service.get("/no/such/route").await.expect_problem(404, "route");
+    assert_eq!(service.head(), head);
+}
+
+#[tokio::test]
+async fn conflicts_with_current_state_are_409() {
+    let service = Service::start();
+    service.seed().await;
+    service
+        .post("/customers", json!({"customer_id": "ada", "name": "Ada", "email": "a@b"}))
+        .await
+        .expect_problem(409, "already exists");
+    service
+        .post("/products", json!({"sku": "tea", "name": "Tea", "price_cents": 1}))
+        .await
+        .expect_problem(409, "already exists");
+    service
+        .post("/orders", json!({"order_id": "o1", "customer_id": "ada", "lines": []}))
+        .await
+        .expect_problem(409, "already exists");
+    let head = service.head();
+    service
+        .post("/orders/o1/ship", json!({}))
+        .await
+        .expect_problem(409, "cannot ship an order that is placed");
+    service.post("/orders/o1/confirm", json!({})).await;
+    service
+        .post("/orders/o1/lines", json!({"sku": "tea", "qty": 1}))
+        .await
+        .expect_problem(409, "cannot add a line to an order that is confirmed");
+    service.post("/orders/o1/confirm", json!({})).await.expect_problem(409, "confirmed");
+    service.post("/orders/o1/ship", json!({})).await;
+    service
+        .post("/orders/o1/cancel", json!({"reason": "late"}))
+        .await
+        .expect_problem(409, "cannot cancel an order that is shipped");
+    assert_eq!(service.head(), head + 2, "only the confirm and the ship were appended");
+}
+
+#[tokio::test]
+async fn broken_rules_are_422() {
+    let service = Service::start();
+    service.seed().await;
+    let head = service.head();
+    service.post("/products/tea/restock", json!({"qty": 0})).await.expect_problem(422, "qty");
+    service.post("/products/tea/restock", json!({"qty": -2})).await.expect_problem(422, "qty");
+    service
+        .post("/products", json!({"sku": "gift", "name": "Gift", "price_cents": -1}))
+        .await
+        .expect_problem(422, "price_cents");
+    service
+        .post("/products", json!({"sku": "gift", "name": " ", "price_cents": 1}))
+        .await
+        .expect_problem(422, "name");
+    service
+        .post("/customers", json!({"name": "", "email": "a@b"}))
+        .await
+        .expect_problem(422, "name");
+    service
+        .post("/customers", json!({"name": "Bob", "email": "bob.example.com"}))
+        .await
+        .expect_problem(422, "email");
+    service
+        .post("/orders", json!({"customer_id": "ada", "lines": [{"sku": "tea", "qty": 0}]}))
+        .await
+        .expect_problem(422, "qty");
+    service
+        .post("/orders", json!({"customer_id": "ada", "lines": [{"sku": "nope", "qty": 1}]}))
+        .await
+        .expect_problem(422, "\"nope\"");
+    service
+        .post("/orders", json!({"customer_id": "nobody", "lines": []}))
+        .await
+        .expect_problem(422, "customer \"nobody\"");
+    service
+        .post("/orders/o1/lines", json!({"sku": "nope", "qty": 1}))
+        .await
+        .expect_problem(422, "product \"nope\"");
+    service
+        .post("/orders/o1/lines", json!({"sku": "tea", "qty": 0}))
+        .await
+        .expect_problem(422, "qty");
+    service.post("/orders/o1/cancel", json!({"reason": ""})).await.expect_problem(422, "reason");
+    assert_eq!(service.head(), head, "no refused command appended anything");
+    let order = service.view("/orders/o1").await;
+    assert_eq!(order.body["lines"].as_array().map(Vec::len), Some(1), "the order is unchanged");
+}
+
+#[tokio::test]
+async fn a_view_that_does_not_reach_min_position_in_time_is_503_with_retry_after() {
+    let service = Service::start();
+    service.seed().await;
+    let answer =
+        service.get(&format!("/orders/o1?min_position={}&wait_ms=50", service.head() + 100)).await;
+    answer.expect_problem(503, "not yet at");
+    assert_eq!(answer.header("retry-after"), Some("1"));
+    service.get("/orders/o1?wait_ms=30001").await.expect_problem(400, "wait_ms");
+    service.get("/orders/o1?min_position=-1").await.expect_problem(400, "min_position");
+}
+
+#[tokio::test]
+async fn bad_headers_are_400() {
+    let service = Service::start();
+    service.seed().await;
+    let long = "c".repeat(129);
+    let answer =
+        service.request(Method::GET, "/health", None, &[("x-correlation-id", &long)]).await;
+    answer.expect_problem(400, "X-Correlation-Id");
+    let answer = service
+        .request(Method::POST, "/orders/o1/confirm", Some("{}"), &[("if-match", "yesterday")])
+        .await;
+    answer.expect_problem(400, "If-Match");
+    assert_eq!(service.head(), 4);
+}
+
+#[tokio::test]
+async fn wrong_methods_are_405() {
+    let service = Service::start();
+    service.request(Method::DELETE, "/orders/o1", None, &[]).await.expect_problem(405, "method");
+}

@@ -1,0 +1,10 @@
+//! Integration tests of the orders service: every route and error over the router on the
+//! real SQLite store, concurrency on one order, and the real binary killed and restarted.
+
+#![expect(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
+
+mod api;
+mod concurrency;
+mod errors;
+mod process;
+mod support;

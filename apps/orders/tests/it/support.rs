@@ -1,0 +1,129 @@
+//! A service on a fresh SQLite data directory, driven in-process through the router.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use orders::app::App;
+use orders::backends::{SqliteBackend, open_sqlite};
+use serde_json::Value;
+use strata::{BusConfig, EventStore};
+use tempfile::TempDir;
+use tower::ServiceExt;
+
+pub struct Service {
+    pub app: Arc<App<SqliteBackend>>,
+    router: Router,
+    _dir: TempDir,
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn position(&self) -> u64 {
+        self.body["position"].as_u64().expect("answer has a position")
+    }
+
+    #[track_caller]
+    pub fn expect_problem(&self, status: u16, detail_contains: &str) {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
+        assert_eq!(self.header("content-type"), Some("application/problem+json"));
+        assert_eq!(self.body["status"].as_u64(), Some(u64::from(status)));
+        assert!(self.body["type"].as_str().is_some_and(|t| !t.is_empty()));
+        assert!(self.body["title"].as_str().is_some_and(|t| !t.is_empty()));
+        let detail = self.body["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains(detail_contains),
+            "detail {detail:?} should mention {detail_contains:?}"
+        );
+    }
+}
+
+impl Service {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir)
+    }
+
+    pub fn start_in(dir: TempDir) -> Self {
+        let stores = open_sqlite(dir.path()).unwrap();
+        let app = Arc::new(App::start(stores, "test-node", BusConfig::default()));
+        let router = orders::http::router(app.clone());
+        Self { app, router, _dir: dir }
+    }
+
+    pub fn head(&self) -> u64 {
+        self.app.events().head().0
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut builder = Request::builder().method(method).uri(path);
+        if body.is_some() {
+            builder = builder.header("content-type", "application/json");
+        }
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request =
+            builder.body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned()))).unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body =
+            if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+        Answer { status, headers, body }
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Answer {
+        self.request(Method::POST, path, Some(&body.to_string()), &[]).await
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.request(Method::GET, path, None, &[]).await
+    }
+
+    /// Reads a view once it reflects everything committed so far.
+    pub async fn view(&self, path: &str) -> Answer {
+        let separator = if path.contains('?') { '&' } else { '?' };
+        self.get(&format!("{path}{separator}min_position={}", self.head())).await
+    }
+
+    /// A customer `ada`, products `tea` (450) and `cake` (300), and order `o1` with 2 tea.
+    pub async fn seed(&self) {
+        let ok = |a: Answer| assert!(a.status.is_success(), "seed failed: {}", a.body);
+        ok(self.post("/customers", serde_json::json!({"customer_id": "ada", "name": "Ada", "email": "ada@example.com"})).await);
+        ok(self
+            .post("/products", serde_json::json!({"sku": "tea", "name": "Tea", "price_cents": 450}))
+            .await);
+        ok(self
+            .post(
+                "/products",
+                serde_json::json!({"sku": "cake", "name": "Cake", "price_cents": 300}),
+            )
+            .await);
+        ok(self.post("/orders", serde_json::json!({"order_id": "o1", "customer_id": "ada", "lines": [{"sku": "tea", "qty": 2}]})).await);
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.app.stop();
+    }
+}
