@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod backends;
+pub mod bench;
 pub mod cli;
 pub mod domain;
 pub mod http;

@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use orders::bench::BenchUsageError;
 use orders::cli::store::StoreUrlError;
 use orders::cli::{Cli, exit};
 use tracing_subscriber::EnvFilter;
@@ -27,7 +28,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::from(exit::SUCCESS),
         Err(error) => {
             eprintln!("strata: error: {error:#}");
-            if error.downcast_ref::<StoreUrlError>().is_some() {
+            if error.downcast_ref::<StoreUrlError>().is_some()
+                || error.downcast_ref::<BenchUsageError>().is_some()
+            {
                 ExitCode::from(exit::USAGE)
             } else {
                 ExitCode::from(exit::FAILURE)

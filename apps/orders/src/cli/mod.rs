@@ -23,6 +23,8 @@ pub struct Cli {
 enum Command {
     /// Runs the HTTP service (the default).
     Serve(ServeArgs),
+    /// Runs the standard workload W1 and reports throughput, latency and correctness.
+    Bench(crate::bench::BenchArgs),
 }
 
 impl Cli {
@@ -30,6 +32,7 @@ impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
             Some(Command::Serve(args)) => serve::run(args).await,
+            Some(Command::Bench(args)) => crate::bench::run(args).await,
             None => serve::run(self.serve).await,
         }
     }

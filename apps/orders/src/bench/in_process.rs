@@ -1,0 +1,148 @@
+//! Runs W1 in this process against a store: client tasks call the command bus directly, one
+//! projection keeps `order_summary`, and a rebuild from zero is timed at the end.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use strata::{BusConfig, CommandBus, CommandContext, CommandError, EventStore, ProjectionRunner, ViewManager};
+
+use super::histogram::Histogram;
+use super::plan::{Plan, Step};
+use super::progress::Progress;
+use super::report::{Correctness, Figures};
+use super::system;
+use super::workload::{BenchCommand, BenchOrder, ORDER_SUMMARY, OrderSummary, customer_id, line, order_id, order_summary};
+
+/// How long the views may take to catch up before the run is declared broken.
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(600);
+
+fn command(step: Step) -> (String, BenchCommand) {
+    match step {
+        Step::Place(n) => (order_id(n), BenchCommand::PlaceOrder { customer_id: customer_id(n), total_cents: 0 }),
+        Step::Line(n, k) => {
+            let (sku, qty, price_cents) = line(k);
+            (order_id(n), BenchCommand::AddLine { sku, qty, price_cents })
+        }
+    }
+}
+
+async fn send<S: EventStore>(bus: &CommandBus<S>, step: Step) -> anyhow::Result<()> {
+    let (id, command) = command(step);
+    let context = CommandContext::new("bench");
+    loop {
+        match bus.execute::<BenchOrder>(&id, command.clone(), &context).await {
+            Ok(_) => return Ok(()),
+            // Another writer won every retry inside the bus: the client retries, as W1 says.
+            Err(CommandError::Conflict { .. }) => continue,
+            Err(error) => return Err(error).with_context(|| format!("command {step:?} failed")),
+        }
+    }
+}
+
+/// Runs the plan; `fresh_views` opens an empty view store for the rebuild, and
+/// `bytes_on_disk` measures the store's size after the run.
+pub async fn run<S, M, R, F, Fut>(
+    plan: Plan,
+    events: Arc<S>,
+    views: Arc<M>,
+    fresh_views: F,
+    bytes_on_disk: impl FnOnce() -> Option<u64>,
+) -> anyhow::Result<(Figures, Correctness)>
+where
+    S: EventStore,
+    M: ViewManager,
+    R: ViewManager,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = anyhow::Result<R>>,
+{
+    let bus = Arc::new(CommandBus::new(events.clone(), BusConfig::default()));
+    let projection = ProjectionRunner::new("bench").spawn(order_summary(), events.clone(), views.clone());
+    let done = Arc::new(AtomicU64::new(0));
+    let progress = Progress::start("commands", plan.total_commands(), done.clone());
+
+    let started = Instant::now();
+    let mut latencies = Histogram::default();
+    for step in plan.setup() {
+        let sent = Instant::now();
+        send(&bus, step).await?;
+        latencies.record(sent.elapsed());
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut tasks = Vec::with_capacity(plan.tasks);
+    for task in 0..plan.tasks {
+        let (bus, done) = (bus.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Histogram::default();
+            for step in plan.task(task) {
+                let sent = Instant::now();
+                send(&bus, step).await?;
+                latencies.record(sent.elapsed());
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    for task in tasks {
+        latencies.merge(&task.await.context("a client task panicked")??);
+    }
+    let load = started.elapsed();
+    progress.finish();
+
+    let head = events.head();
+    let caught_up = Instant::now();
+    if projection.wait_for(head, CATCH_UP_LIMIT).await.is_err() {
+        bail!("order_summary did not reach position {head} within {CATCH_UP_LIMIT:?}");
+    }
+    let catchup = caught_up.elapsed();
+    projection.stop();
+
+    let expected = plan.expected();
+    let correctness = check(views.as_ref(), &plan).await?;
+
+    eprintln!("bench: rebuilding order_summary from zero");
+    let rebuilt = fresh_views().await?;
+    let rebuild_started = Instant::now();
+    order_summary().catch_up(events.as_ref(), &rebuilt).await.context("rebuild failed")?;
+    let rebuild = rebuild_started.elapsed();
+    let rebuilt_correctness = check(&rebuilt, &plan).await?;
+
+    let mut correctness = correctness;
+    if !rebuilt_correctness.passed() {
+        correctness.mismatch_count += rebuilt_correctness.mismatch_count;
+        correctness.mismatches.extend(rebuilt_correctness.mismatches.into_iter().map(|m| format!("rebuilt: {m}")));
+    }
+    let commands = latencies.count();
+    let figures = Figures {
+        commands_per_s: commands as f64 / load.as_secs_f64(),
+        p50_ms: latencies.quantile(0.50).as_secs_f64() * 1000.0,
+        p99_ms: latencies.quantile(0.99).as_secs_f64() * 1000.0,
+        catchup_ms: catchup.as_secs_f64() * 1000.0,
+        rebuild_events_per_s: Some(head.0 as f64 / rebuild.as_secs_f64()),
+        bytes_per_event: bytes_on_disk().map(|bytes| bytes as f64 / head.0.max(1) as f64),
+        peak_rss_bytes: system::peak_rss_bytes(),
+        correct: correctness.passed() && expected.len() as u64 == correctness.checked,
+        commands,
+        events: head.0,
+    };
+    Ok((figures, correctness))
+}
+
+async fn check<M: ViewManager>(views: &M, plan: &Plan) -> anyhow::Result<Correctness> {
+    let expected = plan.expected();
+    let mut correctness = Correctness::new();
+    let numbers: Vec<u64> = expected.keys().copied().collect();
+    for chunk in numbers.chunks(1000) {
+        let ids: Vec<String> = chunk.iter().map(|&n| order_id(n)).collect();
+        let rows = views.load::<OrderSummary>(ORDER_SUMMARY, &ids).await?;
+        for (&n, id) in chunk.iter().zip(&ids) {
+            let (lines, total_cents) = expected[&n];
+            let want = OrderSummary { customer_id: customer_id(n), lines, total_cents };
+            let got = rows.get(id).map(|stored| &stored.view);
+            correctness.check(got == Some(&want), || format!("{id}: expected {want:?}, found {got:?}"));
+        }
+    }
+    Ok(correctness)
+}

@@ -1,0 +1,184 @@
+//! `strata bench`: the standard workload W1 against a store in this process, or over HTTP
+//! against a running service, ending with a table (or `--json`) of the figures people compare.
+//! Figures are printed only when every `order_summary` row is correct.
+
+mod histogram;
+mod http;
+mod in_process;
+mod plan;
+mod progress;
+mod report;
+mod system;
+pub mod workload;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use strata::{InMemoryEventStore, InMemoryViewManager};
+use strata_sqlite::{SqliteEventStore, SqliteViewManager};
+
+use plan::Plan;
+use report::{Correctness, Figures, Setup};
+
+/// Options of `strata bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// The store to run against in this process: `memory`, `sqlite` (or `sqlite:DIR`).
+    #[arg(long, default_value = "sqlite", value_name = "STORE")]
+    pub store: String,
+    /// Orders in the workload; each gets one PlaceOrder and nine AddLine.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub orders: u64,
+    /// Client tasks sending commands at once (connections, with --http).
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub concurrency: usize,
+    /// Every task sends AddLine to the same 16 orders, retrying on conflicts.
+    #[arg(long)]
+    pub contended: bool,
+    /// Where a SQLite store is written; must be empty or absent [default: a fresh temporary
+    /// directory, removed afterwards].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Drive a running `strata serve` at this URL over HTTP instead of a store in-process.
+    #[arg(long, value_name = "URL")]
+    pub http: Option<String>,
+    /// Print the figures as one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Why a benchmark could not run as asked; exits with the usage code.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchUsageError {
+    /// A number out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl BenchArgs {
+    fn plan(&self) -> Result<Plan, BenchUsageError> {
+        if self.orders == 0 {
+            return Err(BenchUsageError::Invalid("--orders must be at least 1".into()));
+        }
+        if self.concurrency == 0 || self.concurrency > 10_000 {
+            return Err(BenchUsageError::Invalid("--concurrency must be between 1 and 10000".into()));
+        }
+        if self.contended && self.orders < 16 {
+            return Err(BenchUsageError::Invalid("--contended needs --orders of at least 16".into()));
+        }
+        Ok(Plan { orders: self.orders, tasks: self.concurrency, contended: self.contended })
+    }
+}
+
+/// A data directory that is removed afterwards unless the user named it.
+enum DataDir {
+    Temporary(tempfile::TempDir),
+    Given(PathBuf),
+}
+
+impl DataDir {
+    fn path(&self) -> &Path {
+        match self {
+            DataDir::Temporary(dir) => dir.path(),
+            DataDir::Given(dir) => dir,
+        }
+    }
+}
+
+fn data_dir(given: Option<PathBuf>) -> anyhow::Result<DataDir> {
+    match given {
+        None => Ok(DataDir::Temporary(tempfile::tempdir().context("cannot create a temporary directory")?)),
+        Some(dir) => {
+            let occupied = std::fs::read_dir(&dir).map(|mut entries| entries.next().is_some()).unwrap_or(false);
+            if occupied {
+                return Err(BenchUsageError::Invalid(format!(
+                    "--data-dir {} is not empty; the benchmark needs a fresh store",
+                    dir.display()
+                ))
+                .into());
+            }
+            Ok(DataDir::Given(dir))
+        }
+    }
+}
+
+/// Runs the benchmark and prints the report.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let plan = args.plan()?;
+    let (target, outcome) = match &args.http {
+        Some(url) => (format!("{url} over HTTP, {} connections", plan.tasks), http::run(plan, url).await?),
+        None => run_store(&args, plan).await?,
+    };
+    let setup = Setup {
+        target,
+        orders: plan.orders,
+        concurrency: plan.tasks,
+        contended: plan.contended,
+        machine: system::machine(),
+    };
+    report(&args, &setup, outcome)
+}
+
+async fn run_store(args: &BenchArgs, plan: Plan) -> anyhow::Result<(String, (Figures, Correctness))> {
+    let store = args.store.as_str();
+    if store == "memory" {
+        if args.data_dir.is_some() {
+            return Err(BenchUsageError::Invalid("--data-dir has no meaning with --store memory".into()).into());
+        }
+        let outcome = in_process::run(
+            plan,
+            Arc::new(InMemoryEventStore::new()),
+            Arc::new(InMemoryViewManager::new()),
+            || async { Ok(InMemoryViewManager::new()) },
+            || None,
+        )
+        .await?;
+        return Ok(("memory (not durable)".to_owned(), outcome));
+    }
+    let dir = match store.strip_prefix("sqlite") {
+        Some("") => args.data_dir.clone(),
+        Some(rest) if rest.starts_with(':') && rest.len() > 1 => Some(PathBuf::from(&rest[1..])),
+        _ => {
+            let hint = if store.starts_with("postgres") { " (PostgreSQL is not available in this version)" } else { "" };
+            return Err(BenchUsageError::Invalid(format!(
+                "unknown --store {store:?}; expected memory, sqlite or sqlite:DIR{hint}"
+            ))
+            .into());
+        }
+    };
+    let dir = data_dir(dir)?;
+    let events_dir = dir.path().join("events");
+    let rebuild_dir = dir.path().join("rebuild");
+    let events = Arc::new(SqliteEventStore::open(&events_dir)?);
+    let views = Arc::new(SqliteViewManager::open(&events_dir)?);
+    let outcome = in_process::run(
+        plan,
+        events,
+        views,
+        || async move { Ok(SqliteViewManager::open(&rebuild_dir)?) },
+        || system::bytes_below(&events_dir).ok(),
+    )
+    .await?;
+    let target = format!("sqlite in {} (WAL, synchronous=FULL)", dir.path().display());
+    Ok((target, outcome))
+}
+
+fn report(args: &BenchArgs, setup: &Setup, (figures, correctness): (Figures, Correctness)) -> anyhow::Result<()> {
+    if !figures.correct {
+        if args.json {
+            println!("{}", serde_json::json!({"correct": false, "mismatches": correctness.mismatch_count}));
+        }
+        eprint!("{}", report::failure(&correctness));
+        bail!("the correctness check failed");
+    }
+    if args.json {
+        let mut object = serde_json::to_value(&figures)?;
+        object["setup"] = serde_json::to_value(setup)?;
+        println!("{object}");
+    } else {
+        print!("{}", report::table(setup, &figures, &correctness));
+    }
+    Ok(())
+}
