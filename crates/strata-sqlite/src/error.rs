@@ -30,6 +30,22 @@ pub enum SqliteError {
         #[source]
         source: rusqlite::Error,
     },
+    /// Another process (or another store in this one) already writes this event log. Two
+    /// writers would each believe they own the head and the stream versions.
+    #[error("the event store in {path} is already open for writing by another process")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// The lock file could not be created or locked.
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// What the file system said.
+        #[source]
+        source: std::io::Error,
+    },
     /// The database refused write-ahead logging, which concurrent reads and group commit
     /// rely on (this happens, for example, on file systems without shared memory).
     #[error("SQLite database {path} refuses WAL journal mode (it reports {mode:?})")]

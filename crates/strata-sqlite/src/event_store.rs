@@ -13,8 +13,8 @@ use std::thread::JoinHandle;
 use chrono::DateTime;
 use rusqlite::{Row, params};
 use strata::{
-    AppendOutcome, EventMetadata, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent,
-    StoreError, StreamId, Version,
+    AppendOutcome, EventMetadata, EventStore, ExpectedVersion, GroupCommitMetrics, NewEvent,
+    Position, RecordedEvent, StoreError, StreamId, Version,
 };
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
@@ -32,6 +32,13 @@ macro_rules! columns {
     };
 }
 
+/// A whole stream. Deliberately without a range on `version` or an ORDER BY: with STAT4
+/// (which the bundled SQLite enables) a statement whose plan might depend on a bound range
+/// is re-prepared at every execution, and that parse cost more than the read. The rows come
+/// in index order anyway; they are sorted in Rust to not depend on it.
+const READ_WHOLE_STREAM: &str =
+    concat!("SELECT ", columns!(), " FROM events WHERE aggregate_type = ?1 AND aggregate_id = ?2");
+/// The tail of a stream after a version.
 const READ_STREAM: &str = concat!(
     "SELECT ",
     columns!(),
@@ -58,6 +65,10 @@ struct Inner {
     writer: Option<JoinHandle<()>>,
     head: watch::Receiver<Position>,
     readers: ReadPool,
+    metrics: Arc<writer::Metrics>,
+    /// Held while the store is open: the writer thread keeps the head and stream versions
+    /// in memory, which is only right while it is the file's one writer.
+    _lock: std::fs::File,
 }
 
 impl SqliteEventStore {
@@ -66,6 +77,7 @@ impl SqliteEventStore {
     ///
     /// This blocks on file I/O; call it at startup, or from `spawn_blocking`.
     pub fn open(dir: &Path) -> Result<Self, SqliteError> {
+        let lock = lock_for_writing(dir)?;
         let (connection, path) = schema::open_writer(dir, &schema::EVENTS)?;
         let head: i64 = connection
             .query_row(writer::HEAD, [], |row| row.get(0))
@@ -73,7 +85,8 @@ impl SqliteEventStore {
         let head = Position(u64::try_from(head).unwrap_or(0));
         let (published, head_receiver) = watch::channel(head);
         let (requests, received) = mpsc::channel();
-        let writer = writer::spawn(connection, head, published, received)
+        let metrics = Arc::new(writer::Metrics::default());
+        let writer = writer::spawn(connection, head, published, metrics.clone(), received)
             .map_err(SqliteError::WriterThread)?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -82,6 +95,8 @@ impl SqliteEventStore {
                 requests: Some(requests),
                 writer: Some(writer),
                 head: head_receiver,
+                metrics,
+                _lock: lock,
             }),
         })
     }
@@ -89,6 +104,25 @@ impl SqliteEventStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+}
+
+/// Takes the exclusive lock on `dir/events.lock`. The OS releases it when the process ends,
+/// however it ends, so a crash never leaves the store locked.
+fn lock_for_writing(dir: &Path) -> Result<std::fs::File, SqliteError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|source| SqliteError::CreateDir { path: dir.to_owned(), source })?;
+    let path = dir.join("events.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| SqliteError::Lock { path: path.clone(), source })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(SqliteError::Locked { path }),
+        Err(std::fs::TryLockError::Error(source)) => Err(SqliteError::Lock { path, source }),
     }
 }
 
@@ -148,9 +182,19 @@ impl EventStore for SqliteEventStore {
         self.inner
             .readers
             .run(move |connection| {
-                let mut statement = connection.prepare_cached(READ_STREAM)?;
-                let rows = statement.query(params![stream.aggregate_type, stream.id, after])?;
-                collect_events(rows)
+                let mut events = if after == 0 {
+                    let mut statement = connection.prepare_cached(READ_WHOLE_STREAM)?;
+                    collect_events(statement.query(params![stream.aggregate_type, stream.id])?)?
+                } else {
+                    let mut statement = connection.prepare_cached(READ_STREAM)?;
+                    collect_events(statement.query(params![
+                        stream.aggregate_type,
+                        stream.id,
+                        after
+                    ])?)?
+                };
+                events.sort_unstable_by_key(|event| event.version);
+                Ok(events)
             })
             .await
             .map_err(DbError::into_store_error)
@@ -176,6 +220,10 @@ impl EventStore for SqliteEventStore {
 
     fn subscribe(&self) -> watch::Receiver<Position> {
         self.inner.head.clone()
+    }
+
+    fn group_commit_metrics(&self) -> Option<GroupCommitMetrics> {
+        Some(self.inner.metrics.snapshot())
     }
 }
 

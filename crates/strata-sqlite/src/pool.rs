@@ -14,8 +14,10 @@ use crate::error::DbError;
 use crate::schema;
 
 /// How many idle read connections a pool keeps. More readers than this at once still get
-/// connections (opened on demand); the surplus is closed when they are returned.
-const MAX_IDLE_READERS: usize = 4;
+/// connections (opened on demand); the surplus is closed when they are returned. Opening
+/// one parses the schema, so under load (64 clients each loading an aggregate) a small pool
+/// spent more time opening connections than reading.
+const MAX_IDLE_READERS: usize = 32;
 
 /// Runs `work` on tokio's blocking pool. A panic in `work` resumes in the caller, as if the
 /// work had run inline; it is a bug, not an error to report.

@@ -12,12 +12,16 @@
 //! It is a `std::thread` rather than a tokio task because every step blocks on SQLite and
 //! the disk; a task would hold a runtime worker for the whole commit.
 
-use std::sync::Arc;
-use std::sync::mpsc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use rusqlite::{Connection, Transaction, TransactionBehavior, params};
-use strata::{AppendOutcome, ExpectedVersion, Position, StoreError, StreamId, Version};
+use strata::{
+    AppendOutcome, ExpectedVersion, GroupCommitMetrics, Position, StoreError, StreamId, Version,
+};
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
@@ -58,15 +62,75 @@ pub(crate) struct AppendRequest {
     pub(crate) answer: oneshot::Sender<Result<AppendOutcome, StoreError>>,
 }
 
+/// How many streams each generation of [`StreamVersions`] remembers.
+const VERSIONS_PER_GENERATION: usize = 50_000;
+
+/// The current version of recently written streams, so that checking an append's expected
+/// version needs no query. The writer is the file's only writer (the store holds an
+/// exclusive lock file), so a remembered version is exact; a stream not remembered is
+/// looked up. Two generations bound the memory: when the young one is full it becomes the
+/// old one and the previous old one is forgotten, which keeps recently used streams.
+#[derive(Default)]
+struct StreamVersions {
+    young: HashMap<StreamId, Version>,
+    old: HashMap<StreamId, Version>,
+}
+
+impl StreamVersions {
+    fn get(&self, stream: &StreamId) -> Option<Version> {
+        self.young.get(stream).or_else(|| self.old.get(stream)).copied()
+    }
+
+    fn set(&mut self, stream: StreamId, version: Version) {
+        if self.young.len() >= VERSIONS_PER_GENERATION && !self.young.contains_key(&stream) {
+            self.old = std::mem::take(&mut self.young);
+        }
+        self.young.insert(stream, version);
+    }
+}
+
+/// Group-commit counters, written by the writer thread and read by anyone.
+#[derive(Default)]
+pub(crate) struct Metrics {
+    groups: AtomicU64,
+    appends: AtomicU64,
+    events: AtomicU64,
+    largest_group: AtomicU64,
+    busy_micros: AtomicU64,
+}
+
+impl Metrics {
+    pub(crate) fn snapshot(&self) -> GroupCommitMetrics {
+        GroupCommitMetrics {
+            groups: self.groups.load(Ordering::Relaxed),
+            appends: self.appends.load(Ordering::Relaxed),
+            events: self.events.load(Ordering::Relaxed),
+            largest_group: self.largest_group.load(Ordering::Relaxed),
+            busy_micros: self.busy_micros.load(Ordering::Relaxed),
+        }
+    }
+
+    fn record(&self, appends: usize, events: u64, started: Instant) {
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.groups.fetch_add(1, Ordering::Relaxed);
+        self.appends.fetch_add(appends as u64, Ordering::Relaxed);
+        self.events.fetch_add(events, Ordering::Relaxed);
+        self.largest_group.fetch_max(appends as u64, Ordering::Relaxed);
+        self.busy_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+}
+
 /// Starts the writer thread. It runs until every sender of `requests` is dropped, finishing
 /// the requests already sent.
 pub(crate) fn spawn(
     connection: Connection,
     head: Position,
     published: watch::Sender<Position>,
+    metrics: Arc<Metrics>,
     requests: mpsc::Receiver<AppendRequest>,
 ) -> std::io::Result<JoinHandle<()>> {
-    let writer = Writer { connection, head, published };
+    let writer =
+        Writer { connection, head, published, metrics, versions: StreamVersions::default() };
     std::thread::Builder::new()
         .name("strata-sqlite-writer".to_owned())
         .spawn(move || writer.run(requests))
@@ -80,6 +144,9 @@ struct Writer {
     head: Position,
     /// Where followers learn of new commits.
     published: watch::Sender<Position>,
+    metrics: Arc<Metrics>,
+    /// Versions of streams as committed; updated only after a group commits.
+    versions: StreamVersions,
 }
 
 /// Why a whole group failed: the transaction did not commit, so none of it was written.
@@ -107,10 +174,10 @@ impl Writer {
 
     /// Writes and commits `group`, answers every request in it and empties it.
     fn commit_group(&mut self, group: &mut Vec<AppendRequest>) {
-        // Group-commit metrics (group size, events written, commit and fsync time) belong
-        // here, around this call, when they are added.
+        let started = Instant::now();
         match self.write_group(group) {
             Ok((outcomes, head)) => {
+                self.metrics.record(group.len(), head.0 - self.head.0, started);
                 if head != self.head {
                     self.head = head;
                     // After the commit, never before: a follower woken by this must find
@@ -150,39 +217,55 @@ impl Writer {
         group: &[AppendRequest],
     ) -> rusqlite::Result<(Vec<Result<AppendOutcome, StoreError>>, Position)> {
         let mut head = self.head;
+        // Versions written by this group, visible to its later requests but remembered in
+        // `self.versions` only once the group has committed.
+        let mut written: HashMap<&StreamId, Version> = HashMap::new();
         // IMMEDIATE takes the write lock up front, so the transaction cannot fail halfway
         // with SQLITE_BUSY if another process has the file open.
-        let mut transaction =
+        let transaction =
             self.connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut outcomes = Vec::with_capacity(group.len());
         for request in group {
-            let outcome = append_one(&mut transaction, request, head)?;
+            let stream = &request.stream;
+            let actual = match written.get(stream).copied().or_else(|| self.versions.get(stream)) {
+                Some(version) => version,
+                None => current_version(&transaction, stream)?,
+            };
+            let outcome = append_one(&transaction, request, actual, head)?;
             if let Ok(appended) = &outcome {
                 head = appended.last_position;
+                written.insert(stream, appended.version);
             }
             outcomes.push(outcome);
         }
         transaction.commit()?;
+        for (stream, version) in written {
+            self.versions.set(stream.clone(), version);
+        }
         Ok((outcomes, head))
     }
 }
 
-/// Checks and writes one request after `head`. The outer error is a driver failure that
-/// fails the whole group; the inner one is this request's own refusal, which writes nothing
-/// and leaves the group going.
-fn append_one(
-    transaction: &mut Transaction<'_>,
-    request: &AppendRequest,
-    head: Position,
-) -> rusqlite::Result<Result<AppendOutcome, StoreError>> {
-    let stream = &request.stream;
-    // Read inside the transaction, this sees the earlier requests of the same group too.
+/// The version of `stream` as stored.
+fn current_version(transaction: &Transaction<'_>, stream: &StreamId) -> rusqlite::Result<Version> {
     let actual: i64 = transaction
         .prepare_cached(CURRENT_VERSION)?
         .query_row(params![stream.aggregate_type, stream.id], |row| row.get(0))?;
-    let actual = Version(
-        u64::try_from(actual).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, actual))?,
-    );
+    u64::try_from(actual)
+        .map(Version)
+        .map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, actual))
+}
+
+/// Checks and writes one request after `head`, on a stream at version `actual`. The outer
+/// error is a driver failure that fails the whole group; the inner one is this request's own
+/// refusal, which writes nothing and leaves the group going.
+fn append_one(
+    transaction: &Transaction<'_>,
+    request: &AppendRequest,
+    actual: Version,
+    head: Position,
+) -> rusqlite::Result<Result<AppendOutcome, StoreError>> {
+    let stream = &request.stream;
     // Checked before drawing positions, so a losing append leaves no hole (DESIGN 4.2).
     if !request.expected.matches(actual) {
         return Ok(Err(StoreError::Conflict {
@@ -192,53 +275,24 @@ fn append_one(
         }));
     }
 
-    // Duplicate event ids are found by the UNIQUE constraint rather than a lookup per
-    // event: the insert probes that index anyway. The savepoint undoes the events of this
-    // request already inserted when a later one turns out to be a duplicate.
-    let savepoint = transaction.savepoint()?;
-    let mut duplicate = None;
-    {
-        let mut insert = savepoint.prepare_cached(INSERT_EVENT)?;
-        for (offset, event) in (1..).zip(&request.events) {
-            let inserted = insert.execute(params![
-                to_sql_integer(head.0 + offset)?,
-                stream.aggregate_type,
-                stream.id,
-                to_sql_integer(actual.0 + offset)?,
-                event.event_type,
-                event.schema_version,
-                event.payload,
-                event.event_id.as_bytes().as_slice(),
-                event.correlation_id,
-                event.causation_id,
-                event.user_id,
-                event.recorded_at,
-            ]);
-            match inserted {
-                Ok(_) => {}
-                Err(error) if is_unique_violation(&error) => {
-                    // Only a stored (or repeated) event id is this request's fault; any
-                    // other unique violation means the file changed under the writer.
-                    let exists: bool = savepoint
-                        .prepare_cached(EVENT_ID_EXISTS)?
-                        .query_row([event.event_id.as_bytes().as_slice()], |row| row.get(0))?;
-                    if !exists {
-                        return Err(error);
-                    }
-                    duplicate = Some(event.event_id);
-                    break;
-                }
-                Err(error) => return Err(error),
-            }
-        }
+    // A failed INSERT undoes itself (SQLite rolls back the statement, not the transaction),
+    // so a single event needs no savepoint; several do, to undo the ones already inserted
+    // when a later one is refused. The savepoint statements are cached: parsing them per
+    // append cost more than the inserts.
+    let several = request.events.len() > 1;
+    if several {
+        transaction.prepare_cached("SAVEPOINT append")?.execute([])?;
     }
-    if let Some(event_id) = duplicate {
-        // The default drop behaviour rolls back to the savepoint and releases it; `finish`
-        // does that and reports a failure, which fails the group.
-        savepoint.finish()?;
+    let written = insert_events(transaction, request, actual, head);
+    if several {
+        if !matches!(written, Ok(Ok(()))) {
+            transaction.prepare_cached("ROLLBACK TO append")?.execute([])?;
+        }
+        transaction.prepare_cached("RELEASE append")?.execute([])?;
+    }
+    if let Err(event_id) = written? {
         return Ok(Err(StoreError::DuplicateEventId(event_id)));
     }
-    savepoint.commit()?;
 
     let count = request.events.len() as u64;
     Ok(Ok(AppendOutcome {
@@ -246,6 +300,49 @@ fn append_one(
         first_position: Position(head.0 + 1),
         last_position: Position(head.0 + count),
     }))
+}
+
+/// Inserts the request's events; the inner error names an event id that is already stored.
+fn insert_events(
+    transaction: &Transaction<'_>,
+    request: &AppendRequest,
+    actual: Version,
+    head: Position,
+) -> rusqlite::Result<Result<(), Uuid>> {
+    let stream = &request.stream;
+    let mut insert = transaction.prepare_cached(INSERT_EVENT)?;
+    for (offset, event) in (1..).zip(&request.events) {
+        let inserted = insert.execute(params![
+            to_sql_integer(head.0 + offset)?,
+            stream.aggregate_type,
+            stream.id,
+            to_sql_integer(actual.0 + offset)?,
+            event.event_type,
+            event.schema_version,
+            event.payload,
+            event.event_id.as_bytes().as_slice(),
+            event.correlation_id,
+            event.causation_id,
+            event.user_id,
+            event.recorded_at,
+        ]);
+        match inserted {
+            Ok(_) => {}
+            Err(error) if is_unique_violation(&error) => {
+                // Only a stored (or repeated) event id is this request's fault; any other
+                // unique violation means the file changed under the writer.
+                let exists: bool = transaction
+                    .prepare_cached(EVENT_ID_EXISTS)?
+                    .query_row([event.event_id.as_bytes().as_slice()], |row| row.get(0))?;
+                if !exists {
+                    return Err(error);
+                }
+                return Ok(Err(event.event_id));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(Ok(()))
 }
 
 fn is_unique_violation(error: &rusqlite::Error) -> bool {

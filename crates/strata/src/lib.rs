@@ -21,6 +21,6 @@ pub use event::{DecodeError, DomainEvent, Envelope, EventMetadata, NewEvent, Rec
 pub use idempotency::{IdempotencyError, IdempotencyRecord, IdempotencyStore};
 pub use memory::{InMemoryEventStore, InMemoryIdempotencyStore, InMemoryViewManager};
 pub use projection::{Projection, ProjectionHandle, ProjectionRunner, ProjectionStatus};
-pub use store::{AppendOutcome, EventStore, StoreError};
+pub use store::{AppendOutcome, EventStore, GroupCommitMetrics, StoreError};
 pub use stream::{ExpectedVersion, Position, StreamId, Version};
 pub use view::{StoredView, View, ViewError, ViewLocator, ViewManager};

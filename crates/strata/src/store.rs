@@ -53,6 +53,34 @@ pub enum StoreError {
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// Counters of a store that commits appends in groups, for metrics and benchmarks. All
+/// counts are totals since the store was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupCommitMetrics {
+    /// Transactions committed (each one fsync).
+    pub groups: u64,
+    /// Appends answered, whether they committed or were refused.
+    pub appends: u64,
+    /// Events written.
+    pub events: u64,
+    /// The largest group so far.
+    pub largest_group: u64,
+    /// Time spent writing and committing groups, in microseconds.
+    pub busy_micros: u64,
+}
+
+impl GroupCommitMetrics {
+    /// Appends per group on average.
+    pub fn mean_group_size(&self) -> f64 {
+        self.appends as f64 / self.groups.max(1) as f64
+    }
+
+    /// Time per group on average, in milliseconds.
+    pub fn mean_group_ms(&self) -> f64 {
+        self.busy_micros as f64 / 1000.0 / self.groups.max(1) as f64
+    }
+}
+
 /// An append-only log of events, ordered per stream by version and overall by position.
 pub trait EventStore: Send + Sync + 'static {
     /// Appends `events` to `stream` if the stream is at `expected`, all or nothing.
@@ -85,4 +113,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// A receiver that changes whenever new events commit; its value is the head position.
     /// Followers wait on it instead of polling.
     fn subscribe(&self) -> watch::Receiver<Position>;
+
+    /// Group-commit counters, for stores that commit appends in groups.
+    fn group_commit_metrics(&self) -> Option<GroupCommitMetrics> {
+        None
+    }
 }

@@ -4,7 +4,6 @@
 //!
 //! Every test works in its own temporary directory, removed when the test ends.
 
-
 mod contract;
 mod group_commit;
 mod schema;

@@ -94,3 +94,17 @@ async fn the_first_idempotency_record_wins_and_survives_reopening() {
     // The idempotency store shares views.sqlite without disturbing the event store.
     assert_eq!(SqliteEventStore::open(dir.path()).unwrap().head(), Position::START);
 }
+
+#[tokio::test]
+async fn a_second_writer_on_the_same_directory_is_refused_until_the_first_closes() {
+    let dir = TempDir::new().unwrap();
+    let first = SqliteEventStore::open(dir.path()).unwrap();
+    first.append(&stream("s"), NEW, vec![event(1)]).await.unwrap();
+    match SqliteEventStore::open(dir.path()) {
+        Err(SqliteError::Locked { path }) => assert!(path.ends_with("events.lock")),
+        other => panic!("a second writer must be refused, got {other:?}"),
+    }
+    drop(first);
+    let second = SqliteEventStore::open(dir.path()).unwrap();
+    assert_eq!(second.head(), Position(1), "the second writer sees what the first wrote");
+}
