@@ -8,8 +8,12 @@
 //! strata_testkit::event_store_contract(MyFactory::new()).await;
 //! strata_testkit::view_manager_contract(MyViewFactory::new()).await;
 //! ```
+//!
+//! Backend tests that need a server get a fresh schema or database from [`services`], which
+//! skips them (or, with `STRATA_REQUIRE_SERVICES=1`, fails them) when the server is down.
 
 mod event_store;
+pub mod services;
 mod view_manager;
 
 use std::future::Future;

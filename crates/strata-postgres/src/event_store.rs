@@ -1,0 +1,234 @@
+//! [`PgEventStore`]: the event log in the `strata_events` table of one schema.
+//!
+//! Appends are sent to the writer task (`writer.rs`), which commits them in groups under
+//! the schema's append lock; reads use the shared connection pool and never wait for a
+//! commit. The head that followers wait on is fed by this store's own commits and, through
+//! the listener task (`listener.rs`), by every other node's. This module holds the handle,
+//! the reads and the mapping between rows and events; it holds no write SQL.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::DateTime;
+use strata::{
+    AppendOutcome, EventMetadata, EventStore, ExpectedVersion, GroupCommitMetrics, NewEvent,
+    Position, RecordedEvent, StoreError, StreamId, Version,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_postgres::Row;
+
+use crate::database::PgDatabase;
+use crate::error::{DbError, PgError, from_bigint, to_bigint};
+use crate::writer::{self, AppendRequest, EventRow};
+use crate::{listener, writer::HEAD};
+
+/// The columns [`decode`] reads, in its order; a macro so that queries can `concat!` it.
+macro_rules! columns {
+    () => {
+        "position, aggregate_type, aggregate_id, version, event_type, schema_version, payload, \
+         event_id, correlation_id, causation_id, user_id, recorded_at"
+    };
+}
+
+const READ_STREAM: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM strata_events WHERE aggregate_type = $1 AND aggregate_id = $2 AND version > $3 \
+     ORDER BY version"
+);
+const READ_ALL: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM strata_events WHERE position > $1 ORDER BY position LIMIT $2"
+);
+
+/// An [`EventStore`] on PostgreSQL, safe to run on several nodes against one schema.
+///
+/// Clones share one store: one writer connection, one listener connection and the
+/// database's read pool. When the last clone is dropped, the writer finishes the appends
+/// already sent and stops, and the listener stops.
+#[derive(Clone)]
+pub struct PgEventStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    database: PgDatabase,
+    /// Closing this channel (dropping the store) is what stops the writer.
+    requests: mpsc::UnboundedSender<AppendRequest>,
+    /// The head: written by the writer after each commit and by the listener.
+    published: Arc<watch::Sender<Position>>,
+    listener: JoinHandle<()>,
+    metrics: Arc<writer::Metrics>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The writer stops by itself once `requests` is dropped, after answering what it
+        // holds; the listener only ever waits, so it is stopped outright.
+        self.listener.abort();
+    }
+}
+
+impl std::fmt::Debug for PgEventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgEventStore")
+            .field("schema", &self.inner.database.schema())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgEventStore {
+    /// Connects to `url`, migrates `schema` (see [`PgDatabase::connect`]) and opens the store.
+    pub async fn connect(url: &str, schema: Option<&str>) -> Result<Self, PgError> {
+        Self::open(&PgDatabase::connect(url, schema).await?).await
+    }
+
+    /// Opens the store on a migrated database: reads the head and starts the writer and
+    /// listener tasks. Must be called within a tokio runtime.
+    pub async fn open(database: &PgDatabase) -> Result<Self, PgError> {
+        let client = database.pool().get().await.map_err(PgError::PoolGet)?;
+        let head: i64 = client.query_one(HEAD, &[]).await.map_err(PgError::Database)?.get(0);
+        drop(client);
+        let published = Arc::new(watch::channel(Position(u64::try_from(head).unwrap_or(0))).0);
+        let (requests, received) = mpsc::unbounded_channel();
+        // The writer's handle is not kept: it stops when `requests` closes, and nothing
+        // needs to wait for it (the database, not this process, holds what it committed).
+        let metrics = Arc::new(writer::Metrics::default());
+        drop(writer::spawn(database, Arc::clone(&published), Arc::clone(&metrics), received));
+        let listener = listener::spawn(database, Arc::clone(&published));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                database: database.clone(),
+                requests,
+                published,
+                listener,
+                metrics,
+            }),
+        })
+    }
+
+    /// The database this store is in.
+    pub fn database(&self) -> &PgDatabase {
+        &self.inner.database
+    }
+}
+
+impl EventStore for PgEventStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome, StoreError> {
+        // Checks that need no database run here, in the caller's task, so that the writer
+        // spends its time writing.
+        if events.is_empty() {
+            return Err(StoreError::EmptyAppend(stream.clone()));
+        }
+        let mut ids = HashSet::with_capacity(events.len());
+        for event in &events {
+            if !ids.insert(event.metadata.event_id) {
+                return Err(StoreError::DuplicateEventId(event.metadata.event_id));
+            }
+        }
+        let events = events.into_iter().map(encode).collect::<Result<Vec<_>, _>>()?;
+
+        let (answer, answered) = oneshot::channel();
+        let request = AppendRequest { stream: stream.clone(), expected, events, answer };
+        self.inner.requests.send(request).map_err(|_| StoreError::Closed)?;
+        // The writer answers every request it takes; a dropped answer means it is gone.
+        answered.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        after: Version,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let read = async {
+            let client = self.inner.database.pool().get().await?;
+            let statement = client.prepare_cached(READ_STREAM).await?;
+            let rows = client
+                .query(&statement, &[&stream.aggregate_type, &stream.id, &to_bigint(after.0)])
+                .await?;
+            rows.iter().map(decode).collect::<Result<Vec<_>, DbError>>()
+        };
+        read.await.map_err(DbError::into_store_error)
+    }
+
+    async fn read_all(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let read = async {
+            let client = self.inner.database.pool().get().await?;
+            let statement = client.prepare_cached(READ_ALL).await?;
+            let rows = client.query(&statement, &[&to_bigint(after.0), &limit]).await?;
+            rows.iter().map(decode).collect::<Result<Vec<_>, DbError>>()
+        };
+        read.await.map_err(DbError::into_store_error)
+    }
+
+    fn subscribe(&self) -> watch::Receiver<Position> {
+        self.inner.published.subscribe()
+    }
+
+    fn group_commit_metrics(&self) -> Option<GroupCommitMetrics> {
+        Some(self.inner.metrics.snapshot())
+    }
+}
+
+/// The error for a time outside what nanoseconds in an `i64` hold.
+#[derive(Debug, thiserror::Error)]
+#[error("recorded_at {0} is outside the years 1677 to 2262, which this store can hold")]
+struct UnstorableTime(DateTime<chrono::Utc>);
+
+/// Encodes an event for its row. Time is stored in nanoseconds so that the event read back
+/// equals the one appended; that limits it to the years 1677 to 2262.
+fn encode(event: NewEvent) -> Result<EventRow, StoreError> {
+    let NewEvent { event_type, schema_version, payload, metadata } = event;
+    let recorded_at = metadata
+        .recorded_at
+        .timestamp_nanos_opt()
+        .ok_or_else(|| StoreError::Backend(Box::new(UnstorableTime(metadata.recorded_at))))?;
+    Ok(EventRow {
+        event_id: metadata.event_id,
+        event_type,
+        schema_version: i64::from(schema_version),
+        payload,
+        correlation_id: metadata.correlation_id,
+        causation_id: metadata.causation_id,
+        user_id: metadata.user,
+        recorded_at,
+    })
+}
+
+/// Reads one row selected with `columns!()` back into the event that was appended.
+fn decode(row: &Row) -> Result<RecordedEvent, DbError> {
+    let position = from_bigint(row.try_get(0)?, "position")?;
+    let schema_version: i64 = row.try_get(5)?;
+    let schema_version = u32::try_from(schema_version).map_err(|_| {
+        DbError::Corrupt(format!(
+            "event at position {position} has schema version {schema_version}"
+        ))
+    })?;
+    Ok(RecordedEvent {
+        stream: StreamId { aggregate_type: row.try_get(1)?, id: row.try_get(2)? },
+        version: Version(from_bigint(row.try_get(3)?, "version")?),
+        position: Position(position),
+        event_type: row.try_get(4)?,
+        schema_version,
+        payload: row.try_get(6)?,
+        metadata: EventMetadata {
+            event_id: row.try_get(7)?,
+            correlation_id: row.try_get(8)?,
+            causation_id: row.try_get(9)?,
+            user: row.try_get(10)?,
+            recorded_at: DateTime::from_timestamp_nanos(row.try_get(11)?),
+        },
+    })
+}

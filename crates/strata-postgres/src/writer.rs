@@ -1,0 +1,635 @@
+//! The event store's write path: one task per store that owns one connection and commits
+//! appends in groups, with positions that are gap-free across every node.
+//!
+//! **Why readers never skip an event.** Every group's transaction first takes the
+//! transaction-level advisory lock [`PgDatabase::append_lock_key`], then reads
+//! `max(position)` and numbers its events from there (head + 1, head + 2, …). PostgreSQL
+//! releases a transaction's locks only after the transaction is committed and visible to
+//! new snapshots (or rolled back), and in READ COMMITTED each statement takes a fresh
+//! snapshot, so the next holder's `max(position)` already sees every committed event:
+//! positions are dense, and position P + 1 is only drawn after P is committed (or given
+//! back by a rollback). Hence a reader whose snapshot shows P + 1 also shows every position
+//! below it, and `WHERE position > cursor` can never step over an event that commits later.
+//! This holds across processes because the lock is in the database, not in this process.
+//!
+//! **Group commit.** The task waits for the first pending request, then takes every request
+//! already waiting (up to [`MAX_GROUP`], never sleeping for more), and writes them in one
+//! transaction: one lock, one fsync and one `NOTIFY` for the whole group, which pays for the
+//! serialization. The expected versions of all the group's streams are known before any
+//! position is drawn, so a losing append leaves no hole; the winners' events go in as one
+//! `INSERT … SELECT FROM unnest(…)`. Each caller gets its own answer: a conflicting append
+//! fails alone. If that one insert hits a unique violation (a duplicate event id), the
+//! transaction is rolled back and the group written again with one savepoint per request,
+//! so again only the offending request fails. If the transaction itself fails, every
+//! request of the group gets an error and nothing of it was written; when the connection
+//! dies during `COMMIT` the outcome is unknown to us, and the callers are told it failed (a
+//! retry then finds its events, as a duplicate id or a version conflict, rather than
+//! writing them twice).
+//!
+//! **Version cache.** Reading the versions of a group's streams is the costliest query. The
+//! writer remembers the versions its own commits left and the head after them; when the
+//! head found under the lock is still that head, nobody else has committed since (any
+//! commit moves the dense head) and only unknown streams are read. The transaction is
+//! explicitly READ COMMITTED, whatever the server's default, because the argument above
+//! needs a fresh snapshot per statement.
+//!
+//! **Notification.** Inside the transaction, the group sends `pg_notify('strata_events',
+//! '<schema>:<head>')`; PostgreSQL delivers it only at commit, so a follower woken by it
+//! finds the rows. The task publishes the new head on its own watch channel after `COMMIT`.
+//!
+//! `synchronous_commit` stays on (the writer turns it back on if the server's default is
+//! off): an answered append is on disk (invariant 5).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use strata::{
+    AppendOutcome, ExpectedVersion, GroupCommitMetrics, Position, StoreError, StreamId, Version,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Config, Statement};
+use uuid::Uuid;
+
+use crate::database::{PgDatabase, connect};
+use crate::error::{DbError, from_bigint, to_bigint, violated_unique_constraint};
+
+/// The most requests one group commits. It bounds the time the first caller of a group
+/// waits behind the others and the size of one transaction; under heavier load the next
+/// group starts right away.
+pub(crate) const MAX_GROUP: usize = 1000;
+
+const LOCK: &str = "SELECT pg_advisory_xact_lock($1)";
+pub(crate) const HEAD: &str = "SELECT COALESCE(max(position), 0) FROM strata_events";
+/// The current version of each listed stream, zero for a new one; one index probe each.
+const VERSIONS: &str = "SELECT s.aggregate_type, s.aggregate_id, \
+     COALESCE((SELECT max(e.version) FROM strata_events e \
+               WHERE e.aggregate_type = s.aggregate_type AND e.aggregate_id = s.aggregate_id), 0) \
+     FROM unnest($1::text[], $2::text[]) AS s (aggregate_type, aggregate_id)";
+const VERSION: &str = "SELECT COALESCE(max(version), 0) FROM strata_events \
+     WHERE aggregate_type = $1 AND aggregate_id = $2";
+const INSERT: &str = "INSERT INTO strata_events (position, aggregate_type, aggregate_id, \
+     version, event_type, schema_version, payload, event_id, correlation_id, causation_id, \
+     user_id, recorded_at) \
+     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[], \
+     $6::bigint[], $7::bytea[], $8::uuid[], $9::text[], $10::text[], $11::text[], $12::bigint[])";
+const STORED_ID: &str = "SELECT event_id FROM strata_events WHERE event_id = ANY($1) LIMIT 1";
+const NOTIFY: &str = "SELECT pg_notify($1, $2)";
+
+const EVENT_ID_CONSTRAINT: &str = "strata_events_event_id_key";
+const STREAM_VERSION_CONSTRAINT: &str = "strata_events_stream_version_key";
+
+/// An event encoded for its row, prepared by the caller so that the writer only writes.
+pub(crate) struct EventRow {
+    pub(crate) event_id: Uuid,
+    pub(crate) event_type: String,
+    pub(crate) schema_version: i64,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) correlation_id: String,
+    pub(crate) causation_id: Option<String>,
+    pub(crate) user_id: Option<String>,
+    /// Unix time in nanoseconds.
+    pub(crate) recorded_at: i64,
+}
+
+/// One caller's append and where to send its answer.
+pub(crate) struct AppendRequest {
+    pub(crate) stream: StreamId,
+    pub(crate) expected: ExpectedVersion,
+    /// Never empty, and free of repeated ids: the caller checks both before sending.
+    pub(crate) events: Vec<EventRow>,
+    pub(crate) answer: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+}
+
+/// Group-commit counters, written by the writer task and read by anyone.
+#[derive(Default)]
+pub(crate) struct Metrics {
+    groups: AtomicU64,
+    appends: AtomicU64,
+    events: AtomicU64,
+    largest_group: AtomicU64,
+    busy_micros: AtomicU64,
+}
+
+impl Metrics {
+    pub(crate) fn snapshot(&self) -> GroupCommitMetrics {
+        GroupCommitMetrics {
+            groups: self.groups.load(Ordering::Relaxed),
+            appends: self.appends.load(Ordering::Relaxed),
+            events: self.events.load(Ordering::Relaxed),
+            largest_group: self.largest_group.load(Ordering::Relaxed),
+            busy_micros: self.busy_micros.load(Ordering::Relaxed),
+        }
+    }
+
+    fn record(&self, appends: usize, outcomes: &Outcomes, started: Instant) {
+        let events: u64 = outcomes
+            .iter()
+            .flatten()
+            .map(|outcome| outcome.last_position.0 - outcome.first_position.0 + 1)
+            .sum();
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.groups.fetch_add(1, Ordering::Relaxed);
+        self.appends.fetch_add(appends as u64, Ordering::Relaxed);
+        self.events.fetch_add(events, Ordering::Relaxed);
+        self.largest_group.fetch_max(appends as u64, Ordering::Relaxed);
+        self.busy_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+}
+
+/// Starts the writer task. It runs until every sender of `requests` is dropped, finishing
+/// the requests already sent.
+pub(crate) fn spawn(
+    database: &PgDatabase,
+    published: Arc<watch::Sender<Position>>,
+    metrics: Arc<Metrics>,
+    requests: mpsc::UnboundedReceiver<AppendRequest>,
+) -> JoinHandle<()> {
+    let writer = Writer {
+        config: database.config().clone(),
+        schema: database.schema().to_owned(),
+        lock_key: database.append_lock_key(),
+        connection: None,
+        published,
+        metrics,
+        versions: VersionCache::default(),
+    };
+    tokio::spawn(writer.run(requests))
+}
+
+struct Writer {
+    config: Config,
+    schema: String,
+    lock_key: i64,
+    /// The writer's own connection, opened on first use and again after it breaks.
+    connection: Option<Connection>,
+    /// Where this store's followers learn of new commits.
+    published: Arc<watch::Sender<Position>>,
+    metrics: Arc<Metrics>,
+    /// Stream versions remembered from this writer's own commits.
+    versions: VersionCache,
+}
+
+/// The writer's connection and its prepared statements.
+struct Connection {
+    client: Client,
+    statements: Statements,
+}
+
+struct Statements {
+    lock: Statement,
+    head: Statement,
+    versions: Statement,
+    version: Statement,
+    insert: Statement,
+    stored_id: Statement,
+    notify: Statement,
+}
+
+impl Connection {
+    async fn open(config: &Config) -> Result<Self, tokio_postgres::Error> {
+        // The driver task ends by itself when `client` is dropped.
+        let (client, _driver) = connect(config).await?;
+        // An answered append must be on disk (invariant 5). A server or role that turned
+        // synchronous commit off would break that silently; stronger settings (waiting for
+        // standbys) are kept.
+        let setting: String = client.query_one("SHOW synchronous_commit", &[]).await?.get(0);
+        if setting == "off" {
+            client.batch_execute("SET synchronous_commit = on").await?;
+        }
+        let statements = Statements {
+            lock: client.prepare(LOCK).await?,
+            head: client.prepare(HEAD).await?,
+            versions: client.prepare(VERSIONS).await?,
+            version: client.prepare(VERSION).await?,
+            insert: client.prepare(INSERT).await?,
+            stored_id: client.prepare(STORED_ID).await?,
+            notify: client.prepare(NOTIFY).await?,
+        };
+        Ok(Self { client, statements })
+    }
+}
+
+/// Why a whole group failed: its transaction did not commit.
+#[derive(Debug, thiserror::Error)]
+#[error("the group commit holding this append failed, so it was not written: {0}")]
+struct GroupFailed(#[source] Arc<DbError>);
+
+impl Writer {
+    async fn run(mut self, mut requests: mpsc::UnboundedReceiver<AppendRequest>) {
+        let mut group = Vec::with_capacity(MAX_GROUP);
+        // Waits for the first request, then takes what is already waiting without sleeping
+        // for more: a lone request commits at once, and under load groups grow by themselves.
+        while requests.recv_many(&mut group, MAX_GROUP).await > 0 {
+            self.commit_group(&mut group).await;
+        }
+        tracing::debug!(schema = %self.schema, "event store writer stopped: the store was dropped");
+    }
+
+    /// Writes and commits `group`, answers every request in it and empties it.
+    async fn commit_group(&mut self, group: &mut Vec<AppendRequest>) {
+        let started = Instant::now();
+        let result = match connected(&mut self.connection, &self.config).await {
+            Ok(connection) => {
+                write_group(connection, &mut self.versions, group, self.lock_key, &self.schema)
+                    .await
+            }
+            Err(error) => Err(DbError::from(error)),
+        };
+        match result {
+            Ok((outcomes, head)) => {
+                self.metrics.record(group.len(), &outcomes, started);
+                if let Some(head) = head {
+                    // After the commit, never before: a follower woken by this must find
+                    // the rows. Other nodes' commits may already have moved it further.
+                    crate::listener::raise(&self.published, head);
+                }
+                for (request, outcome) in group.drain(..).zip(outcomes) {
+                    // A caller that stopped waiting has nobody to tell.
+                    let _ = request.answer.send(outcome);
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, requests = group.len(), "event store group commit failed");
+                self.versions.forget();
+                if self.connection.as_ref().is_none_or(|c| c.client.is_closed()) {
+                    // Reconnect on the next group rather than here: if the server is down,
+                    // callers get an error at once instead of waiting on a retry loop.
+                    self.connection = None;
+                }
+                let error = Arc::new(error);
+                for request in group.drain(..) {
+                    let failed = GroupFailed(Arc::clone(&error));
+                    let _ = request.answer.send(Err(StoreError::Backend(Box::new(failed))));
+                }
+            }
+        }
+    }
+}
+
+/// The writer's connection, opened if it is missing or broken.
+async fn connected<'a>(
+    connection: &'a mut Option<Connection>,
+    config: &Config,
+) -> Result<&'a mut Connection, tokio_postgres::Error> {
+    let open = match connection.take() {
+        Some(open) if !open.client.is_closed() => open,
+        _ => Connection::open(config).await?,
+    };
+    Ok(connection.insert(open))
+}
+
+/// The events of the group that passed their checks, column by column, for one `unnest`
+/// insert.
+#[derive(Default)]
+struct Columns {
+    position: Vec<i64>,
+    aggregate_type: Vec<String>,
+    aggregate_id: Vec<String>,
+    version: Vec<i64>,
+    event_type: Vec<String>,
+    schema_version: Vec<i64>,
+    payload: Vec<Vec<u8>>,
+    event_id: Vec<Uuid>,
+    correlation_id: Vec<String>,
+    causation_id: Vec<Option<String>>,
+    user_id: Vec<Option<String>>,
+    recorded_at: Vec<i64>,
+}
+
+impl Columns {
+    fn push(&mut self, stream: &StreamId, position: u64, version: u64, event: &EventRow) {
+        self.position.push(to_bigint(position));
+        self.aggregate_type.push(stream.aggregate_type.clone());
+        self.aggregate_id.push(stream.id.clone());
+        self.version.push(to_bigint(version));
+        self.event_type.push(event.event_type.clone());
+        self.schema_version.push(event.schema_version);
+        self.payload.push(event.payload.clone());
+        self.event_id.push(event.event_id);
+        self.correlation_id.push(event.correlation_id.clone());
+        self.causation_id.push(event.causation_id.clone());
+        self.user_id.push(event.user_id.clone());
+        self.recorded_at.push(event.recorded_at);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.position.is_empty()
+    }
+
+    async fn insert(
+        &self,
+        client: &Client,
+        statement: &Statement,
+    ) -> Result<u64, tokio_postgres::Error> {
+        client
+            .execute(
+                statement,
+                &[
+                    &self.position,
+                    &self.aggregate_type,
+                    &self.aggregate_id,
+                    &self.version,
+                    &self.event_type,
+                    &self.schema_version,
+                    &self.payload,
+                    &self.event_id,
+                    &self.correlation_id,
+                    &self.causation_id,
+                    &self.user_id,
+                    &self.recorded_at,
+                ],
+            )
+            .await
+    }
+}
+
+/// The log as the group sees it while planning: the head and each stream's version.
+#[derive(Clone)]
+struct Tally {
+    head: u64,
+    versions: HashMap<StreamId, u64>,
+}
+
+impl Tally {
+    /// Checks `request` against the tally and, if it passes, numbers its events into
+    /// `columns` and advances the tally. A refusal changes nothing.
+    fn plan(
+        &mut self,
+        request: &AppendRequest,
+        columns: &mut Columns,
+    ) -> Result<AppendOutcome, StoreError> {
+        let actual = Version(self.versions.get(&request.stream).copied().unwrap_or(0));
+        // Checked before drawing positions, so a losing append leaves no hole (DESIGN 4.2).
+        if !request.expected.matches(actual) {
+            return Err(StoreError::Conflict {
+                stream: request.stream.clone(),
+                expected: request.expected,
+                actual,
+            });
+        }
+        let first = self.head + 1;
+        for (offset, event) in (0..).zip(&request.events) {
+            columns.push(&request.stream, first + offset, actual.0 + 1 + offset, event);
+        }
+        let count = request.events.len() as u64;
+        self.head += count;
+        self.versions.insert(request.stream.clone(), actual.0 + count);
+        Ok(AppendOutcome {
+            version: Version(actual.0 + count),
+            first_position: Position(first),
+            last_position: Position(self.head),
+        })
+    }
+}
+
+/// The stream versions this writer knows, and the head they are true at.
+///
+/// Reading the versions of a group's streams is the costliest query of a group. When the
+/// head found under the lock equals the head this writer left after its last commit,
+/// nobody else has committed since (positions are dense, so any commit moves the head),
+/// and the remembered versions are exact: only streams not remembered are read. When
+/// another node has written, everything is read again.
+#[derive(Default)]
+struct VersionCache {
+    head: Option<u64>,
+    versions: HashMap<StreamId, u64>,
+}
+
+/// How many stream versions the cache keeps before it starts over; bounds its memory.
+const CACHED_STREAMS: usize = 100_000;
+
+impl VersionCache {
+    fn forget(&mut self) {
+        self.head = None;
+        self.versions.clear();
+    }
+}
+
+type Outcomes = Vec<Result<AppendOutcome, StoreError>>;
+
+/// How a group is written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// All events in one insert; a unique violation fails the whole attempt.
+    Together,
+    /// One savepoint per request, so that only the offending request fails.
+    OneByOne,
+}
+
+/// What one attempt at a group came to.
+enum Attempt {
+    /// Committed (or, if nothing passed its checks, ended): each request's outcome and
+    /// the new head if anything was written.
+    Done(Outcomes, Option<Position>),
+    /// The insert of [`Mode::Together`] hit a unique violation (a duplicate event id); the
+    /// transaction was rolled back and the group must be written one by one.
+    Split,
+}
+
+/// Writes every request of `group` in one transaction. An error means the transaction
+/// failed and nothing was written.
+async fn write_group(
+    connection: &mut Connection,
+    cache: &mut VersionCache,
+    group: &[AppendRequest],
+    lock_key: i64,
+    schema: &str,
+) -> Result<(Outcomes, Option<Position>), DbError> {
+    let mut mode = Mode::Together;
+    loop {
+        let attempt = attempt_group(connection, cache, group, lock_key, schema, mode).await;
+        let attempt = match attempt {
+            Ok(attempt) => attempt,
+            Err(error) => {
+                cache.forget();
+                // Best effort: after a failed statement the transaction must end before the
+                // next group; if the connection is gone, the server ended it already.
+                let _ = connection.client.batch_execute("ROLLBACK").await;
+                return Err(error);
+            }
+        };
+        match attempt {
+            Attempt::Done(outcomes, head) => return Ok((outcomes, head)),
+            Attempt::Split => mode = Mode::OneByOne,
+        }
+    }
+}
+
+/// One transaction for `group`. Statements whose order alone matters are pipelined: sent
+/// together and answered together, which is safe because the server still runs them one
+/// after the other, each with its own snapshot.
+async fn attempt_group(
+    connection: &Connection,
+    cache: &mut VersionCache,
+    group: &[AppendRequest],
+    lock_key: i64,
+    schema: &str,
+    mode: Mode,
+) -> Result<Attempt, DbError> {
+    let client = &connection.client;
+    let statements = &connection.statements;
+
+    let mut streams: Vec<&StreamId> = group.iter().map(|request| &request.stream).collect();
+    streams.sort_unstable();
+    streams.dedup();
+    let (hits, misses): (Vec<&StreamId>, Vec<&StreamId>) =
+        streams.into_iter().partition(|stream| cache.versions.contains_key(*stream));
+
+    // One round trip: begin, take the append lock, then (under it: see the module
+    // documentation) read the head and the versions of the streams not remembered.
+    let (types, ids) = stream_columns(&misses);
+    let lock_parameters: [&(dyn ToSql + Sync); 1] = [&lock_key];
+    let version_parameters: [&(dyn ToSql + Sync); 2] = [&types, &ids];
+    let (_, _, head, read) = tokio::try_join!(
+        client.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED"),
+        client.execute(&statements.lock, &lock_parameters),
+        client.query_one(&statements.head, &[]),
+        client.query(&statements.versions, &version_parameters),
+    )?;
+    let head = from_bigint(head.get(0), "position")?;
+    let mut versions = HashMap::with_capacity(hits.len() + misses.len());
+    collect_versions(&read, &mut versions)?;
+    if cache.head == Some(head) {
+        for stream in hits {
+            if let Some(version) = cache.versions.get(stream) {
+                versions.insert(stream.clone(), *version);
+            }
+        }
+    } else if !hits.is_empty() {
+        // Another node committed since this writer last did: what it remembers may be stale.
+        let (types, ids) = stream_columns(&hits);
+        let read = client.query(&statements.versions, &[&types, &ids]).await?;
+        collect_versions(&read, &mut versions)?;
+    }
+    let start = Tally { head, versions };
+
+    let (outcomes, tally) = match mode {
+        Mode::Together => {
+            let mut tally = start.clone();
+            let mut columns = Columns::default();
+            let outcomes: Outcomes =
+                group.iter().map(|request| tally.plan(request, &mut columns)).collect();
+            if !columns.is_empty() {
+                match columns.insert(client, &statements.insert).await {
+                    Ok(_) => {}
+                    Err(error) if violated_unique_constraint(&error).is_some() => {
+                        tracing::debug!(%error, "group insert refused; writing request by request");
+                        client.batch_execute("ROLLBACK").await?;
+                        return Ok(Attempt::Split);
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            (outcomes, tally)
+        }
+        Mode::OneByOne => write_one_by_one(connection, group, start.clone()).await?,
+    };
+
+    let new_head = (tally.head != start.head).then_some(Position(tally.head));
+    match new_head {
+        Some(new_head) => {
+            // One notification per group, delivered by PostgreSQL at commit. Not pipelined
+            // with the COMMIT: measured, that made groups several times slower.
+            let payload = format!("{schema}:{}", new_head.0);
+            client.execute(&statements.notify, &[&PgDatabase::NOTIFY_CHANNEL, &payload]).await?;
+            client.batch_execute("COMMIT").await?;
+        }
+        // Nothing written: nothing to make durable.
+        None => client.batch_execute("ROLLBACK").await?,
+    }
+
+    if cache.versions.len() > CACHED_STREAMS {
+        cache.versions.clear();
+    }
+    cache.head = Some(tally.head);
+    cache.versions.extend(tally.versions);
+    Ok(Attempt::Done(outcomes, new_head))
+}
+
+fn stream_columns<'a>(streams: &[&'a StreamId]) -> (Vec<&'a str>, Vec<&'a str>) {
+    streams.iter().map(|stream| (stream.aggregate_type.as_str(), stream.id.as_str())).unzip()
+}
+
+fn collect_versions(
+    rows: &[tokio_postgres::Row],
+    versions: &mut HashMap<StreamId, u64>,
+) -> Result<(), DbError> {
+    for row in rows {
+        let stream = StreamId::new(row.try_get::<_, String>(0)?, row.try_get::<_, String>(1)?);
+        versions.insert(stream, from_bigint(row.try_get(2)?, "version")?);
+    }
+    Ok(())
+}
+
+/// The slow path after a unique violation: each request in its own savepoint, so only the
+/// offending one fails. Positions and versions are planned request by request, because a
+/// refused request does not take the numbers the fast path gave it.
+async fn write_one_by_one(
+    connection: &Connection,
+    group: &[AppendRequest],
+    mut tally: Tally,
+) -> Result<(Outcomes, Tally), DbError> {
+    let client = &connection.client;
+    let mut outcomes = Vec::with_capacity(group.len());
+    for request in group {
+        let mut planned = tally.clone();
+        let mut columns = Columns::default();
+        let outcome = match planned.plan(request, &mut columns) {
+            Err(refusal) => Err(refusal),
+            Ok(outcome) => {
+                client.batch_execute("SAVEPOINT strata_request").await?;
+                match columns.insert(client, &connection.statements.insert).await {
+                    Ok(_) => {
+                        client.batch_execute("RELEASE SAVEPOINT strata_request").await?;
+                        tally = planned;
+                        Ok(outcome)
+                    }
+                    Err(error) => {
+                        let constraint = violated_unique_constraint(&error).map(str::to_owned);
+                        client.batch_execute("ROLLBACK TO SAVEPOINT strata_request").await?;
+                        Err(refusal(connection, request, constraint, error).await?)
+                    }
+                }
+            }
+        };
+        outcomes.push(outcome);
+    }
+    Ok((outcomes, tally))
+}
+
+/// The caller's error for a request whose insert hit `constraint`; any other failure fails
+/// the group.
+async fn refusal(
+    connection: &Connection,
+    request: &AppendRequest,
+    constraint: Option<String>,
+    error: tokio_postgres::Error,
+) -> Result<StoreError, DbError> {
+    let (client, statements) = (&connection.client, &connection.statements);
+    match constraint.as_deref() {
+        Some(EVENT_ID_CONSTRAINT) => {
+            let ids: Vec<Uuid> = request.events.iter().map(|event| event.event_id).collect();
+            match client.query_opt(&statements.stored_id, &[&ids]).await? {
+                Some(row) => Ok(StoreError::DuplicateEventId(row.try_get(0)?)),
+                None => Err(error.into()),
+            }
+        }
+        // Only a writer that skipped the append lock can get here: it wrote this stream
+        // after the group read its version. Report what it left, as any conflict does.
+        Some(STREAM_VERSION_CONSTRAINT) => {
+            let stream = &request.stream;
+            let row = client
+                .query_one(&statements.version, &[&stream.aggregate_type, &stream.id])
+                .await?;
+            let actual = Version(from_bigint(row.try_get(0)?, "version")?);
+            Ok(StoreError::Conflict { stream: stream.clone(), expected: request.expected, actual })
+        }
+        // A position taken by someone else means the append lock was not respected; that
+        // is not one request's fault.
+        _ => Err(error.into()),
+    }
+}

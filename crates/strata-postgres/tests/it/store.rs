@@ -1,0 +1,161 @@
+//! What the PostgreSQL event store promises beyond the contract: a refused append inside a
+//! group commit fails alone, another node's commit wakes this node's subscribers, several
+//! nodes starting at once migrate a schema exactly once, and idempotency records are shared.
+
+use std::time::Duration;
+
+use strata::{
+    EventStore, ExpectedVersion, IdempotencyRecord, IdempotencyStore, Position, StoreError,
+    StreamId, Version,
+};
+use strata_postgres::{PgDatabase, PgEventStore, PgIdempotencyStore};
+use strata_testkit::sample_event;
+
+use crate::{database, fixture, raw_client};
+
+fn stream(id: &str) -> StreamId {
+    StreamId::new("test", id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_append_inside_a_group_fails_alone() {
+    let Some(fixture) = fixture().await else { return };
+    let database = database(&fixture).await;
+    let store = PgEventStore::open(&database).await.unwrap();
+    let first = sample_event(0);
+    let taken_id = first.metadata.clone();
+    store.append(&stream("hot"), ExpectedVersion::NoStream, vec![first]).await.unwrap();
+
+    // Hold the append lock so that every append below queues behind it: the writer's next
+    // group then holds them all (the first one may form a group of its own).
+    let mut blocker = raw_client(&fixture).await;
+    let holding = blocker.transaction().await.unwrap();
+    holding
+        .execute("SELECT pg_advisory_xact_lock($1)", &[&database.append_lock_key()])
+        .await
+        .unwrap();
+
+    let mut appends = Vec::new();
+    for n in 0..30 {
+        let store = store.clone();
+        appends.push(tokio::spawn(async move {
+            let events = vec![sample_event(n), sample_event(n + 100)];
+            (
+                "fresh",
+                store.append(&stream(&format!("s{n}")), ExpectedVersion::NoStream, events).await,
+            )
+        }));
+    }
+    for n in 0..5 {
+        let store = store.clone();
+        appends.push(tokio::spawn(async move {
+            (
+                "stale",
+                store
+                    .append(&stream("hot"), ExpectedVersion::NoStream, vec![sample_event(n)])
+                    .await,
+            )
+        }));
+    }
+    for n in 0..5 {
+        let store = store.clone();
+        let mut duplicate = sample_event(n);
+        duplicate.metadata = taken_id.clone();
+        appends.push(tokio::spawn(async move {
+            let events = vec![sample_event(n + 200), duplicate];
+            (
+                "duplicate",
+                store.append(&stream(&format!("d{n}")), ExpectedVersion::NoStream, events).await,
+            )
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    holding.commit().await.unwrap();
+
+    for append in appends {
+        match append.await.unwrap() {
+            ("fresh", Ok(outcome)) => assert_eq!(outcome.version, Version(2)),
+            ("stale", Err(StoreError::Conflict { actual, .. })) => assert_eq!(actual, Version(1)),
+            ("duplicate", Err(StoreError::DuplicateEventId(id))) => {
+                assert_eq!(id, taken_id.event_id);
+            }
+            (kind, other) => panic!("unexpected outcome of a {kind} append: {other:?}"),
+        }
+    }
+    let all = store.read_all(Position::START, usize::MAX).await.unwrap();
+    let positions: Vec<u64> = all.iter().map(|e| e.position.0).collect();
+    assert_eq!(positions, (1..=61).collect::<Vec<_>>(), "1 + 30 * 2 events, no holes");
+    assert_eq!(store.head(), Position(61));
+    for n in 0..5 {
+        let refused = store.read_stream(&stream(&format!("d{n}")), Version::NONE).await.unwrap();
+        assert!(refused.is_empty(), "no event of a refused append is stored");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_nodes_commit_wakes_this_nodes_subscribers() {
+    let Some(fixture) = fixture().await else { return };
+    let writer_node =
+        PgEventStore::connect(fixture.base_url(), Some(fixture.schema())).await.unwrap();
+    let reader_node =
+        PgEventStore::connect(fixture.base_url(), Some(fixture.schema())).await.unwrap();
+    let mut heads = reader_node.subscribe();
+    let outcome = writer_node
+        .append(&stream("a"), ExpectedVersion::NoStream, vec![sample_event(1), sample_event(2)])
+        .await
+        .unwrap();
+    // Well under the listener's 5 s fallback poll: only the notification can be this fast.
+    let woke = tokio::time::timeout(
+        Duration::from_secs(2),
+        heads.wait_for(|head| *head >= outcome.last_position),
+    )
+    .await;
+    assert!(woke.is_ok(), "the other node's commit was announced");
+    assert_eq!(reader_node.head(), Position(2));
+    let read = reader_node.read_all(Position::START, 10).await.unwrap();
+    assert_eq!(read.len(), 2, "a woken follower finds the rows");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_starting_together_migrate_a_new_schema_once() {
+    let Some(fixture) = fixture().await else { return };
+    // A schema that does not exist yet; it shares the fixture's prefix and timestamp, so a
+    // later run drops it if this test dies before its own cleanup.
+    let schema = format!("{}_fresh", fixture.schema());
+    let mut nodes = Vec::new();
+    for _ in 0..4 {
+        let (url, schema) = (fixture.base_url().to_owned(), schema.clone());
+        nodes.push(tokio::spawn(async move { PgDatabase::connect(&url, Some(&schema)).await }));
+    }
+    for node in nodes {
+        node.await.unwrap().unwrap();
+    }
+    // And once more against the existing schema.
+    PgDatabase::connect(fixture.base_url(), Some(&schema)).await.unwrap();
+    let client = raw_client(&fixture).await;
+    let row = client
+        .query_one(
+            &format!("SELECT count(*), count(DISTINCT version) FROM {schema}.strata_migrations"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let (rows, versions): (i64, i64) = (row.get(0), row.get(1));
+    client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+    assert_eq!((rows, versions), (1, 1), "each migration ran exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_idempotency_record_wins_on_every_node() {
+    let Some(fixture) = fixture().await else { return };
+    let database = database(&fixture).await;
+    let node_a = PgIdempotencyStore::new(&database);
+    let node_b =
+        PgIdempotencyStore::connect(fixture.base_url(), Some(fixture.schema())).await.unwrap();
+    assert_eq!(node_a.get("k").await.unwrap(), None);
+    let first = IdempotencyRecord { fingerprint: "f1".to_owned(), answer: b"one".to_vec() };
+    let second = IdempotencyRecord { fingerprint: "f2".to_owned(), answer: b"two".to_vec() };
+    node_a.put("k", first.clone()).await.unwrap();
+    node_b.put("k", second).await.unwrap();
+    assert_eq!(node_b.get("k").await.unwrap(), Some(first));
+}
