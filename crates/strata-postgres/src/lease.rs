@@ -175,3 +175,41 @@ async fn keep(client: Client, mut driver: JoinHandle<()>, lost: watch::Sender<bo
     }
     lost.send_replace(true);
 }
+
+impl strata::Lease for PgLease {
+    async fn lost(&self) {
+        PgLease::lost(self).await;
+    }
+}
+
+/// Leases on one database for one node: what projection runners use to decide which node
+/// runs what.
+#[derive(Clone)]
+pub struct PgLeases {
+    database: PgDatabase,
+    node_id: String,
+}
+
+impl PgLeases {
+    /// Leases taken on `database` in the name of `node_id`.
+    pub fn new(database: &PgDatabase, node_id: impl Into<String>) -> Self {
+        Self { database: database.clone(), node_id: node_id.into() }
+    }
+}
+
+fn lease_error(error: PgError) -> strata::LeaseError {
+    strata::LeaseError(Box::new(error))
+}
+
+impl strata::Leases for PgLeases {
+    type Lease = PgLease;
+
+    async fn try_acquire(&self, name: &str) -> Result<Option<PgLease>, strata::LeaseError> {
+        PgLease::try_acquire(&self.database, name, &self.node_id).await.map_err(lease_error)
+    }
+
+    async fn owner(&self, name: &str) -> Result<Option<String>, strata::LeaseError> {
+        let owners = PgLease::owners(&self.database).await.map_err(lease_error)?;
+        Ok(owners.into_iter().find(|o| o.name == name && o.held).map(|o| o.owner))
+    }
+}

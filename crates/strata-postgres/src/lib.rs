@@ -27,5 +27,5 @@ pub use database::PgDatabase;
 pub use error::PgError;
 pub use event_store::PgEventStore;
 pub use idempotency::PgIdempotencyStore;
-pub use lease::{PgLease, PgLeaseOwner};
+pub use lease::{PgLease, PgLeaseOwner, PgLeases};
 pub use view_manager::PgViewManager;

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::event::{DecodeError, DomainEvent, Envelope};
+use crate::lease::{Lease, Leases, LocalLeases};
 use crate::store::{EventStore, StoreError};
 use crate::stream::Position;
 use crate::view::{StoredView, View, ViewError, ViewLocator, ViewManager};
@@ -142,24 +143,33 @@ pub struct ProjectionStatus {
     pub head: Position,
     /// How many positions it is behind the head.
     pub lag_events: u64,
-    /// The node running it.
-    pub owner: String,
+    /// The node running it, if any node does right now.
+    pub owner: Option<String>,
 }
 
 /// Starts projections as background tasks on this node.
 #[derive(Debug, Clone)]
 pub struct ProjectionRunner {
-    owner: String,
+    node_id: String,
 }
 
+/// How often a node that does not hold a projection's lease tries to take it. A dead
+/// owner's lease is released when its database connection closes, so this bounds the time
+/// to take over.
+const ACQUIRE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often a node that does not run a projection reads its checkpoint, so that queries
+/// on that node can wait for a position.
+const OBSERVE_INTERVAL: Duration = Duration::from_millis(50);
+
 impl ProjectionRunner {
-    /// A runner whose projections report `owner` (the node id) as theirs.
-    pub fn new(owner: impl Into<String>) -> Self {
-        Self { owner: owner.into() }
+    /// A runner for node `node_id`.
+    pub fn new(node_id: impl Into<String>) -> Self {
+        Self { node_id: node_id.into() }
     }
 
-    /// Runs `projection` until the handle is stopped or dropped: catches up from its
-    /// checkpoint, then follows new commits as the store announces them.
+    /// Runs `projection` on this node alone (no other node competes for it) until the handle
+    /// is stopped or dropped.
     pub fn spawn<S, M, E, V, L>(
         &self,
         projection: Projection<E, V, L>,
@@ -173,18 +183,119 @@ impl ProjectionRunner {
         V: View<E>,
         L: ViewLocator<E>,
     {
+        let leases = Arc::new(LocalLeases);
+        self.spawn_leased(projection, store, views, leases)
+    }
+
+    /// Runs `projection` whenever this node holds its lease: catches up from the checkpoint,
+    /// then follows new commits, until the lease is lost. Without the lease it watches the
+    /// checkpoint and retries the lease every second.
+    pub fn spawn_leased<S, M, E, V, L, G>(
+        &self,
+        projection: Projection<E, V, L>,
+        store: Arc<S>,
+        views: Arc<M>,
+        leases: Arc<G>,
+    ) -> ProjectionHandle
+    where
+        S: EventStore,
+        M: ViewManager,
+        E: DomainEvent,
+        V: View<E>,
+        L: ViewLocator<E>,
+        G: Leases,
+    {
         let (position_tx, position_rx) = watch::channel(Position::START);
+        let (owner_tx, owner_rx) = watch::channel(None);
         let name = projection.name();
-        let task = tokio::spawn(follow(projection, store, views, position_tx));
-        ProjectionHandle { name, owner: self.owner.clone(), position: position_rx, task }
+        let progress = Progress { position: position_tx, owner: owner_tx };
+        let task = tokio::spawn(supervise(
+            projection,
+            store,
+            views,
+            leases,
+            self.node_id.clone(),
+            progress,
+        ));
+        ProjectionHandle { name, owner: owner_rx, position: position_rx, task }
     }
 }
 
-async fn follow<S, M, E, V, L>(
+/// What a runner tells its handle.
+struct Progress {
+    position: watch::Sender<Position>,
+    owner: watch::Sender<Option<String>>,
+}
+
+impl Progress {
+    /// Moves the reported position forward (never back: checkpoints only grow).
+    fn advance(&self, to: Position) {
+        self.position.send_if_modified(|position| {
+            let moved = to > *position;
+            if moved {
+                *position = to;
+            }
+            moved
+        });
+    }
+}
+
+async fn supervise<S, M, E, V, L, G>(
     projection: Projection<E, V, L>,
     store: Arc<S>,
     views: Arc<M>,
-    position: watch::Sender<Position>,
+    leases: Arc<G>,
+    node_id: String,
+    progress: Progress,
+) where
+    S: EventStore,
+    M: ViewManager,
+    E: DomainEvent,
+    V: View<E>,
+    L: ViewLocator<E>,
+    G: Leases,
+{
+    let name = projection.name();
+    loop {
+        match leases.try_acquire(name).await {
+            Ok(Some(lease)) => {
+                tracing::info!(projection = name, node = %node_id, "running projection");
+                progress.owner.send_replace(Some(node_id.clone()));
+                tokio::select! {
+                    () = follow(&projection, store.as_ref(), views.as_ref(), &progress) => return,
+                    () = lease.lost() => {
+                        tracing::warn!(projection = name, "lease lost; stopping the projection here");
+                    }
+                }
+                progress.owner.send_replace(None);
+            }
+            Ok(None) => {
+                // Another node runs it: follow its checkpoint until the next attempt.
+                if let Ok(owner) = leases.owner(name).await {
+                    progress.owner.send_replace(owner);
+                }
+                let next_attempt = tokio::time::Instant::now() + ACQUIRE_INTERVAL;
+                while tokio::time::Instant::now() < next_attempt {
+                    if let Ok(checkpoint) = views.checkpoint(name).await {
+                        progress.advance(checkpoint);
+                    }
+                    tokio::time::sleep(OBSERVE_INTERVAL).await;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(projection = name, %error, "cannot take the projection's lease");
+                tokio::time::sleep(ACQUIRE_INTERVAL).await;
+            }
+        }
+    }
+}
+
+/// Runs the projection from its checkpoint, following new commits, forever.
+async fn follow<S, M, E, V, L>(
+    projection: &Projection<E, V, L>,
+    store: &S,
+    views: &M,
+    progress: &Progress,
 ) where
     S: EventStore,
     M: ViewManager,
@@ -200,7 +311,7 @@ async fn follow<S, M, E, V, L>(
             Some(from) => from,
             None => match views.checkpoint(projection.name()).await {
                 Ok(from) => {
-                    position.send_replace(from);
+                    progress.advance(from);
                     checkpoint = Some(from);
                     from
                 }
@@ -210,11 +321,11 @@ async fn follow<S, M, E, V, L>(
                 }
             },
         };
-        match projection.run_batch(store.as_ref(), views.as_ref(), from).await {
+        match projection.run_batch(store, views, from).await {
             Ok(Some(next)) => {
                 backoff.reset();
                 checkpoint = Some(next);
-                position.send_replace(next);
+                progress.advance(next);
             }
             Ok(None) => {
                 // Nothing after the checkpoint: sleep until the head moves past it.
@@ -253,7 +364,7 @@ impl Backoff {
 /// A running projection: its progress, and a way to wait for it.
 pub struct ProjectionHandle {
     name: &'static str,
-    owner: String,
+    owner: watch::Receiver<Option<String>>,
     position: watch::Receiver<Position>,
     task: JoinHandle<()>,
 }
@@ -292,7 +403,7 @@ impl ProjectionHandle {
             position,
             head,
             lag_events: head.0.saturating_sub(position.0),
-            owner: self.owner.clone(),
+            owner: self.owner.borrow().clone(),
         }
     }
 

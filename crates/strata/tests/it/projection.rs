@@ -132,11 +132,103 @@ async fn a_spawned_runner_follows_live_commits_and_answers_waits() {
     assert_eq!(view_of(views.as_ref(), "owner0").await.view.total, 22);
 
     let status = handle.status(store_head(&store));
-    assert_eq!((status.lag_events, status.owner.as_str()), (0, "node-a"));
+    assert_eq!((status.lag_events, status.owner.as_deref()), (0, Some("node-a")));
     let beyond = handle.wait_for(Position(target.0 + 1), Duration::from_millis(50)).await;
     assert_eq!(beyond, Err(target), "a wait for a position never written times out");
 }
 
 fn store_head(store: &InMemoryEventStore) -> Position {
     strata::EventStore::head(store)
+}
+
+/// Leases that a test hands out and takes back, as a database would when a node dies.
+#[derive(Default)]
+struct TestLeases {
+    holder: std::sync::Mutex<Option<(String, tokio::sync::watch::Sender<bool>)>>,
+}
+
+struct TestLease(tokio::sync::watch::Receiver<bool>);
+
+impl strata::Lease for TestLease {
+    async fn lost(&self) {
+        let mut lost = self.0.clone();
+        let _ = lost.wait_for(|lost| *lost).await;
+    }
+}
+
+/// One node's view of the shared [`TestLeases`].
+struct NodeLeases {
+    shared: Arc<TestLeases>,
+    node: &'static str,
+}
+
+impl strata::Leases for NodeLeases {
+    type Lease = TestLease;
+
+    async fn try_acquire(&self, _name: &str) -> Result<Option<TestLease>, strata::LeaseError> {
+        let mut holder = self.shared.holder.lock().unwrap();
+        if holder.is_some() {
+            return Ok(None);
+        }
+        let (lost_tx, lost_rx) = tokio::sync::watch::channel(false);
+        *holder = Some((self.node.to_owned(), lost_tx));
+        Ok(Some(TestLease(lost_rx)))
+    }
+
+    async fn owner(&self, _name: &str) -> Result<Option<String>, strata::LeaseError> {
+        Ok(self.shared.holder.lock().unwrap().as_ref().map(|(node, _)| node.clone()))
+    }
+}
+
+impl TestLeases {
+    /// The holder's node dies: its lease is lost and free for others.
+    fn kill_holder(&self) -> String {
+        let (node, lost) = self.holder.lock().unwrap().take().unwrap();
+        lost.send_replace(true);
+        node
+    }
+}
+
+#[tokio::test]
+async fn a_projection_moves_to_another_node_when_its_lease_is_lost() {
+    let store = Arc::new(InMemoryEventStore::new());
+    let views = Arc::new(InMemoryViewManager::new());
+    let bus = CommandBus::new(store.clone(), BusConfig::default());
+    let shared = Arc::new(TestLeases::default());
+    let leases = |node| Arc::new(NodeLeases { shared: shared.clone(), node });
+    let a = ProjectionRunner::new("a").spawn_leased(
+        owners(),
+        store.clone(),
+        views.clone(),
+        leases("a"),
+    );
+    let b = ProjectionRunner::new("b").spawn_leased(
+        owners(),
+        store.clone(),
+        views.clone(),
+        leases("b"),
+    );
+    fill(&bus, 1, 2).await;
+    a.wait_for(Position(8), Duration::from_secs(5)).await.unwrap();
+    // The node without the lease follows the checkpoint, so waits work there too.
+    b.wait_for(Position(8), Duration::from_secs(5)).await.unwrap();
+    let first = shared.holder.lock().unwrap().as_ref().map(|(node, _)| node.to_owned()).unwrap();
+    assert_eq!(a.status(Position(8)).owner.as_deref(), Some(first.as_str()));
+    assert_eq!(b.status(Position(8)).owner.as_deref(), Some(first.as_str()));
+
+    // The holder's node dies: its runner stops, and then its lease is released.
+    let holder = if first == "a" { &a } else { &b };
+    holder.stop();
+    let dead = shared.kill_holder();
+    let ctx = CommandContext::new("after the handover");
+    for _ in 0..4 {
+        let one = CounterCommand::Increment { amounts: vec![1] };
+        bus.execute::<Counter>("owner0.c0", one, &ctx).await.unwrap();
+    }
+    let survivor = if dead == "a" { &b } else { &a };
+    survivor.wait_for(Position(12), Duration::from_secs(10)).await.unwrap();
+    let now_owner = survivor.status(Position(12)).owner;
+    assert!(now_owner.is_some() && now_owner.as_deref() != Some(dead.as_str()), "{now_owner:?}");
+    let view = view_of(views.as_ref(), "owner0").await;
+    assert_eq!(view.view.events, 12, "every event applied once across the handover");
 }
