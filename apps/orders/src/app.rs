@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use strata::{
     Aggregate, CommandBus, CommandContext, CommandError, CommandOutcome, EventStore,
-    IdempotencyStore, ProjectionHandle, ProjectionRunner, ProjectionStatus, ViewManager,
+    IdempotencyStore, Leases, ProjectionHandle, ProjectionRunner, ProjectionStatus, ViewManager,
 };
 
 use crate::domain::{
@@ -23,6 +23,8 @@ pub trait Backend: Send + Sync + 'static {
     type Views: ViewManager;
     /// Where idempotent answers live.
     type Idempotency: IdempotencyStore;
+    /// Who runs which projection.
+    type Leases: Leases;
 }
 
 /// The opened stores of a [`Backend`].
@@ -33,6 +35,8 @@ pub struct Stores<B: Backend> {
     pub views: Arc<B::Views>,
     /// The idempotency store.
     pub idempotency: Arc<B::Idempotency>,
+    /// The projection leases.
+    pub leases: Arc<B::Leases>,
 }
 
 /// The running projections, one per view.
@@ -115,12 +119,27 @@ impl<B: Backend> App<B> {
     pub fn start(stores: Stores<B>, node_id: impl Into<String>, bus: strata::BusConfig) -> Self {
         let node_id = node_id.into();
         let runner = ProjectionRunner::new(node_id.clone());
-        let (events, views) = (stores.events, stores.views);
+        let (events, views, leases) = (stores.events, stores.views, stores.leases);
         let projections = Projections {
-            customers: runner.spawn(views::customers(), events.clone(), views.clone()),
-            customer_orders: runner.spawn(views::customer_orders(), events.clone(), views.clone()),
-            products: runner.spawn(views::products(), events.clone(), views.clone()),
-            orders: runner.spawn(views::orders(), events.clone(), views.clone()),
+            customers: runner.spawn_leased(
+                views::customers(),
+                events.clone(),
+                views.clone(),
+                leases.clone(),
+            ),
+            customer_orders: runner.spawn_leased(
+                views::customer_orders(),
+                events.clone(),
+                views.clone(),
+                leases.clone(),
+            ),
+            products: runner.spawn_leased(
+                views::products(),
+                events.clone(),
+                views.clone(),
+                leases.clone(),
+            ),
+            orders: runner.spawn_leased(views::orders(), events.clone(), views.clone(), leases),
         };
         Self {
             bus: CommandBus::new(events, bus),

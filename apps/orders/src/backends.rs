@@ -1,9 +1,13 @@
-//! The storage the service can run on: the embedded SQLite store (the default) or memory.
+//! The storage the service can run on: the embedded SQLite store (the default), PostgreSQL
+//! (several nodes on one database), or memory.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use strata::{InMemoryEventStore, InMemoryIdempotencyStore, InMemoryViewManager};
+use strata::{InMemoryEventStore, InMemoryIdempotencyStore, InMemoryViewManager, LocalLeases};
+use strata_postgres::{
+    PgDatabase, PgError, PgEventStore, PgIdempotencyStore, PgLeases, PgViewManager,
+};
 use strata_sqlite::{SqliteError, SqliteEventStore, SqliteIdempotencyStore, SqliteViewManager};
 
 use crate::app::{Backend, Stores};
@@ -15,6 +19,9 @@ impl Backend for SqliteBackend {
     type Events = SqliteEventStore;
     type Views = SqliteViewManager;
     type Idempotency = SqliteIdempotencyStore;
+    // One process owns a SQLite store (it holds the store's lock file), so it runs every
+    // projection without asking anyone.
+    type Leases = LocalLeases;
 }
 
 /// Opens (creating when missing) the SQLite stores in `dir`.
@@ -23,6 +30,29 @@ pub fn open_sqlite(dir: &Path) -> Result<Stores<SqliteBackend>, SqliteError> {
         events: Arc::new(SqliteEventStore::open(dir)?),
         views: Arc::new(SqliteViewManager::open(dir)?),
         idempotency: Arc::new(SqliteIdempotencyStore::open(dir)?),
+        leases: Arc::new(LocalLeases),
+    })
+}
+
+/// Events, views and idempotent answers in one PostgreSQL schema shared by every node.
+pub struct PostgresBackend;
+
+impl Backend for PostgresBackend {
+    type Events = PgEventStore;
+    type Views = PgViewManager;
+    type Idempotency = PgIdempotencyStore;
+    type Leases = PgLeases;
+}
+
+/// Connects to `url`, creating and migrating the schema when needed. Projection leases
+/// are taken in the name of `node_id`.
+pub async fn open_postgres(url: &str, node_id: &str) -> Result<Stores<PostgresBackend>, PgError> {
+    let database = PgDatabase::connect(url, None).await?;
+    Ok(Stores {
+        events: Arc::new(PgEventStore::open(&database).await?),
+        views: Arc::new(PgViewManager::new(&database)),
+        idempotency: Arc::new(PgIdempotencyStore::new(&database)),
+        leases: Arc::new(PgLeases::new(&database, node_id)),
     })
 }
 
@@ -33,6 +63,7 @@ impl Backend for MemoryBackend {
     type Events = InMemoryEventStore;
     type Views = InMemoryViewManager;
     type Idempotency = InMemoryIdempotencyStore;
+    type Leases = LocalLeases;
 }
 
 /// Fresh, empty in-memory stores.
@@ -41,5 +72,6 @@ pub fn memory() -> Stores<MemoryBackend> {
         events: Arc::new(InMemoryEventStore::new()),
         views: Arc::new(InMemoryViewManager::new()),
         idempotency: Arc::new(InMemoryIdempotencyStore::default()),
+        leases: Arc::new(LocalLeases),
     }
 }

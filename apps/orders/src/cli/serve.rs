@@ -40,6 +40,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             println!("strata: data in {} (SQLite)", dir.display());
             serve(stores, listener, node_id).await
         }
+        StoreLocation::Postgres(url) => {
+            let stores = backends::open_postgres(&url, &node_id)
+                .await
+                .context("cannot open the PostgreSQL store")?;
+            println!("strata: data in PostgreSQL ({})", redacted(&url));
+            serve(stores, listener, node_id).await
+        }
         StoreLocation::Memory => {
             println!("strata: data in memory (lost when the process ends)");
             serve(backends::memory(), listener, node_id).await
@@ -88,6 +95,20 @@ async fn shutdown_signal() {
         () = terminate => {}
     }
     println!("strata: shutting down");
+}
+
+/// The URL without its password, for printing.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
 }
 
 fn host_name() -> String {

@@ -7,7 +7,8 @@ use clap::Args;
 /// Where the store lives, as typed.
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
-    /// The store: `sqlite:DIR` (SQLite files in DIR) or `memory` (nothing kept).
+    /// The store: `sqlite:DIR` (SQLite files in DIR), `postgres://USER@HOST:PORT/DB`
+    /// (several nodes may share it), or `memory` (nothing kept).
     #[arg(long, env = "STRATA_STORE", value_name = "URL")]
     pub store: Option<String>,
     /// The data directory; alone it means `--store sqlite:DIR`.
@@ -20,6 +21,8 @@ pub struct StoreArgs {
 pub enum StoreLocation {
     /// SQLite files in this directory.
     Sqlite(PathBuf),
+    /// A PostgreSQL database, by connection URL.
+    Postgres(String),
     /// In memory.
     Memory,
 }
@@ -35,11 +38,8 @@ pub enum StoreUrlError {
         /// The `--data-dir` value.
         data_dir: String,
     },
-    /// A PostgreSQL URL, which this build does not run on yet.
-    #[error("PostgreSQL stores are not available in this version; use sqlite:DIR")]
-    PostgresNotYet,
     /// Nothing this build knows.
-    #[error("unknown store {0:?}; expected sqlite:DIR or memory")]
+    #[error("unknown store {0:?}; expected sqlite:DIR, postgres://… or memory")]
     Unknown(String),
 }
 
@@ -58,7 +58,17 @@ impl StoreArgs {
         } else if url == "memory" || url == "memory:" {
             StoreLocation::Memory
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Err(StoreUrlError::PostgresNotYet);
+            if self.data_dir.is_some() {
+                return Err(StoreUrlError::Conflicting {
+                    store: url.clone(),
+                    data_dir: self
+                        .data_dir
+                        .as_ref()
+                        .map(|d| d.display().to_string())
+                        .unwrap_or_default(),
+                });
+            }
+            StoreLocation::Postgres(url.clone())
         } else {
             return Err(StoreUrlError::Unknown(url.clone()));
         };
@@ -97,8 +107,12 @@ mod tests {
         assert_eq!(args(Some("memory"), None).location(), Ok(StoreLocation::Memory));
         assert_eq!(
             args(Some("postgres://x/y"), None).location(),
-            Err(StoreUrlError::PostgresNotYet)
+            Ok(StoreLocation::Postgres("postgres://x/y".into()))
         );
+        assert!(matches!(
+            args(Some("postgres://x/y"), Some("d")).location(),
+            Err(StoreUrlError::Conflicting { .. })
+        ));
         assert!(matches!(args(Some("sqlite:"), None).location(), Err(StoreUrlError::Unknown(_))));
         assert!(matches!(
             args(Some("sqlite:a"), Some("b")).location(),
