@@ -31,8 +31,14 @@ struct Target {
 }
 
 impl Target {
-    async fn send(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
-        let mut request = hyper::Request::builder().method(method).uri(format!("{}{path}", self.base));
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut request =
+            hyper::Request::builder().method(method).uri(format!("{}{path}", self.base));
         if body.is_some() {
             request = request.header("content-type", "application/json");
         }
@@ -61,13 +67,18 @@ impl Target {
             ),
             Step::Line(n, k) => {
                 let (sku, qty, _) = line(k);
-                (format!("/orders/{}/lines", self.order(n)), json!({"sku": format!("w1-{sku}"), "qty": qty}))
+                (
+                    format!("/orders/{}/lines", self.order(n)),
+                    json!({"sku": format!("w1-{sku}"), "qty": qty}),
+                )
             }
         };
         loop {
             let (status, answer) = self.send("POST", &path, Some(body.clone())).await?;
             match status {
-                200 | 201 => return answer["position"].as_u64().context("answer without a position"),
+                200 | 201 => {
+                    return answer["position"].as_u64().context("answer without a position");
+                }
                 409 if answer["detail"].as_str().is_some_and(|d| d.contains("version")) => continue,
                 _ => bail!("{step:?}: {status} {answer}"),
             }
@@ -99,7 +110,8 @@ async fn prepare(target: &Target, plan: &Plan) -> anyhow::Result<()> {
 
 /// Drives `base` (e.g. `http://127.0.0.1:8080`) with the plan.
 pub async fn run(plan: Plan, base: &str) -> anyhow::Result<(Figures, Correctness)> {
-    let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(plan.tasks).build_http();
+    let client =
+        Client::builder(TokioExecutor::new()).pool_max_idle_per_host(plan.tasks).build_http();
     let run = uuid::Uuid::now_v7().simple().to_string()[..12].to_owned();
     let target = Arc::new(Target { client, base: base.trim_end_matches('/').to_owned(), run });
     let (status, _) = target.send("GET", "/health", None).await?;
@@ -161,14 +173,18 @@ pub async fn run(plan: Plan, base: &str) -> anyhow::Result<(Figures, Correctness
 
     let mut correctness = Correctness::new();
     for (n, (lines, total_cents)) in plan.expected() {
-        let (status, order) = target.send("GET", &format!("/orders/{}", target.order(n)), None).await?;
+        let (status, order) =
+            target.send("GET", &format!("/orders/{}", target.order(n)), None).await?;
         let got_lines = order["lines"].as_array().map_or(0, Vec::len) as u64;
         let ok = status == 200
             && got_lines == lines
             && order["total_cents"].as_i64() == Some(total_cents)
             && order["customer_id"].as_str() == Some(&format!("w1-{}", customer_id(n)));
         correctness.check(ok, || {
-            format!("order {}: expected {lines} lines totalling {total_cents}, found {status} {order}", target.order(n))
+            format!(
+                "order {}: expected {lines} lines totalling {total_cents}, found {status} {order}",
+                target.order(n)
+            )
         });
     }
     let commands = latencies.count();
@@ -184,6 +200,7 @@ pub async fn run(plan: Plan, base: &str) -> anyhow::Result<(Figures, Correctness
         correct: correctness.passed(),
         commands,
         events: commands,
+        group_commit: None,
     };
     Ok((figures, correctness))
 }

@@ -7,21 +7,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use strata::{BusConfig, CommandBus, CommandContext, CommandError, EventStore, ProjectionRunner, ViewManager};
+use strata::{
+    BusConfig, CommandBus, CommandContext, CommandError, EventStore, ProjectionRunner, ViewManager,
+};
 
 use super::histogram::Histogram;
 use super::plan::{Plan, Step};
 use super::progress::Progress;
-use super::report::{Correctness, Figures};
+use super::report::{Correctness, Figures, GroupCommit};
 use super::system;
-use super::workload::{BenchCommand, BenchOrder, ORDER_SUMMARY, OrderSummary, customer_id, line, order_id, order_summary};
+use super::workload::{
+    BenchCommand, BenchOrder, ORDER_SUMMARY, OrderSummary, customer_id, line, order_id,
+    order_summary,
+};
 
 /// How long the views may take to catch up before the run is declared broken.
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(600);
 
 fn command(step: Step) -> (String, BenchCommand) {
     match step {
-        Step::Place(n) => (order_id(n), BenchCommand::PlaceOrder { customer_id: customer_id(n), total_cents: 0 }),
+        Step::Place(n) => {
+            (order_id(n), BenchCommand::PlaceOrder { customer_id: customer_id(n), total_cents: 0 })
+        }
         Step::Line(n, k) => {
             let (sku, qty, price_cents) = line(k);
             (order_id(n), BenchCommand::AddLine { sku, qty, price_cents })
@@ -59,7 +66,8 @@ where
     Fut: Future<Output = anyhow::Result<R>>,
 {
     let bus = Arc::new(CommandBus::new(events.clone(), BusConfig::default()));
-    let projection = ProjectionRunner::new("bench").spawn(order_summary(), events.clone(), views.clone());
+    let projection =
+        ProjectionRunner::new("bench").spawn(order_summary(), events.clone(), views.clone());
     let done = Arc::new(AtomicU64::new(0));
     let progress = Progress::start("commands", plan.total_commands(), done.clone());
 
@@ -112,7 +120,9 @@ where
     let mut correctness = correctness;
     if !rebuilt_correctness.passed() {
         correctness.mismatch_count += rebuilt_correctness.mismatch_count;
-        correctness.mismatches.extend(rebuilt_correctness.mismatches.into_iter().map(|m| format!("rebuilt: {m}")));
+        correctness
+            .mismatches
+            .extend(rebuilt_correctness.mismatches.into_iter().map(|m| format!("rebuilt: {m}")));
     }
     let commands = latencies.count();
     let figures = Figures {
@@ -126,6 +136,12 @@ where
         correct: correctness.passed() && expected.len() as u64 == correctness.checked,
         commands,
         events: head.0,
+        group_commit: events.group_commit_metrics().map(|m| GroupCommit {
+            groups: m.groups,
+            mean_appends: m.mean_group_size(),
+            largest: m.largest_group,
+            mean_ms: m.mean_group_ms(),
+        }),
     };
     Ok((figures, correctness))
 }
@@ -141,7 +157,8 @@ async fn check<M: ViewManager>(views: &M, plan: &Plan) -> anyhow::Result<Correct
             let (lines, total_cents) = expected[&n];
             let want = OrderSummary { customer_id: customer_id(n), lines, total_cents };
             let got = rows.get(id).map(|stored| &stored.view);
-            correctness.check(got == Some(&want), || format!("{id}: expected {want:?}, found {got:?}"));
+            correctness
+                .check(got == Some(&want), || format!("{id}: expected {want:?}, found {got:?}"));
         }
     }
     Ok(correctness)

@@ -63,10 +63,14 @@ impl BenchArgs {
             return Err(BenchUsageError::Invalid("--orders must be at least 1".into()));
         }
         if self.concurrency == 0 || self.concurrency > 10_000 {
-            return Err(BenchUsageError::Invalid("--concurrency must be between 1 and 10000".into()));
+            return Err(BenchUsageError::Invalid(
+                "--concurrency must be between 1 and 10000".into(),
+            ));
         }
         if self.contended && self.orders < 16 {
-            return Err(BenchUsageError::Invalid("--contended needs --orders of at least 16".into()));
+            return Err(BenchUsageError::Invalid(
+                "--contended needs --orders of at least 16".into(),
+            ));
         }
         Ok(Plan { orders: self.orders, tasks: self.concurrency, contended: self.contended })
     }
@@ -89,9 +93,13 @@ impl DataDir {
 
 fn data_dir(given: Option<PathBuf>) -> anyhow::Result<DataDir> {
     match given {
-        None => Ok(DataDir::Temporary(tempfile::tempdir().context("cannot create a temporary directory")?)),
+        None => Ok(DataDir::Temporary(
+            tempfile::tempdir().context("cannot create a temporary directory")?,
+        )),
         Some(dir) => {
-            let occupied = std::fs::read_dir(&dir).map(|mut entries| entries.next().is_some()).unwrap_or(false);
+            let occupied = std::fs::read_dir(&dir)
+                .map(|mut entries| entries.next().is_some())
+                .unwrap_or(false);
             if occupied {
                 return Err(BenchUsageError::Invalid(format!(
                     "--data-dir {} is not empty; the benchmark needs a fresh store",
@@ -108,7 +116,9 @@ fn data_dir(given: Option<PathBuf>) -> anyhow::Result<DataDir> {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let plan = args.plan()?;
     let (target, outcome) = match &args.http {
-        Some(url) => (format!("{url} over HTTP, {} connections", plan.tasks), http::run(plan, url).await?),
+        Some(url) => {
+            (format!("{url} over HTTP, {} connections", plan.tasks), http::run(plan, url).await?)
+        }
         None => run_store(&args, plan).await?,
     };
     let setup = Setup {
@@ -121,11 +131,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     report(&args, &setup, outcome)
 }
 
-async fn run_store(args: &BenchArgs, plan: Plan) -> anyhow::Result<(String, (Figures, Correctness))> {
+async fn run_store(
+    args: &BenchArgs,
+    plan: Plan,
+) -> anyhow::Result<(String, (Figures, Correctness))> {
     let store = args.store.as_str();
     if store == "memory" {
         if args.data_dir.is_some() {
-            return Err(BenchUsageError::Invalid("--data-dir has no meaning with --store memory".into()).into());
+            return Err(BenchUsageError::Invalid(
+                "--data-dir has no meaning with --store memory".into(),
+            )
+            .into());
         }
         let outcome = in_process::run(
             plan,
@@ -141,7 +157,11 @@ async fn run_store(args: &BenchArgs, plan: Plan) -> anyhow::Result<(String, (Fig
         Some("") => args.data_dir.clone(),
         Some(rest) if rest.starts_with(':') && rest.len() > 1 => Some(PathBuf::from(&rest[1..])),
         _ => {
-            let hint = if store.starts_with("postgres") { " (PostgreSQL is not available in this version)" } else { "" };
+            let hint = if store.starts_with("postgres") {
+                " (PostgreSQL is not available in this version)"
+            } else {
+                ""
+            };
             return Err(BenchUsageError::Invalid(format!(
                 "unknown --store {store:?}; expected memory, sqlite or sqlite:DIR{hint}"
             ))
@@ -165,10 +185,17 @@ async fn run_store(args: &BenchArgs, plan: Plan) -> anyhow::Result<(String, (Fig
     Ok((target, outcome))
 }
 
-fn report(args: &BenchArgs, setup: &Setup, (figures, correctness): (Figures, Correctness)) -> anyhow::Result<()> {
+fn report(
+    args: &BenchArgs,
+    setup: &Setup,
+    (figures, correctness): (Figures, Correctness),
+) -> anyhow::Result<()> {
     if !figures.correct {
         if args.json {
-            println!("{}", serde_json::json!({"correct": false, "mismatches": correctness.mismatch_count}));
+            println!(
+                "{}",
+                serde_json::json!({"correct": false, "mismatches": correctness.mismatch_count})
+            );
         }
         eprint!("{}", report::failure(&correctness));
         bail!("the correctness check failed");

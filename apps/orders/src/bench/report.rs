@@ -26,6 +26,21 @@ pub struct Figures {
     pub commands: u64,
     /// Events stored.
     pub events: u64,
+    /// The store's group commits, where it reports them.
+    pub group_commit: Option<GroupCommit>,
+}
+
+/// How the store grouped appends during the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupCommit {
+    /// Transactions committed.
+    pub groups: u64,
+    /// Appends per group on average.
+    pub mean_appends: f64,
+    /// The largest group.
+    pub largest: u64,
+    /// Time per group on average.
+    pub mean_ms: f64,
 }
 
 /// How the run was set up, printed above the table.
@@ -100,11 +115,16 @@ pub fn table(setup: &Setup, figures: &Figures, correctness: &Correctness) -> Str
         ("p50 command latency", format!("{:.3} ms", figures.p50_ms)),
         ("p99 command latency", format!("{:.3} ms", figures.p99_ms)),
         ("catch-up (last ack to views current)", format!("{:.1} ms", figures.catchup_ms)),
-        ("rebuild", or_na(figures.rebuild_events_per_s.map(|v| format!("{} events/s", thousands(v))))),
+        (
+            "rebuild",
+            or_na(figures.rebuild_events_per_s.map(|v| format!("{} events/s", thousands(v)))),
+        ),
         ("bytes per event on disk", or_na(figures.bytes_per_event.map(|v| format!("{v:.0}")))),
         (
             "peak RSS",
-            or_na(figures.peak_rss_bytes.map(|b| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)))),
+            or_na(
+                figures.peak_rss_bytes.map(|b| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))),
+            ),
         ),
     ];
     let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
@@ -121,6 +141,15 @@ pub fn table(setup: &Setup, figures: &Figures, correctness: &Correctness) -> Str
     out.push_str(&format!("|{}|{}|\n", "-".repeat(width + 2), "-".repeat(value_width + 2)));
     for (name, value) in rows {
         out.push_str(&format!("| {name:width$} | {value:>value_width$} |\n"));
+    }
+    if let Some(group) = &figures.group_commit {
+        out.push_str(&format!(
+            "\ngroup commit: {} groups, {:.1} appends per group on average (largest {}), {:.2} ms per group\n",
+            thousands(group.groups as f64),
+            group.mean_appends,
+            group.largest,
+            group.mean_ms
+        ));
     }
     out.push_str(&format!(
         "\ncorrect: all {} order_summary rows match ({} commands, {} events)\n",

@@ -95,3 +95,76 @@ pub async fn health<B: Backend>(State(app): State<Arc<App<B>>>) -> Result<Json<H
     app.events().read_all(app.events().head(), 1).await.map_err(|e| Problem::unavailable(&e))?;
     Ok(Json(Health { status: "ok", node_id: app.node_id.clone() }))
 }
+
+/// `GET /metrics`: Prometheus text exposition of the store's group commits and the
+/// projections' progress. Written by hand: a handful of gauges and counters do not need a
+/// metrics framework.
+pub async fn metrics<B: Backend>(
+    State(app): State<Arc<App<B>>>,
+) -> impl axum::response::IntoResponse {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let head = app.events().head();
+    let _ =
+        writeln!(out, "# HELP strata_store_head_position Position of the last committed event.");
+    let _ = writeln!(out, "# TYPE strata_store_head_position gauge");
+    let _ = writeln!(out, "strata_store_head_position {}", head.0);
+    if let Some(group) = app.events().group_commit_metrics() {
+        let counters = [
+            (
+                "strata_group_commit_groups_total",
+                "Transactions committed, one fsync each.",
+                group.groups,
+            ),
+            (
+                "strata_group_commit_appends_total",
+                "Appends answered by group commits.",
+                group.appends,
+            ),
+            ("strata_group_commit_events_total", "Events written by group commits.", group.events),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP strata_group_commit_busy_seconds_total Time spent writing and committing groups.\n\
+             # TYPE strata_group_commit_busy_seconds_total counter\n\
+             strata_group_commit_busy_seconds_total {}",
+            group.busy_micros as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "# HELP strata_group_commit_largest_group Most appends committed in one group.\n\
+             # TYPE strata_group_commit_largest_group gauge\n\
+             strata_group_commit_largest_group {}",
+            group.largest_group
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP strata_projection_position Position each projection's views reflect."
+    );
+    let _ = writeln!(out, "# TYPE strata_projection_position gauge");
+    let statuses = app.projection_statuses();
+    for status in &statuses {
+        let _ = writeln!(
+            out,
+            "strata_projection_position{{projection=\"{}\"}} {}",
+            status.name, status.position.0
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP strata_projection_lag_events Events a projection is behind the head."
+    );
+    let _ = writeln!(out, "# TYPE strata_projection_lag_events gauge");
+    for status in &statuses {
+        let _ = writeln!(
+            out,
+            "strata_projection_lag_events{{projection=\"{}\"}} {}",
+            status.name, status.lag_events
+        );
+    }
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}

@@ -39,7 +39,8 @@ pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
         .route("/orders/{id}", get(queries::order::<B>))
         .route("/admin/streams/{aggregate_type}/{id}", get(admin::stream::<B>))
         .route("/admin/projections", get(admin::projections::<B>))
-        .route("/health", get(admin::health::<B>));
+        .route("/health", get(admin::health::<B>))
+        .route("/metrics", get(admin::metrics::<B>));
     commands
         .merge(queries)
         .fallback(|| async { Problem::not_found("no such route") })

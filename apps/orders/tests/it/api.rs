@@ -219,3 +219,31 @@ async fn if_match_makes_a_command_conditional_on_the_version() {
     assert_eq!(current.status, StatusCode::OK);
     assert_eq!(current.header("etag"), Some("\"2\""));
 }
+
+#[tokio::test]
+async fn metrics_export_group_commits_and_projection_progress() {
+    let service = Service::start();
+    service.seed().await;
+    service.view("/orders/o1").await;
+    let request =
+        axum::http::Request::builder().uri("/metrics").body(axum::body::Body::empty()).unwrap();
+    let response = tower::ServiceExt::oneshot(orders::http::router(service.app.clone()), request)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let value = |name: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("strata_store_head_position"), 4.0);
+    assert_eq!(value("strata_group_commit_appends_total"), 4.0, "one append per command");
+    assert_eq!(value("strata_group_commit_events_total"), 4.0);
+    assert!(value("strata_group_commit_groups_total") >= 1.0);
+    assert_eq!(value("strata_projection_position{projection=\"orders\"}"), 4.0);
+    assert_eq!(value("strata_projection_lag_events{projection=\"orders\"}"), 0.0);
+}
