@@ -25,7 +25,9 @@ use report::{Correctness, Figures, Setup};
 /// Options of `strata bench`.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// The store to run against in this process: `memory`, `sqlite` (or `sqlite:DIR`).
+    /// The store to run against in this process: `memory`, `sqlite` (or `sqlite:DIR`), or
+    /// `postgres` (or a `postgres://` URL; a fresh schema is created and dropped afterwards;
+    /// `postgres` alone means `postgres://postgres@127.0.0.1:5432/test`).
     #[arg(long, default_value = "sqlite", value_name = "STORE")]
     pub store: String,
     /// Orders in the workload; each gets one PlaceOrder and nine AddLine.
@@ -153,17 +155,17 @@ async fn run_store(
         .await?;
         return Ok(("memory (not durable)".to_owned(), outcome));
     }
+    if store == "postgres" || store.starts_with("postgres://") || store.starts_with("postgresql://")
+    {
+        let url = if store == "postgres" { DEFAULT_POSTGRES_URL } else { store };
+        return run_postgres(url, plan).await;
+    }
     let dir = match store.strip_prefix("sqlite") {
         Some("") => args.data_dir.clone(),
         Some(rest) if rest.starts_with(':') && rest.len() > 1 => Some(PathBuf::from(&rest[1..])),
         _ => {
-            let hint = if store.starts_with("postgres") {
-                " (PostgreSQL is not available in this version)"
-            } else {
-                ""
-            };
             return Err(BenchUsageError::Invalid(format!(
-                "unknown --store {store:?}; expected memory, sqlite or sqlite:DIR{hint}"
+                "unknown --store {store:?}; expected memory, sqlite, sqlite:DIR, postgres or postgres://…"
             ))
             .into());
         }
@@ -183,6 +185,45 @@ async fn run_store(
     .await?;
     let target = format!("sqlite in {} (WAL, synchronous=FULL)", dir.path().display());
     Ok((target, outcome))
+}
+
+/// Where `--store postgres` runs.
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// Runs the plan in fresh schemas of the database at `url` (events and views in one, the
+/// rebuild's views in another), dropped afterwards.
+async fn run_postgres(url: &str, plan: Plan) -> anyhow::Result<(String, (Figures, Correctness))> {
+    use strata_postgres::{PgDatabase, PgEventStore, PgViewManager};
+    let schema = format!("strata_bench_{}", std::process::id());
+    let rebuild_schema = format!("{schema}_rebuild");
+    let database =
+        PgDatabase::connect(url, Some(&schema)).await.context("cannot connect to PostgreSQL")?;
+    let rebuild = PgDatabase::connect(url, Some(&rebuild_schema)).await?;
+    let events = Arc::new(PgEventStore::open(&database).await?);
+    let views = Arc::new(PgViewManager::new(&database));
+    let client = database.pool().get().await?;
+    let outcome = in_process::run(
+        plan,
+        events,
+        views,
+        || async move { Ok(PgViewManager::new(&rebuild)) },
+        || None,
+    )
+    .await;
+    let size = "SELECT pg_total_relation_size('strata_events')::bigint, \
+                (SELECT count(*) FROM strata_events)";
+    let bytes_per_event = client.query_one(size, &[]).await.ok().and_then(|row| {
+        let (bytes, events): (i64, i64) = (row.get(0), row.get(1));
+        (events > 0).then(|| bytes as f64 / events as f64)
+    });
+    let drop = format!("DROP SCHEMA {schema} CASCADE; DROP SCHEMA {rebuild_schema} CASCADE");
+    if let Err(error) = client.batch_execute(&drop).await {
+        eprintln!("bench: could not drop schemas {schema} and {rebuild_schema}: {error}");
+    }
+    let (mut figures, correctness) = outcome?;
+    figures.bytes_per_event = bytes_per_event;
+    let target = format!("postgres {url}, schema {schema} (fsync on, synchronous_commit on)");
+    Ok((target, (figures, correctness)))
 }
 
 fn report(

@@ -1,6 +1,7 @@
 //! The `strata` command line. Arguments are parsed in two stages: what the user typed
 //! ([`Cli`]) and the validated settings a command runs with ([`store::StoreLocation`]).
 
+pub mod events;
 pub mod exit;
 mod serve;
 pub mod store;
@@ -25,6 +26,8 @@ enum Command {
     Serve(ServeArgs),
     /// Runs the standard workload W1 and reports throughput, latency and correctness.
     Bench(crate::bench::BenchArgs),
+    /// Exports or imports the event log as JSON lines (e.g. to move a store to PostgreSQL).
+    Events(events::EventsArgs),
 }
 
 impl Cli {
@@ -33,6 +36,7 @@ impl Cli {
         match self.command {
             Some(Command::Serve(args)) => serve::run(args).await,
             Some(Command::Bench(args)) => crate::bench::run(args).await,
+            Some(Command::Events(args)) => events::run(args).await,
             None => serve::run(self.serve).await,
         }
     }

@@ -7,5 +7,6 @@ mod api;
 mod cluster;
 mod concurrency;
 mod errors;
+mod migrate;
 mod process;
 mod support;

@@ -1,0 +1,829 @@
+//! `strata events export` and `strata events import`: the whole event log as JSON lines, for
+//! moving a store to another backend (typically the embedded SQLite store to PostgreSQL).
+//!
+//! One line per event, oldest first: the envelope (position, stream, version, type, schema
+//! version), the payload as JSON under `data`, and the metadata. Import appends the events in
+//! file order with the file's stream versions and metadata, so event ids, versions and the
+//! relative order survive; global positions are assigned afresh by the target. Import reads
+//! and checks the whole input, and checks it against the target, before it writes anything.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow, bail};
+use chrono::{DateTime, Utc};
+use clap::{Args, Subcommand};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use strata::{
+    EventMetadata, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent, StoreError,
+    StreamId, Version,
+};
+use strata_postgres::PgEventStore;
+use strata_sqlite::SqliteEventStore;
+use uuid::Uuid;
+
+use super::store::{StoreArgs, StoreLocation};
+
+/// Events read from the source per query: large enough to amortise the round trip, small
+/// enough to keep memory flat on any log.
+const EXPORT_BATCH: usize = 1000;
+
+/// Most events appended in one call. Consecutive events of one stream go together, but a
+/// very long run is split so that no single append (and its memory) grows with the log.
+const IMPORT_BATCH: usize = 1000;
+
+/// Progress is reported on stderr every this many events.
+const PROGRESS_EVERY: u64 = 10_000;
+
+/// How many stream conflicts an import lists before summarising the rest.
+const CONFLICTS_SHOWN: usize = 10;
+
+/// Moves the event log in and out of a store as JSON lines.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    #[command(subcommand)]
+    command: EventsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum EventsCommand {
+    /// Writes the whole event log as JSON lines, oldest first, to FILE or stdout.
+    Export(ExportArgs),
+    /// Appends the events of a JSON-lines file (or stdin) to a store, keeping stream
+    /// versions, event ids, metadata and order; refuses, writing nothing, when the
+    /// file's streams conflict with what the store holds.
+    Import(ImportArgs),
+}
+
+/// Flags of `strata events export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Where to write the lines; stdout when left out or `-`.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+/// Flags of `strata events import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The JSON-lines file to read; stdin when left out or `-`.
+    #[arg(value_name = "FILE")]
+    file: Option<PathBuf>,
+}
+
+/// Runs `strata events …`.
+pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
+    match args.command {
+        EventsCommand::Export(args) => export(args).await,
+        EventsCommand::Import(args) => import(args).await,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The line format
+
+/// One event as a line of the export. A struct of its own, not `RecordedEvent`, so that the
+/// file format is written down here and does not change when the core's types do.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventLine {
+    /// The event's position in the source store; import checks that it increases.
+    position: u64,
+    aggregate_type: String,
+    aggregate_id: String,
+    version: u64,
+    #[serde(rename = "type")]
+    event_type: String,
+    schema_version: u32,
+    /// The payload, kept byte for byte: a raw value is neither re-ordered nor re-formatted.
+    data: Box<RawValue>,
+    metadata: MetadataLine,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetadataLine {
+    event_id: Uuid,
+    correlation_id: String,
+    causation_id: Option<String>,
+    user: Option<String>,
+    /// RFC 3339 with all nine fractional digits: the stores keep nanoseconds, and an
+    /// export that rounded them would not import as the same event.
+    #[serde(with = "rfc3339_nanos")]
+    recorded_at: DateTime<Utc>,
+}
+
+mod rfc3339_nanos {
+    //! `DateTime<Utc>` as RFC 3339 with nanoseconds, e.g. `2024-05-01T12:00:00.123456789Z`.
+
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        time: &DateTime<Utc>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&time.to_rfc3339_opts(SecondsFormat::Nanos, true))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<DateTime<Utc>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        DateTime::parse_from_rfc3339(&text)
+            .map(|time| time.with_timezone(&Utc))
+            .map_err(|error| serde::de::Error::custom(format!("recorded_at {text:?}: {error}")))
+    }
+}
+
+impl EventLine {
+    fn from_recorded(event: &RecordedEvent) -> anyhow::Result<Self> {
+        let not_json = |reason: String| {
+            anyhow!(
+                "the event at position {} ({} version {}, {}) has a payload that is not JSON \
+                 ({reason}); export writes JSON payloads only",
+                event.position,
+                event.stream,
+                event.version,
+                event.event_type
+            )
+        };
+        let text = std::str::from_utf8(&event.payload).map_err(|e| not_json(e.to_string()))?;
+        let mut data: Box<RawValue> =
+            serde_json::from_str(text).map_err(|e| not_json(e.to_string()))?;
+        // A line break inside the payload (only possible as whitespace between tokens: JSON
+        // strings escape theirs) would split the line; such a payload is written compacted.
+        if data.get().contains(['\n', '\r']) {
+            data =
+                RawValue::from_string(compact(data.get())).map_err(|e| not_json(e.to_string()))?;
+        }
+        let metadata = &event.metadata;
+        Ok(Self {
+            position: event.position.0,
+            aggregate_type: event.stream.aggregate_type.clone(),
+            aggregate_id: event.stream.id.clone(),
+            version: event.version.0,
+            event_type: event.event_type.clone(),
+            schema_version: event.schema_version,
+            data,
+            metadata: MetadataLine {
+                event_id: metadata.event_id,
+                correlation_id: metadata.correlation_id.clone(),
+                causation_id: metadata.causation_id.clone(),
+                user: metadata.user.clone(),
+                recorded_at: metadata.recorded_at,
+            },
+        })
+    }
+
+    fn stream(&self) -> StreamId {
+        StreamId::new(self.aggregate_type.clone(), self.aggregate_id.clone())
+    }
+
+    fn into_new_event(self) -> NewEvent {
+        NewEvent {
+            event_type: self.event_type,
+            schema_version: self.schema_version,
+            payload: self.data.get().as_bytes().to_vec(),
+            metadata: EventMetadata {
+                event_id: self.metadata.event_id,
+                correlation_id: self.metadata.correlation_id,
+                causation_id: self.metadata.causation_id,
+                user: self.metadata.user,
+                recorded_at: self.metadata.recorded_at,
+            },
+        }
+    }
+}
+
+/// Valid JSON without whitespace between tokens.
+fn compact(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            out.push(c);
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Stores and progress
+
+/// Says what to do with a store location the commands cannot use.
+fn memory_refused(what: &str) -> anyhow::Error {
+    anyhow!(
+        "the memory store keeps nothing between runs, so there is nothing to {what}; \
+         give --store sqlite:DIR or --store postgres://…"
+    )
+}
+
+/// A store for messages. A PostgreSQL URL may carry a password, so it is not printed.
+fn describe(location: &StoreLocation) -> String {
+    match location {
+        StoreLocation::Sqlite(dir) => format!("the SQLite store in {}", dir.display()),
+        StoreLocation::Postgres(_) => "the PostgreSQL store".to_owned(),
+        StoreLocation::Memory => "the memory store".to_owned(),
+    }
+}
+
+fn open_sqlite(dir: &Path) -> anyhow::Result<SqliteEventStore> {
+    SqliteEventStore::open(dir)
+        .with_context(|| format!("cannot open the SQLite event store in {}", dir.display()))
+}
+
+async fn connect_postgres(url: &str) -> anyhow::Result<PgEventStore> {
+    PgEventStore::connect(url, None).await.context("cannot open the PostgreSQL event store")
+}
+
+/// Counts events and says so on stderr every [`PROGRESS_EVERY`] and at the end.
+struct Progress {
+    verb: &'static str,
+    total: Option<u64>,
+    done: u64,
+}
+
+impl Progress {
+    fn new(verb: &'static str, total: Option<u64>) -> Self {
+        Self { verb, total, done: 0 }
+    }
+
+    fn add(&mut self, n: u64) {
+        let before = self.done / PROGRESS_EVERY;
+        self.done += n;
+        if self.done / PROGRESS_EVERY > before {
+            self.report();
+        }
+    }
+
+    fn report(&self) {
+        match self.total {
+            Some(total) => {
+                eprintln!("{} {} of {} events", self.verb, thousands(self.done), thousands(total));
+            }
+            None => eprintln!("{} {} events", self.verb, thousands(self.done)),
+        }
+    }
+}
+
+/// `1` as `1 event`, `1234567` as `1,234,567 events`.
+fn event_count(n: u64) -> String {
+    format!("{} event{}", thousands(n), if n == 1 { "" } else { "s" })
+}
+
+/// `1234567` as `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Export
+
+/// Where export lines go. A file is written under a temporary name and renamed when the
+/// export is complete, so that a failed export never leaves a file that looks whole. The
+/// file keeps the temporary file's owner-only permissions, which suit a copy of every
+/// customer's data.
+enum Sink {
+    Stdout(BufWriter<std::io::StdoutLock<'static>>),
+    File { writer: BufWriter<tempfile::NamedTempFile>, path: PathBuf },
+}
+
+impl Sink {
+    fn open(out: Option<&Path>) -> anyhow::Result<Self> {
+        let Some(path) = out.filter(|p| *p != Path::new("-")) else {
+            return Ok(Sink::Stdout(BufWriter::new(std::io::stdout().lock())));
+        };
+        let dir = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        let file = tempfile::NamedTempFile::new_in(dir)
+            .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+        Ok(Sink::File { writer: BufWriter::new(file), path: path.to_owned() })
+    }
+
+    fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            Sink::Stdout(writer) => writer,
+            Sink::File { writer, .. } => writer,
+        }
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        match self {
+            Sink::Stdout(mut writer) => writer.flush().context("cannot write to stdout"),
+            Sink::File { writer, path } => {
+                let file = writer
+                    .into_inner()
+                    .map_err(|e| e.into_error())
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                file.as_file()
+                    .sync_all()
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                file.persist(&path).with_context(|| format!("cannot write {}", path.display()))?;
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn export(args: ExportArgs) -> anyhow::Result<()> {
+    let location = args.store.location()?;
+    if location == StoreLocation::Memory {
+        return Err(memory_refused("export"));
+    }
+    let mut sink = Sink::open(args.out.as_deref())?;
+    let count = match &location {
+        StoreLocation::Sqlite(dir) => {
+            // Opening would create an empty store, and exporting that would look like
+            // success; a missing store is almost always a wrong path.
+            let file = dir.join("events.sqlite");
+            if !file.exists() {
+                bail!("there is no event store in {} (no {})", dir.display(), file.display());
+            }
+            export_from(&open_sqlite(dir)?, sink.writer()).await?
+        }
+        StoreLocation::Postgres(url) => {
+            export_from(&connect_postgres(url).await?, sink.writer()).await?
+        }
+        StoreLocation::Memory => return Err(memory_refused("export")),
+    };
+    sink.finish()?;
+    eprintln!("exported {} from {}", event_count(count), describe(&location));
+    Ok(())
+}
+
+/// Writes every event up to the head as the export began, oldest first; returns the count.
+/// Events committed while the export runs are not included, so the file is the log as of
+/// one moment.
+async fn export_from<S: EventStore>(store: &S, out: &mut dyn Write) -> anyhow::Result<u64> {
+    let end = store.head();
+    // Positions are dense from 1 in every store, so the head is also the number of events.
+    let mut progress = Progress::new("exported", Some(end.0));
+    let mut after = Position::START;
+    while after < end {
+        let batch = store
+            .read_all(after, EXPORT_BATCH)
+            .await
+            .with_context(|| format!("cannot read the log after position {after}"))?;
+        let Some(last) = batch.last() else {
+            bail!("the store's head is at position {end}, but nothing can be read after {after}");
+        };
+        after = last.position;
+        let mut written = 0;
+        for event in batch.iter().take_while(|event| event.position <= end) {
+            let line = EventLine::from_recorded(event)?;
+            serde_json::to_writer(&mut *out, &line).context("cannot write the export")?;
+            out.write_all(b"\n").context("cannot write the export")?;
+            written += 1;
+        }
+        progress.add(written);
+    }
+    // These writes are synchronous: the export is the only work this process does, so
+    // blocking a runtime thread on them holds nothing else up.
+    out.flush().context("cannot write the export")?;
+    Ok(progress.done)
+}
+
+// ---------------------------------------------------------------------------------------
+// Import
+
+/// Consecutive events of one stream, appended in one call.
+struct Group {
+    stream: StreamId,
+    /// The version of the group's first event.
+    first_version: u64,
+    /// The input line of each event, for messages.
+    lines: Vec<usize>,
+    events: Vec<NewEvent>,
+}
+
+impl Group {
+    fn expected(&self) -> ExpectedVersion {
+        ExpectedVersion::of(Version(self.first_version - 1))
+    }
+}
+
+/// Where one stream starts in the input.
+struct StreamStart {
+    first_version: u64,
+    first_line: usize,
+}
+
+/// The whole input, parsed and checked on its own.
+struct Input {
+    groups: Vec<Group>,
+    /// Every stream, in order of first appearance, with where it starts.
+    streams: Vec<(StreamId, StreamStart)>,
+    events: u64,
+}
+
+/// Reads and checks every line: JSON of the right shape; positions increasing; each
+/// stream's versions contiguous; event ids unique. Errors name the line.
+fn parse(reader: impl BufRead) -> anyhow::Result<Input> {
+    struct Seen {
+        last_version: u64,
+        last_line: usize,
+    }
+    let mut streams: Vec<(StreamId, StreamStart)> = Vec::new();
+    let mut seen: HashMap<StreamId, Seen> = HashMap::new();
+    let mut ids: HashMap<Uuid, usize> = HashMap::new();
+    let mut groups: Vec<Group> = Vec::new();
+    let mut last_position: Option<(u64, usize)> = None;
+    let mut events = 0u64;
+
+    for (index, line) in reader.lines().enumerate() {
+        let number = index + 1;
+        let line = line.with_context(|| format!("line {number}: cannot read the input"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let event: EventLine = serde_json::from_str(&line).map_err(|error| {
+            // serde_json counts lines within the one it was given, which is always 1 here;
+            // only the column is worth keeping beside the input's line number.
+            let reason = error.to_string();
+            let suffix = format!(" at line {} column {}", error.line(), error.column());
+            let reason = reason.strip_suffix(&suffix).unwrap_or(&reason);
+            anyhow!("line {number}, column {}: not an exported event: {reason}", error.column())
+        })?;
+
+        if let Some((previous, previous_line)) = last_position
+            && event.position <= previous
+        {
+            bail!(
+                "line {number}: position {} does not follow position {previous} of line \
+                 {previous_line}; positions must increase",
+                event.position
+            );
+        }
+        last_position = Some((event.position, number));
+        if event.aggregate_type.is_empty() || event.aggregate_id.is_empty() {
+            bail!("line {number}: aggregate_type and aggregate_id must not be empty");
+        }
+        if event.version == 0 {
+            bail!("line {number}: versions start at 1");
+        }
+        match ids.entry(event.metadata.event_id) {
+            Entry::Occupied(first) => bail!(
+                "line {number}: event id {} is already used on line {}",
+                event.metadata.event_id,
+                first.get()
+            ),
+            Entry::Vacant(slot) => {
+                slot.insert(number);
+            }
+        }
+
+        let stream = event.stream();
+        match seen.get_mut(&stream) {
+            Some(state) => {
+                if event.version != state.last_version + 1 {
+                    bail!(
+                        "line {number}: stream {stream} goes from version {} (line {}) to {}; \
+                         versions of a stream must follow each other",
+                        state.last_version,
+                        state.last_line,
+                        event.version
+                    );
+                }
+                state.last_version = event.version;
+                state.last_line = number;
+            }
+            None => {
+                seen.insert(
+                    stream.clone(),
+                    Seen { last_version: event.version, last_line: number },
+                );
+                streams.push((
+                    stream.clone(),
+                    StreamStart { first_version: event.version, first_line: number },
+                ));
+            }
+        }
+
+        let version = event.version;
+        let joins_last = groups
+            .last()
+            .is_some_and(|group| group.stream == stream && group.events.len() < IMPORT_BATCH);
+        let event = event.into_new_event();
+        match groups.last_mut() {
+            Some(group) if joins_last => {
+                group.lines.push(number);
+                group.events.push(event);
+            }
+            _ => groups.push(Group {
+                stream,
+                first_version: version,
+                lines: vec![number],
+                events: vec![event],
+            }),
+        }
+        events += 1;
+    }
+    Ok(Input { groups, streams, events })
+}
+
+fn read_input(file: Option<&Path>) -> anyhow::Result<Input> {
+    // Reading is synchronous and finishes before any store is opened: nothing else runs yet.
+    match file.filter(|p| *p != Path::new("-")) {
+        Some(path) => {
+            let file =
+                File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+            parse(BufReader::new(file)).with_context(|| format!("in {}", path.display()))
+        }
+        None => parse(std::io::stdin().lock()).context("in stdin"),
+    }
+}
+
+async fn import(args: ImportArgs) -> anyhow::Result<()> {
+    let location = args.store.location()?;
+    if location == StoreLocation::Memory {
+        return Err(memory_refused("import into"));
+    }
+    // The input is checked in full before the target is opened: opening creates a SQLite
+    // store or the PostgreSQL tables, and bad input must change nothing. (A PostgreSQL
+    // target is still migrated before its streams are checked: empty tables in the schema
+    // the user named hold no events and are what `strata serve` would create anyway.)
+    let input = read_input(args.file.as_deref())?;
+    if input.events == 0 {
+        eprintln!("the input holds no events; nothing was written");
+        return Ok(());
+    }
+    let target = describe(&location);
+    match &location {
+        StoreLocation::Sqlite(dir) => {
+            // Opening creates the store; a refused import must not leave one behind.
+            if !dir.join("events.sqlite").exists() {
+                check_against_nothing(&input.streams, &target)?;
+            }
+            import_into(&open_sqlite(dir)?, input, &target).await
+        }
+        StoreLocation::Postgres(url) => {
+            import_into(&connect_postgres(url).await?, input, &target).await
+        }
+        StoreLocation::Memory => Err(memory_refused("import into")),
+    }
+}
+
+async fn import_into<S: EventStore>(store: &S, input: Input, target: &str) -> anyhow::Result<()> {
+    check_streams(store, &input.streams, target).await?;
+
+    // Event ids already in the target are not checked here: the `EventStore` trait has no
+    // lookup by id, and finding them would mean reading the target's whole log. The store
+    // refuses them on append (`DuplicateEventId`), which stops the import with a clear
+    // message, but after the groups before it were written.
+    let mut progress = Progress::new("imported", Some(input.events));
+    let mut first_position = None;
+    let mut last_position = Position::START;
+    for group in input.groups {
+        let count = group.events.len() as u64;
+        let expected = group.expected();
+        let line = group.lines.first().copied().unwrap_or_default();
+        let outcome = match store.append(&group.stream, expected, group.events).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                let written = progress.done;
+                let partial = if written == 0 {
+                    "nothing was written".to_owned()
+                } else {
+                    format!(
+                        "the {} before line {line} were imported and stay in {target}",
+                        event_count(written)
+                    )
+                };
+                return Err(match error {
+                    StoreError::DuplicateEventId(id) => anyhow!(
+                        "{target} already holds event id {id} (from the events of stream {} at \
+                         line {line}); {partial}",
+                        group.stream
+                    ),
+                    StoreError::Conflict { actual, .. } => anyhow!(
+                        "stream {} changed in {target} during the import (it is now at version \
+                         {actual}, the input continues it from version {}); is another process \
+                         writing to it? {partial}",
+                        group.stream,
+                        group.first_version - 1
+                    ),
+                    other => anyhow::Error::new(other).context(format!(
+                        "appending the events of stream {} at line {line} failed; {partial}",
+                        group.stream
+                    )),
+                });
+            }
+        };
+        first_position.get_or_insert(outcome.first_position);
+        last_position = outcome.last_position;
+        progress.add(count);
+    }
+    eprintln!(
+        "imported {} into {target} (positions {}..{})",
+        event_count(progress.done),
+        first_position.unwrap_or_default(),
+        last_position
+    );
+    eprintln!(
+        "views are built by the projections when `strata serve` starts on this store; on a \
+         fresh store they rebuild from position 0"
+    );
+    Ok(())
+}
+
+/// Checks that every stream of the input continues what the target holds: a stream the
+/// input starts at version 1 must be absent, one it starts at version N must be at N - 1.
+/// Lists every conflict; writes nothing.
+async fn check_streams<S: EventStore>(
+    store: &S,
+    streams: &[(StreamId, StreamStart)],
+    target: &str,
+) -> anyhow::Result<()> {
+    // An empty target holds no stream, which answers every check without a query.
+    if store.head() == Position::START {
+        return check_against_nothing(streams, target);
+    }
+    eprintln!("checking {} streams against {target}", thousands(streams.len() as u64));
+    let mut conflicts = Vec::new();
+    for (stream, start) in streams {
+        let current = current_version(store, stream, start.first_version - 1)
+            .await
+            .with_context(|| format!("cannot read stream {stream} in {target}"))?;
+        conflicts.extend(conflict(stream, start, current));
+    }
+    refuse(conflicts, target)
+}
+
+/// [`check_streams`] against a target that holds no events, or does not exist yet.
+fn check_against_nothing(streams: &[(StreamId, StreamStart)], target: &str) -> anyhow::Result<()> {
+    refuse(
+        streams.iter().filter_map(|(stream, start)| conflict(stream, start, 0)).collect(),
+        target,
+    )
+}
+
+/// The version `stream` is at in `store`, reading only its tail when it is at `expected`.
+async fn current_version<S: EventStore>(
+    store: &S,
+    stream: &StreamId,
+    expected: u64,
+) -> Result<u64, StoreError> {
+    let tail = store.read_stream(stream, Version(expected.saturating_sub(1))).await?;
+    Ok(match tail.last() {
+        Some(last) => last.version.0,
+        // Nothing at or after `expected`: the stream is shorter, possibly absent.
+        None if expected > 0 => {
+            store.read_stream(stream, Version::NONE).await?.last().map_or(0, |e| e.version.0)
+        }
+        None => 0,
+    })
+}
+
+/// Why a stream the input starts at `start` cannot go onto a target holding it at `current`.
+fn conflict(stream: &StreamId, start: &StreamStart, current: u64) -> Option<String> {
+    let line = start.first_line;
+    let first = start.first_version;
+    if current + 1 == first {
+        return None;
+    }
+    Some(match (first, current) {
+        (1, _) => format!(
+            "stream {stream}: the input (line {line}) starts it at version 1, but the target \
+             already holds it at version {current}"
+        ),
+        (_, 0) => format!(
+            "stream {stream}: the input (line {line}) continues it at version {first}, but the \
+             target holds none of it"
+        ),
+        _ => format!(
+            "stream {stream}: the input (line {line}) continues it at version {first}, but the \
+             target holds it at version {current}"
+        ),
+    })
+}
+
+/// Succeeds when there are no conflicts; otherwise an error listing them.
+fn refuse(conflicts: Vec<String>, target: &str) -> anyhow::Result<()> {
+    if conflicts.is_empty() {
+        return Ok(());
+    }
+    let total = conflicts.len();
+    let mut message = format!(
+        "the input conflicts with what {target} holds in {} stream{}; nothing was written",
+        thousands(total as u64),
+        if total == 1 { "" } else { "s" }
+    );
+    for conflict in conflicts.iter().take(CONFLICTS_SHOWN) {
+        message.push_str("\n  ");
+        message.push_str(conflict);
+    }
+    if total > CONFLICTS_SHOWN {
+        message
+            .push_str(&format!("\n  … and {} more", thousands((total - CONFLICTS_SHOWN) as u64)));
+    }
+    Err(anyhow!(message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(position: u64, id: &str, version: u64) -> String {
+        format!(
+            r#"{{"position":{position},"aggregate_type":"order","aggregate_id":"{id}","version":{version},"type":"OrderPlaced","schema_version":1,"data":{{"b":1, "a":[2]}},"metadata":{{"event_id":"{}","correlation_id":"c","causation_id":null,"user":null,"recorded_at":"2024-05-01T12:00:00.123456789Z"}}}}"#,
+            Uuid::now_v7()
+        )
+    }
+
+    fn parse_lines(lines: &[String]) -> anyhow::Result<Input> {
+        parse(lines.join("\n").as_bytes())
+    }
+
+    #[test]
+    fn consecutive_events_of_a_stream_form_one_group_with_the_version_before_them() {
+        let input =
+            parse_lines(&[line(1, "o1", 1), line(2, "o1", 2), line(3, "o2", 4), line(5, "o1", 3)])
+                .expect("valid input");
+        let groups: Vec<_> = input
+            .groups
+            .iter()
+            .map(|g| (g.stream.id.as_str(), g.expected(), g.lines.clone()))
+            .collect();
+        assert_eq!(
+            groups,
+            [
+                ("o1", ExpectedVersion::NoStream, vec![1, 2]),
+                ("o2", ExpectedVersion::Exact(Version(3)), vec![3]),
+                ("o1", ExpectedVersion::Exact(Version(2)), vec![4]),
+            ]
+        );
+        assert_eq!(input.events, 4);
+        // The payload keeps its bytes, spacing and key order included.
+        assert_eq!(input.groups[0].events[0].payload, br#"{"b":1, "a":[2]}"#);
+        assert_eq!(
+            input.groups[0].events[0].metadata.recorded_at.timestamp_subsec_nanos(),
+            123_456_789
+        );
+    }
+
+    #[test]
+    fn gaps_repeats_and_bad_lines_are_refused_with_their_line() {
+        let gap = parse_lines(&[line(1, "o1", 1), line(2, "o1", 3)]).err().expect("a gap");
+        assert!(format!("{gap:#}").contains("line 2"), "{gap:#}");
+        let order = parse_lines(&[line(2, "o1", 1), line(2, "o2", 1)]).err().expect("order");
+        assert!(format!("{order:#}").contains("line 2: position 2"), "{order:#}");
+        let bad = parse_lines(&[line(1, "o1", 1), "{nope".to_owned()]).err().expect("bad");
+        assert!(format!("{bad:#}").contains("line 2"), "{bad:#}");
+        let first = line(1, "o1", 1);
+        let again =
+            first.replace(r#""position":1"#, r#""position":2"#).replace(r#""o1""#, r#""o2""#);
+        let repeat = parse_lines(&[first, again]).err().expect("a repeated id");
+        assert!(format!("{repeat:#}").contains("already used on line 1"), "{repeat:#}");
+    }
+
+    #[test]
+    fn payloads_with_line_breaks_are_compacted_and_strings_kept() {
+        assert_eq!(
+            compact("{\n  \"a b\": \"x\\\" \\n y\",\r\n \"c\": [1, 2]\n}"),
+            r#"{"a b":"x\" \n y","c":[1,2]}"#
+        );
+    }
+
+    #[test]
+    fn counts_are_grouped_by_thousands() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(123_456_789), "123,456,789");
+        assert_eq!(
+            (event_count(1), event_count(0), event_count(12_345)),
+            ("1 event".into(), "0 events".into(), "12,345 events".into())
+        );
+    }
+}
