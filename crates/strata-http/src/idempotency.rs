@@ -48,14 +48,14 @@ struct StoredAnswer {
 }
 
 /// Removes the key from the in-flight set however the request ends.
-struct InFlight<'a> {
-    keys: &'a Mutex<HashSet<String>>,
+struct InFlight<I> {
+    state: Arc<IdempotencyLayerState<I>>,
     key: String,
 }
 
-impl Drop for InFlight<'_> {
+impl<I> Drop for InFlight<I> {
     fn drop(&mut self) {
-        let mut keys = self.keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut keys = self.state.in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         keys.remove(&self.key);
     }
 }
@@ -66,13 +66,13 @@ pub async fn idempotency<I: IdempotencyStore>(
     request: Request,
     next: Next,
 ) -> Response {
-    match answer(&state, request, next).await {
+    match answer(state, request, next).await {
         Ok(response) | Err(response) => response,
     }
 }
 
 async fn answer<I: IdempotencyStore>(
-    state: &IdempotencyLayerState<I>,
+    state: Arc<IdempotencyLayerState<I>>,
     request: Request,
     next: Next,
 ) -> Result<Response, Response> {
@@ -106,7 +106,7 @@ async fn answer<I: IdempotencyStore>(
         format!("{:x}", digest.finalize())
     };
 
-    let _guard = {
+    let guard = {
         let mut keys = state.in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if !keys.insert(key.clone()) {
             return Err(Problem::conflict(format!(
@@ -114,7 +114,7 @@ async fn answer<I: IdempotencyStore>(
             ))
             .into_response());
         }
-        InFlight { keys: &state.in_flight, key: key.clone() }
+        InFlight { state: state.clone(), key: key.clone() }
     };
 
     match state.store.get(&key).await {
@@ -129,27 +129,36 @@ async fn answer<I: IdempotencyStore>(
         Ok(None) => {}
     }
 
-    let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
-    if response.status().is_server_error() {
-        return Ok(response);
-    }
-    let (parts, body) = response.into_parts();
-    let body = to_bytes(body, usize::MAX).await.unwrap_or_default();
-    let stored = StoredAnswer {
-        status: parts.status.as_u16(),
-        content_type: parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-        body: String::from_utf8_lossy(&body).into_owned(),
-    };
-    if let Ok(answer) = serde_json::to_vec(&stored)
-        && let Err(error) = state.store.put(&key, IdempotencyRecord { fingerprint, answer }).await
-    {
-        tracing::warn!(%error, key, "could not remember an idempotent answer");
-    }
-    Ok(Response::from_parts(parts, Body::from(body)))
+    // The command and the recording of its answer run in a task of their own: if the client
+    // disconnects, hyper drops this future, and a command that already appended must still
+    // have its answer stored, or the client's retry would act a second time.
+    let request = Request::from_parts(parts, Body::from(bytes));
+    let task = tokio::spawn(async move {
+        let _in_flight = guard;
+        let response = next.run(request).await;
+        if response.status().is_server_error() {
+            return response;
+        }
+        let (parts, body) = response.into_parts();
+        let body = to_bytes(body, usize::MAX).await.unwrap_or_default();
+        let stored = StoredAnswer {
+            status: parts.status.as_u16(),
+            content_type: parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            body: String::from_utf8_lossy(&body).into_owned(),
+        };
+        if let Ok(answer) = serde_json::to_vec(&stored)
+            && let Err(error) =
+                state.store.put(&key, IdempotencyRecord { fingerprint, answer }).await
+        {
+            tracing::warn!(%error, key, "could not remember an idempotent answer");
+        }
+        Response::from_parts(parts, Body::from(body))
+    });
+    task.await.map_err(|error| Problem::internal(&error).into_response())
 }
 
 fn replay(record: &IdempotencyRecord) -> Response {

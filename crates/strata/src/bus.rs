@@ -151,6 +151,13 @@ impl<S: EventStore> CommandBus<S> {
                     // The cache may lag another process; only the store may refuse.
                     continue;
                 }
+                // A missing aggregate is the aggregate's to report (404), not a version race.
+                if loaded.version == Version::NONE
+                    && let Err(rejection) =
+                        A::handle(&mut Decision::new(&loaded.state), command.clone())
+                {
+                    return Err(CommandError::Rejected(rejection));
+                }
                 let actual = loaded.version;
                 *cached = Some(Box::new(loaded));
                 return Err(CommandError::Conflict {
@@ -163,7 +170,18 @@ impl<S: EventStore> CommandBus<S> {
             let decided = A::handle(&mut decision, command.clone());
             let (next_state, events) = decision.into_parts();
             if let Err(rejection) = decided {
-                *cached = Some(Box::new(loaded));
+                if from_cache {
+                    // A refusal appends nothing, so no version check would ever correct a
+                    // cached state that another process has moved on from: look at the
+                    // stream's tail before refusing, and decide again if it grew.
+                    let (fresh, grew) = catch_up::<A, S>(&self.store, &stream, loaded).await?;
+                    *cached = Some(Box::new(fresh));
+                    if grew {
+                        continue;
+                    }
+                } else {
+                    *cached = Some(Box::new(loaded));
+                }
                 return Err(CommandError::Rejected(rejection));
             }
             let Some(next_state) = next_state else {
@@ -213,12 +231,31 @@ impl<S: EventStore> CommandBus<S> {
         let slot = self.cache.slot(&stream);
         let mut cached = slot.lock().await;
         let loaded = match take_cached::<A>(&mut cached) {
+            // An aggregate cached as missing may have been created by another process since;
+            // its absence is what callers refuse on, so it is checked again.
+            Some(loaded) if loaded.version == Version::NONE => {
+                catch_up::<A, S>(&self.store, &stream, loaded).await?.0
+            }
             Some(loaded) => loaded,
             None => load::<A, S>(&self.store, &stream).await?,
         };
         *cached = Some(Box::new(loaded.clone()));
         Ok(loaded)
     }
+}
+
+/// Applies the events appended to `stream` after `loaded.version`; says whether there were any.
+async fn catch_up<A: Aggregate, S: EventStore>(
+    store: &S,
+    stream: &StreamId,
+    mut loaded: Loaded<A>,
+) -> Result<(Loaded<A>, bool), CommandError<A::Error>> {
+    let tail = store.read_stream(stream, loaded.version).await.map_err(CommandError::Store)?;
+    for record in &tail {
+        loaded.state.apply(&A::Event::decode(record)?);
+        loaded.version = record.version;
+    }
+    Ok((loaded, !tail.is_empty()))
 }
 
 fn take_cached<A: Aggregate>(slot: &mut Option<Box<dyn Any + Send>>) -> Option<Loaded<A>> {

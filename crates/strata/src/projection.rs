@@ -36,6 +36,9 @@ pub enum ProjectionError {
     /// An event could not be decoded.
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    /// A view or locator panicked while applying the batch.
+    #[error("a view or locator panicked")]
+    Panicked,
 }
 
 /// A named projection: which view type it keeps and how events map to its instances.
@@ -256,13 +259,36 @@ async fn supervise<S, M, E, V, L, G>(
     G: Leases,
 {
     let name = projection.name();
+    let projection = Arc::new(projection);
+    let progress = Arc::new(progress);
+    let mut panics = Backoff::default();
     loop {
         match leases.try_acquire(name).await {
             Ok(Some(lease)) => {
                 tracing::info!(projection = name, node = %node_id, "running projection");
                 progress.owner.send_replace(Some(node_id.clone()));
+                // Its own task, so that a panic in a view or locator ends this run, not
+                // the supervisor; the guard stops it if the supervisor itself is stopped.
+                let run = {
+                    let (projection, store, views) =
+                        (projection.clone(), store.clone(), views.clone());
+                    let progress = progress.clone();
+                    tokio::spawn(async move {
+                        follow(&projection, store.as_ref(), views.as_ref(), &progress).await;
+                    })
+                };
+                let _stop_with_supervisor = AbortOnDrop(run.abort_handle());
                 tokio::select! {
-                    () = follow(&projection, store.as_ref(), views.as_ref(), &progress) => return,
+                    joined = run => match joined {
+                        Err(error) if error.is_panic() => {
+                            tracing::error!(projection = name, "projection panicked; restarting it");
+                            progress.owner.send_replace(None);
+                            drop(lease);
+                            panics.wait(name, &ProjectionError::Panicked).await;
+                            continue;
+                        }
+                        _ => return,
+                    },
                     () = lease.lost() => {
                         tracing::warn!(projection = name, "lease lost; stopping the projection here");
                     }
@@ -287,6 +313,15 @@ async fn supervise<S, M, E, V, L, G>(
                 tokio::time::sleep(ACQUIRE_INTERVAL).await;
             }
         }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

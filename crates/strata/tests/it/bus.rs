@@ -138,3 +138,25 @@ async fn concurrent_commands_on_one_aggregate_lose_nothing() {
     assert_eq!(counter.state.value, 50, "with no retries allowed, serialization alone wins");
     assert_eq!(counter.version, Version(51));
 }
+
+#[tokio::test]
+async fn a_refusal_decided_on_a_stale_cache_is_checked_against_the_store() {
+    let bus = bus();
+    // The bus caches the counter as not open...
+    let refused = bus
+        .execute::<Counter>("o.c", CounterCommand::Increment { amounts: vec![1] }, &context())
+        .await;
+    assert!(matches!(refused, Err(CommandError::Rejected(CounterError::NotOpen))));
+    assert!(!bus.load::<Counter>("o.c").await.unwrap().state.open);
+    // ...then another process opens it. A refusal appends nothing, so no version check
+    // would ever catch this; the bus must look at the stream before refusing again.
+    let opened = CounterEvent::Opened { owner: "o".into() };
+    let new_event = strata::DomainEvent::to_new_event(&opened, sample_event(0).metadata).unwrap();
+    let stream = StreamId::new("counter", "o.c");
+    bus.store().append(&stream, ExpectedVersion::NoStream, vec![new_event]).await.unwrap();
+    let ok = bus
+        .execute::<Counter>("o.c", CounterCommand::Increment { amounts: vec![1] }, &context())
+        .await
+        .unwrap();
+    assert_eq!(ok.version, Version(2));
+}
