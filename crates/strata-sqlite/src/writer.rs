@@ -191,6 +191,9 @@ impl Writer {
             }
             Err(error) => {
                 tracing::error!(%error, requests = group.len(), "event store group commit failed");
+                // Whatever made the group fail may have been a version the cache got wrong;
+                // forgetting costs one lookup per stream, keeping a wrong one fails groups.
+                self.versions = StreamVersions::default();
                 let error = Arc::new(error);
                 for request in group.drain(..) {
                     let failed = GroupFailed(Arc::clone(&error));
