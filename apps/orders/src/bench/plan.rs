@@ -1,8 +1,6 @@
 //! Who sends which command in W1: disjoint orders per task, or (contended) every task
 //! rotating over the same 16 orders; and what every `order_summary` row must hold after.
 
-use std::collections::BTreeMap;
-
 use super::workload::{LINES_PER_ORDER, line};
 
 /// The orders every task writes to in the contended variant.
@@ -40,50 +38,48 @@ impl Plan {
         if self.contended { (0..CONTENDED_ORDERS).map(Step::Place).collect() } else { Vec::new() }
     }
 
-    /// The steps of task `task`, in the order it sends them.
-    pub fn task(&self, task: usize) -> Vec<Step> {
-        let tasks = self.tasks as u64;
+    /// The steps of task `task`, in the order it sends them. Generated as they are sent, so
+    /// that a run of ten million commands does not hold ten million steps in memory.
+    pub fn task(&self, task: usize) -> Box<dyn Iterator<Item = Step> + Send> {
         let task = task as u64;
         if self.contended {
-            (0..self.contended_lines_per_task())
-                .map(|i| Step::Line((task + i) % CONTENDED_ORDERS, 0))
-                .collect()
+            let lines = self.contended_lines_per_task();
+            Box::new((0..lines).map(move |i| Step::Line((task + i) % CONTENDED_ORDERS, 0)))
         } else {
-            (task..self.orders)
-                .step_by(self.tasks)
-                .filter(|_| tasks > 0)
-                .flat_map(|n| {
-                    std::iter::once(Step::Place(n))
-                        .chain((0..LINES_PER_ORDER).map(move |k| Step::Line(n, k)))
-                })
-                .collect()
+            Box::new((task..self.orders).step_by(self.tasks).flat_map(|n| {
+                std::iter::once(Step::Place(n))
+                    .chain((0..LINES_PER_ORDER).map(move |k| Step::Line(n, k)))
+            }))
         }
     }
 
     /// Every command of the run.
     pub fn total_commands(&self) -> u64 {
-        let per_task: u64 = (0..self.tasks).map(|t| self.task(t).len() as u64).sum();
-        self.setup().len() as u64 + per_task
+        if self.contended {
+            CONTENDED_ORDERS + self.tasks as u64 * self.contended_lines_per_task()
+        } else {
+            self.orders * (1 + LINES_PER_ORDER)
+        }
     }
 
-    /// What `order_summary` must hold per order: lines and total, by order number.
-    pub fn expected(&self) -> BTreeMap<u64, (u64, i64)> {
-        let mut expected = BTreeMap::new();
-        let steps = self.setup().into_iter().chain((0..self.tasks).flat_map(|t| self.task(t)));
-        for step in steps {
-            match step {
-                Step::Place(n) => {
-                    expected.entry(n).or_insert((0, 0));
-                }
-                Step::Line(n, k) => {
-                    let (_, qty, price) = line(k);
-                    let entry = expected.entry(n).or_insert((0, 0));
-                    entry.0 += 1;
-                    entry.1 += qty * price;
-                }
-            }
-        }
-        expected
+    /// The numbers of the orders the run places.
+    pub fn orders(&self) -> std::ops::Range<u64> {
+        if self.contended { 0..CONTENDED_ORDERS } else { 0..self.orders }
+    }
+
+    /// What `order_summary` must hold for order `n`: its lines and their total.
+    pub fn expected(&self, n: u64) -> (u64, i64) {
+        let lines: Vec<u64> = if self.contended {
+            let per_task = self.contended_lines_per_task();
+            let count = (0..self.tasks as u64)
+                .map(|task| (0..per_task).filter(|i| (task + i) % CONTENDED_ORDERS == n).count())
+                .sum::<usize>();
+            vec![0; count]
+        } else {
+            (0..LINES_PER_ORDER).collect()
+        };
+        let total = lines.iter().map(|&k| line(k)).map(|(_, qty, price)| qty * price).sum();
+        (lines.len() as u64, total)
     }
 }
 
@@ -95,17 +91,21 @@ mod tests {
     fn disjoint_tasks_cover_every_order_once_with_nine_lines() {
         let plan = Plan { orders: 100, tasks: 7, contended: false };
         assert_eq!(plan.total_commands(), 1000);
-        let expected = plan.expected();
-        assert_eq!(expected.len(), 100);
-        assert!(expected.values().all(|(lines, _)| *lines == LINES_PER_ORDER));
+        let sent: usize = (0..7).map(|t| plan.task(t).count()).sum();
+        assert_eq!(sent, 1000, "the tasks send every command once");
+        let placed: std::collections::BTreeSet<u64> = (0..7)
+            .flat_map(|t| plan.task(t))
+            .filter_map(|s| if let Step::Place(n) = s { Some(n) } else { None })
+            .collect();
+        assert_eq!(placed, plan.orders().collect());
+        assert!(plan.orders().all(|n| plan.expected(n).0 == LINES_PER_ORDER));
     }
 
     #[test]
     fn contended_tasks_rotate_over_sixteen_orders() {
         let plan = Plan { orders: 10_000, tasks: 64, contended: true };
         assert_eq!(plan.total_commands(), 16 + 64 * 160);
-        let expected = plan.expected();
-        assert_eq!(expected.len(), 16);
-        assert!(expected.values().all(|(lines, total)| *lines == 640 && *total == 640 * 100));
+        assert_eq!(plan.orders().count(), 16);
+        assert!(plan.orders().all(|n| plan.expected(n) == (640, 640 * 100)));
     }
 }

@@ -172,6 +172,12 @@ pub enum OrderError {
         /// The line's product.
         sku: String,
     },
+    /// A line's quantity is above [`super::product::MAX_QTY`].
+    #[error("qty must be at most {max} (sku {sku})", max = super::product::MAX_QTY)]
+    QtyTooLarge {
+        /// The line's product.
+        sku: String,
+    },
     /// A cancellation without a reason.
     #[error("reason must not be empty")]
     EmptyReason,
@@ -182,9 +188,9 @@ impl Rejection for OrderError {
         match self {
             OrderError::AlreadyExists | OrderError::WrongStatus { .. } => RejectionKind::Conflict,
             OrderError::NotFound => RejectionKind::NotFound,
-            OrderError::NonPositiveQty { .. } | OrderError::EmptyReason => {
-                RejectionKind::BrokenRule
-            }
+            OrderError::NonPositiveQty { .. }
+            | OrderError::QtyTooLarge { .. }
+            | OrderError::EmptyReason => RejectionKind::BrokenRule,
         }
     }
 }
@@ -192,6 +198,9 @@ impl Rejection for OrderError {
 fn check_line(line: &OrderLine) -> Result<(), OrderError> {
     if line.qty <= 0 {
         return Err(OrderError::NonPositiveQty { sku: line.sku.clone() });
+    }
+    if line.qty > super::product::MAX_QTY {
+        return Err(OrderError::QtyTooLarge { sku: line.sku.clone() });
     }
     Ok(())
 }

@@ -5,6 +5,12 @@ use strata::{Aggregate, Decision, Rejection, RejectionKind};
 
 use super::json_events;
 
+/// The highest price a product may have, in cents; it keeps every total far from overflow.
+pub const MAX_PRICE_CENTS: i64 = 1_000_000_000;
+
+/// The most units one restock or one order line may carry.
+pub const MAX_QTY: i64 = 1_000_000;
+
 /// A product in the catalogue.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Product {
@@ -77,6 +83,12 @@ pub enum ProductError {
     /// The quantity is zero or less.
     #[error("qty must be greater than 0")]
     NonPositiveQty,
+    /// The price is above [`MAX_PRICE_CENTS`].
+    #[error("price_cents must be at most {MAX_PRICE_CENTS}")]
+    PriceTooHigh,
+    /// The quantity is above [`MAX_QTY`].
+    #[error("qty must be at most {MAX_QTY}")]
+    QtyTooLarge,
 }
 
 impl Rejection for ProductError {
@@ -86,7 +98,9 @@ impl Rejection for ProductError {
             ProductError::NotFound => RejectionKind::NotFound,
             ProductError::EmptyName
             | ProductError::NegativePrice
-            | ProductError::NonPositiveQty => RejectionKind::BrokenRule,
+            | ProductError::NonPositiveQty
+            | ProductError::PriceTooHigh
+            | ProductError::QtyTooLarge => RejectionKind::BrokenRule,
         }
     }
 }
@@ -103,7 +117,9 @@ impl Aggregate for Product {
                 self.created = true;
                 self.price_cents = created.price_cents;
             }
-            ProductEvent::ProductRestocked(restocked) => self.on_hand += restocked.qty,
+            ProductEvent::ProductRestocked(restocked) => {
+                self.on_hand = self.on_hand.saturating_add(restocked.qty);
+            }
         }
     }
 
@@ -119,6 +135,9 @@ impl Aggregate for Product {
                 if price_cents < 0 {
                     return Err(ProductError::NegativePrice);
                 }
+                if price_cents > MAX_PRICE_CENTS {
+                    return Err(ProductError::PriceTooHigh);
+                }
                 d.emit(ProductEvent::ProductCreated(ProductCreated { name, price_cents }));
             }
             ProductCommand::Restock { qty } => {
@@ -127,6 +146,9 @@ impl Aggregate for Product {
                 }
                 if qty <= 0 {
                     return Err(ProductError::NonPositiveQty);
+                }
+                if qty > MAX_QTY {
+                    return Err(ProductError::QtyTooLarge);
                 }
                 d.emit(ProductEvent::ProductRestocked(ProductRestocked { qty }));
             }

@@ -57,8 +57,10 @@ impl From<RecordedEvent> for StreamEvent {
 
 pub async fn stream<B: Backend>(
     State(app): State<Arc<App<B>>>,
-    Path((aggregate_type, id)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<Vec<StreamEvent>>, Problem> {
+    let Path((aggregate_type, id)) =
+        path.map_err(|rejection| Problem::bad_request(rejection.body_text()))?;
     if !AGGREGATE_TYPES.contains(&aggregate_type.as_str()) {
         return Err(Problem::not_found(format!(
             "no aggregate type {aggregate_type:?}; known types are {}",

@@ -89,7 +89,10 @@ impl View<OrdersEvent> for CustomerOrdersView {
                     return;
                 };
                 match order_event {
-                    OrderEvent::LineAdded(added) => order.total_cents += line_total(&added.line),
+                    OrderEvent::LineAdded(added) => {
+                        order.total_cents =
+                            order.total_cents.saturating_add(line_total(&added.line));
+                    }
                     OrderEvent::OrderConfirmed(_) => order.status = OrderStatus::Confirmed,
                     OrderEvent::OrderShipped(_) => order.status = OrderStatus::Shipped,
                     OrderEvent::OrderCancelled(_) => order.status = OrderStatus::Cancelled,
@@ -136,7 +139,8 @@ impl View<OrdersEvent> for ProductView {
                 self.price_cents = created.price_cents;
             }
             OrdersEvent::Product(ProductEvent::ProductRestocked(restocked)) => {
-                self.on_hand += restocked.qty;
+                // Saturating: a view must never panic on a stored event.
+                self.on_hand = self.on_hand.saturating_add(restocked.qty);
             }
             _ => {}
         }
@@ -208,7 +212,7 @@ impl View<OrdersEvent> for OrderView {
                 self.placed_at = event.metadata.recorded_at;
             }
             OrderEvent::LineAdded(added) => {
-                self.total_cents += line_total(&added.line);
+                self.total_cents = self.total_cents.saturating_add(line_total(&added.line));
                 self.lines.push(added.line.clone());
             }
             OrderEvent::OrderConfirmed(_) => self.status = OrderStatus::Confirmed,

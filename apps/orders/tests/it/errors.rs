@@ -112,6 +112,15 @@ async fn missing_aggregates_and_views_are_404() {
     service.get("/admin/streams/order/nope").await.expect_problem(404, "no events");
     service.get("/admin/streams/planet/ada").await.expect_problem(404, "aggregate type");
     service.get("/no/such/route").await.expect_problem(404, "route");
+    let conditional = service
+        .request(
+            axum::http::Method::POST,
+            "/orders/nope/confirm",
+            Some("{}"),
+            &[("if-match", "\"1\"")],
+        )
+        .await;
+    conditional.expect_problem(404, "order does not exist");
     assert_eq!(service.head(), head);
 }
 
@@ -194,6 +203,19 @@ async fn broken_rules_are_422() {
         .await
         .expect_problem(422, "qty");
     service.post("/orders/o1/cancel", json!({"reason": ""})).await.expect_problem(422, "reason");
+    // Bounds that keep every total far from overflowing.
+    service
+        .post("/products/tea/restock", json!({"qty": 1_000_001}))
+        .await
+        .expect_problem(422, "at most");
+    service
+        .post("/orders/o1/lines", json!({"sku": "tea", "qty": i64::MAX}))
+        .await
+        .expect_problem(422, "at most");
+    service
+        .post("/products", json!({"sku": "gold", "name": "Gold", "price_cents": 1_000_000_001}))
+        .await
+        .expect_problem(422, "price_cents");
     assert_eq!(service.head(), head, "no refused command appended anything");
     let order = service.view("/orders/o1").await;
     assert_eq!(order.body["lines"].as_array().map(Vec::len), Some(1), "the order is unchanged");
@@ -223,6 +245,7 @@ async fn bad_headers_are_400() {
         .request(Method::POST, "/orders/o1/confirm", Some("{}"), &[("if-match", "yesterday")])
         .await;
     answer.expect_problem(400, "If-Match");
+    service.get("/admin/streams/order/%FF").await.expect_problem(400, "");
     assert_eq!(service.head(), 4);
 }
 
