@@ -36,6 +36,9 @@ pub enum ProjectionError {
     /// An event could not be decoded.
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    /// The stored checkpoint is beyond the log's head.
+    #[error("the projection's checkpoint is beyond the event log's head")]
+    AheadOfLog,
     /// A view or locator panicked while applying the batch.
     #[error("a view or locator panicked")]
     Panicked,
@@ -345,6 +348,18 @@ async fn follow<S, M, E, V, L>(
         let from = match checkpoint {
             Some(from) => from,
             None => match views.checkpoint(projection.name()).await {
+                // Views ahead of the log were built from another log (a store replaced
+                // under its views); following from there would skip events silently.
+                Ok(from) if from > store.head() => {
+                    tracing::error!(
+                        projection = projection.name(),
+                        checkpoint = %from,
+                        head = %store.head(),
+                        "the views are ahead of the event log; clear them to rebuild from zero"
+                    );
+                    backoff.wait(projection.name(), &ProjectionError::AheadOfLog).await;
+                    continue;
+                }
                 Ok(from) => {
                     progress.advance(from);
                     checkpoint = Some(from);
