@@ -492,6 +492,11 @@ fn parse(reader: impl BufRead) -> anyhow::Result<Input> {
         if event.version == 0 {
             bail!("line {number}: versions start at 1");
         }
+        // Stores keep times as nanoseconds since 1970 in 64 bits; refusing here, before
+        // anything is written, beats a store refusing it halfway through the import.
+        if event.metadata.recorded_at.timestamp_nanos_opt().is_none() {
+            bail!("line {number}: recorded_at must lie between the years 1677 and 2262");
+        }
         match ids.entry(event.metadata.event_id) {
             Entry::Occupied(first) => bail!(
                 "line {number}: event id {} is already used on line {}",
