@@ -60,7 +60,7 @@ struct Inner {
     /// The head: written by the writer after each commit and by the listener.
     published: Arc<watch::Sender<Position>>,
     listener: JoinHandle<()>,
-    metrics: Arc<writer::Metrics>,
+    metrics: Arc<strata::GroupCommitCounters>,
 }
 
 impl Drop for Inner {
@@ -95,7 +95,7 @@ impl PgEventStore {
         let (requests, received) = mpsc::unbounded_channel();
         // The writer's handle is not kept: it stops when `requests` closes, and nothing
         // needs to wait for it (the database, not this process, holds what it committed).
-        let metrics = Arc::new(writer::Metrics::default());
+        let metrics = Arc::new(strata::GroupCommitCounters::default());
         drop(writer::spawn(database, Arc::clone(&published), Arc::clone(&metrics), received));
         let listener = listener::spawn(database, Arc::clone(&published));
         Ok(Self {
@@ -182,11 +182,6 @@ impl EventStore for PgEventStore {
     }
 }
 
-/// The error for a time outside what nanoseconds in an `i64` hold.
-#[derive(Debug, thiserror::Error)]
-#[error("recorded_at {0} is outside the years 1677 to 2262, which this store can hold")]
-struct UnstorableTime(DateTime<chrono::Utc>);
-
 /// Encodes an event for its row. Time is stored in nanoseconds so that the event read back
 /// equals the one appended; that limits it to the years 1677 to 2262.
 fn encode(event: NewEvent) -> Result<EventRow, StoreError> {
@@ -194,7 +189,7 @@ fn encode(event: NewEvent) -> Result<EventRow, StoreError> {
     let recorded_at = metadata
         .recorded_at
         .timestamp_nanos_opt()
-        .ok_or_else(|| StoreError::Backend(Box::new(UnstorableTime(metadata.recorded_at))))?;
+        .ok_or(StoreError::UnstorableTime(metadata.recorded_at))?;
     Ok(EventRow {
         event_id: metadata.event_id,
         event_type,

@@ -42,11 +42,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use strata::{
-    AppendOutcome, ExpectedVersion, GroupCommitMetrics, Position, StoreError, StreamId, Version,
+    AppendOutcome, ExpectedVersion, GroupCommitCounters, Position, StoreError, StreamId, Version,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -104,48 +103,12 @@ pub(crate) struct AppendRequest {
     pub(crate) answer: oneshot::Sender<Result<AppendOutcome, StoreError>>,
 }
 
-/// Group-commit counters, written by the writer task and read by anyone.
-#[derive(Default)]
-pub(crate) struct Metrics {
-    groups: AtomicU64,
-    appends: AtomicU64,
-    events: AtomicU64,
-    largest_group: AtomicU64,
-    busy_micros: AtomicU64,
-}
-
-impl Metrics {
-    pub(crate) fn snapshot(&self) -> GroupCommitMetrics {
-        GroupCommitMetrics {
-            groups: self.groups.load(Ordering::Relaxed),
-            appends: self.appends.load(Ordering::Relaxed),
-            events: self.events.load(Ordering::Relaxed),
-            largest_group: self.largest_group.load(Ordering::Relaxed),
-            busy_micros: self.busy_micros.load(Ordering::Relaxed),
-        }
-    }
-
-    fn record(&self, appends: usize, outcomes: &Outcomes, started: Instant) {
-        let events: u64 = outcomes
-            .iter()
-            .flatten()
-            .map(|outcome| outcome.last_position.0 - outcome.first_position.0 + 1)
-            .sum();
-        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.groups.fetch_add(1, Ordering::Relaxed);
-        self.appends.fetch_add(appends as u64, Ordering::Relaxed);
-        self.events.fetch_add(events, Ordering::Relaxed);
-        self.largest_group.fetch_max(appends as u64, Ordering::Relaxed);
-        self.busy_micros.fetch_add(micros, Ordering::Relaxed);
-    }
-}
-
 /// Starts the writer task. It runs until every sender of `requests` is dropped, finishing
 /// the requests already sent.
 pub(crate) fn spawn(
     database: &PgDatabase,
     published: Arc<watch::Sender<Position>>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<GroupCommitCounters>,
     requests: mpsc::UnboundedReceiver<AppendRequest>,
 ) -> JoinHandle<()> {
     let writer = Writer {
@@ -168,7 +131,7 @@ struct Writer {
     connection: Option<Connection>,
     /// Where this store's followers learn of new commits.
     published: Arc<watch::Sender<Position>>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<GroupCommitCounters>,
     /// Stream versions remembered from this writer's own commits.
     versions: VersionCache,
 }
@@ -241,7 +204,12 @@ impl Writer {
         };
         match result {
             Ok((outcomes, head)) => {
-                self.metrics.record(group.len(), &outcomes, started);
+                let events: u64 = outcomes
+                    .iter()
+                    .flatten()
+                    .map(|outcome| outcome.last_position.0 - outcome.first_position.0 + 1)
+                    .sum();
+                self.metrics.record(group.len(), events, started.elapsed());
                 if let Some(head) = head {
                     // After the commit, never before: a follower woken by this must find
                     // the rows. Other nodes' commits may already have moved it further.

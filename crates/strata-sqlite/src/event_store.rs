@@ -65,7 +65,7 @@ struct Inner {
     writer: Option<JoinHandle<()>>,
     head: watch::Receiver<Position>,
     readers: ReadPool,
-    metrics: Arc<writer::Metrics>,
+    metrics: Arc<strata::GroupCommitCounters>,
     /// Held while the store is open: the writer thread keeps the head and stream versions
     /// in memory, which is only right while it is the file's one writer.
     _lock: std::fs::File,
@@ -85,7 +85,7 @@ impl SqliteEventStore {
         let head = Position(u64::try_from(head).unwrap_or(0));
         let (published, head_receiver) = watch::channel(head);
         let (requests, received) = mpsc::channel();
-        let metrics = Arc::new(writer::Metrics::default());
+        let metrics = Arc::new(strata::GroupCommitCounters::default());
         let writer = writer::spawn(connection, head, published, metrics.clone(), received)
             .map_err(SqliteError::WriterThread)?;
         Ok(Self {
@@ -227,11 +227,6 @@ impl EventStore for SqliteEventStore {
     }
 }
 
-/// The error for a time outside what nanoseconds in an `i64` hold.
-#[derive(Debug, thiserror::Error)]
-#[error("recorded_at {0} is outside the years 1677 to 2262, which this store can hold")]
-struct UnstorableTime(DateTime<chrono::Utc>);
-
 /// Encodes an event for its row. Time is stored in nanoseconds so that the event read back
 /// equals the one appended; that limits it to the years 1677 to 2262.
 fn encode(event: NewEvent) -> Result<EventRow, StoreError> {
@@ -239,7 +234,7 @@ fn encode(event: NewEvent) -> Result<EventRow, StoreError> {
     let recorded_at = metadata
         .recorded_at
         .timestamp_nanos_opt()
-        .ok_or_else(|| StoreError::Backend(Box::new(UnstorableTime(metadata.recorded_at))))?;
+        .ok_or(StoreError::UnstorableTime(metadata.recorded_at))?;
     Ok(EventRow {
         event_id: metadata.event_id,
         event_type,

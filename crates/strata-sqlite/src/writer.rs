@@ -13,14 +13,13 @@
 //! the disk; a task would hold a runtime worker for the whole commit.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use rusqlite::{Connection, Transaction, TransactionBehavior, params};
 use strata::{
-    AppendOutcome, ExpectedVersion, GroupCommitMetrics, Position, StoreError, StreamId, Version,
+    AppendOutcome, ExpectedVersion, GroupCommitCounters, Position, StoreError, StreamId, Version,
 };
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
@@ -89,44 +88,13 @@ impl StreamVersions {
     }
 }
 
-/// Group-commit counters, written by the writer thread and read by anyone.
-#[derive(Default)]
-pub(crate) struct Metrics {
-    groups: AtomicU64,
-    appends: AtomicU64,
-    events: AtomicU64,
-    largest_group: AtomicU64,
-    busy_micros: AtomicU64,
-}
-
-impl Metrics {
-    pub(crate) fn snapshot(&self) -> GroupCommitMetrics {
-        GroupCommitMetrics {
-            groups: self.groups.load(Ordering::Relaxed),
-            appends: self.appends.load(Ordering::Relaxed),
-            events: self.events.load(Ordering::Relaxed),
-            largest_group: self.largest_group.load(Ordering::Relaxed),
-            busy_micros: self.busy_micros.load(Ordering::Relaxed),
-        }
-    }
-
-    fn record(&self, appends: usize, events: u64, started: Instant) {
-        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.groups.fetch_add(1, Ordering::Relaxed);
-        self.appends.fetch_add(appends as u64, Ordering::Relaxed);
-        self.events.fetch_add(events, Ordering::Relaxed);
-        self.largest_group.fetch_max(appends as u64, Ordering::Relaxed);
-        self.busy_micros.fetch_add(micros, Ordering::Relaxed);
-    }
-}
-
 /// Starts the writer thread. It runs until every sender of `requests` is dropped, finishing
 /// the requests already sent.
 pub(crate) fn spawn(
     connection: Connection,
     head: Position,
     published: watch::Sender<Position>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<GroupCommitCounters>,
     requests: mpsc::Receiver<AppendRequest>,
 ) -> std::io::Result<JoinHandle<()>> {
     let writer =
@@ -144,7 +112,7 @@ struct Writer {
     head: Position,
     /// Where followers learn of new commits.
     published: watch::Sender<Position>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<GroupCommitCounters>,
     /// Versions of streams as committed; updated only after a group commits.
     versions: StreamVersions,
 }
@@ -177,7 +145,7 @@ impl Writer {
         let started = Instant::now();
         match self.write_group(group) {
             Ok((outcomes, head)) => {
-                self.metrics.record(group.len(), head.0 - self.head.0, started);
+                self.metrics.record(group.len(), head.0 - self.head.0, started.elapsed());
                 if head != self.head {
                     self.head = head;
                     // After the commit, never before: a follower woken by this must find

@@ -23,6 +23,6 @@ pub use idempotency::{IdempotencyError, IdempotencyRecord, IdempotencyStore};
 pub use lease::{Lease, LeaseError, Leases, LocalLeases};
 pub use memory::{InMemoryEventStore, InMemoryIdempotencyStore, InMemoryViewManager};
 pub use projection::{Projection, ProjectionHandle, ProjectionRunner, ProjectionStatus};
-pub use store::{AppendOutcome, EventStore, GroupCommitMetrics, StoreError};
+pub use store::{AppendOutcome, EventStore, GroupCommitCounters, GroupCommitMetrics, StoreError};
 pub use stream::{ExpectedVersion, Position, StreamId, Version};
 pub use view::{StoredView, View, ViewError, ViewLocator, ViewManager};

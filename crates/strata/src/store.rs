@@ -6,6 +6,8 @@
 //! [`StoreError::Conflict`] and writes nothing; positions strictly increase in commit order.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -42,6 +44,10 @@ pub enum StoreError {
     /// An event id already exists in the store; nothing was written.
     #[error("event id {0} is already stored")]
     DuplicateEventId(uuid::Uuid),
+    /// An event's `recorded_at` is outside what the store can keep exactly (SQL stores keep
+    /// nanoseconds since 1970 in 64 bits: the years 1677 to 2262); nothing was written.
+    #[error("recorded_at {0} is outside the years 1677 to 2262, which the store can hold")]
+    UnstorableTime(chrono::DateTime<chrono::Utc>),
     /// A stored row could not be read back as an event.
     #[error("stored event is corrupt: {0}")]
     Corrupt(String),
@@ -78,6 +84,40 @@ impl GroupCommitMetrics {
     /// Time per group on average, in milliseconds.
     pub fn mean_group_ms(&self) -> f64 {
         self.busy_micros as f64 / 1000.0 / self.groups.max(1) as f64
+    }
+}
+
+/// The counters behind [`GroupCommitMetrics`]: written by a store's writer after each
+/// group, read by anyone, without locks.
+#[derive(Debug, Default)]
+pub struct GroupCommitCounters {
+    groups: AtomicU64,
+    appends: AtomicU64,
+    events: AtomicU64,
+    largest_group: AtomicU64,
+    busy_micros: AtomicU64,
+}
+
+impl GroupCommitCounters {
+    /// Records one group of `appends` appends that wrote `events` events in `busy`.
+    pub fn record(&self, appends: usize, events: u64, busy: Duration) {
+        let micros = u64::try_from(busy.as_micros()).unwrap_or(u64::MAX);
+        self.groups.fetch_add(1, Ordering::Relaxed);
+        self.appends.fetch_add(appends as u64, Ordering::Relaxed);
+        self.events.fetch_add(events, Ordering::Relaxed);
+        self.largest_group.fetch_max(appends as u64, Ordering::Relaxed);
+        self.busy_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> GroupCommitMetrics {
+        GroupCommitMetrics {
+            groups: self.groups.load(Ordering::Relaxed),
+            appends: self.appends.load(Ordering::Relaxed),
+            events: self.events.load(Ordering::Relaxed),
+            largest_group: self.largest_group.load(Ordering::Relaxed),
+            busy_micros: self.busy_micros.load(Ordering::Relaxed),
+        }
     }
 }
 
