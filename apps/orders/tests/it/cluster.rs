@@ -61,7 +61,7 @@ async fn a_killed_projection_owner_is_replaced_and_views_equal_a_rebuild() {
         projections(&nodes[0]).await.iter().all(|p| p["owner"].is_string())
     })
     .await;
-    let owners = projections(&nodes[1]).await;
+    let owners = projections(&nodes[0]).await;
     let victim_id = owners.iter().find(|p| p["name"] == "orders").unwrap()["owner"]
         .as_str()
         .unwrap()
