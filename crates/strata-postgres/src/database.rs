@@ -171,10 +171,25 @@ pub(crate) async fn connect(
 /// The connection's current schema, for stores opened without a schema name.
 async fn current_schema(config: &Config) -> Result<String, PgError> {
     let (client, driver) = connect(config).await.map_err(PgError::Connect)?;
-    let row = client.query_one("SELECT current_schema()", &[]).await.map_err(PgError::Database);
+    let row = client
+        .query_one("SELECT current_schema(), current_setting('search_path')", &[])
+        .await
+        .map_err(PgError::Database);
     drop(client);
     let _ = driver.await;
-    row?.get::<_, Option<String>>(0).ok_or(PgError::NoSchema)
+    let row = row?;
+    if let Some(existing) = row.get::<_, Option<String>>(0) {
+        return Ok(existing);
+    }
+    // The search_path names a schema that does not exist yet (a URL with
+    // `options=-csearch_path=myschema` for a new deployment): that is the one to create.
+    let search_path: String = row.get(1);
+    search_path
+        .split(',')
+        .map(|entry| entry.trim().trim_matches('"'))
+        .find(|entry| !entry.is_empty() && *entry != "$user")
+        .map(str::to_owned)
+        .ok_or(PgError::NoSchema)
 }
 
 /// Creates `schema` if missing and applies the migrations it lacks, in one transaction

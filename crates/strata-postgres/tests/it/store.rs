@@ -159,3 +159,23 @@ async fn the_first_idempotency_record_wins_on_every_node() {
     node_b.put("k", second).await.unwrap();
     assert_eq!(node_b.get("k").await.unwrap(), Some(first));
 }
+
+#[tokio::test]
+async fn a_url_whose_search_path_names_a_new_schema_creates_it() {
+    let Some(fixture) = fixture().await else { return };
+    let schema = format!("{}_named", fixture.schema());
+    let separator = if fixture.base_url().contains('?') { '&' } else { '?' };
+    let url = format!("{}{separator}options=-csearch_path%3D{schema}", fixture.base_url());
+    let store = PgEventStore::connect(&url, None).await.unwrap();
+    assert_eq!(store.database().schema(), schema);
+    store.append(&stream("s"), ExpectedVersion::NoStream, vec![sample_event(1)]).await.unwrap();
+    drop(store);
+    let client = raw_client(&fixture).await;
+    let created: i64 = client
+        .query_one(&format!("SELECT count(*) FROM {schema}.strata_events"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(created, 1, "the schema named by search_path was created and used");
+    client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+}
