@@ -6,7 +6,6 @@
 //! the listener task (`listener.rs`), by every other node's. This module holds the handle,
 //! the reads and the mapping between rows and events; it holds no write SQL.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use chrono::DateTime;
@@ -124,15 +123,7 @@ impl EventStore for PgEventStore {
     ) -> Result<AppendOutcome, StoreError> {
         // Checks that need no database run here, in the caller's task, so that the writer
         // spends its time writing.
-        if events.is_empty() {
-            return Err(StoreError::EmptyAppend(stream.clone()));
-        }
-        let mut ids = HashSet::with_capacity(events.len());
-        for event in &events {
-            if !ids.insert(event.metadata.event_id) {
-                return Err(StoreError::DuplicateEventId(event.metadata.event_id));
-            }
-        }
+        strata::check_append(stream, &events)?;
         let events = events.into_iter().map(encode).collect::<Result<Vec<_>, _>>()?;
 
         let (answer, answered) = oneshot::channel();

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use strata::{Position, StoredView, ViewError, ViewManager};
+use strata::{Position, StoredView, ViewError, ViewManager, decode_view, encode_views};
 
 use crate::database::PgDatabase;
 use crate::error::{DbError, PgError, from_bigint, to_bigint};
@@ -63,12 +63,8 @@ fn decode<V: DeserializeOwned>(
 ) -> Result<(String, StoredView<V>), ViewError> {
     let position =
         Position(from_bigint(position, "view position").map_err(DbError::into_view_error)?);
-    let view = serde_json::from_slice(data).map_err(|source| ViewError::Codec {
-        projection: projection.to_owned(),
-        id: id.clone(),
-        source,
-    })?;
-    Ok((id, StoredView { view, position }))
+    let stored = decode_view(projection, &id, data, position)?;
+    Ok((id, stored))
 }
 
 impl ViewManager for PgViewManager {
@@ -122,18 +118,14 @@ impl ViewManager for PgViewManager {
     ) -> Result<(), ViewError> {
         // Encode everything first: a view that does not serialize fails the commit before
         // anything is written, and no JSON work holds a connection.
-        let mut ids = Vec::with_capacity(views.len());
-        let mut data = Vec::with_capacity(views.len());
-        let mut positions = Vec::with_capacity(views.len());
-        for (id, stored) in views {
-            let encoded = serde_json::to_vec(&stored.view).map_err(|source| ViewError::Codec {
-                projection: projection.to_owned(),
-                id: id.clone(),
-                source,
-            })?;
-            ids.push(id);
-            data.push(encoded);
-            positions.push(to_bigint(stored.position.0));
+        let encoded = encode_views(projection, views)?;
+        let mut ids = Vec::with_capacity(encoded.len());
+        let mut data = Vec::with_capacity(encoded.len());
+        let mut positions = Vec::with_capacity(encoded.len());
+        for view in encoded {
+            ids.push(view.id);
+            data.push(view.data);
+            positions.push(to_bigint(view.position.0));
         }
         let write = async {
             let mut client = self.database.pool().get().await?;

@@ -5,7 +5,6 @@
 //! never wait for a commit (WAL). This module holds the handle, the reads and the mapping
 //! between rows and events; it holds no write SQL.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
@@ -152,15 +151,7 @@ impl EventStore for SqliteEventStore {
     ) -> Result<AppendOutcome, StoreError> {
         // Checks that need no database run here, in the caller's task, so that the writer
         // thread spends its time writing.
-        if events.is_empty() {
-            return Err(StoreError::EmptyAppend(stream.clone()));
-        }
-        let mut ids = HashSet::with_capacity(events.len());
-        for event in &events {
-            if !ids.insert(event.metadata.event_id) {
-                return Err(StoreError::DuplicateEventId(event.metadata.event_id));
-            }
-        }
+        strata::check_append(stream, &events)?;
         let events = events.into_iter().map(encode).collect::<Result<Vec<_>, _>>()?;
 
         let (answer, answered) = oneshot::channel();

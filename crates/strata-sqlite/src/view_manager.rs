@@ -11,7 +11,7 @@ use std::path::Path;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use strata::{Position, StoredView, ViewError, ViewManager};
+use strata::{Position, StoredView, ViewError, ViewManager, decode_view, encode_views};
 
 use crate::error::{DbError, SqliteError, from_sql_integer, to_sql_integer};
 use crate::pool::{ReadPool, SharedConnection};
@@ -68,12 +68,8 @@ fn decode<V: DeserializeOwned>(
 ) -> Result<(String, StoredView<V>), ViewError> {
     let position =
         Position(from_sql_integer(position, "view position").map_err(DbError::into_view_error)?);
-    let view = serde_json::from_slice(&data).map_err(|source| ViewError::Codec {
-        projection: projection.to_owned(),
-        id: id.clone(),
-        source,
-    })?;
-    Ok((id, StoredView { view, position }))
+    let stored = decode_view(projection, &id, &data, position)?;
+    Ok((id, stored))
 }
 
 impl ViewManager for SqliteViewManager {
@@ -156,17 +152,8 @@ impl ViewManager for SqliteViewManager {
         to: Position,
         views: Vec<(String, StoredView<V>)>,
     ) -> Result<(), ViewError> {
-        // Encode everything first: a view that does not serialize fails the commit before
-        // anything is written, and no JSON work holds the write connection.
-        let mut encoded = Vec::with_capacity(views.len());
-        for (id, stored) in views {
-            let data = serde_json::to_vec(&stored.view).map_err(|source| ViewError::Codec {
-                projection: projection.to_owned(),
-                id: id.clone(),
-                source,
-            })?;
-            encoded.push((id, data, stored.position));
-        }
+        // Encoded first, so that no JSON work holds the write connection.
+        let encoded = encode_views(projection, views)?;
         let projection = projection.to_owned();
         self.writer
             .run(move |connection| {
@@ -185,12 +172,12 @@ impl ViewManager for SqliteViewManager {
                 }
                 {
                     let mut upsert = transaction.prepare_cached(UPSERT_VIEW)?;
-                    for (id, data, position) in &encoded {
+                    for view in &encoded {
                         upsert.execute(params![
                             projection,
-                            id,
-                            data,
-                            to_sql_integer(position.0)?
+                            view.id,
+                            view.data,
+                            to_sql_integer(view.position.0)?
                         ])?;
                     }
                     transaction

@@ -23,6 +23,10 @@ pub use idempotency::{IdempotencyError, IdempotencyRecord, IdempotencyStore};
 pub use lease::{Lease, LeaseError, Leases, LocalLeases};
 pub use memory::{InMemoryEventStore, InMemoryIdempotencyStore, InMemoryViewManager};
 pub use projection::{Projection, ProjectionHandle, ProjectionRunner, ProjectionStatus};
-pub use store::{AppendOutcome, EventStore, GroupCommitCounters, GroupCommitMetrics, StoreError};
+pub use store::{
+    AppendOutcome, EventStore, GroupCommitCounters, GroupCommitMetrics, StoreError, check_append,
+};
 pub use stream::{ExpectedVersion, Position, StreamId, Version};
-pub use view::{StoredView, View, ViewError, ViewLocator, ViewManager};
+pub use view::{
+    EncodedView, StoredView, View, ViewError, ViewLocator, ViewManager, decode_view, encode_views,
+};

@@ -10,9 +10,9 @@ use tokio::sync::watch;
 
 use crate::event::{NewEvent, RecordedEvent};
 use crate::idempotency::{IdempotencyError, IdempotencyRecord, IdempotencyStore};
-use crate::store::{AppendOutcome, EventStore, StoreError};
+use crate::store::{AppendOutcome, EventStore, StoreError, check_append};
 use crate::stream::{ExpectedVersion, Position, StreamId, Version};
-use crate::view::{StoredView, ViewError, ViewManager};
+use crate::view::{StoredView, ViewError, ViewManager, decode_view, encode_views};
 
 fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave these maps half-updated: every mutation
@@ -54,20 +54,14 @@ impl EventStore for InMemoryEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendOutcome, StoreError> {
-        if events.is_empty() {
-            return Err(StoreError::EmptyAppend(stream.clone()));
-        }
+        check_append(stream, &events)?;
         let mut log = locked(&self.log);
         let actual = Version(log.streams.get(stream).map_or(0, |indexes| indexes.len() as u64));
         if !expected.matches(actual) {
             return Err(StoreError::Conflict { stream: stream.clone(), expected, actual });
         }
-        let mut seen = std::collections::HashSet::new();
-        for event in &events {
-            let id = event.metadata.event_id;
-            if log.event_ids.contains(&id) || !seen.insert(id) {
-                return Err(StoreError::DuplicateEventId(id));
-            }
+        if let Some(stored) = events.iter().find(|e| log.event_ids.contains(&e.metadata.event_id)) {
+            return Err(StoreError::DuplicateEventId(stored.metadata.event_id));
         }
         let first_position = Position(log.events.len() as u64 + 1);
         let mut version = actual;
@@ -138,20 +132,6 @@ impl InMemoryViewManager {
     }
 }
 
-fn decode<V: DeserializeOwned>(
-    projection: &str,
-    id: &str,
-    bytes: &[u8],
-    position: Position,
-) -> Result<StoredView<V>, ViewError> {
-    let view = serde_json::from_slice(bytes).map_err(|source| ViewError::Codec {
-        projection: projection.to_owned(),
-        id: id.to_owned(),
-        source,
-    })?;
-    Ok(StoredView { view, position })
-}
-
 impl ViewManager for InMemoryViewManager {
     async fn load<V: DeserializeOwned + Send + 'static>(
         &self,
@@ -162,7 +142,7 @@ impl ViewManager for InMemoryViewManager {
         let mut found = HashMap::with_capacity(ids.len());
         for id in ids {
             if let Some((bytes, position)) = state.views.get(&(projection.to_owned(), id.clone())) {
-                found.insert(id.clone(), decode(projection, id, bytes, *position)?);
+                found.insert(id.clone(), decode_view(projection, id, bytes, *position)?);
             }
         }
         Ok(found)
@@ -175,7 +155,7 @@ impl ViewManager for InMemoryViewManager {
     ) -> Result<Option<StoredView<V>>, ViewError> {
         let state = locked(&self.state);
         match state.views.get(&(projection.to_owned(), id.to_owned())) {
-            Some((bytes, position)) => decode(projection, id, bytes, *position).map(Some),
+            Some((bytes, position)) => decode_view(projection, id, bytes, *position).map(Some),
             None => Ok(None),
         }
     }
@@ -191,16 +171,8 @@ impl ViewManager for InMemoryViewManager {
         to: Position,
         views: Vec<(String, StoredView<V>)>,
     ) -> Result<(), ViewError> {
-        // Encode everything before taking the lock so that a codec error writes nothing.
-        let mut encoded = Vec::with_capacity(views.len());
-        for (id, stored) in views {
-            let bytes = serde_json::to_vec(&stored.view).map_err(|source| ViewError::Codec {
-                projection: projection.to_owned(),
-                id: id.clone(),
-                source,
-            })?;
-            encoded.push((id, bytes, stored.position));
-        }
+        // Encoded before taking the lock, so that a codec error writes nothing.
+        let encoded = encode_views(projection, views)?;
         let mut state = locked(&self.state);
         let actual = state.checkpoints.get(projection).copied().unwrap_or_default();
         if actual != from {
@@ -210,8 +182,8 @@ impl ViewManager for InMemoryViewManager {
                 actual,
             });
         }
-        for (id, bytes, position) in encoded {
-            state.views.insert((projection.to_owned(), id), (bytes, position));
+        for view in encoded {
+            state.views.insert((projection.to_owned(), view.id), (view.data, view.position));
         }
         state.checkpoints.insert(projection.to_owned(), to);
         Ok(())

@@ -121,6 +121,24 @@ impl GroupCommitCounters {
     }
 }
 
+/// The checks every append gets before any store work: it holds events, and no event id
+/// repeats within it. Backends call this first, so they all refuse the same way.
+pub fn check_append(stream: &StreamId, events: &[NewEvent]) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Err(StoreError::EmptyAppend(stream.clone()));
+    }
+    // Commands almost always emit one event; only longer appends need the set.
+    if events.len() > 1 {
+        let mut ids = std::collections::HashSet::with_capacity(events.len());
+        for event in events {
+            if !ids.insert(event.metadata.event_id) {
+                return Err(StoreError::DuplicateEventId(event.metadata.event_id));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// An append-only log of events, ordered per stream by version and overall by position.
 pub trait EventStore: Send + Sync + 'static {
     /// Appends `events` to `stream` if the stream is at `expected`, all or nothing.

@@ -79,6 +79,47 @@ pub enum ViewError {
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// A view instance encoded for storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedView {
+    /// The view id.
+    pub id: String,
+    /// The view's JSON.
+    pub data: Vec<u8>,
+    /// The position of the last event applied to it.
+    pub position: Position,
+}
+
+/// Encodes every view of a commit, before anything is written: a view that does not
+/// serialize fails the whole commit. Every backend stores views as this JSON.
+pub fn encode_views<V: Serialize>(
+    projection: &str,
+    views: Vec<(String, StoredView<V>)>,
+) -> Result<Vec<EncodedView>, ViewError> {
+    views
+        .into_iter()
+        .map(|(id, stored)| match serde_json::to_vec(&stored.view) {
+            Ok(data) => Ok(EncodedView { id, data, position: stored.position }),
+            Err(source) => Err(ViewError::Codec { projection: projection.to_owned(), id, source }),
+        })
+        .collect()
+}
+
+/// Decodes a stored view of `projection`.
+pub fn decode_view<V: DeserializeOwned>(
+    projection: &str,
+    id: &str,
+    data: &[u8],
+    position: Position,
+) -> Result<StoredView<V>, ViewError> {
+    let view = serde_json::from_slice(data).map_err(|source| ViewError::Codec {
+        projection: projection.to_owned(),
+        id: id.to_owned(),
+        source,
+    })?;
+    Ok(StoredView { view, position })
+}
+
 /// Stores view instances and projection checkpoints.
 pub trait ViewManager: Send + Sync + 'static {
     /// The stored instances among `ids` of `projection`; missing ids are absent from the map.
