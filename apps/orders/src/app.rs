@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use strata::{
     Aggregate, CommandBus, CommandContext, CommandError, CommandOutcome, EventStore,
-    IdempotencyStore, Leases, ProjectionHandle, ProjectionRunner, ProjectionStatus, ViewManager,
+    IdempotencyStore, Leases, ProjectionHandle, ProjectionRunner, Projections, SharedReader,
+    ViewError, ViewManager,
 };
 
 use crate::domain::{
@@ -39,25 +40,6 @@ pub struct Stores<B: Backend> {
     pub leases: Arc<B::Leases>,
 }
 
-/// The running projections, one per view.
-pub struct Projections {
-    /// `customers`.
-    pub customers: ProjectionHandle,
-    /// `customer_orders`.
-    pub customer_orders: ProjectionHandle,
-    /// `products`.
-    pub products: ProjectionHandle,
-    /// `orders`.
-    pub orders: ProjectionHandle,
-}
-
-impl Projections {
-    /// Every projection, in a stable order.
-    pub fn all(&self) -> [&ProjectionHandle; 4] {
-        [&self.customers, &self.customer_orders, &self.products, &self.orders]
-    }
-}
-
 /// A running orders service.
 pub struct App<B: Backend> {
     /// Routes commands to aggregates.
@@ -67,7 +49,7 @@ pub struct App<B: Backend> {
     /// Remembers idempotent answers.
     pub idempotency: Arc<B::Idempotency>,
     /// The projections this node runs.
-    pub projections: Projections,
+    pub projections: Arc<Projections>,
     /// This node's id, shown by `/health` and as projection owner.
     pub node_id: String,
 }
@@ -115,39 +97,42 @@ pub struct PlaceOrder {
 }
 
 impl<B: Backend> App<B> {
-    /// Starts the projections over `stores` and returns the running service.
-    pub fn start(stores: Stores<B>, node_id: impl Into<String>, bus: strata::BusConfig) -> Self {
+    /// Creates the projections' tables, starts the projections over `stores` (all of them
+    /// reading the log through one shared reader) and returns the running service.
+    pub async fn start(
+        stores: Stores<B>,
+        node_id: impl Into<String>,
+        bus: strata::BusConfig,
+    ) -> Result<Self, ViewError> {
         let node_id = node_id.into();
         let runner = ProjectionRunner::new(node_id.clone());
         let (events, views, leases) = (stores.events, stores.views, stores.leases);
-        let projections = Projections {
-            customers: runner.spawn_leased(
-                views::customers(),
-                events.clone(),
-                views.clone(),
-                leases.clone(),
-            ),
-            customer_orders: runner.spawn_leased(
-                views::customer_orders(),
-                events.clone(),
-                views.clone(),
-                leases.clone(),
-            ),
-            products: runner.spawn_leased(
-                views::products(),
-                events.clone(),
-                views.clone(),
-                leases.clone(),
-            ),
-            orders: runner.spawn_leased(views::orders(), events.clone(), views.clone(), leases),
-        };
-        Self {
+        let reader = SharedReader::new(events.clone());
+        let mut projections = Projections::new();
+        macro_rules! start {
+            ($projection:expr) => {{
+                let projection = $projection;
+                views.prepare(projection.name(), projection.tables()).await?;
+                projections.push(runner.spawn_shared(
+                    projection,
+                    reader.clone(),
+                    views.clone(),
+                    leases.clone(),
+                ));
+            }};
+        }
+        start!(views::customers());
+        start!(views::customer_orders());
+        start!(views::products());
+        start!(views::orders());
+        start!(views::sales_daily());
+        Ok(Self {
             bus: CommandBus::new(events, bus),
             views,
             idempotency: stores.idempotency,
-            projections,
+            projections: Arc::new(projections),
             node_id,
-        }
+        })
     }
 
     /// The event store.
@@ -155,10 +140,9 @@ impl<B: Backend> App<B> {
         self.bus.store()
     }
 
-    /// Where every projection stands.
-    pub fn projection_statuses(&self) -> Vec<ProjectionStatus> {
-        let head = self.events().head();
-        self.projections.all().iter().map(|p| p.status(head)).collect()
+    /// The running projection `name` (one of [`views::PROJECTIONS`]).
+    pub fn projection(&self, name: &str) -> Option<&ProjectionHandle> {
+        self.projections.get(name)
     }
 
     /// Registers a customer.
@@ -254,9 +238,7 @@ impl<B: Backend> App<B> {
 
     /// Stops the projections; committed batches stay committed.
     pub fn stop(&self) {
-        for projection in self.projections.all() {
-            projection.stop();
-        }
+        self.projections.stop();
     }
 }
 

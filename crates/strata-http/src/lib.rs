@@ -1,14 +1,18 @@
 //! axum glue for Strata services: every failure as `application/problem+json`, JSON bodies
-//! whose errors name the field, correlation ids, `If-Match`, `Idempotency-Key`, and
-//! read-your-writes waits on views.
+//! whose errors name the field, correlation ids, `If-Match`, `Idempotency-Key`,
+//! read-your-writes waits on views, paged lists, and the operator's API ([`admin`]:
+//! projections, parked instances, rebuilds, streams, audits, health and metrics) that any
+//! Strata application mounts beside its own routes.
 //!
 //! This crate alone knows HTTP status codes: domain and store errors reach it as typed values
 //! and become responses in exactly one place, [`Problem`]'s conversions.
 
+pub mod admin;
 pub mod conditional;
 pub mod correlation;
 pub mod idempotency;
 pub mod json;
+pub mod paging;
 pub mod problem;
 pub mod wait;
 

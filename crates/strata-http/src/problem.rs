@@ -6,7 +6,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use strata::{CommandError, Rejection, RejectionKind, ViewError};
+use strata::{CommandError, ControlError, Rejection, RejectionKind, StoreError, ViewError};
 
 /// A problem+json answer.
 #[derive(Debug, Clone, Serialize)]
@@ -106,6 +106,17 @@ impl Problem {
         problem
     }
 
+    /// 503: the view instance asked for is parked: an event could not be applied to it, so
+    /// what is stored is not current. Retrying does not help until an operator acts.
+    pub fn view_parked(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "urn:strata:problem:view-parked",
+            "View instance parked",
+            detail.into(),
+        )
+    }
+
     /// 503: a dependency (the store) is unreachable. The cause is logged, not sent.
     pub fn unavailable(cause: &dyn std::error::Error) -> Self {
         tracing::error!(error = %cause, "store unavailable");
@@ -165,6 +176,28 @@ impl<E: Rejection + 'static> From<CommandError<E>> for Problem {
             CommandError::Store(error) => Problem::unavailable(&error),
             other => Problem::internal(&other),
         }
+    }
+}
+
+/// An operation on a projection: 404 for an instance that is not parked, 409 for a rebuild
+/// already running, 503 when the stores fail or the projection kept moving, 500 otherwise.
+impl From<ControlError> for Problem {
+    fn from(error: ControlError) -> Self {
+        match error {
+            ControlError::NotParked { .. } => Problem::not_found(error.to_string()),
+            ControlError::RebuildInProgress(_) => Problem::conflict(error.to_string()),
+            ControlError::Busy(_) => Problem::view_not_ready(error.to_string(), 1),
+            ControlError::View(error) => Problem::unavailable(&error),
+            ControlError::Store(error) => Problem::unavailable(&error),
+            ControlError::Projection(error) => Problem::internal(&error),
+        }
+    }
+}
+
+/// An event store failure: 503.
+impl From<StoreError> for Problem {
+    fn from(error: StoreError) -> Self {
+        Problem::unavailable(&error)
     }
 }
 

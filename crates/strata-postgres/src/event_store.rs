@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use chrono::DateTime;
 use strata::{
-    AppendOutcome, EventMetadata, EventStore, ExpectedVersion, GroupCommitMetrics, NewEvent,
-    Position, RecordedEvent, StoreError, StreamId, Version,
+    AppendOutcome, AuditQuery, AuditSubject, EventMetadata, EventStore, ExpectedVersion,
+    GroupCommitMetrics, NewEvent, Position, RecordedEvent, StoreError, StreamId, Version,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -40,6 +40,27 @@ const READ_ALL: &str = concat!(
     "SELECT ",
     columns!(),
     " FROM strata_events WHERE position > $1 ORDER BY position LIMIT $2"
+);
+
+/// Audits, newest first, paged below a position, within a time window in nanoseconds.
+/// Each reads one index.
+const AUDIT_CORRELATION: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM strata_events WHERE correlation_id = $1 AND position < $2 AND recorded_at >= $3 \
+     AND recorded_at < $4 ORDER BY position DESC LIMIT $5"
+);
+const AUDIT_USER: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM strata_events WHERE user_id = $1 AND position < $2 AND recorded_at >= $3 \
+     AND recorded_at < $4 ORDER BY position DESC LIMIT $5"
+);
+const AUDIT_STREAM: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM strata_events WHERE aggregate_type = $1 AND aggregate_id = $6 AND position < $2 \
+     AND recorded_at >= $3 AND recorded_at < $4 ORDER BY position DESC LIMIT $5"
 );
 
 /// An [`EventStore`] on PostgreSQL, safe to run on several nodes against one schema.
@@ -164,6 +185,42 @@ impl EventStore for PgEventStore {
         read.await.map_err(DbError::into_store_error)
     }
 
+    async fn audit(&self, query: &AuditQuery) -> Result<Vec<RecordedEvent>, StoreError> {
+        let nanos = |at: Option<chrono::DateTime<chrono::Utc>>, default: i64| {
+            at.map_or(default, |at| {
+                at.timestamp_nanos_opt().unwrap_or(if at.timestamp() < 0 {
+                    i64::MIN
+                } else {
+                    i64::MAX
+                })
+            })
+        };
+        let (from, to) = (nanos(query.from, i64::MIN), nanos(query.to, i64::MAX));
+        let before = query.before.map_or(i64::MAX, |p| to_bigint(p.0));
+        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+        let read = async {
+            let client = self.inner.database.pool().get().await?;
+            let rows = match &query.subject {
+                AuditSubject::Correlation(id) => {
+                    let statement = client.prepare_cached(AUDIT_CORRELATION).await?;
+                    client.query(&statement, &[id, &before, &from, &to, &limit]).await?
+                }
+                AuditSubject::User(user) => {
+                    let statement = client.prepare_cached(AUDIT_USER).await?;
+                    client.query(&statement, &[user, &before, &from, &to, &limit]).await?
+                }
+                AuditSubject::Stream(stream) => {
+                    let statement = client.prepare_cached(AUDIT_STREAM).await?;
+                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+                        [&stream.aggregate_type, &before, &from, &to, &limit, &stream.id];
+                    client.query(&statement, &params).await?
+                }
+            };
+            rows.iter().map(decode).collect::<Result<Vec<_>, DbError>>()
+        };
+        read.await.map_err(DbError::into_store_error)
+    }
+
     fn subscribe(&self) -> watch::Receiver<Position> {
         self.inner.published.subscribe()
     }
@@ -194,7 +251,7 @@ fn encode(event: NewEvent) -> Result<EventRow, StoreError> {
 }
 
 /// Reads one row selected with `columns!()` back into the event that was appended.
-fn decode(row: &Row) -> Result<RecordedEvent, DbError> {
+pub(crate) fn decode(row: &Row) -> Result<RecordedEvent, DbError> {
     let position = from_bigint(row.try_get(0)?, "position")?;
     let schema_version: i64 = row.try_get(5)?;
     let schema_version = u32::try_from(schema_version).map_err(|_| {

@@ -20,6 +20,7 @@ mod event_store;
 mod idempotency;
 mod lease;
 mod listener;
+mod tables;
 mod view_manager;
 mod writer;
 

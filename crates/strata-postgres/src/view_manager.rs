@@ -1,40 +1,80 @@
-//! [`PgViewManager`]: view instances and projection checkpoints in `strata_views` and
-//! `strata_checkpoints`.
+//! [`PgViewManager`]: view instances, their tables, parked events and projection
+//! checkpoints in `strata_views`, `strata_parked_events`, `strata_skipped_events`,
+//! `strata_checkpoints` and the projections' own tables.
 //!
-//! Views are stored as JSON bytes next to the position of the last event applied to them.
-//! A commit moves the checkpoint and writes the batch's views in one transaction, and the
-//! checkpoint moves only if it still holds the batch's starting point: a conditional
-//! `UPDATE … WHERE position = from` (or, from the start, an insert that only an absent or
-//! zero checkpoint lets through). Under READ COMMITTED a second runner racing from the same
-//! checkpoint waits for the first one's row lock, re-checks the condition against the
-//! committed row, finds it false and is fenced; nothing of its batch is written. This module
-//! does not run projections; the runner in the core does, and calls [`ViewManager::commit`]
-//! once per batch.
+//! A commit takes the checkpoint row's lock first (`SELECT … FOR UPDATE`, after making sure
+//! the row exists), checks it with the core's [`Checkpoint::fence`], then writes the
+//! batch's views, parked events, table rows and the new checkpoint. Under READ COMMITTED a
+//! second runner, retry or rebuild racing from the same checkpoint waits for the first
+//! one's row lock, then reads the committed row, fails the fence, and writes nothing. A
+//! rebuild's storage sits beside the live one under the key `<name>#rebuild` and tables
+//! `<table>__rebuild`; beginning, failing and finishing one also take a transaction-level
+//! advisory lock per projection, so two nodes never begin two rebuilds at once.
+//!
+//! Creating tables (on every node, at start) takes a transaction-level advisory lock per
+//! table, because concurrent `CREATE TABLE IF NOT EXISTS` can fail on PostgreSQL.
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Transaction;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use strata::{Position, StoredView, ViewError, ViewManager, decode_view, encode_views};
+use strata::table::{TableQuery, TableSpec, Value};
+use strata::{
+    Checkpoint, Commit, EncodedCommit, ParkedInstance, Parking, Position, ProjectionRecord,
+    RebuildRecord, RecordedEvent, SkippedEvent, Slot, StoredView, ViewError, ViewManager,
+    check_projection_name, decode_view, encode_commit,
+};
 
-use crate::database::PgDatabase;
+use crate::database::{PgDatabase, lock_key};
 use crate::error::{DbError, PgError, from_bigint, to_bigint};
+use crate::tables;
 
-const SELECT_VIEWS: &str = "SELECT view_id, data, position FROM strata_views \
-     WHERE projection = $1 AND view_id = ANY($2)";
-const SELECT_VIEW: &str =
-    "SELECT data, position FROM strata_views WHERE projection = $1 AND view_id = $2";
-const UPSERT_VIEWS: &str = "INSERT INTO strata_views (projection, view_id, data, position) \
-     SELECT $1, * FROM unnest($2::text[], $3::bytea[], $4::bigint[]) \
-     ON CONFLICT (projection, view_id) DO UPDATE \
-     SET data = excluded.data, position = excluded.position";
-const SELECT_CHECKPOINT: &str = "SELECT position FROM strata_checkpoints WHERE projection = $1";
+const SELECT_VIEWS: &str = "SELECT view_id, data, position, parked_position, parked_error, parked_attempts, \
+     parked_at FROM strata_views WHERE projection = $1 AND view_id = ANY($2)";
+const SELECT_VIEW: &str = "SELECT view_id, data, position, parked_position, parked_error, parked_attempts, \
+     parked_at FROM strata_views WHERE projection = $1 AND view_id = $2";
+const UPSERT_VIEWS: &str = "INSERT INTO strata_views \
+     (projection, view_id, data, position, parked_position, parked_error, parked_attempts, parked_at) \
+     SELECT $1, * FROM unnest($2::text[], $3::bytea[], $4::bigint[], $5::bigint[], $6::text[], \
+     $7::integer[], $8::timestamptz[]) \
+     ON CONFLICT (projection, view_id) DO UPDATE SET data = excluded.data, position = excluded.position, \
+     parked_position = excluded.parked_position, parked_error = excluded.parked_error, \
+     parked_attempts = excluded.parked_attempts, parked_at = excluded.parked_at";
+const DELETE_VIEWS: &str = "DELETE FROM strata_views WHERE projection = $1 AND view_id = ANY($2)";
+const ENSURE_CHECKPOINT: &str = "INSERT INTO strata_checkpoints (projection, position, revision) \
+     VALUES ($1, 0, 0) ON CONFLICT (projection) DO NOTHING";
+const LOCK_CHECKPOINT: &str =
+    "SELECT position, revision FROM strata_checkpoints WHERE projection = $1 FOR UPDATE";
+const SELECT_CHECKPOINT: &str =
+    "SELECT position, revision, started_at, error FROM strata_checkpoints WHERE projection = $1";
 const MOVE_CHECKPOINT: &str =
-    "UPDATE strata_checkpoints SET position = $3 WHERE projection = $1 AND position = $2";
-/// From the start, the checkpoint row may be missing (never committed) or hold zero.
-const START_CHECKPOINT: &str = "INSERT INTO strata_checkpoints (projection, position) \
-     VALUES ($1, $2) ON CONFLICT (projection) DO UPDATE SET position = excluded.position \
-     WHERE strata_checkpoints.position = 0";
+    "UPDATE strata_checkpoints SET position = $2, revision = $3 WHERE projection = $1";
+const RELEASE_PARKED: &str =
+    "DELETE FROM strata_parked_events WHERE projection = $1 AND view_id = ANY($2)";
+const INSERT_PARKED: &str = "INSERT INTO strata_parked_events (projection, view_id, position, \
+     aggregate_type, aggregate_id, version, event_type, schema_version, payload, event_id, \
+     correlation_id, causation_id, user_id, recorded_at) \
+     SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::bigint[], \
+     $7::text[], $8::bigint[], $9::bytea[], $10::uuid[], $11::text[], $12::text[], $13::text[], \
+     $14::bigint[]) ON CONFLICT DO NOTHING";
+const INSERT_SKIPPED: &str = "INSERT INTO strata_skipped_events \
+     (projection, view_id, position, event_type, reason, skipped_at) \
+     SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[]) \
+     ON CONFLICT DO NOTHING";
+const COUNT_PARKED: &str =
+    "SELECT count(*) FROM strata_views WHERE projection = $1 AND parked_position IS NOT NULL";
+const SELECT_PARKED: &str = "SELECT v.view_id, v.parked_position, v.parked_error, v.parked_attempts, \
+     v.parked_at, (SELECT count(*) FROM strata_parked_events p \
+     WHERE p.projection = v.projection AND p.view_id = v.view_id) \
+     FROM strata_views v WHERE v.projection = $1 AND v.parked_position IS NOT NULL \
+     ORDER BY v.parked_position, v.view_id";
+const SELECT_PARKED_EVENTS: &str = "SELECT position, aggregate_type, aggregate_id, version, event_type, \
+     schema_version, payload, event_id, correlation_id, causation_id, user_id, recorded_at \
+     FROM strata_parked_events WHERE projection = $1 AND view_id = $2 ORDER BY position";
+const SELECT_SKIPPED: &str = "SELECT view_id, position, event_type, reason, skipped_at \
+     FROM strata_skipped_events WHERE projection = $1 ORDER BY skipped_at, position";
 
 /// A [`ViewManager`] on PostgreSQL. Clones share the database's connection pool.
 #[derive(Clone, Debug)]
@@ -53,34 +93,278 @@ impl PgViewManager {
     pub async fn connect(url: &str, schema: Option<&str>) -> Result<Self, PgError> {
         Ok(Self::new(&PgDatabase::connect(url, schema).await?))
     }
+
+    fn lock(&self, purpose: &str, name: &str) -> i64 {
+        lock_key(purpose, self.database.schema(), name)
+    }
 }
 
 fn decode<V: DeserializeOwned>(
     projection: &str,
-    id: String,
-    data: &[u8],
-    position: i64,
+    row: &tokio_postgres::Row,
 ) -> Result<(String, StoredView<V>), ViewError> {
-    let position =
-        Position(from_bigint(position, "view position").map_err(DbError::into_view_error)?);
-    let stored = decode_view(projection, &id, data, position)?;
-    Ok((id, stored))
+    let read = || -> Result<_, DbError> {
+        let id: String = row.try_get(0)?;
+        let data: Vec<u8> = row.try_get(1)?;
+        let position = Position(from_bigint(row.try_get(2)?, "view position")?);
+        let parked = match row.try_get::<_, Option<i64>>(3)? {
+            Some(parked_position) => Some(Parking {
+                position: Position(from_bigint(parked_position, "parked position")?),
+                error: row.try_get::<_, Option<String>>(4)?.unwrap_or_default(),
+                attempts: u32::try_from(row.try_get::<_, Option<i32>>(5)?.unwrap_or(0))
+                    .unwrap_or(0),
+                parked_at: row.try_get::<_, Option<DateTime<Utc>>>(6)?.unwrap_or_default(),
+            }),
+            None => None,
+        };
+        Ok((id, data, position, parked))
+    };
+    let (id, data, position, parked) = read().map_err(DbError::into_view_error)?;
+    let view = decode_view(projection, &id, &data)?;
+    Ok((id, StoredView { view, position, parked }))
+}
+
+/// A checkpoint row: the checkpoint, and for rebuilds when it began and why it failed.
+type CheckpointRow = (Checkpoint, Option<DateTime<Utc>>, Option<String>);
+
+async fn checkpoint_row(
+    transaction: &Transaction<'_>,
+    key: &str,
+) -> Result<Option<CheckpointRow>, DbError> {
+    let statement = transaction.prepare_cached(SELECT_CHECKPOINT).await?;
+    let Some(row) = transaction.query_opt(&statement, &[&key]).await? else { return Ok(None) };
+    let checkpoint = Checkpoint {
+        position: Position(from_bigint(row.try_get(0)?, "checkpoint")?),
+        revision: from_bigint(row.try_get(1)?, "checkpoint revision")?,
+    };
+    Ok(Some((checkpoint, row.try_get(2)?, row.try_get(3)?)))
+}
+
+/// Takes the lock of `key`'s checkpoint row (creating it at 0 if missing) and reads it.
+async fn lock_checkpoint(transaction: &Transaction<'_>, key: &str) -> Result<Checkpoint, DbError> {
+    let ensure = transaction.prepare_cached(ENSURE_CHECKPOINT).await?;
+    transaction.execute(&ensure, &[&key]).await?;
+    let lock = transaction.prepare_cached(LOCK_CHECKPOINT).await?;
+    let row = transaction.query_one(&lock, &[&key]).await?;
+    Ok(Checkpoint {
+        position: Position(from_bigint(row.try_get(0)?, "checkpoint")?),
+        revision: from_bigint(row.try_get(1)?, "checkpoint revision")?,
+    })
+}
+
+async fn move_checkpoint(
+    transaction: &Transaction<'_>,
+    key: &str,
+    to: Checkpoint,
+) -> Result<(), DbError> {
+    let statement = transaction.prepare_cached(MOVE_CHECKPOINT).await?;
+    let (position, revision) = (to_bigint(to.position.0), to_bigint(to.revision));
+    transaction.execute(&statement, &[&key, &position, &revision]).await?;
+    Ok(())
+}
+
+/// The running rebuild of `projection` (not a failed one).
+async fn running_rebuild(
+    transaction: &Transaction<'_>,
+    projection: &str,
+) -> Result<Option<Checkpoint>, DbError> {
+    Ok(match checkpoint_row(transaction, &Slot::Rebuild.key(projection)).await? {
+        Some((checkpoint, Some(_), None)) => Some(checkpoint),
+        _ => None,
+    })
+}
+
+async fn write_commit(
+    transaction: &Transaction<'_>,
+    projection: &str,
+    slot: Slot,
+    commit: &EncodedCommit,
+) -> Result<(), DbError> {
+    let key = slot.key(projection);
+    let (mut deleted, mut ids, mut data, mut positions) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut parked_positions, mut errors, mut attempts, mut parked_at) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for view in &commit.views {
+        let Some(bytes) = &view.data else {
+            deleted.push(view.id.as_str());
+            continue;
+        };
+        ids.push(view.id.as_str());
+        data.push(bytes.as_slice());
+        positions.push(to_bigint(view.position.0));
+        let parked = view.parked.as_ref();
+        parked_positions.push(parked.map(|p| to_bigint(p.position.0)));
+        errors.push(parked.map(|p| p.error.as_str()));
+        attempts.push(parked.map(|p| i32::try_from(p.attempts).unwrap_or(i32::MAX)));
+        parked_at.push(parked.map(|p| p.parked_at));
+    }
+    if !ids.is_empty() {
+        let statement = transaction.prepare_cached(UPSERT_VIEWS).await?;
+        transaction
+            .execute(
+                &statement,
+                &[&key, &ids, &data, &positions, &parked_positions, &errors, &attempts, &parked_at],
+            )
+            .await?;
+    }
+    if !deleted.is_empty() {
+        let statement = transaction.prepare_cached(DELETE_VIEWS).await?;
+        transaction.execute(&statement, &[&key, &deleted]).await?;
+    }
+    if !commit.released.is_empty() {
+        let statement = transaction.prepare_cached(RELEASE_PARKED).await?;
+        transaction.execute(&statement, &[&key, &commit.released]).await?;
+    }
+    if !commit.parked_events.is_empty() {
+        insert_parked(transaction, &key, &commit.parked_events).await?;
+    }
+    if !commit.skipped.is_empty() {
+        let skipped = &commit.skipped;
+        let ids: Vec<&str> = skipped.iter().map(|s| s.view_id.as_str()).collect();
+        let positions: Vec<i64> = skipped.iter().map(|s| to_bigint(s.position.0)).collect();
+        let types: Vec<&str> = skipped.iter().map(|s| s.event_type.as_str()).collect();
+        let reasons: Vec<&str> = skipped.iter().map(|s| s.reason.as_str()).collect();
+        let times: Vec<DateTime<Utc>> = skipped.iter().map(|s| s.skipped_at).collect();
+        let statement = transaction.prepare_cached(INSERT_SKIPPED).await?;
+        transaction
+            .execute(&statement, &[&projection, &ids, &positions, &types, &reasons, &times])
+            .await?;
+    }
+    tables::apply(transaction, &commit.rows, |spec| slot.table(spec.name)).await?;
+    move_checkpoint(transaction, &key, commit.next()).await
+}
+
+async fn insert_parked(
+    transaction: &Transaction<'_>,
+    key: &str,
+    events: &[(String, RecordedEvent)],
+) -> Result<(), DbError> {
+    let mut recorded_at = Vec::with_capacity(events.len());
+    for (_, event) in events {
+        let nanos = event.metadata.recorded_at.timestamp_nanos_opt().ok_or_else(|| {
+            DbError::Corrupt(format!("event {} has an unstorable time", event.metadata.event_id))
+        })?;
+        recorded_at.push(nanos);
+    }
+    let ids: Vec<&str> = events.iter().map(|(id, _)| id.as_str()).collect();
+    let positions: Vec<i64> = events.iter().map(|(_, e)| to_bigint(e.position.0)).collect();
+    let types: Vec<&str> = events.iter().map(|(_, e)| e.stream.aggregate_type.as_str()).collect();
+    let aggregate_ids: Vec<&str> = events.iter().map(|(_, e)| e.stream.id.as_str()).collect();
+    let versions: Vec<i64> = events.iter().map(|(_, e)| to_bigint(e.version.0)).collect();
+    let event_types: Vec<&str> = events.iter().map(|(_, e)| e.event_type.as_str()).collect();
+    let schema_versions: Vec<i64> =
+        events.iter().map(|(_, e)| i64::from(e.schema_version)).collect();
+    let payloads: Vec<&[u8]> = events.iter().map(|(_, e)| e.payload.as_slice()).collect();
+    let event_ids: Vec<uuid::Uuid> = events.iter().map(|(_, e)| e.metadata.event_id).collect();
+    let correlations: Vec<&str> =
+        events.iter().map(|(_, e)| e.metadata.correlation_id.as_str()).collect();
+    let causations: Vec<Option<&str>> =
+        events.iter().map(|(_, e)| e.metadata.causation_id.as_deref()).collect();
+    let users: Vec<Option<&str>> = events.iter().map(|(_, e)| e.metadata.user.as_deref()).collect();
+    let statement = transaction.prepare_cached(INSERT_PARKED).await?;
+    transaction
+        .execute(
+            &statement,
+            &[
+                &key,
+                &ids,
+                &positions,
+                &types,
+                &aggregate_ids,
+                &versions,
+                &event_types,
+                &schema_versions,
+                &payloads,
+                &event_ids,
+                &correlations,
+                &causations,
+                &users,
+                &recorded_at,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+impl PgViewManager {
+    /// Runs `work` in a transaction that commits only when it returns `Ok(Ok(_))`.
+    async fn write<T>(
+        &self,
+        work: impl for<'t> AsyncFnOnce(&'t Transaction<'_>) -> Result<Result<T, ViewError>, DbError>,
+    ) -> Result<T, ViewError> {
+        let run = async {
+            let mut client = self.database.pool().get().await?;
+            let transaction = client.transaction().await?;
+            let done = work(&transaction).await?;
+            if done.is_ok() {
+                transaction.commit().await?;
+            }
+            // Otherwise dropping the transaction rolls it back: nothing was written.
+            Ok::<_, DbError>(done)
+        };
+        run.await.map_err(DbError::into_view_error)?
+    }
+
+    async fn read<T>(
+        &self,
+        work: impl for<'t> AsyncFnOnce(&'t Transaction<'_>) -> Result<T, DbError>,
+    ) -> Result<T, ViewError> {
+        let run = async {
+            let mut client = self.database.pool().get().await?;
+            // REPEATABLE READ: every statement of the read sees one snapshot.
+            let transaction = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            let found = work(&transaction).await?;
+            transaction.commit().await?;
+            Ok::<_, DbError>(found)
+        };
+        run.await.map_err(DbError::into_view_error)
+    }
 }
 
 impl ViewManager for PgViewManager {
+    async fn prepare(
+        &self,
+        projection: &str,
+        tables: &[&'static TableSpec],
+    ) -> Result<(), ViewError> {
+        check_projection_name(projection)?;
+        for spec in tables {
+            spec.check().map_err(ViewError::InvalidTable)?;
+        }
+        for spec in tables {
+            let lock = self.lock("table", spec.name);
+            let sql = tables::create(spec, spec.name);
+            self.write(async move |transaction| {
+                transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&lock]).await?;
+                transaction.batch_execute(&sql).await?;
+                Ok(Ok(()))
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
     async fn load<V: DeserializeOwned + Send + 'static>(
         &self,
         projection: &str,
+        slot: Slot,
         ids: &[String],
     ) -> Result<HashMap<String, StoredView<V>>, ViewError> {
         // One statement, so every view comes from the same snapshot.
+        let key = slot.key(projection);
         let read = async {
             let client = self.database.pool().get().await?;
             let statement = client.prepare_cached(SELECT_VIEWS).await?;
-            Ok::<_, DbError>(client.query(&statement, &[&projection, &ids]).await?)
+            Ok::<_, DbError>(client.query(&statement, &[&key, &ids]).await?)
         };
         let rows = read.await.map_err(DbError::into_view_error)?;
-        rows.iter().map(|row| decode(projection, row.get(0), row.get(1), row.get(2))).collect()
+        rows.iter().map(|row| decode(projection, row)).collect()
     }
 
     async fn get<V: DeserializeOwned + Send + 'static>(
@@ -94,17 +378,21 @@ impl ViewManager for PgViewManager {
             Ok::<_, DbError>(client.query_opt(&statement, &[&projection, &id]).await?)
         };
         let row = read.await.map_err(DbError::into_view_error)?;
-        row.map(|row| decode(projection, id.to_owned(), row.get(0), row.get(1)).map(|(_, v)| v))
-            .transpose()
+        row.map(|row| decode(projection, &row).map(|(_, stored)| stored)).transpose()
     }
 
-    async fn checkpoint(&self, projection: &str) -> Result<Position, ViewError> {
+    async fn checkpoint(&self, projection: &str, slot: Slot) -> Result<Checkpoint, ViewError> {
+        let key = slot.key(projection);
         let read = async {
             let client = self.database.pool().get().await?;
             let statement = client.prepare_cached(SELECT_CHECKPOINT).await?;
-            let stored: Option<i64> =
-                client.query_opt(&statement, &[&projection]).await?.map(|row| row.get(0));
-            Ok::<_, DbError>(Position(from_bigint(stored.unwrap_or(0), "checkpoint")?))
+            let Some(row) = client.query_opt(&statement, &[&key]).await? else {
+                return Ok(Checkpoint::START);
+            };
+            Ok::<_, DbError>(Checkpoint {
+                position: Position(from_bigint(row.try_get(0)?, "checkpoint")?),
+                revision: from_bigint(row.try_get(1)?, "checkpoint revision")?,
+            })
         };
         read.await.map_err(DbError::into_view_error)
     }
@@ -112,57 +400,230 @@ impl ViewManager for PgViewManager {
     async fn commit<V: Serialize + Send + Sync + 'static>(
         &self,
         projection: &str,
-        from: Position,
-        to: Position,
-        views: Vec<(String, StoredView<V>)>,
+        slot: Slot,
+        commit: Commit<V>,
     ) -> Result<(), ViewError> {
         // Encode everything first: a view that does not serialize fails the commit before
         // anything is written, and no JSON work holds a connection.
-        let encoded = encode_views(projection, views)?;
-        let mut ids = Vec::with_capacity(encoded.len());
-        let mut data = Vec::with_capacity(encoded.len());
-        let mut positions = Vec::with_capacity(encoded.len());
-        for view in encoded {
-            ids.push(view.id);
-            data.push(view.data);
-            positions.push(to_bigint(view.position.0));
-        }
-        let write = async {
-            let mut client = self.database.pool().get().await?;
-            let fence = if from == Position::START {
-                client.prepare_cached(START_CHECKPOINT).await?
-            } else {
-                client.prepare_cached(MOVE_CHECKPOINT).await?
-            };
-            let upsert = client.prepare_cached(UPSERT_VIEWS).await?;
-            let select = client.prepare_cached(SELECT_CHECKPOINT).await?;
-            let transaction = client.transaction().await?;
-            // The fence goes first: it takes the checkpoint row's lock, so a racing runner
-            // waits here before writing any view.
-            let moved = if from == Position::START {
-                transaction.execute(&fence, &[&projection, &to_bigint(to.0)]).await?
-            } else {
-                transaction
-                    .execute(&fence, &[&projection, &to_bigint(from.0), &to_bigint(to.0)])
-                    .await?
-            };
-            if moved != 1 {
-                let stored: Option<i64> =
-                    transaction.query_opt(&select, &[&projection]).await?.map(|row| row.get(0));
-                // Dropping the transaction rolls it back; nothing was written anyway.
-                let actual = Position(from_bigint(stored.unwrap_or(0), "checkpoint")?);
-                return Ok(Err(ViewError::Fenced {
-                    projection: projection.to_owned(),
-                    expected: from,
-                    actual,
-                }));
+        let encoded = encode_commit(projection, commit)?;
+        self.write(async |transaction| {
+            let key = slot.key(projection);
+            // The fence goes first: it takes the checkpoint row's lock, so a racing writer
+            // waits here before writing anything.
+            let actual = lock_checkpoint(transaction, &key).await?;
+            if let Err(fenced) = Checkpoint::fence(&key, encoded.from, actual) {
+                return Ok(Err(fenced));
             }
-            if !ids.is_empty() {
-                transaction.execute(&upsert, &[&projection, &ids, &data, &positions]).await?;
+            write_commit(transaction, projection, slot, &encoded).await?;
+            Ok(Ok(()))
+        })
+        .await
+    }
+
+    async fn parked(&self, projection: &str) -> Result<Vec<ParkedInstance>, ViewError> {
+        self.read(async |transaction| {
+            let statement = transaction.prepare_cached(SELECT_PARKED).await?;
+            let mut parked = Vec::new();
+            for row in transaction.query(&statement, &[&projection]).await? {
+                parked.push(ParkedInstance {
+                    view_id: row.try_get(0)?,
+                    position: Position(from_bigint(row.try_get(1)?, "parked position")?),
+                    error: row.try_get::<_, Option<String>>(2)?.unwrap_or_default(),
+                    attempts: u32::try_from(row.try_get::<_, Option<i32>>(3)?.unwrap_or(0))
+                        .unwrap_or(0),
+                    parked_at: row.try_get::<_, Option<DateTime<Utc>>>(4)?.unwrap_or_default(),
+                    events: from_bigint(row.try_get(5)?, "parked events")?,
+                });
             }
-            transaction.commit().await?;
-            Ok::<_, DbError>(Ok(()))
+            Ok(parked)
+        })
+        .await
+    }
+
+    async fn parked_events(
+        &self,
+        projection: &str,
+        slot: Slot,
+        id: &str,
+    ) -> Result<Vec<RecordedEvent>, ViewError> {
+        let key = slot.key(projection);
+        self.read(async |transaction| {
+            let statement = transaction.prepare_cached(SELECT_PARKED_EVENTS).await?;
+            let rows = transaction.query(&statement, &[&key, &id]).await?;
+            rows.iter().map(crate::event_store::decode).collect()
+        })
+        .await
+    }
+
+    async fn skipped(&self, projection: &str) -> Result<Vec<SkippedEvent>, ViewError> {
+        self.read(async |transaction| {
+            let statement = transaction.prepare_cached(SELECT_SKIPPED).await?;
+            let mut skipped = Vec::new();
+            for row in transaction.query(&statement, &[&projection]).await? {
+                skipped.push(SkippedEvent {
+                    view_id: row.try_get(0)?,
+                    position: Position(from_bigint(row.try_get(1)?, "skipped position")?),
+                    event_type: row.try_get(2)?,
+                    reason: row.try_get(3)?,
+                    skipped_at: row.try_get(4)?,
+                });
+            }
+            Ok(skipped)
+        })
+        .await
+    }
+
+    async fn record(&self, projection: &str) -> Result<ProjectionRecord, ViewError> {
+        self.read(async |transaction| {
+            let live =
+                checkpoint_row(transaction, projection).await?.map(|(checkpoint, _, _)| checkpoint);
+            let statement = transaction.prepare_cached(COUNT_PARKED).await?;
+            let parked: i64 =
+                transaction.query_one(&statement, &[&projection]).await?.try_get(0)?;
+            let rebuild = match checkpoint_row(transaction, &Slot::Rebuild.key(projection)).await? {
+                Some((checkpoint, Some(started_at), error)) => {
+                    Some(RebuildRecord { checkpoint, started_at, error })
+                }
+                _ => None,
+            };
+            Ok(ProjectionRecord {
+                checkpoint: live.unwrap_or_default(),
+                parked: from_bigint(parked, "parked count")?,
+                rebuild,
+            })
+        })
+        .await
+    }
+
+    async fn select(
+        &self,
+        table: &'static TableSpec,
+        query: &TableQuery,
+    ) -> Result<Vec<Vec<Value>>, ViewError> {
+        query.check(table).map_err(ViewError::InvalidTable)?;
+        let (sql, params) = tables::select(table, query);
+        let read = async {
+            let client = self.database.pool().get().await?;
+            let statement = client.prepare_cached(&sql).await?;
+            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                .iter()
+                .map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+                .collect();
+            let rows = client.query(&statement, &params).await?;
+            rows.iter().map(|row| tables::row_values(table, row)).collect::<Result<Vec<_>, _>>()
         };
-        write.await.map_err(DbError::into_view_error)?
+        read.await.map_err(DbError::into_view_error)
+    }
+
+    async fn begin_rebuild(
+        &self,
+        projection: &str,
+        tables: &[&'static TableSpec],
+        started_at: DateTime<Utc>,
+    ) -> Result<Checkpoint, ViewError> {
+        check_projection_name(projection)?;
+        for spec in tables {
+            spec.check().map_err(ViewError::InvalidTable)?;
+        }
+        let lock = self.lock("rebuild", projection);
+        self.write(async |transaction| {
+            transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&lock]).await?;
+            if running_rebuild(transaction, projection).await?.is_some() {
+                return Ok(Err(ViewError::RebuildInProgress(projection.to_owned())));
+            }
+            let key = Slot::Rebuild.key(projection);
+            transaction.execute("DELETE FROM strata_views WHERE projection = $1", &[&key]).await?;
+            transaction.execute("DELETE FROM strata_parked_events WHERE projection = $1", &[&key]).await?;
+            for spec in tables {
+                let name = Slot::Rebuild.table(spec.name);
+                transaction.batch_execute(&format!("DROP TABLE IF EXISTS {name};{}", tables::create(spec, &name))).await?;
+            }
+            let previous = lock_checkpoint(transaction, &key).await?;
+            let begun = Checkpoint { position: Position::START, revision: previous.revision + 1 };
+            transaction
+                .execute(
+                    "UPDATE strata_checkpoints SET position = 0, revision = $2, started_at = $3, error = NULL \
+                     WHERE projection = $1",
+                    &[&key, &to_bigint(begun.revision), &started_at],
+                )
+                .await?;
+            Ok(Ok(begun))
+        })
+        .await
+    }
+
+    async fn fail_rebuild(
+        &self,
+        projection: &str,
+        at: Checkpoint,
+        error: &str,
+    ) -> Result<(), ViewError> {
+        let lock = self.lock("rebuild", projection);
+        self.write(async |transaction| {
+            transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&lock]).await?;
+            let key = Slot::Rebuild.key(projection);
+            if running_rebuild(transaction, projection).await?.is_none() {
+                return Ok(Err(ViewError::NoRebuild(projection.to_owned())));
+            }
+            let actual = lock_checkpoint(transaction, &key).await?;
+            if let Err(fenced) = Checkpoint::fence(&key, at, actual) {
+                return Ok(Err(fenced));
+            }
+            transaction
+                .execute(
+                    "UPDATE strata_checkpoints SET error = $2 WHERE projection = $1",
+                    &[&key, &error],
+                )
+                .await?;
+            Ok(Ok(()))
+        })
+        .await
+    }
+
+    async fn finish_rebuild(
+        &self,
+        projection: &str,
+        tables: &[&'static TableSpec],
+        rebuilt: Checkpoint,
+        live: Checkpoint,
+    ) -> Result<Checkpoint, ViewError> {
+        let lock = self.lock("rebuild", projection);
+        self.write(async |transaction| {
+            transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&lock]).await?;
+            let key = Slot::Rebuild.key(projection);
+            if running_rebuild(transaction, projection).await?.is_none() {
+                return Ok(Err(ViewError::NoRebuild(projection.to_owned())));
+            }
+            let rebuild_now = lock_checkpoint(transaction, &key).await?;
+            let live_now = lock_checkpoint(transaction, projection).await?;
+            if let Err(fenced) = Checkpoint::fence(&key, rebuilt, rebuild_now)
+                .and_then(|()| Checkpoint::fence(projection, live, live_now))
+            {
+                return Ok(Err(fenced));
+            }
+            for table in ["strata_views", "strata_parked_events"] {
+                transaction
+                    .execute(&format!("DELETE FROM {table} WHERE projection = $1"), &[&projection])
+                    .await?;
+                transaction
+                    .execute(
+                        &format!("UPDATE {table} SET projection = $1 WHERE projection = $2"),
+                        &[&projection, &key],
+                    )
+                    .await?;
+            }
+            for spec in tables {
+                transaction
+                    .batch_execute(&tables::swap(spec.name, &Slot::Rebuild.table(spec.name)))
+                    .await?;
+            }
+            let swapped = live.next(rebuilt.position);
+            move_checkpoint(transaction, projection, swapped).await?;
+            transaction
+                .execute("DELETE FROM strata_checkpoints WHERE projection = $1", &[&key])
+                .await?;
+            Ok(Ok(swapped))
+        })
+        .await
     }
 }

@@ -18,6 +18,7 @@ mod event_store;
 mod idempotency;
 mod pool;
 mod schema;
+mod tables;
 mod view_manager;
 mod writer;
 

@@ -29,13 +29,19 @@ pub(crate) struct Database {
 /// `events.sqlite`: the event log, written only by the event store's writer thread.
 pub(crate) const EVENTS: Database = Database {
     file_name: "events.sqlite",
-    migrations: &[include_str!("sql/events_0001_create.sql")],
+    migrations: &[
+        include_str!("sql/events_0001_create.sql"),
+        include_str!("sql/events_0002_audit.sql"),
+    ],
 };
 
 /// `views.sqlite`: view instances, checkpoints and idempotency records.
 pub(crate) const VIEWS: Database = Database {
     file_name: "views.sqlite",
-    migrations: &[include_str!("sql/views_0001_create.sql")],
+    migrations: &[
+        include_str!("sql/views_0001_create.sql"),
+        include_str!("sql/views_0002_parking.sql"),
+    ],
 };
 
 /// Opens `dir/<file>` for writing (creating the directory and file if missing), configures

@@ -9,11 +9,18 @@
 //! strata_testkit::view_manager_contract(MyViewFactory::new()).await;
 //! ```
 //!
+//! The view manager suite also runs real projections on the manager (over the in-memory
+//! event store and the [`tally`] test domain): parking, retry, skip, handover and rebuilds
+//! are promises every view manager keeps, not features of one backend.
+//!
 //! Backend tests that need a server get a fresh schema or database from [`services`], which
 //! skips them (or, with `STRATA_REQUIRE_SERVICES=1`, fails them) when the server is down.
 
 mod event_store;
+pub mod leases;
+mod projection;
 pub mod services;
+pub mod tally;
 mod view_manager;
 
 use std::future::Future;

@@ -13,8 +13,10 @@ pub mod memory;
 pub mod projection;
 pub mod store;
 pub mod stream;
+pub mod table;
 pub mod testing;
 pub mod view;
+pub mod view_manager;
 
 pub use aggregate::{Aggregate, Decision, Rejection, RejectionKind};
 pub use bus::{BusConfig, CommandBus, CommandContext, CommandError, CommandOutcome, Loaded};
@@ -22,11 +24,24 @@ pub use event::{DecodeError, DomainEvent, Envelope, EventMetadata, NewEvent, Rec
 pub use idempotency::{IdempotencyError, IdempotencyRecord, IdempotencyStore};
 pub use lease::{Lease, LeaseError, Leases, LocalLeases};
 pub use memory::{InMemoryEventStore, InMemoryIdempotencyStore, InMemoryViewManager};
-pub use projection::{Projection, ProjectionHandle, ProjectionRunner, ProjectionStatus};
+pub use projection::reader::SharedReader;
+pub use projection::{
+    ControlError, InstanceReport, Projection, ProjectionError, ProjectionHandle, ProjectionRunner,
+    ProjectionState, ProjectionStatus, Projections, RebuildProgress,
+};
 pub use store::{
-    AppendOutcome, EventStore, GroupCommitCounters, GroupCommitMetrics, StoreError, check_append,
+    AppendOutcome, AuditQuery, AuditSubject, EventStore, GroupCommitCounters, GroupCommitMetrics,
+    StoreError, check_append,
 };
 pub use stream::{ExpectedVersion, Position, StreamId, Version};
+pub use table::{
+    Column, ColumnType, RowChange, TableKind, TableQuery, TableRows, TableSpec, Value,
+};
 pub use view::{
-    EncodedView, StoredView, View, ViewError, ViewLocator, ViewManager, decode_view, encode_views,
+    ApplyError, Parking, RawLocator, StoredView, View, ViewLocator, decode_view, encode_view,
+};
+pub use view_manager::{
+    Checkpoint, Commit, EncodedCommit, EncodedView, ParkedInstance, ProjectionRecord,
+    RebuildRecord, SkippedEvent, Slot, ViewError, ViewManager, check_projection_name,
+    encode_commit,
 };

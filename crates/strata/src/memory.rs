@@ -1,18 +1,24 @@
 //! In-memory implementations of the store contracts, for tests and for `--store memory`.
 //! They keep every promise of the contracts except durability: a dropped store is gone.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use crate::event::{NewEvent, RecordedEvent};
 use crate::idempotency::{IdempotencyError, IdempotencyRecord, IdempotencyStore};
-use crate::store::{AppendOutcome, EventStore, StoreError, check_append};
+use crate::store::{AppendOutcome, AuditQuery, AuditSubject, EventStore, StoreError, check_append};
 use crate::stream::{ExpectedVersion, Position, StreamId, Version};
-use crate::view::{StoredView, ViewError, ViewManager, decode_view, encode_views};
+use crate::table::{self, TableQuery, TableSpec, Value};
+use crate::view::{Parking, StoredView, decode_view};
+use crate::view_manager::{
+    Checkpoint, Commit, EncodedCommit, ParkedInstance, ProjectionRecord, RebuildRecord,
+    SkippedEvent, Slot, ViewError, ViewManager, check_projection_name, encode_commit,
+};
 
 fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave these maps half-updated: every mutation
@@ -32,6 +38,9 @@ struct Log {
     /// Indexes into `events` per stream, in version order.
     streams: HashMap<StreamId, Vec<usize>>,
     event_ids: std::collections::HashSet<uuid::Uuid>,
+    /// Indexes into `events` per correlation id and per user, for audits.
+    correlations: HashMap<String, Vec<usize>>,
+    users: HashMap<String, Vec<usize>>,
 }
 
 impl Default for InMemoryEventStore {
@@ -70,6 +79,10 @@ impl EventStore for InMemoryEventStore {
             let position = Position(log.events.len() as u64 + 1);
             let index = log.events.len();
             log.event_ids.insert(event.metadata.event_id);
+            log.correlations.entry(event.metadata.correlation_id.clone()).or_default().push(index);
+            if let Some(user) = &event.metadata.user {
+                log.users.entry(user.clone()).or_default().push(index);
+            }
             log.events.push(RecordedEvent {
                 stream: stream.clone(),
                 version,
@@ -107,6 +120,24 @@ impl EventStore for InMemoryEventStore {
         Ok(log.events.iter().skip(skip).take(limit).cloned().collect())
     }
 
+    async fn audit(&self, query: &AuditQuery) -> Result<Vec<RecordedEvent>, StoreError> {
+        let log = locked(&self.log);
+        let indexes = match &query.subject {
+            AuditSubject::Correlation(id) => log.correlations.get(id),
+            AuditSubject::Stream(stream) => log.streams.get(stream),
+            AuditSubject::User(user) => log.users.get(user),
+        };
+        let Some(indexes) = indexes else { return Ok(Vec::new()) };
+        Ok(indexes
+            .iter()
+            .rev()
+            .map(|&index| &log.events[index])
+            .filter(|event| query.admits(event))
+            .take(query.limit)
+            .cloned()
+            .collect())
+    }
+
     fn subscribe(&self) -> watch::Receiver<Position> {
         self.head.subscribe()
     }
@@ -121,8 +152,24 @@ pub struct InMemoryViewManager {
 
 #[derive(Default)]
 struct ViewState {
-    views: HashMap<(String, String), (Vec<u8>, Position)>,
-    checkpoints: HashMap<String, Position>,
+    /// Instances by slot key, then id.
+    views: HashMap<String, HashMap<String, MemoryView>>,
+    /// Checkpoints by slot key.
+    checkpoints: HashMap<String, Checkpoint>,
+    /// Running or failed rebuilds by projection: when begun, and why it failed.
+    rebuilds: HashMap<String, (DateTime<Utc>, Option<String>)>,
+    /// Events waiting on parked instances, by slot key, then (id, position).
+    parked_events: HashMap<String, BTreeMap<(String, Position), RecordedEvent>>,
+    /// Skipped events by projection.
+    skipped: HashMap<String, Vec<SkippedEvent>>,
+    /// Table rows by the table's name in its slot, then key.
+    tables: HashMap<String, HashMap<Vec<Value>, Vec<Value>>>,
+}
+
+struct MemoryView {
+    data: Vec<u8>,
+    position: Position,
+    parked: Option<Parking>,
 }
 
 impl InMemoryViewManager {
@@ -132,17 +179,94 @@ impl InMemoryViewManager {
     }
 }
 
+impl ViewState {
+    fn stored<V: DeserializeOwned>(
+        &self,
+        projection: &str,
+        key: &str,
+        id: &str,
+    ) -> Result<Option<StoredView<V>>, ViewError> {
+        let Some(found) = self.views.get(key).and_then(|views| views.get(id)) else {
+            return Ok(None);
+        };
+        let view = decode_view(projection, id, &found.data)?;
+        Ok(Some(StoredView { view, position: found.position, parked: found.parked.clone() }))
+    }
+
+    fn checkpoint(&self, key: &str) -> Checkpoint {
+        self.checkpoints.get(key).copied().unwrap_or_default()
+    }
+
+    fn write(&mut self, key: &str, slot: Slot, commit: EncodedCommit) {
+        let next = commit.next();
+        let views = self.views.entry(key.to_owned()).or_default();
+        for view in commit.views {
+            match view.data {
+                Some(data) => {
+                    views.insert(
+                        view.id,
+                        MemoryView { data, position: view.position, parked: view.parked },
+                    );
+                }
+                None => {
+                    views.remove(&view.id);
+                }
+            }
+        }
+        let parked = self.parked_events.entry(key.to_owned()).or_default();
+        for id in &commit.released {
+            parked.retain(|(parked_id, _), _| parked_id != id);
+        }
+        for (id, event) in commit.parked_events {
+            parked.insert((id, event.position), event);
+        }
+        for change in &commit.rows {
+            let rows = self.tables.entry(slot.table(change.table().name)).or_default();
+            table::apply_change(rows, change);
+        }
+        if !commit.skipped.is_empty() {
+            let projection = key.trim_end_matches("#rebuild").to_owned();
+            let skipped = self.skipped.entry(projection).or_default();
+            for event in commit.skipped {
+                if !skipped
+                    .iter()
+                    .any(|s| s.view_id == event.view_id && s.position == event.position)
+                {
+                    skipped.push(event);
+                }
+            }
+        }
+        self.checkpoints.insert(key.to_owned(), next);
+    }
+}
+
 impl ViewManager for InMemoryViewManager {
+    async fn prepare(
+        &self,
+        projection: &str,
+        tables: &[&'static TableSpec],
+    ) -> Result<(), ViewError> {
+        check_projection_name(projection)?;
+        let mut state = locked(&self.state);
+        for spec in tables {
+            spec.check().map_err(ViewError::InvalidTable)?;
+            state.tables.entry(spec.name.to_owned()).or_default();
+        }
+        Ok(())
+    }
+
     async fn load<V: DeserializeOwned + Send + 'static>(
         &self,
         projection: &str,
+        slot: Slot,
         ids: &[String],
     ) -> Result<HashMap<String, StoredView<V>>, ViewError> {
+        let key = slot.key(projection);
         let state = locked(&self.state);
         let mut found = HashMap::with_capacity(ids.len());
         for id in ids {
-            if let Some((bytes, position)) = state.views.get(&(projection.to_owned(), id.clone())) {
-                found.insert(id.clone(), decode_view(projection, id, bytes, *position)?);
+            if let Some(stored) = state.stored(projection, &key, id)? {
+                found.insert(id.clone(), stored);
             }
         }
         Ok(found)
@@ -153,41 +277,180 @@ impl ViewManager for InMemoryViewManager {
         projection: &str,
         id: &str,
     ) -> Result<Option<StoredView<V>>, ViewError> {
-        let state = locked(&self.state);
-        match state.views.get(&(projection.to_owned(), id.to_owned())) {
-            Some((bytes, position)) => decode_view(projection, id, bytes, *position).map(Some),
-            None => Ok(None),
-        }
+        locked(&self.state).stored(projection, projection, id)
     }
 
-    async fn checkpoint(&self, projection: &str) -> Result<Position, ViewError> {
-        Ok(locked(&self.state).checkpoints.get(projection).copied().unwrap_or_default())
+    async fn checkpoint(&self, projection: &str, slot: Slot) -> Result<Checkpoint, ViewError> {
+        Ok(locked(&self.state).checkpoint(&slot.key(projection)))
     }
 
     async fn commit<V: Serialize + Send + Sync + 'static>(
         &self,
         projection: &str,
-        from: Position,
-        to: Position,
-        views: Vec<(String, StoredView<V>)>,
+        slot: Slot,
+        commit: Commit<V>,
     ) -> Result<(), ViewError> {
         // Encoded before taking the lock, so that a codec error writes nothing.
-        let encoded = encode_views(projection, views)?;
+        let encoded = encode_commit(projection, commit)?;
+        let key = slot.key(projection);
         let mut state = locked(&self.state);
-        let actual = state.checkpoints.get(projection).copied().unwrap_or_default();
-        if actual != from {
-            return Err(ViewError::Fenced {
-                projection: projection.to_owned(),
-                expected: from,
-                actual,
-            });
-        }
-        for view in encoded {
-            state.views.insert((projection.to_owned(), view.id), (view.data, view.position));
-        }
-        state.checkpoints.insert(projection.to_owned(), to);
+        Checkpoint::fence(&key, encoded.from, state.checkpoint(&key))?;
+        state.write(&key, slot, encoded);
         Ok(())
     }
+
+    async fn parked(&self, projection: &str) -> Result<Vec<ParkedInstance>, ViewError> {
+        let state = locked(&self.state);
+        let Some(views) = state.views.get(projection) else { return Ok(Vec::new()) };
+        let waiting = state.parked_events.get(projection);
+        let mut parked: Vec<ParkedInstance> = views
+            .iter()
+            .filter_map(|(id, view)| {
+                let parking = view.parked.as_ref()?;
+                let events = waiting.map_or(0, |w| w.keys().filter(|(i, _)| i == id).count());
+                Some(ParkedInstance {
+                    view_id: id.clone(),
+                    position: parking.position,
+                    events: events as u64,
+                    error: parking.error.clone(),
+                    attempts: parking.attempts,
+                    parked_at: parking.parked_at,
+                })
+            })
+            .collect();
+        parked.sort_by(|a, b| (a.position, &a.view_id).cmp(&(b.position, &b.view_id)));
+        Ok(parked)
+    }
+
+    async fn parked_events(
+        &self,
+        projection: &str,
+        slot: Slot,
+        id: &str,
+    ) -> Result<Vec<RecordedEvent>, ViewError> {
+        let state = locked(&self.state);
+        let Some(waiting) = state.parked_events.get(&slot.key(projection)) else {
+            return Ok(Vec::new());
+        };
+        Ok(waiting.iter().filter(|((i, _), _)| i == id).map(|(_, event)| event.clone()).collect())
+    }
+
+    async fn skipped(&self, projection: &str) -> Result<Vec<SkippedEvent>, ViewError> {
+        let mut skipped = locked(&self.state).skipped.get(projection).cloned().unwrap_or_default();
+        skipped.sort_by_key(|s| s.skipped_at);
+        Ok(skipped)
+    }
+
+    async fn record(&self, projection: &str) -> Result<ProjectionRecord, ViewError> {
+        let state = locked(&self.state);
+        let parked = state
+            .views
+            .get(projection)
+            .map_or(0, |views| views.values().filter(|v| v.parked.is_some()).count() as u64);
+        let rebuild = state.rebuilds.get(projection).map(|(started_at, error)| RebuildRecord {
+            checkpoint: state.checkpoint(&Slot::Rebuild.key(projection)),
+            started_at: *started_at,
+            error: error.clone(),
+        });
+        Ok(ProjectionRecord { checkpoint: state.checkpoint(projection), parked, rebuild })
+    }
+
+    async fn select(
+        &self,
+        table: &'static TableSpec,
+        query: &TableQuery,
+    ) -> Result<Vec<Vec<Value>>, ViewError> {
+        query.check(table).map_err(ViewError::InvalidTable)?;
+        let state = locked(&self.state);
+        let Some(rows) = state.tables.get(table.name) else { return Ok(Vec::new()) };
+        let mut found: Vec<Vec<Value>> =
+            rows.values().filter(|row| query.matches(table, row)).cloned().collect();
+        found.sort_by(|a, b| {
+            let ordering = query.compare_order(table, a, &query_tuple(table, query, b));
+            if query.descending { ordering.reverse() } else { ordering }
+        });
+        if let Some(limit) = query.limit {
+            found.truncate(limit);
+        }
+        Ok(found)
+    }
+
+    async fn begin_rebuild(
+        &self,
+        projection: &str,
+        tables: &[&'static TableSpec],
+        started_at: DateTime<Utc>,
+    ) -> Result<Checkpoint, ViewError> {
+        check_projection_name(projection)?;
+        let mut state = locked(&self.state);
+        if let Some((_, None)) = state.rebuilds.get(projection) {
+            return Err(ViewError::RebuildInProgress(projection.to_owned()));
+        }
+        let key = Slot::Rebuild.key(projection);
+        state.views.remove(&key);
+        state.parked_events.remove(&key);
+        for spec in tables {
+            spec.check().map_err(ViewError::InvalidTable)?;
+            state.tables.insert(Slot::Rebuild.table(spec.name), HashMap::new());
+        }
+        let checkpoint =
+            Checkpoint { position: Position::START, revision: state.checkpoint(&key).revision + 1 };
+        state.checkpoints.insert(key, checkpoint);
+        state.rebuilds.insert(projection.to_owned(), (started_at, None));
+        Ok(checkpoint)
+    }
+
+    async fn fail_rebuild(
+        &self,
+        projection: &str,
+        at: Checkpoint,
+        error: &str,
+    ) -> Result<(), ViewError> {
+        let mut state = locked(&self.state);
+        let key = Slot::Rebuild.key(projection);
+        Checkpoint::fence(&key, at, state.checkpoint(&key))?;
+        match state.rebuilds.get_mut(projection) {
+            Some((_, failure)) => {
+                *failure = Some(error.to_owned());
+                Ok(())
+            }
+            None => Err(ViewError::NoRebuild(projection.to_owned())),
+        }
+    }
+
+    async fn finish_rebuild(
+        &self,
+        projection: &str,
+        tables: &[&'static TableSpec],
+        rebuilt: Checkpoint,
+        live: Checkpoint,
+    ) -> Result<Checkpoint, ViewError> {
+        let mut state = locked(&self.state);
+        let key = Slot::Rebuild.key(projection);
+        if !matches!(state.rebuilds.get(projection), Some((_, None))) {
+            return Err(ViewError::NoRebuild(projection.to_owned()));
+        }
+        Checkpoint::fence(&key, rebuilt, state.checkpoint(&key))?;
+        Checkpoint::fence(projection, live, state.checkpoint(projection))?;
+        let views = state.views.remove(&key).unwrap_or_default();
+        state.views.insert(projection.to_owned(), views);
+        let parked = state.parked_events.remove(&key).unwrap_or_default();
+        state.parked_events.insert(projection.to_owned(), parked);
+        for spec in tables {
+            let rows = state.tables.remove(&Slot::Rebuild.table(spec.name)).unwrap_or_default();
+            state.tables.insert(spec.name.to_owned(), rows);
+        }
+        let swapped = live.next(rebuilt.position);
+        state.checkpoints.insert(projection.to_owned(), swapped);
+        state.checkpoints.remove(&key);
+        state.rebuilds.remove(projection);
+        Ok(swapped)
+    }
+}
+
+/// The ordering tuple of `row`, for sorting with [`TableQuery::compare_order`].
+fn query_tuple(table: &TableSpec, query: &TableQuery, row: &[Value]) -> Vec<Value> {
+    query.order_by.iter().filter_map(|name| table.column(name).map(|i| row[i].clone())).collect()
 }
 
 /// An idempotency store held in memory.

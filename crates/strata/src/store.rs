@@ -139,6 +139,44 @@ pub fn check_append(stream: &StreamId, events: &[NewEvent]) -> Result<(), StoreE
     Ok(())
 }
 
+/// Which events an audit asks for: those of one request, one stream or one user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditSubject {
+    /// Every event with this correlation id.
+    Correlation(String),
+    /// Every event of this stream.
+    Stream(StreamId),
+    /// Every event caused on behalf of this user.
+    User(String),
+}
+
+/// An audit query: one subject, optionally a time window, newest first, paged by position.
+/// Stores answer it from indexes; no audit scans the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Whose events.
+    pub subject: AuditSubject,
+    /// Only events recorded at or after this instant.
+    pub from: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only events recorded before this instant.
+    pub to: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only events below this position (the previous page's last one).
+    pub before: Option<Position>,
+    /// At most this many events.
+    pub limit: usize,
+}
+
+impl AuditQuery {
+    /// Whether `event` passes the query's window and cursor (its subject is the index's
+    /// job). For stores that evaluate queries themselves.
+    pub fn admits(&self, event: &RecordedEvent) -> bool {
+        let at = event.metadata.recorded_at;
+        self.from.is_none_or(|from| at >= from)
+            && self.to.is_none_or(|to| at < to)
+            && self.before.is_none_or(|before| event.position < before)
+    }
+}
+
 /// An append-only log of events, ordered per stream by version and overall by position.
 pub trait EventStore: Send + Sync + 'static {
     /// Appends `events` to `stream` if the stream is at `expected`, all or nothing.
@@ -161,6 +199,12 @@ pub trait EventStore: Send + Sync + 'static {
         &self,
         after: Position,
         limit: usize,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+
+    /// The events `query` asks for, newest first, found through indexes.
+    fn audit(
+        &self,
+        query: &AuditQuery,
     ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
 
     /// The position of the last committed event readers can see.

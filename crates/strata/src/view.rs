@@ -1,24 +1,43 @@
 //! Read models: a [`View`] is the state of one view instance, a [`ViewLocator`] says which
-//! instances an event touches, and a [`ViewManager`] stores instances together with the
-//! projection's checkpoint.
+//! instances an event touches, and a [`StoredView`] is an instance as a view manager keeps
+//! it (with the position of the last event applied to it, and whether it is parked).
 //!
-//! The manager's [`ViewManager::commit`] is the exactly-once point: the changed instances and
-//! the new checkpoint are written in one transaction, and only if the stored checkpoint still
-//! equals the batch's starting point (a fence against a second runner of the same projection).
+//! Storing views is the [`crate::ViewManager`]'s job; running them is the projection
+//! runner's. This module holds neither.
 
-use std::collections::HashMap;
-use std::future::Future;
-
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::event::Envelope;
+use crate::event::{Envelope, RecordedEvent};
 use crate::stream::Position;
+use crate::table::TableRows;
+
+/// Why a view could not apply an event. The runner retries the event a few times, then
+/// parks the instance with this message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ApplyError(pub String);
+
+impl ApplyError {
+    /// An apply failure that says why.
+    pub fn new(why: impl Into<String>) -> Self {
+        Self(why.into())
+    }
+}
 
 /// The state of one view instance, folded from the events located to it.
 pub trait View<E>: Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static {
-    /// Folds one event into the view.
-    fn apply(&mut self, event: &Envelope<E>);
+    /// Folds one event into the view, or says why it cannot. A refused event leaves the
+    /// instance as it was before the event (the runner restores it) and parks it.
+    fn apply(&mut self, event: &Envelope<E>) -> Result<(), ApplyError>;
+
+    /// The table rows this instance contributes (see [`crate::table`]); none by default.
+    /// Must be a function of the state alone: the runner calls it before and after a batch
+    /// and commits the difference.
+    fn rows(&self, id: &str, rows: &mut TableRows) {
+        let _ = (id, rows);
+    }
 }
 
 /// Maps an event to the ids of the view instances it touches (none, one or several).
@@ -36,6 +55,24 @@ where
     }
 }
 
+/// Locates an event that could not be decoded, from what the store knows of it (its
+/// stream, type and metadata). Without one, an undecodable event stops the projection, since
+/// the runner cannot tell which instance to park.
+pub type RawLocator = fn(&RecordedEvent, &mut Vec<String>);
+
+/// Why an instance is parked: the first event it could not apply, and the failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parking {
+    /// The first event waiting (every later event located to the instance waits too).
+    pub position: Position,
+    /// What the last attempt said.
+    pub error: String,
+    /// How many times that event has been tried.
+    pub attempts: u32,
+    /// When the instance was parked.
+    pub parked_at: DateTime<Utc>,
+}
+
 /// A view instance with the position of the last event applied to it. Events at or below
 /// that position are never applied again, which keeps stores without transactions
 /// exactly-once too.
@@ -43,66 +80,24 @@ where
 pub struct StoredView<V> {
     /// The instance's state.
     pub view: V,
-    /// The position of the last event applied to it.
+    /// The position of the last event applied to it; [`Position::START`] when none was (a
+    /// parked instance whose first event failed). Such an instance is deleted when unparked.
     pub position: Position,
+    /// Set while the instance is parked: its state is not current and must not be served
+    /// as if it were.
+    pub parked: Option<Parking>,
 }
 
-/// Why a view manager operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ViewError {
-    /// The stored checkpoint moved since the batch began: another runner owns the
-    /// projection. Nothing was written.
-    #[error(
-        "checkpoint of projection {projection} is {actual}, not {expected}: another runner owns it"
-    )]
-    Fenced {
-        /// The projection.
-        projection: String,
-        /// The checkpoint the batch started from.
-        expected: Position,
-        /// The checkpoint found.
-        actual: Position,
-    },
-    /// A view could not be encoded or decoded.
-    #[error("view {projection}/{id} does not (de)serialize: {source}")]
-    Codec {
-        /// The projection.
-        projection: String,
-        /// The view id.
-        id: String,
-        /// What serde said.
-        #[source]
-        source: serde_json::Error,
-    },
-    /// The backend failed.
-    #[error("view store backend failed: {0}")]
-    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+impl<V> StoredView<V> {
+    /// A current (not parked) instance.
+    pub fn current(view: V, position: Position) -> Self {
+        Self { view, position, parked: None }
+    }
 }
 
-/// A view instance encoded for storage.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EncodedView {
-    /// The view id.
-    pub id: String,
-    /// The view's JSON.
-    pub data: Vec<u8>,
-    /// The position of the last event applied to it.
-    pub position: Position,
-}
-
-/// Encodes every view of a commit, before anything is written: a view that does not
-/// serialize fails the whole commit. Every backend stores views as this JSON.
-pub fn encode_views<V: Serialize>(
-    projection: &str,
-    views: Vec<(String, StoredView<V>)>,
-) -> Result<Vec<EncodedView>, ViewError> {
-    views
-        .into_iter()
-        .map(|(id, stored)| match serde_json::to_vec(&stored.view) {
-            Ok(data) => Ok(EncodedView { id, data, position: stored.position }),
-            Err(source) => Err(ViewError::Codec { projection: projection.to_owned(), id, source }),
-        })
-        .collect()
+/// Encodes a view as every backend stores it: JSON.
+pub fn encode_view<V: Serialize>(view: &V) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(view)
 }
 
 /// Decodes a stored view of `projection`.
@@ -110,46 +105,10 @@ pub fn decode_view<V: DeserializeOwned>(
     projection: &str,
     id: &str,
     data: &[u8],
-    position: Position,
-) -> Result<StoredView<V>, ViewError> {
-    let view = serde_json::from_slice(data).map_err(|source| ViewError::Codec {
+) -> Result<V, crate::ViewError> {
+    serde_json::from_slice(data).map_err(|source| crate::ViewError::Codec {
         projection: projection.to_owned(),
         id: id.to_owned(),
         source,
-    })?;
-    Ok(StoredView { view, position })
-}
-
-/// Stores view instances and projection checkpoints.
-pub trait ViewManager: Send + Sync + 'static {
-    /// The stored instances among `ids` of `projection`; missing ids are absent from the map.
-    fn load<V: DeserializeOwned + Send + 'static>(
-        &self,
-        projection: &str,
-        ids: &[String],
-    ) -> impl Future<Output = Result<HashMap<String, StoredView<V>>, ViewError>> + Send;
-
-    /// The stored instance `id` of `projection`, for queries.
-    fn get<V: DeserializeOwned + Send + 'static>(
-        &self,
-        projection: &str,
-        id: &str,
-    ) -> impl Future<Output = Result<Option<StoredView<V>>, ViewError>> + Send;
-
-    /// The position up to which `projection` has applied events (`Position::START` if never).
-    fn checkpoint(
-        &self,
-        projection: &str,
-    ) -> impl Future<Output = Result<Position, ViewError>> + Send;
-
-    /// Saves `views` and moves the checkpoint from `from` to `to`, in one transaction, if the
-    /// stored checkpoint is still `from`; otherwise writes nothing and fails with
-    /// [`ViewError::Fenced`].
-    fn commit<V: Serialize + Send + Sync + 'static>(
-        &self,
-        projection: &str,
-        from: Position,
-        to: Position,
-        views: Vec<(String, StoredView<V>)>,
-    ) -> impl Future<Output = Result<(), ViewError>> + Send;
+    })
 }

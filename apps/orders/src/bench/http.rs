@@ -194,6 +194,7 @@ pub async fn run(plan: Plan, base: &str) -> anyhow::Result<(Figures, Correctness
         p99_ms: latencies.quantile(0.99).as_secs_f64() * 1000.0,
         catchup_ms: catchup.as_secs_f64() * 1000.0,
         rebuild_events_per_s: None,
+        replay_events_per_s: None,
         bytes_per_event: None,
         // The server's memory is not ours to read; this process only generates load.
         peak_rss_bytes: None,

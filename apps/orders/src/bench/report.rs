@@ -14,8 +14,12 @@ pub struct Figures {
     pub p99_ms: f64,
     /// From the last acknowledgement until every view reflects every event.
     pub catchup_ms: f64,
-    /// Events per second of a rebuild of every view from zero (in-process runs only).
+    /// Events per second of an operator's rebuild: from zero into the rebuild slot beside the
+    /// live views, then swapped in (in-process runs only).
     pub rebuild_events_per_s: Option<f64>,
+    /// Events per second of a replay from zero into an empty view store, as a new node or a
+    /// deleted `views.sqlite` does it (in-process runs only).
+    pub replay_events_per_s: Option<f64>,
     /// Bytes on disk per stored event (persistent in-process stores only).
     pub bytes_per_event: Option<f64>,
     /// Peak resident memory of this process.
@@ -116,8 +120,12 @@ pub fn table(setup: &Setup, figures: &Figures, correctness: &Correctness) -> Str
         ("p99 command latency", format!("{:.3} ms", figures.p99_ms)),
         ("catch-up (last ack to views current)", format!("{:.1} ms", figures.catchup_ms)),
         (
-            "rebuild",
+            "rebuild (beside live views, swapped in)",
             or_na(figures.rebuild_events_per_s.map(|v| format!("{} events/s", thousands(v)))),
+        ),
+        (
+            "replay into empty views",
+            or_na(figures.replay_events_per_s.map(|v| format!("{} events/s", thousands(v)))),
         ),
         ("bytes per event on disk", or_na(figures.bytes_per_event.map(|v| format!("{v:.0}")))),
         (

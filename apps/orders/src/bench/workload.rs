@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 use strata::projection::Projection;
-use strata::{Aggregate, Decision, Envelope, Rejection, RejectionKind, View};
+use strata::{Aggregate, ApplyError, Decision, Envelope, Rejection, RejectionKind, View};
 
 use crate::domain::json_events;
 
@@ -136,7 +136,7 @@ pub struct OrderSummary {
 }
 
 impl View<BenchEvent> for OrderSummary {
-    fn apply(&mut self, event: &Envelope<BenchEvent>) {
+    fn apply(&mut self, event: &Envelope<BenchEvent>) -> Result<(), ApplyError> {
         match &event.event {
             BenchEvent::OrderPlaced(placed) => self.customer_id = placed.customer_id.clone(),
             BenchEvent::LineAdded(line) => {
@@ -144,6 +144,7 @@ impl View<BenchEvent> for OrderSummary {
                 self.total_cents += line.qty * line.price_cents;
             }
         }
+        Ok(())
     }
 }
 

@@ -59,7 +59,11 @@ async fn serve<B: Backend>(
     listener: TcpListener,
     node_id: String,
 ) -> anyhow::Result<()> {
-    let app = Arc::new(App::start(stores, node_id, BusConfig::default()));
+    let app = Arc::new(
+        App::start(stores, node_id, BusConfig::default())
+            .await
+            .context("cannot prepare the projections' tables")?,
+    );
     axum::serve(listener, crate::http::router(app.clone()))
         .with_graceful_shutdown(shutdown_signal())
         .await

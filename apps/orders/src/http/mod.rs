@@ -2,19 +2,21 @@
 //! Handlers only check the shape of what arrives and call [`crate::app::App`]; every error
 //! becomes problem+json through `strata-http`.
 
-mod admin;
 mod commands;
 mod ids;
+mod lists;
 mod queries;
+mod reports;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use strata_http::admin::{self, Admin};
 use strata_http::{IdempotencyLayerState, MAX_BODY_BYTES, Problem, correlation_id, idempotency};
 
-use crate::app::{App, AppError, Backend};
+use crate::app::{AGGREGATE_TYPES, App, AppError, Backend};
 
 /// The whole API over a running service.
 pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
@@ -34,20 +36,25 @@ pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
         ));
     let queries = Router::new()
         .route("/customers/{id}", get(queries::customer::<B>))
-        .route("/customers/{id}/orders", get(queries::customer_orders::<B>))
+        .route("/customers/{id}/orders", get(lists::customer_orders::<B>))
         .route("/products/{sku}", get(queries::product::<B>))
+        .route("/orders", get(lists::orders::<B>))
         .route("/orders/{id}", get(queries::order::<B>))
-        .route("/admin/streams/{aggregate_type}/{id}", get(admin::stream::<B>))
-        .route("/admin/projections", get(admin::projections::<B>))
-        .route("/health", get(admin::health::<B>))
-        .route("/metrics", get(admin::metrics::<B>));
+        .route("/reports/sales", get(reports::sales::<B>));
+    let operations = admin::routes(Admin {
+        store: app.events().clone(),
+        projections: app.projections.clone(),
+        node_id: app.node_id.clone(),
+        aggregate_types: AGGREGATE_TYPES.to_vec(),
+    });
     commands
         .merge(queries)
+        .with_state(app)
+        .merge(operations)
         .fallback(|| async { Problem::not_found("no such route") })
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(correlation_id))
-        .with_state(app)
 }
 
 impl From<AppError> for Problem {

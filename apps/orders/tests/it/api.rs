@@ -1,13 +1,13 @@
 //! Every route's success path, as the README walks a newcomer through it.
 
 use axum::http::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::support::Service;
 
 #[tokio::test]
 async fn customers_are_registered_and_read_back() {
-    let service = Service::start();
+    let service = Service::start().await;
     let created = service
         .post(
             "/customers",
@@ -23,12 +23,12 @@ async fn customers_are_registered_and_read_back() {
     assert_eq!(view.header("x-view-position"), Some("1"));
 
     let orders = service.view("/customers/ada/orders").await;
-    assert_eq!(orders.body, json!({"customer_id": "ada", "orders": []}));
+    assert_eq!(orders.body, json!({"customer_id": "ada", "orders": [], "next": null}));
 }
 
 #[tokio::test]
 async fn ids_left_out_are_generated_as_uuid_v7() {
-    let service = Service::start();
+    let service = Service::start().await;
     let created =
         service.post("/customers", json!({"name": "Bob", "email": "bob@example.com"})).await;
     assert_eq!(created.status, StatusCode::CREATED);
@@ -39,7 +39,7 @@ async fn ids_left_out_are_generated_as_uuid_v7() {
 
 #[tokio::test]
 async fn products_are_created_restocked_and_read_back() {
-    let service = Service::start();
+    let service = Service::start().await;
     let created =
         service.post("/products", json!({"sku": "tea", "name": "Tea", "price_cents": 450})).await;
     assert_eq!(
@@ -58,7 +58,7 @@ async fn products_are_created_restocked_and_read_back() {
 
 #[tokio::test]
 async fn an_order_goes_from_placed_to_shipped_with_lines_priced_when_added() {
-    let service = Service::start();
+    let service = Service::start().await;
     service.seed().await;
     let line = service.post("/orders/o1/lines", json!({"sku": "cake", "qty": 3})).await;
     assert_eq!(line.status, StatusCode::OK);
@@ -97,7 +97,7 @@ async fn an_order_goes_from_placed_to_shipped_with_lines_priced_when_added() {
 
 #[tokio::test]
 async fn an_order_keeps_payment_and_shipping_details_and_can_be_cancelled() {
-    let service = Service::start();
+    let service = Service::start().await;
     service.seed().await;
     let placed = service
         .post("/orders", json!({"order_id": "o2", "customer_id": "ada", "lines": [], "payment_method": "card", "shipping_address": "1 Main St"}))
@@ -115,7 +115,7 @@ async fn an_order_keeps_payment_and_shipping_details_and_can_be_cancelled() {
 
 #[tokio::test]
 async fn the_correlation_id_is_echoed_and_stored_on_every_event() {
-    let service = Service::start();
+    let service = Service::start().await;
     service.seed().await;
     let answer = service
         .request(
@@ -149,33 +149,40 @@ async fn the_correlation_id_is_echoed_and_stored_on_every_event() {
 
 #[tokio::test]
 async fn admin_lists_projections_and_health_names_the_node() {
-    let service = Service::start();
+    let service = Service::start().await;
     service.seed().await;
     service.view("/orders/o1").await;
     service.view("/customers/ada").await;
     service.view("/customers/ada/orders").await;
     service.view("/products/cake").await;
+    service.view("/reports/sales?from=2026-01-01&to=2026-12-31").await;
     let projections = service.get("/admin/projections").await;
     assert_eq!(projections.status, StatusCode::OK);
     let list = projections.body.as_array().unwrap();
     let names: Vec<&str> = list.iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["customers", "customer_orders", "products", "orders"]);
+    assert_eq!(names, ["customers", "customer_orders", "products", "orders", "sales_daily"]);
     for projection in list {
         assert_eq!(projection["head"].as_u64(), Some(service.head()));
         assert_eq!(projection["position"], projection["head"]);
         assert_eq!(projection["lag_events"], 0);
+        assert_eq!(projection["lag_seconds"], 0.0);
         assert_eq!(projection["owner"], "test-node");
+        assert_eq!(
+            (projection["status"].as_str(), projection["parked"].as_u64()),
+            (Some("running"), Some(0))
+        );
+        assert_eq!((&projection["rebuild"], &projection["error"]), (&Value::Null, &Value::Null));
     }
     let health = service.get("/health").await;
     assert_eq!(
         (health.status, health.body.clone()),
-        (StatusCode::OK, json!({"status": "ok", "node_id": "test-node"}))
+        (StatusCode::OK, json!({"status": "ok", "node_id": "test-node", "failing": []}))
     );
 }
 
 #[tokio::test]
 async fn idempotency_key_returns_the_first_answer_and_appends_nothing() {
-    let service = Service::start();
+    let service = Service::start().await;
     service.seed().await;
     let key = [("idempotency-key", "add-cake-1")];
     let body = r#"{"sku":"cake","qty":1}"#;
@@ -207,7 +214,7 @@ async fn idempotency_key_returns_the_first_answer_and_appends_nothing() {
 
 #[tokio::test]
 async fn if_match_makes_a_command_conditional_on_the_version() {
-    let service = Service::start();
+    let service = Service::start().await;
     service.seed().await;
     let stale = service
         .request(Method::POST, "/orders/o1/confirm", Some("{}"), &[("if-match", "\"7\"")])
@@ -222,7 +229,7 @@ async fn if_match_makes_a_command_conditional_on_the_version() {
 
 #[tokio::test]
 async fn metrics_export_group_commits_and_projection_progress() {
-    let service = Service::start();
+    let service = Service::start().await;
     service.seed().await;
     service.view("/orders/o1").await;
     let request =

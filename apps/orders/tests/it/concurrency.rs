@@ -10,7 +10,7 @@ use crate::support::Service;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_lines_on_one_order_are_all_kept() {
     const CLIENTS: i64 = 40;
-    let service = Arc::new(Service::start());
+    let service = Arc::new(Service::start().await);
     service.seed().await;
     let mut clients = Vec::new();
     for qty in 1..=CLIENTS {

@@ -11,7 +11,7 @@ async fn post_raw(service: &Service, path: &str, body: &str) -> crate::support::
 
 #[tokio::test]
 async fn malformed_bodies_are_400_and_name_the_field() {
-    let service = Service::start();
+    let service = Service::start().await;
     service.seed().await;
     let head = service.head();
     post_raw(&service, "/customers", "{not json").await.expect_problem(400, "not valid JSON");
@@ -36,7 +36,7 @@ async fn malformed_bodies_are_400_and_name_the_field() {
 
 #[tokio::test]
 async fn invalid_ids_are_400() {
-    let service = Service::start();
+    let service = Service::start().await;
     service.seed().await;
     let head = service.head();
     service
@@ -70,7 +70,7 @@ async fn invalid_ids_are_400() {
 
 #[tokio::test]
 async fn bodies_that_are_not_json_are_415_and_large_ones_413() {
-    let service = Service::start();
+    let service = Service::start().await;
     let not_json =
         service.request(Method::POST, "/customers", None, &[("content-type", "text/plain")]).await;
     not_json.expect_problem(415, "JSON");
@@ -85,7 +85,7 @@ async fn bodies_that_are_not_json_are_415_and_large_ones_413() {
 
 #[tokio::test]
 async fn missing_aggregates_and_views_are_404() {
-    let service = Service::start();
+    let service = Service::start().await;
     service.seed().await;
     let head = service.head();
     service
@@ -126,7 +126,7 @@ async fn missing_aggregates_and_views_are_404() {
 
 #[tokio::test]
 async fn conflicts_with_current_state_are_409() {
-    let service = Service::start();
+    let service = Service::start().await;
     service.seed().await;
     service
         .post("/customers", json!({"customer_id": "ada", "name": "Ada", "email": "a@b"}))
@@ -161,7 +161,7 @@ async fn conflicts_with_current_state_are_409() {
 
 #[tokio::test]
 async fn broken_rules_are_422() {
-    let service = Service::start();
+    let service = Service::start().await;
     service.seed().await;
     let head = service.head();
     service.post("/products/tea/restock", json!({"qty": 0})).await.expect_problem(422, "qty");
@@ -223,7 +223,7 @@ async fn broken_rules_are_422() {
 
 #[tokio::test]
 async fn a_view_that_does_not_reach_min_position_in_time_is_503_with_retry_after() {
-    let service = Service::start();
+    let service = Service::start().await;
     service.seed().await;
     let answer =
         service.get(&format!("/orders/o1?min_position={}&wait_ms=50", service.head() + 100)).await;
@@ -235,7 +235,7 @@ async fn a_view_that_does_not_reach_min_position_in_time_is_503_with_retry_after
 
 #[tokio::test]
 async fn bad_headers_are_400() {
-    let service = Service::start();
+    let service = Service::start().await;
     service.seed().await;
     let long = "c".repeat(129);
     let answer =
@@ -251,6 +251,6 @@ async fn bad_headers_are_400() {
 
 #[tokio::test]
 async fn wrong_methods_are_405() {
-    let service = Service::start();
+    let service = Service::start().await;
     service.request(Method::DELETE, "/orders/o1", None, &[]).await.expect_problem(405, "method");
 }

@@ -9,4 +9,5 @@ mod concurrency;
 mod errors;
 mod migrate;
 mod process;
+mod rebuild;
 mod support;

@@ -54,7 +54,9 @@ fn populated_sqlite() -> TempDir {
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
-            let app = App::start(open_sqlite(&path).unwrap(), "export-test", BusConfig::default());
+            let app = App::start(open_sqlite(&path).unwrap(), "export-test", BusConfig::default())
+                .await
+                .unwrap();
             let context = CommandContext::new("corr-1");
             let mut as_user = CommandContext::new("corr-2");
             as_user.user = Some("alice".to_owned());

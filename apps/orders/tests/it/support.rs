@@ -50,14 +50,14 @@ impl Answer {
 }
 
 impl Service {
-    pub fn start() -> Self {
+    pub async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        Self::start_in(dir)
+        Self::start_in(dir).await
     }
 
-    pub fn start_in(dir: TempDir) -> Self {
+    pub async fn start_in(dir: TempDir) -> Self {
         let stores = open_sqlite(dir.path()).unwrap();
-        let app = Arc::new(App::start(stores, "test-node", BusConfig::default()));
+        let app = Arc::new(App::start(stores, "test-node", BusConfig::default()).await.unwrap());
         let router = orders::http::router(app.clone());
         Self { app, router, _dir: dir }
     }

@@ -21,13 +21,13 @@ async fn reopening_keeps_the_schema_and_the_data() {
         let store = SqliteEventStore::open(dir.path()).unwrap();
         store.append(&stream("s"), NEW, vec![event(1)]).await.unwrap();
     }
-    assert_eq!(user_version(&dir.path().join("events.sqlite")), 1);
+    assert_eq!(user_version(&dir.path().join("events.sqlite")), 2);
     // Running the first migration again would fail: its tables exist.
     for _ in 0..2 {
         let store = SqliteEventStore::open(dir.path()).unwrap();
         assert_eq!(store.read_stream(&stream("s"), Version::NONE).await.unwrap().len(), 1);
     }
-    assert_eq!(user_version(&dir.path().join("events.sqlite")), 1);
+    assert_eq!(user_version(&dir.path().join("events.sqlite")), 2);
 }
 
 #[test]
@@ -39,7 +39,7 @@ fn the_view_manager_and_idempotency_store_can_create_their_shared_file_at_once()
         let idempotency = std::thread::spawn(move || SqliteIdempotencyStore::open(&other));
         SqliteViewManager::open(&path).unwrap();
         idempotency.join().unwrap().unwrap();
-        assert_eq!(user_version(&path.join("views.sqlite")), 1);
+        assert_eq!(user_version(&path.join("views.sqlite")), 2);
     }
 }
 
@@ -48,7 +48,7 @@ fn a_file_from_a_newer_strata_is_refused_and_left_alone() {
     let dir = TempDir::new().unwrap();
     for file in ["events.sqlite", "views.sqlite"] {
         let connection = rusqlite::Connection::open(dir.path().join(file)).unwrap();
-        connection.pragma_update(None, "user_version", 2).unwrap();
+        connection.pragma_update(None, "user_version", 99).unwrap();
     }
 
     let refusals = [
@@ -59,12 +59,12 @@ fn a_file_from_a_newer_strata_is_refused_and_left_alone() {
     for refusal in refusals {
         let refusal = refusal.expect("a newer schema is refused");
         assert!(
-            matches!(refusal, SqliteError::UnknownSchemaVersion { found: 2, known: 1, .. }),
+            matches!(refusal, SqliteError::UnknownSchemaVersion { found: 99, known: 1 | 2, .. }),
             "{refusal:?}"
         );
         assert!(refusal.to_string().contains("newer Strata"), "{refusal}");
     }
-    assert_eq!(user_version(&dir.path().join("events.sqlite")), 2);
+    assert_eq!(user_version(&dir.path().join("events.sqlite")), 99);
     let connection = rusqlite::Connection::open(dir.path().join("events.sqlite")).unwrap();
     let tables: i64 =
         connection.query_row("SELECT COUNT(*) FROM sqlite_schema", [], |row| row.get(0)).unwrap();
@@ -107,4 +107,33 @@ async fn a_second_writer_on_the_same_directory_is_refused_until_the_first_closes
     drop(first);
     let second = SqliteEventStore::open(dir.path()).unwrap();
     assert_eq!(second.head(), Position(1), "the second writer sees what the first wrote");
+}
+
+#[tokio::test]
+async fn views_written_by_schema_version_1_read_the_same_after_migrating() {
+    use strata::{Checkpoint, Position, Slot, ViewManager};
+    let dir = TempDir::new().unwrap();
+    {
+        // views.sqlite as the first release of Strata left it.
+        let connection = rusqlite::Connection::open(dir.path().join("views.sqlite")).unwrap();
+        connection.execute_batch(include_str!("../../src/sql/views_0001_create.sql")).unwrap();
+        connection
+            .execute_batch(
+                "INSERT INTO views VALUES ('orders', 'o1', CAST('{\"n\":1}' AS BLOB), 7); \
+                 INSERT INTO checkpoints VALUES ('orders', 9); PRAGMA user_version = 1;",
+            )
+            .unwrap();
+    }
+    let views = SqliteViewManager::open(dir.path()).unwrap();
+    assert_eq!(user_version(&dir.path().join("views.sqlite")), 2);
+    let stored = views.get::<serde_json::Value>("orders", "o1").await.unwrap().unwrap();
+    assert_eq!(
+        (stored.view, stored.position, stored.parked),
+        (serde_json::json!({"n": 1}), Position(7), None)
+    );
+    assert_eq!(
+        views.checkpoint("orders", Slot::Live).await.unwrap(),
+        Checkpoint { position: Position(9), revision: 0 }
+    );
+    assert!(views.parked("orders").await.unwrap().is_empty());
 }

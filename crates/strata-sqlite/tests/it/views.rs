@@ -1,8 +1,8 @@
-//! The view manager's fenced checkpoint: a second runner of the same projection, even
-//! through another handle on the same directory, fails instead of applying twice.
+//! The view manager's fenced checkpoint across handles: a second runner of the same
+//! projection, through another handle on the same directory, fails instead of applying twice.
 
 use serde::{Deserialize, Serialize};
-use strata::{Position, StoredView, ViewError, ViewManager};
+use strata::{Checkpoint, Commit, Position, Slot, StoredView, ViewError, ViewManager};
 use strata_sqlite::SqliteViewManager;
 use tempfile::TempDir;
 
@@ -12,7 +12,13 @@ struct Count {
 }
 
 fn count(n: u64, position: u64) -> StoredView<Count> {
-    StoredView { view: Count { n }, position: Position(position) }
+    StoredView::current(Count { n }, Position(position))
+}
+
+fn commit(from: Checkpoint, to: u64, views: Vec<(&str, StoredView<Count>)>) -> Commit<Count> {
+    let mut commit = Commit::new(from, Position(to));
+    commit.views = views.into_iter().map(|(id, view)| (id.to_owned(), view)).collect();
+    commit
 }
 
 #[tokio::test]
@@ -22,7 +28,7 @@ async fn a_commit_from_a_stale_checkpoint_is_fenced_and_writes_nothing() {
     let intruder = SqliteViewManager::open(dir.path()).unwrap();
 
     runner
-        .commit("totals", Position(0), Position(3), vec![("a".to_owned(), count(1, 3))])
+        .commit("totals", Slot::Live, commit(Checkpoint::START, 3, vec![("a", count(1, 3))]))
         .await
         .unwrap();
 
@@ -30,39 +36,34 @@ async fn a_commit_from_a_stale_checkpoint_is_fenced_and_writes_nothing() {
     let fenced = intruder
         .commit(
             "totals",
-            Position(0),
-            Position(5),
-            vec![("a".to_owned(), count(99, 5)), ("b".to_owned(), count(7, 5))],
+            Slot::Live,
+            commit(Checkpoint::START, 5, vec![("a", count(99, 5)), ("b", count(7, 5))]),
         )
         .await;
+    let at3 = Checkpoint { position: Position(3), revision: 1 };
     match fenced {
         Err(ViewError::Fenced { projection, expected, actual }) => {
             assert_eq!(projection, "totals");
-            assert_eq!(expected, Position(0));
-            assert_eq!(actual, Position(3));
+            assert_eq!(expected, Checkpoint::START);
+            assert_eq!(actual, at3);
         }
         other => panic!("expected a fenced commit, got {other:?}"),
     }
-    assert_eq!(runner.checkpoint("totals").await.unwrap(), Position(3));
+    assert_eq!(runner.checkpoint("totals", Slot::Live).await.unwrap(), at3);
     assert_eq!(runner.get::<Count>("totals", "a").await.unwrap(), Some(count(1, 3)));
     assert_eq!(runner.get::<Count>("totals", "b").await.unwrap(), None);
 
-    // Other projections have checkpoints of their own.
-    assert_eq!(runner.checkpoint("other").await.unwrap(), Position::START);
-    intruder.commit::<Count>("other", Position(0), Position(1), Vec::new()).await.unwrap();
-
     // The rightful runner goes on from where it is.
-    runner
-        .commit("totals", Position(3), Position(4), vec![("a".to_owned(), count(2, 4))])
-        .await
-        .unwrap();
+    runner.commit("totals", Slot::Live, commit(at3, 4, vec![("a", count(2, 4))])).await.unwrap();
     drop((runner, intruder));
 
     let reopened = SqliteViewManager::open(dir.path()).unwrap();
-    assert_eq!(reopened.checkpoint("totals").await.unwrap(), Position(4));
-    assert_eq!(reopened.checkpoint("other").await.unwrap(), Position(1));
-    let loaded =
-        reopened.load::<Count>("totals", &["a".to_owned(), "missing".to_owned()]).await.unwrap();
+    assert_eq!(
+        reopened.checkpoint("totals", Slot::Live).await.unwrap(),
+        Checkpoint { position: Position(4), revision: 2 }
+    );
+    let ids = ["a".to_owned(), "missing".to_owned()];
+    let loaded = reopened.load::<Count>("totals", Slot::Live, &ids).await.unwrap();
     assert_eq!(loaded.len(), 1);
     assert_eq!(loaded["a"], count(2, 4));
 }

@@ -3,7 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 use strata::event::{decode_json, unknown_type};
-use strata::{Aggregate, Decision, DecodeError, DomainEvent, Envelope, RecordedEvent, View};
+use strata::{
+    Aggregate, ApplyError, Decision, DecodeError, DomainEvent, Envelope, RecordedEvent, View,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CounterEvent {
@@ -109,12 +111,13 @@ pub struct OwnerTotal {
 }
 
 impl View<CounterEvent> for OwnerTotal {
-    fn apply(&mut self, event: &Envelope<CounterEvent>) {
+    fn apply(&mut self, event: &Envelope<CounterEvent>) -> Result<(), ApplyError> {
         self.events += 1;
         match &event.event {
             CounterEvent::Opened { .. } => self.counters.push(event.stream.id.clone()),
             CounterEvent::Incremented { by } => self.total += by,
         }
+        Ok(())
     }
 }
 

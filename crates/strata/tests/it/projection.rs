@@ -1,18 +1,23 @@
-//! The projection runner: catch-up, live following, read-your-writes waits, and exactly-once
-//! effect when the runner dies between batches.
+//! The projection runner: catch-up, live following, read-your-writes waits, exactly-once
+//! effect when the runner dies between batches, and a handover between nodes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use strata::bus::CommandContext;
 use strata::projection::Projection;
+use strata::table::{TableQuery, TableSpec, Value};
 use strata::{
-    BusConfig, CommandBus, InMemoryEventStore, InMemoryViewManager, Position, ProjectionRunner,
-    StoredView, ViewError, ViewManager,
+    BusConfig, Checkpoint, CommandBus, Commit, InMemoryEventStore, InMemoryViewManager,
+    ParkedInstance, Position, ProjectionRecord, ProjectionRunner, RecordedEvent, SkippedEvent,
+    Slot, StoredView, ViewError, ViewManager,
 };
+use strata_testkit::leases::SharedLeases;
 
 use crate::counter::{Counter, CounterCommand, CounterEvent, OwnerTotal, locate_owner};
 
@@ -41,19 +46,27 @@ async fn view_of<M: ViewManager>(views: &M, owner: &str) -> StoredView<OwnerTota
 }
 
 /// A view manager that dies (refuses every commit) after a number of commits, as a process
-/// killed between batches would.
+/// killed between batches would. Everything else goes to the real manager.
 struct DiesAfter {
     inner: Arc<InMemoryViewManager>,
     commits_left: AtomicUsize,
 }
 
 impl ViewManager for DiesAfter {
+    async fn prepare(
+        &self,
+        projection: &str,
+        tables: &[&'static TableSpec],
+    ) -> Result<(), ViewError> {
+        self.inner.prepare(projection, tables).await
+    }
     async fn load<V: DeserializeOwned + Send + 'static>(
         &self,
         projection: &str,
+        slot: Slot,
         ids: &[String],
-    ) -> Result<std::collections::HashMap<String, StoredView<V>>, ViewError> {
-        self.inner.load(projection, ids).await
+    ) -> Result<HashMap<String, StoredView<V>>, ViewError> {
+        self.inner.load(projection, slot, ids).await
     }
     async fn get<V: DeserializeOwned + Send + 'static>(
         &self,
@@ -62,22 +75,70 @@ impl ViewManager for DiesAfter {
     ) -> Result<Option<StoredView<V>>, ViewError> {
         self.inner.get(projection, id).await
     }
-    async fn checkpoint(&self, projection: &str) -> Result<Position, ViewError> {
-        self.inner.checkpoint(projection).await
+    async fn checkpoint(&self, projection: &str, slot: Slot) -> Result<Checkpoint, ViewError> {
+        self.inner.checkpoint(projection, slot).await
     }
     async fn commit<V: Serialize + Send + Sync + 'static>(
         &self,
         projection: &str,
-        from: Position,
-        to: Position,
-        views: Vec<(String, StoredView<V>)>,
+        slot: Slot,
+        commit: Commit<V>,
     ) -> Result<(), ViewError> {
         let left = self.commits_left.load(Ordering::SeqCst);
         if left == 0 {
             return Err(ViewError::Backend("the process died".into()));
         }
         self.commits_left.store(left - 1, Ordering::SeqCst);
-        self.inner.commit(projection, from, to, views).await
+        self.inner.commit(projection, slot, commit).await
+    }
+    async fn parked(&self, projection: &str) -> Result<Vec<ParkedInstance>, ViewError> {
+        self.inner.parked(projection).await
+    }
+    async fn parked_events(
+        &self,
+        projection: &str,
+        slot: Slot,
+        id: &str,
+    ) -> Result<Vec<RecordedEvent>, ViewError> {
+        self.inner.parked_events(projection, slot, id).await
+    }
+    async fn skipped(&self, projection: &str) -> Result<Vec<SkippedEvent>, ViewError> {
+        self.inner.skipped(projection).await
+    }
+    async fn record(&self, projection: &str) -> Result<ProjectionRecord, ViewError> {
+        self.inner.record(projection).await
+    }
+    async fn select(
+        &self,
+        table: &'static TableSpec,
+        query: &TableQuery,
+    ) -> Result<Vec<Vec<Value>>, ViewError> {
+        self.inner.select(table, query).await
+    }
+    async fn begin_rebuild(
+        &self,
+        projection: &str,
+        tables: &[&'static TableSpec],
+        started_at: DateTime<Utc>,
+    ) -> Result<Checkpoint, ViewError> {
+        self.inner.begin_rebuild(projection, tables, started_at).await
+    }
+    async fn fail_rebuild(
+        &self,
+        projection: &str,
+        at: Checkpoint,
+        error: &str,
+    ) -> Result<(), ViewError> {
+        self.inner.fail_rebuild(projection, at, error).await
+    }
+    async fn finish_rebuild(
+        &self,
+        projection: &str,
+        tables: &[&'static TableSpec],
+        rebuilt: Checkpoint,
+        live: Checkpoint,
+    ) -> Result<Checkpoint, ViewError> {
+        self.inner.finish_rebuild(projection, tables, rebuilt, live).await
     }
 }
 
@@ -88,27 +149,25 @@ async fn a_runner_that_dies_between_batches_resumes_without_repeating_or_skippin
     fill(&bus, 3, 10).await; // 3 owners x 10 counters x 4 events = 120 events
 
     let survived = Arc::new(InMemoryViewManager::new());
-    let dying = DiesAfter { inner: survived.clone(), commits_left: AtomicUsize::new(4) };
-    let small = owners().with_batch_size(7);
-    let mut checkpoint = Position::START;
-    loop {
-        match small.run_batch(store.as_ref(), &dying, checkpoint).await {
-            Ok(Some(next)) => checkpoint = next,
-            Ok(None) => panic!("the runner should die before the end"),
-            Err(_) => break,
-        }
-    }
-    assert_eq!(survived.checkpoint("owner_totals").await.unwrap(), Position(28));
+    let dying = Arc::new(DiesAfter { inner: survived.clone(), commits_left: AtomicUsize::new(4) });
+    let died = owners().with_batch_size(7).catch_up(store.clone(), dying).await;
+    assert!(died.is_err(), "the runner dies before the end");
+    let survived_at = survived.checkpoint("owner_totals", Slot::Live).await.unwrap();
+    assert_eq!(survived_at.position, Position(28), "four batches of seven committed");
 
     // A new process resumes from the committed checkpoint.
-    let resumed = owners().with_batch_size(7).catch_up(store.as_ref(), survived.as_ref()).await;
+    let resumed = owners().with_batch_size(7).catch_up(store.clone(), survived.clone()).await;
     assert_eq!(resumed.unwrap(), Position(120));
 
-    let rebuilt = InMemoryViewManager::new();
-    owners().catch_up(store.as_ref(), &rebuilt).await.unwrap();
+    let rebuilt = Arc::new(InMemoryViewManager::new());
+    owners().catch_up(store.clone(), rebuilt.clone()).await.unwrap();
     for owner in ["owner0", "owner1", "owner2"] {
         let resumed = view_of(survived.as_ref(), owner).await;
-        assert_eq!(resumed, view_of(&rebuilt, owner).await, "{owner}: resumed equals rebuilt");
+        assert_eq!(
+            resumed,
+            view_of(rebuilt.as_ref(), owner).await,
+            "{owner}: resumed equals rebuilt"
+        );
         assert_eq!(resumed.view.events, 40, "{owner}: every event applied exactly once");
         assert_eq!(resumed.view.total, 60);
     }
@@ -131,61 +190,92 @@ async fn a_spawned_runner_follows_live_commits_and_answers_waits() {
     assert!(reached >= target);
     assert_eq!(view_of(views.as_ref(), "owner0").await.view.total, 22);
 
-    let status = handle.status(store_head(&store));
-    assert_eq!((status.lag_events, status.owner.as_deref()), (0, Some("node-a")));
+    let status = handle.status().await.unwrap();
+    assert_eq!(
+        (status.lag_events, status.lag_seconds, status.owner.as_deref()),
+        (0, 0.0, Some("node-a"))
+    );
     let beyond = handle.wait_for(Position(target.0 + 1), Duration::from_millis(50)).await;
     assert_eq!(beyond, Err(target), "a wait for a position never written times out");
 }
 
-fn store_head(store: &InMemoryEventStore) -> Position {
-    strata::EventStore::head(store)
+#[tokio::test]
+async fn lag_counts_the_events_and_the_age_of_the_oldest_one_not_applied() {
+    let store = Arc::new(InMemoryEventStore::new());
+    let views = Arc::new(InMemoryViewManager::new());
+    let bus = CommandBus::new(store.clone(), BusConfig::default());
+    fill(&bus, 1, 1).await;
+    let handle = ProjectionRunner::new("node-a").spawn(owners(), store.clone(), views.clone());
+    handle.wait_for(Position(4), Duration::from_secs(5)).await.unwrap();
+    handle.stop();
+    // A backlog of known size and age: 5 events, the oldest recorded 90 seconds ago.
+    let mut ctx = CommandContext::new("backlog");
+    ctx.command_id = "old".to_owned();
+    for n in 0..5 {
+        let inc = CounterCommand::Increment { amounts: vec![n] };
+        bus.execute::<Counter>("owner0.c0", inc, &ctx).await.unwrap();
+    }
+    let stopped = ProjectionRunner::new("node-b");
+    let status = {
+        // A handle that is stopped at once: it reports without moving the checkpoint.
+        let idle =
+            stopped.spawn(owners(), Arc::new(StaleClock::wrap(store.clone(), 90)), views.clone());
+        idle.stop();
+        idle.status().await.unwrap()
+    };
+    assert_eq!((status.position, status.head, status.lag_events), (Position(4), Position(9), 5));
+    assert!((89.0..120.0).contains(&status.lag_seconds), "lag_seconds {}", status.lag_seconds);
+    assert_eq!(status.status, strata::ProjectionState::Stopped);
 }
 
-/// Leases that a test hands out and takes back, as a database would when a node dies.
-#[derive(Default)]
-struct TestLeases {
-    holder: std::sync::Mutex<Option<(String, tokio::sync::watch::Sender<bool>)>>,
+/// An event store whose events read as recorded `seconds` earlier than they were: a
+/// backlog of known age without waiting for it.
+struct StaleClock {
+    inner: Arc<InMemoryEventStore>,
+    seconds: i64,
 }
 
-struct TestLease(tokio::sync::watch::Receiver<bool>);
-
-impl strata::Lease for TestLease {
-    async fn lost(&self) {
-        let mut lost = self.0.clone();
-        let _ = lost.wait_for(|lost| *lost).await;
+impl StaleClock {
+    fn wrap(inner: Arc<InMemoryEventStore>, seconds: i64) -> Self {
+        Self { inner, seconds }
     }
 }
 
-/// One node's view of the shared [`TestLeases`].
-struct NodeLeases {
-    shared: Arc<TestLeases>,
-    node: &'static str,
-}
-
-impl strata::Leases for NodeLeases {
-    type Lease = TestLease;
-
-    async fn try_acquire(&self, _name: &str) -> Result<Option<TestLease>, strata::LeaseError> {
-        let mut holder = self.shared.holder.lock().unwrap();
-        if holder.is_some() {
-            return Ok(None);
+impl strata::EventStore for StaleClock {
+    async fn append(
+        &self,
+        stream: &strata::StreamId,
+        expected: strata::ExpectedVersion,
+        events: Vec<strata::NewEvent>,
+    ) -> Result<strata::AppendOutcome, strata::StoreError> {
+        self.inner.append(stream, expected, events).await
+    }
+    async fn read_stream(
+        &self,
+        stream: &strata::StreamId,
+        after: strata::Version,
+    ) -> Result<Vec<RecordedEvent>, strata::StoreError> {
+        self.inner.read_stream(stream, after).await
+    }
+    async fn read_all(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, strata::StoreError> {
+        let mut events = self.inner.read_all(after, limit).await?;
+        for event in &mut events {
+            event.metadata.recorded_at -= chrono::Duration::seconds(self.seconds);
         }
-        let (lost_tx, lost_rx) = tokio::sync::watch::channel(false);
-        *holder = Some((self.node.to_owned(), lost_tx));
-        Ok(Some(TestLease(lost_rx)))
+        Ok(events)
     }
-
-    async fn owner(&self, _name: &str) -> Result<Option<String>, strata::LeaseError> {
-        Ok(self.shared.holder.lock().unwrap().as_ref().map(|(node, _)| node.clone()))
+    async fn audit(
+        &self,
+        query: &strata::AuditQuery,
+    ) -> Result<Vec<RecordedEvent>, strata::StoreError> {
+        self.inner.audit(query).await
     }
-}
-
-impl TestLeases {
-    /// The holder's node dies: its lease is lost and free for others.
-    fn kill_holder(&self) -> String {
-        let (node, lost) = self.holder.lock().unwrap().take().unwrap();
-        lost.send_replace(true);
-        node
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<Position> {
+        self.inner.subscribe()
     }
 }
 
@@ -194,32 +284,31 @@ async fn a_projection_moves_to_another_node_when_its_lease_is_lost() {
     let store = Arc::new(InMemoryEventStore::new());
     let views = Arc::new(InMemoryViewManager::new());
     let bus = CommandBus::new(store.clone(), BusConfig::default());
-    let shared = Arc::new(TestLeases::default());
-    let leases = |node| Arc::new(NodeLeases { shared: shared.clone(), node });
+    let leases = SharedLeases::new();
     let a = ProjectionRunner::new("a").spawn_leased(
         owners(),
         store.clone(),
         views.clone(),
-        leases("a"),
+        leases.node("a"),
     );
     let b = ProjectionRunner::new("b").spawn_leased(
         owners(),
         store.clone(),
         views.clone(),
-        leases("b"),
+        leases.node("b"),
     );
     fill(&bus, 1, 2).await;
     a.wait_for(Position(8), Duration::from_secs(5)).await.unwrap();
     // The node without the lease follows the checkpoint, so waits work there too.
     b.wait_for(Position(8), Duration::from_secs(5)).await.unwrap();
-    let first = shared.holder.lock().unwrap().as_ref().map(|(node, _)| node.to_owned()).unwrap();
-    assert_eq!(a.status(Position(8)).owner.as_deref(), Some(first.as_str()));
-    assert_eq!(b.status(Position(8)).owner.as_deref(), Some(first.as_str()));
+    let first = leases.holder("owner_totals").unwrap();
+    assert_eq!(a.status().await.unwrap().owner.as_deref(), Some(first.as_str()));
+    assert_eq!(b.status().await.unwrap().owner.as_deref(), Some(first.as_str()));
 
     // The holder's node dies: its runner stops, and then its lease is released.
     let holder = if first == "a" { &a } else { &b };
     holder.stop();
-    let dead = shared.kill_holder();
+    let dead = leases.kill_holder("owner_totals").unwrap();
     let ctx = CommandContext::new("after the handover");
     for _ in 0..4 {
         let one = CounterCommand::Increment { amounts: vec![1] };
@@ -227,7 +316,7 @@ async fn a_projection_moves_to_another_node_when_its_lease_is_lost() {
     }
     let survivor = if dead == "a" { &b } else { &a };
     survivor.wait_for(Position(12), Duration::from_secs(10)).await.unwrap();
-    let now_owner = survivor.status(Position(12)).owner;
+    let now_owner = survivor.status().await.unwrap().owner;
     assert!(now_owner.is_some() && now_owner.as_deref() != Some(dead.as_str()), "{now_owner:?}");
     let view = view_of(views.as_ref(), "owner0").await;
     assert_eq!(view.view.events, 12, "every event applied once across the handover");

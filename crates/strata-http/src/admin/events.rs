@@ -1,0 +1,162 @@
+//! The log as stored: one stream's events (`/admin/streams/{type}/{id}`) and audits
+//! (`/audit`) of one request, stream or user, newest first, from the store's indexes.
+
+use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use strata::{AuditQuery, AuditSubject, EventStore, Position, RecordedEvent, StreamId, Version};
+
+use super::Admin;
+use crate::{Problem, paging};
+
+/// An event as the operator's API shows it.
+#[derive(Serialize)]
+pub(super) struct EventJson {
+    position: u64,
+    stream_type: String,
+    stream_id: String,
+    version: u64,
+    #[serde(rename = "type")]
+    event_type: String,
+    schema_version: u32,
+    data: serde_json::Value,
+    metadata: MetadataJson,
+}
+
+#[derive(Serialize)]
+struct MetadataJson {
+    event_id: String,
+    correlation_id: String,
+    causation_id: Option<String>,
+    user: Option<String>,
+    recorded_at: DateTime<Utc>,
+}
+
+impl From<RecordedEvent> for EventJson {
+    fn from(event: RecordedEvent) -> Self {
+        // Payloads are usually JSON; anything else is shown as text, not dropped.
+        let data = serde_json::from_slice(&event.payload).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&event.payload).into_owned())
+        });
+        EventJson {
+            position: event.position.0,
+            stream_type: event.stream.aggregate_type,
+            stream_id: event.stream.id,
+            version: event.version.0,
+            event_type: event.event_type,
+            schema_version: event.schema_version,
+            data,
+            metadata: MetadataJson {
+                event_id: event.metadata.event_id.to_string(),
+                correlation_id: event.metadata.correlation_id,
+                causation_id: event.metadata.causation_id,
+                user: event.metadata.user,
+                recorded_at: event.metadata.recorded_at,
+            },
+        }
+    }
+}
+
+/// Ids in paths and audits: 1 to 256 characters.
+fn check_id(what: &str, id: &str) -> Result<(), Problem> {
+    if id.is_empty() || id.len() > 256 {
+        return Err(Problem::bad_request(format!("{what} must be 1 to 256 characters")));
+    }
+    Ok(())
+}
+
+pub(super) async fn stream<S: EventStore>(
+    State(admin): State<Admin<S>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<Vec<EventJson>>, Problem> {
+    let Path((aggregate_type, id)) =
+        path.map_err(|rejection| Problem::bad_request(rejection.body_text()))?;
+    if !admin.aggregate_types.contains(&aggregate_type.as_str()) {
+        return Err(Problem::not_found(format!(
+            "no aggregate type {aggregate_type:?}; known types are {}",
+            admin.aggregate_types.join(", ")
+        )));
+    }
+    check_id("the id in the path", &id)?;
+    let stream = StreamId::new(aggregate_type, id);
+    let events = admin.store.read_stream(&stream, Version::NONE).await?;
+    if events.is_empty() {
+        return Err(Problem::not_found(format!("stream {stream} has no events")));
+    }
+    Ok(Json(events.into_iter().map(EventJson::from).collect()))
+}
+
+#[derive(Deserialize)]
+pub(super) struct AuditParams {
+    correlation_id: Option<String>,
+    stream: Option<String>,
+    user: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+#[derive(Serialize)]
+pub(super) struct AuditPage {
+    events: Vec<EventJson>,
+    next: Option<String>,
+}
+
+pub(super) async fn audit<S: EventStore>(
+    State(admin): State<Admin<S>>,
+    params: Result<Query<AuditParams>, QueryRejection>,
+) -> Result<Json<AuditPage>, Problem> {
+    let Query(params) = params.map_err(|rejection| Problem::bad_request(rejection.body_text()))?;
+    let subject = match (params.correlation_id, params.stream, params.user) {
+        (Some(id), None, None) => {
+            check_id("correlation_id", &id)?;
+            AuditSubject::Correlation(id)
+        }
+        (None, Some(stream), None) => match stream.split_once('/') {
+            Some((kind, id)) if !kind.is_empty() && !id.is_empty() && !id.contains('/') => {
+                check_id("stream", &stream)?;
+                AuditSubject::Stream(StreamId::new(kind, id))
+            }
+            _ => {
+                return Err(Problem::bad_request(format!(
+                    "stream must be TYPE/ID, such as order/o1; got {stream:?}"
+                )));
+            }
+        },
+        (None, None, Some(user)) => {
+            check_id("user", &user)?;
+            AuditSubject::User(user)
+        }
+        _ => {
+            return Err(Problem::bad_request(
+                "give exactly one of correlation_id, stream=TYPE/ID or user",
+            ));
+        }
+    };
+    let from = paging::instant("from", params.from.as_deref())?;
+    let to = paging::instant("to", params.to.as_deref())?;
+    if let (Some(from), Some(to)) = (from, to)
+        && from > to
+    {
+        return Err(Problem::bad_request("from must not be after to"));
+    }
+    let limit = paging::limit(params.limit.as_deref())?;
+    let before =
+        match params.after.as_deref() {
+            Some(cursor) => Some(Position(paging::key_of(cursor)?.parse().map_err(|_| {
+                Problem::bad_request("after must be a cursor from a previous page")
+            })?)),
+            None => None,
+        };
+    // One more than asked tells whether there is a next page.
+    let query = AuditQuery { subject, from, to, before, limit: limit + 1 };
+    let mut events = admin.store.audit(&query).await?;
+    let more = events.len() > limit;
+    events.truncate(limit);
+    let next =
+        more.then(|| events.last().map(|e| paging::cursor(&e.position.0.to_string()))).flatten();
+    Ok(Json(AuditPage { events: events.into_iter().map(EventJson::from).collect(), next }))
+}

@@ -1,0 +1,66 @@
+//! The operator's API, for any Strata application: where projections stand and what to do
+//! about them (parked instances, retries, skips, rebuilds), a stream's raw events, audits
+//! of the log, health and metrics. An application mounts it with [`routes`] beside its own
+//! routes; it needs only the event store and the node's [`Projections`].
+//!
+//! | route | answer |
+//! | --- | --- |
+//! | `GET /admin/projections` | every projection's position, lag, state, parked count, rebuild |
+//! | `GET /admin/projections/{name}/parked` | parked instances, oldest first |
+//! | `POST /admin/projections/{name}/parked/{view_id}/retry` | the instance after applying its events |
+//! | `POST /admin/projections/{name}/parked/{view_id}/skip` `{"reason"}` | the same, without its failing event |
+//! | `GET /admin/projections/{name}/skipped` | every event skipped for good |
+//! | `POST /admin/projections/{name}/rebuild` | 202: a rebuild began |
+//! | `GET /admin/streams/{type}/{id}` | the stream's events as stored |
+//! | `GET /audit?correlation_id=…\|stream=TYPE/ID\|user=…` | events of one request, stream or user |
+//! | `GET /health` | the store answers; which projections fail |
+//! | `GET /metrics` | Prometheus text |
+
+mod events;
+mod health;
+mod projections;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use strata::{EventStore, Projections};
+
+/// What the operator's API reads and acts on.
+pub struct Admin<S> {
+    /// The event store, for streams, audits, the head and health.
+    pub store: Arc<S>,
+    /// The projections this node runs.
+    pub projections: Arc<Projections>,
+    /// This node's id, shown by `/health`.
+    pub node_id: String,
+    /// The aggregate types `/admin/streams` accepts.
+    pub aggregate_types: Vec<&'static str>,
+}
+
+impl<S> Clone for Admin<S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            projections: self.projections.clone(),
+            node_id: self.node_id.clone(),
+            aggregate_types: self.aggregate_types.clone(),
+        }
+    }
+}
+
+/// The operator's routes over `admin`, ready to merge into an application's router.
+pub fn routes<S: EventStore>(admin: Admin<S>) -> Router {
+    Router::new()
+        .route("/admin/projections", get(projections::list::<S>))
+        .route("/admin/projections/{name}/parked", get(projections::parked::<S>))
+        .route("/admin/projections/{name}/parked/{view_id}/retry", post(projections::retry::<S>))
+        .route("/admin/projections/{name}/parked/{view_id}/skip", post(projections::skip::<S>))
+        .route("/admin/projections/{name}/skipped", get(projections::skipped::<S>))
+        .route("/admin/projections/{name}/rebuild", post(projections::rebuild::<S>))
+        .route("/admin/streams/{aggregate_type}/{id}", get(events::stream::<S>))
+        .route("/audit", get(events::audit::<S>))
+        .route("/health", get(health::health::<S>))
+        .route("/metrics", get(health::metrics::<S>))
+        .with_state(admin)
+}

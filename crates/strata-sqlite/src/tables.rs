@@ -1,0 +1,231 @@
+//! Projection tables on SQLite: the SQL for a [`TableSpec`] (its `CREATE TABLE`, the
+//! statements of each [`RowChange`], a [`TableQuery`]'s `SELECT`) and the mapping between
+//! [`Value`]s and SQLite's types.
+//!
+//! Dates are stored as `YYYY-MM-DD` text and instants as RFC 3339 text with six fractional
+//! digits and `Z`, so that text order is time order and any SQL tool reads them as dates.
+//! Table and column names come from specs checked by [`TableSpec::check`], so they are
+//! plain identifiers and need no quoting; values are always bound, never formatted in.
+
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
+use rusqlite::{Transaction, params_from_iter};
+use strata::table::{ColumnType, RowChange, TableQuery, TableSpec, Value};
+
+use crate::error::DbError;
+
+fn sql_type(ty: ColumnType) -> &'static str {
+    match ty {
+        ColumnType::Integer => "INTEGER",
+        ColumnType::Text | ColumnType::Date | ColumnType::Timestamp => "TEXT",
+    }
+}
+
+/// `CREATE TABLE` and `CREATE INDEX` statements for `spec` under the name `name`.
+pub(crate) fn create(spec: &TableSpec, name: &str) -> String {
+    let columns: Vec<String> = spec
+        .columns
+        .iter()
+        .map(|c| {
+            format!("{} {}{}", c.name, sql_type(c.ty), if c.nullable { "" } else { " NOT NULL" })
+        })
+        .collect();
+    let key: Vec<&str> = spec.key().iter().map(|c| c.name).collect();
+    let mut sql = format!(
+        "CREATE TABLE IF NOT EXISTS {name} ({}, PRIMARY KEY ({})) STRICT, WITHOUT ROWID;\n",
+        columns.join(", "),
+        key.join(", ")
+    );
+    for (i, index) in spec.indexes.iter().enumerate() {
+        sql.push_str(&format!(
+            "CREATE INDEX IF NOT EXISTS {name}_idx{i} ON {name} ({});\n",
+            index.join(", ")
+        ));
+    }
+    sql
+}
+
+/// Binds a [`Value`] as SQLite stores it.
+pub(crate) fn to_sql(value: &Value) -> ToSqlOutput<'_> {
+    match value {
+        Value::Null => ToSqlOutput::Owned(SqlValue::Null),
+        Value::Integer(n) => ToSqlOutput::Owned(SqlValue::Integer(*n)),
+        Value::Text(text) => ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())),
+        Value::Date(day) => ToSqlOutput::Owned(SqlValue::Text(day.format("%Y-%m-%d").to_string())),
+        Value::Timestamp(at) => {
+            ToSqlOutput::Owned(SqlValue::Text(at.to_rfc3339_opts(SecondsFormat::Micros, true)))
+        }
+    }
+}
+
+fn from_sql(
+    ty: ColumnType,
+    value: ValueRef<'_>,
+    table: &str,
+    column: &str,
+) -> Result<Value, DbError> {
+    let corrupt =
+        || DbError::Corrupt(format!("{table}.{column} holds a value that is not a {ty:?}"));
+    Ok(match (ty, value) {
+        (_, ValueRef::Null) => Value::Null,
+        (ColumnType::Integer, ValueRef::Integer(n)) => Value::Integer(n),
+        (ColumnType::Text, ValueRef::Text(text)) => {
+            Value::Text(std::str::from_utf8(text).map_err(|_| corrupt())?.to_owned())
+        }
+        (ColumnType::Date, ValueRef::Text(text)) => {
+            let text = std::str::from_utf8(text).map_err(|_| corrupt())?;
+            Value::Date(NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| corrupt())?)
+        }
+        (ColumnType::Timestamp, ValueRef::Text(text)) => {
+            let text = std::str::from_utf8(text).map_err(|_| corrupt())?;
+            let at = DateTime::parse_from_rfc3339(text).map_err(|_| corrupt())?;
+            Value::Timestamp(at.with_timezone(&Utc))
+        }
+        _ => return Err(corrupt()),
+    })
+}
+
+/// Runs one change against the table `name` (the spec's table in some slot).
+pub(crate) fn apply(
+    transaction: &Transaction<'_>,
+    name: &str,
+    change: &RowChange,
+) -> Result<(), DbError> {
+    let spec = change.table();
+    let k = spec.key_columns;
+    let key_match: Vec<String> =
+        spec.key().iter().enumerate().map(|(i, c)| format!("{} = ?{}", c.name, i + 1)).collect();
+    let key_match = key_match.join(" AND ");
+    match change {
+        RowChange::Upsert { row, .. } => {
+            let sql = upsert(spec, name, |c| format!("{c} = excluded.{c}"));
+            transaction.prepare_cached(&sql)?.execute(params_from_iter(row.iter().map(to_sql)))?;
+        }
+        RowChange::Delete { key, .. } => {
+            let sql = format!("DELETE FROM {name} WHERE {key_match}");
+            transaction.prepare_cached(&sql)?.execute(params_from_iter(key.iter().map(to_sql)))?;
+        }
+        RowChange::Add { row, .. } => {
+            let sql = upsert(spec, name, |c| format!("{c} = {c} + excluded.{c}"));
+            transaction.prepare_cached(&sql)?.execute(params_from_iter(row.iter().map(to_sql)))?;
+            let zero: Vec<String> =
+                spec.columns[k..].iter().map(|c| format!("{} = 0", c.name)).collect();
+            let sql = format!("DELETE FROM {name} WHERE {key_match} AND {}", zero.join(" AND "));
+            transaction
+                .prepare_cached(&sql)?
+                .execute(params_from_iter(row[..k].iter().map(to_sql)))?;
+        }
+    }
+    Ok(())
+}
+
+/// `INSERT … ON CONFLICT (key) DO UPDATE SET <set(column)>…` over every column.
+fn upsert(spec: &TableSpec, name: &str, set: impl Fn(&str) -> String) -> String {
+    let columns: Vec<&str> = spec.columns.iter().map(|c| c.name).collect();
+    let slots: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
+    let key: Vec<&str> = spec.key().iter().map(|c| c.name).collect();
+    let rest: Vec<String> = spec.columns[spec.key_columns..].iter().map(|c| set(c.name)).collect();
+    let on_conflict = if rest.is_empty() {
+        "DO NOTHING".to_owned()
+    } else {
+        format!("DO UPDATE SET {}", rest.join(", "))
+    };
+    format!(
+        "INSERT INTO {name} ({}) VALUES ({}) ON CONFLICT ({}) {on_conflict}",
+        columns.join(", "),
+        slots.join(", "),
+        key.join(", ")
+    )
+}
+
+/// Moves a rebuilt table into place: the live rows are replaced by the rebuild's.
+pub(crate) fn swap(
+    transaction: &Transaction<'_>,
+    live: &str,
+    rebuilt: &str,
+) -> Result<(), DbError> {
+    transaction.execute_batch(&format!(
+        "DELETE FROM {live}; INSERT INTO {live} SELECT * FROM {rebuilt}; DROP TABLE {rebuilt};"
+    ))?;
+    Ok(())
+}
+
+/// Runs `query` on the live table of `spec`.
+pub(crate) fn select(
+    connection: &rusqlite::Connection,
+    spec: &TableSpec,
+    query: &TableQuery,
+) -> Result<Vec<Vec<Value>>, DbError> {
+    let mut conditions = Vec::new();
+    let mut values: Vec<&Value> = Vec::new();
+    for filter in &query.filters {
+        values.push(&filter.value);
+        conditions.push(format!("{} {} ?{}", filter.column, filter.comparison.sql(), values.len()));
+    }
+    if let Some(after) = &query.after {
+        let slots: Vec<String> = after
+            .iter()
+            .map(|value| {
+                values.push(value);
+                format!("?{}", values.len())
+            })
+            .collect();
+        let direction = if query.descending { "<" } else { ">" };
+        conditions.push(format!(
+            "({}) {direction} ({})",
+            query.order_by.join(", "),
+            slots.join(", ")
+        ));
+    }
+    let columns: Vec<&str> = spec.columns.iter().map(|c| c.name).collect();
+    let mut sql = format!("SELECT {} FROM {}", columns.join(", "), spec.name);
+    if !conditions.is_empty() {
+        sql.push_str(&format!(" WHERE {}", conditions.join(" AND ")));
+    }
+    if !query.order_by.is_empty() {
+        let direction = if query.descending { " DESC" } else { "" };
+        let order: Vec<String> = query.order_by.iter().map(|c| format!("{c}{direction}")).collect();
+        sql.push_str(&format!(" ORDER BY {}", order.join(", ")));
+    }
+    if let Some(limit) = query.limit {
+        sql.push_str(&format!(" LIMIT {limit}"));
+    }
+    let mut statement = connection.prepare_cached(&sql)?;
+    let mut rows = statement.query(params_from_iter(values.into_iter().map(to_sql)))?;
+    let mut found = Vec::new();
+    while let Some(row) = rows.next()? {
+        let mut values = Vec::with_capacity(spec.columns.len());
+        for (i, column) in spec.columns.iter().enumerate() {
+            values.push(from_sql(column.ty, row.get_ref(i)?, spec.name, column.name)?);
+        }
+        found.push(values);
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata::table::{Column, TableKind};
+
+    static T: TableSpec = TableSpec {
+        name: "t",
+        columns: &[Column::new("a", ColumnType::Text), Column::new("n", ColumnType::Integer)],
+        key_columns: 1,
+        indexes: &[&["n"]],
+        kind: TableKind::Sums,
+    };
+
+    #[test]
+    fn statements_name_only_spec_columns() {
+        assert_eq!(
+            create(&T, "t__rebuild"),
+            "CREATE TABLE IF NOT EXISTS t__rebuild (a TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (a)) STRICT, WITHOUT ROWID;\n\
+             CREATE INDEX IF NOT EXISTS t__rebuild_idx0 ON t__rebuild (n);\n"
+        );
+        assert_eq!(
+            upsert(&T, "t", |c| format!("{c} = {c} + excluded.{c}")),
+            "INSERT INTO t (a, n) VALUES (?1, ?2) ON CONFLICT (a) DO UPDATE SET n = n + excluded.n"
+        );
+    }
+}

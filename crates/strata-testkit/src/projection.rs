@@ -1,0 +1,307 @@
+//! The view manager contract, projection half: projections running for real on the view
+//! manager under test (events in the in-memory store) park a failing instance and nothing
+//! else, let an operator retry or skip it, keep parked work across a change of owner and a
+//! restart, and rebuild beside live processing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata::table::{Comparison, Filter, TableQuery};
+use strata::{
+    ControlError, EventStore, ExpectedVersion, InMemoryEventStore, NewEvent, Position,
+    ProjectionHandle, ProjectionRunner, ProjectionState, Slot, StreamId, Value, Version,
+    ViewManager,
+};
+
+use crate::leases::SharedLeases;
+use crate::tally::{self, TALLY, TALLY_ROWS, TALLY_SUMS, Tally};
+
+/// How long a projection may take to reach what a check waits for.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+async fn append(store: &InMemoryEventStore, id: &str, event: NewEvent) -> Position {
+    let stream = StreamId::new(TALLY, id);
+    let outcome = store.append(&stream, ExpectedVersion::Any, vec![event]).await.expect("append");
+    outcome.last_position
+}
+
+async fn reach(handle: &ProjectionHandle, position: Position) {
+    if let Err(reached) = handle.wait_for(position, PATIENCE).await {
+        panic!("{} reached only {reached}, not {position}", handle.name());
+    }
+}
+
+async fn tally<M: ViewManager>(views: &M, projection: &str, id: &str) -> strata::StoredView<Tally> {
+    views
+        .get::<Tally>(projection, id)
+        .await
+        .expect("get")
+        .unwrap_or_else(|| panic!("{projection}/{id} exists"))
+}
+
+async fn row_of<M: ViewManager>(views: &M, id: &str) -> Option<Vec<Value>> {
+    let query = TableQuery {
+        filters: vec![Filter {
+            column: "id",
+            comparison: Comparison::Eq,
+            value: Value::Text(id.to_owned()),
+        }],
+        ..TableQuery::default()
+    };
+    views.select(&TALLY_ROWS, &query).await.expect("select").pop()
+}
+
+async fn sum_of_all<M: ViewManager>(views: &M) -> (i64, i64) {
+    let rows = views.select(&TALLY_SUMS, &TableQuery::default()).await.expect("select");
+    rows.first()
+        .map_or((0, 0), |row| (row[1].as_integer().unwrap_or(0), row[2].as_integer().unwrap_or(0)))
+}
+
+/// Waits until the projection's status satisfies `done`.
+async fn until<F: Fn(&strata::ProjectionStatus) -> bool>(
+    handle: &ProjectionHandle,
+    what: &str,
+    done: F,
+) -> strata::ProjectionStatus {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let status = handle.status().await.expect("status");
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never {what}: {status:?}",
+            handle.name()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A poison event parks only its instance while the rest and the checkpoint move on; an
+/// undecodable one too; later events wait with them; retry after a fix applies them once;
+/// skip drops the failing event for good and applies the rest; a rebuild honours the skip.
+pub(crate) async fn projections_park_retry_skip_and_rebuild<M: ViewManager>(views: &Arc<M>) {
+    let name = "tally_parking";
+    let token = uuid::Uuid::now_v7().to_string();
+    let store = Arc::new(InMemoryEventStore::new());
+    append(&store, "t1", tally::added(1)).await;
+    append(&store, "t2", tally::added(2)).await;
+    let poison = append(&store, "t1", tally::poisoned(10, &token)).await;
+    append(&store, "t2", tally::added(3)).await;
+    append(&store, "t1", tally::added(4)).await;
+    let garbage = append(&store, "t3", tally::undecodable()).await;
+    let head = append(&store, "t3", tally::added(5)).await;
+
+    let handle = ProjectionRunner::new("contract-node").spawn(
+        tally::projection(name, true),
+        store.clone(),
+        views.clone(),
+    );
+    reach(&handle, head).await;
+    assert_eq!(tally(views.as_ref(), name, "t2").await.view.total, 5, "other instances move on");
+    let t1 = tally(views.as_ref(), name, "t1").await;
+    assert_eq!(
+        (t1.view.total, t1.position),
+        (1, Position(1)),
+        "the parked instance keeps its state before the failure"
+    );
+    assert_eq!(
+        t1.parked.as_ref().map(|p| p.position),
+        Some(poison),
+        "and reads as parked at the failing event"
+    );
+    let parked = handle.parked().await.expect("parked");
+    let listed: Vec<(&str, Position, u64)> =
+        parked.iter().map(|p| (p.view_id.as_str(), p.position, p.events)).collect();
+    assert_eq!(
+        listed,
+        [("t1", poison, 2), ("t3", garbage, 2)],
+        "each parked instance with every later event of its own"
+    );
+    assert!(parked[0].error.contains(&token), "{}", parked[0].error);
+    assert!(parked[1].error.contains("does not decode"), "{}", parked[1].error);
+    assert_eq!(parked[0].attempts, strata::projection::MAX_ATTEMPTS);
+    assert_eq!(
+        row_of(views.as_ref(), "t1").await.map(|row| row[1].clone()),
+        Some(Value::Integer(1))
+    );
+    assert_eq!(
+        row_of(views.as_ref(), "t3").await,
+        None,
+        "an instance that applied nothing has no rows"
+    );
+    assert_eq!(sum_of_all(views.as_ref()).await, (6, 2));
+    let status = handle.status().await.expect("status");
+    assert_eq!(
+        (status.position, status.lag_events, status.parked, status.status),
+        (head, 0, 2, ProjectionState::Running)
+    );
+
+    // Live events keep coming: the parked instance collects its own, the rest apply.
+    append(&store, "t2", tally::added(1)).await;
+    let head = append(&store, "t1", tally::added(100)).await;
+    reach(&handle, head).await;
+    assert_eq!(tally(views.as_ref(), name, "t2").await.view.total, 6);
+    assert_eq!(handle.parked().await.expect("parked")[0].events, 3);
+
+    // Retry before the fix parks again with the new attempt; after it, applies each once.
+    let again = handle.retry("t1").await.expect("retry");
+    let still = again.parked.expect("still parked");
+    assert_eq!(
+        (still.position, still.attempts, still.events),
+        (poison, strata::projection::MAX_ATTEMPTS + 1, 3)
+    );
+    tally::fix(&token);
+    let released = handle.retry("t1").await.expect("retry");
+    assert_eq!(released.parked, None);
+    assert_eq!(released.position, head);
+    let t1 = tally(views.as_ref(), name, "t1").await;
+    assert_eq!(
+        (t1.view.total, t1.view.events, t1.parked),
+        (115, 4, None),
+        "every waiting event applied once, in order"
+    );
+    assert_eq!(
+        row_of(views.as_ref(), "t1").await.map(|row| row[1].clone()),
+        Some(Value::Integer(115)),
+        "rows follow"
+    );
+    assert!(matches!(handle.retry("t1").await, Err(ControlError::NotParked { .. })));
+
+    // The undecodable event never applies: skip it, and the rest applies.
+    let skipped = handle.skip("t3", "written by a broken importer").await.expect("skip");
+    assert_eq!(
+        (skipped.parked, skipped.view),
+        (None, Some(serde_json::json!({"total": 5, "events": 1})))
+    );
+    let recorded = handle.skipped().await.expect("skipped");
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(
+        (recorded[0].view_id.as_str(), recorded[0].position, recorded[0].event_type.as_str()),
+        ("t3", garbage, "Added")
+    );
+    assert_eq!(recorded[0].reason, "written by a broken importer");
+    assert!(handle.parked().await.expect("parked").is_empty());
+    assert_eq!(sum_of_all(views.as_ref()).await, (126, 3));
+
+    // The runner, fenced by the operator's commits, goes on without doubling anything.
+    let head = append(&store, "t3", tally::added(1)).await;
+    reach(&handle, head).await;
+    assert_eq!(tally(views.as_ref(), name, "t3").await.view.total, 6);
+
+    // A rebuild reproduces the same views from zero, dropping the skipped event again.
+    handle.rebuild().await.expect("rebuild");
+    assert!(matches!(handle.rebuild().await, Err(ControlError::RebuildInProgress(_))));
+    let done = until(&handle, "finished its rebuild", |s| {
+        s.status == ProjectionState::Running && s.rebuild.is_none()
+    })
+    .await;
+    assert_eq!((done.position, done.parked), (head, 0));
+    for (id, total) in [("t1", 115), ("t2", 6), ("t3", 6)] {
+        assert_eq!(
+            tally(views.as_ref(), name, id).await.view.total,
+            total,
+            "{id} after the rebuild"
+        );
+    }
+    assert_eq!(
+        sum_of_all(views.as_ref()).await,
+        (127, 3),
+        "the rebuilt tables replaced the live ones"
+    );
+    handle.stop();
+}
+
+/// Parked work is stored, not held by the runner: a new owner after a handover keeps
+/// collecting the parked instance's events, and a restart finds them all.
+pub(crate) async fn parked_work_survives_a_lease_handover<M: ViewManager>(views: &Arc<M>) {
+    let name = "tally_handover";
+    let store = Arc::new(InMemoryEventStore::new());
+    let leases = SharedLeases::new();
+    let start = |node: &str| {
+        ProjectionRunner::new(node).spawn_leased(
+            tally::projection(name, false),
+            store.clone(),
+            views.clone(),
+            leases.node(node),
+        )
+    };
+    let (a, b) = (start("a"), start("b"));
+    append(&store, "h1", tally::undecodable()).await;
+    let head = append(&store, "h2", tally::added(1)).await;
+    reach(&a, head).await;
+    reach(&b, head).await;
+    assert_eq!(a.parked().await.expect("parked").len(), 1);
+
+    let first = leases.holder(name).expect("someone runs it");
+    let (holder, survivor) = if first == "a" { (&a, &b) } else { (&b, &a) };
+    holder.stop();
+    leases.kill_holder(name);
+    append(&store, "h1", tally::added(7)).await;
+    let head = append(&store, "h2", tally::added(2)).await;
+    reach(survivor, head).await;
+    assert_ne!(leases.holder(name), Some(first), "the other node took over");
+    assert_eq!(tally(views.as_ref(), name, "h2").await.view.total, 3);
+    let parked = survivor.parked().await.expect("parked");
+    assert_eq!(
+        parked.iter().map(|p| (p.view_id.as_str(), p.events)).collect::<Vec<_>>(),
+        [("h1", 2)],
+        "the new owner kept parking"
+    );
+    survivor.stop();
+}
+
+/// After the manager is reopened (a restart): the handover test's parked instance and its
+/// two waiting events are still there.
+pub(crate) async fn parked_work_survived_reopening<M: ViewManager>(views: &M) {
+    let parked = views.parked("tally_handover").await.expect("parked");
+    assert_eq!(
+        parked.iter().map(|p| (p.view_id.as_str(), p.events)).collect::<Vec<_>>(),
+        [("h1", 2)]
+    );
+    let waiting = views.parked_events("tally_handover", Slot::Live, "h1").await.expect("events");
+    assert_eq!(waiting.iter().map(|e| e.version).collect::<Vec<_>>(), [Version(1), Version(2)]);
+}
+
+/// A rebuild that meets an event live processing did not park stops, says where, and leaves
+/// the live views serving; fixed, the next rebuild swaps in.
+pub(crate) async fn a_failing_rebuild_leaves_the_live_views_serving<M: ViewManager>(
+    views: &Arc<M>,
+) {
+    let name = "tally_failing_rebuild";
+    let token = uuid::Uuid::now_v7().to_string();
+    tally::fix(&token);
+    let store = Arc::new(InMemoryEventStore::new());
+    append(&store, "r1", tally::added(1)).await;
+    let regressed = append(&store, "r1", tally::poisoned(2, &token)).await;
+    let head = append(&store, "r2", tally::added(3)).await;
+    let handle = ProjectionRunner::new("contract-node").spawn(
+        tally::projection(name, false),
+        store.clone(),
+        views.clone(),
+    );
+    reach(&handle, head).await;
+
+    tally::break_again(&token);
+    handle.rebuild().await.expect("rebuild");
+    let failed =
+        until(&handle, "failed its rebuild", |s| s.status == ProjectionState::Failed).await;
+    let error = failed.error.unwrap_or_default();
+    assert!(error.contains(&format!("position {regressed}")) && error.contains("r1"), "{error}");
+    assert_eq!(
+        tally(views.as_ref(), name, "r1").await.view.total,
+        3,
+        "the live views keep serving"
+    );
+    assert_eq!(failed.position, head);
+
+    tally::fix(&token);
+    handle.rebuild().await.expect("a failed rebuild can be asked for again");
+    until(&handle, "finished its rebuild", |s| {
+        s.status == ProjectionState::Running && s.rebuild.is_none()
+    })
+    .await;
+    assert_eq!(tally(views.as_ref(), name, "r1").await.view.total, 3);
+    handle.stop();
+}

@@ -1,0 +1,765 @@
+//! The runner: one task per projection and node. While the node holds the projection's
+//! lease, the task follows the log into the live slot and, when a rebuild was asked for,
+//! fills the rebuild slot in the same loop, one batch of each in turn, and swaps it in once
+//! it has caught up. Without the lease it watches the checkpoint, so that queries on this
+//! node can still wait for a position.
+//!
+//! Failures are bounded and visible: a failing batch is retried with backoff and shown as
+//! the projection's failure until one succeeds; an instance that cannot take an event is
+//! retried [`MAX_ATTEMPTS`] times and then parked, and the rest of the projection moves on;
+//! a rebuild that cannot go on is marked failed, and the live views keep serving.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use super::batch::{InstanceFailure, Pass, PlannedPark};
+use super::control::{Control, ProjectionHandle};
+use super::reader::{ReadEvent, SharedReader};
+use super::{MAX_ATTEMPTS, Projection, ProjectionError};
+use crate::event::DomainEvent;
+use crate::lease::{Lease, Leases, LocalLeases};
+use crate::store::EventStore;
+use crate::stream::Position;
+use crate::view::{View, ViewLocator};
+use crate::view_manager::{Checkpoint, Slot, ViewError, ViewManager};
+
+/// How often a node that does not hold a projection's lease tries to take it. A dead
+/// owner's lease is released when its database connection closes, so this bounds the time
+/// to take over.
+const ACQUIRE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often a node that does not run a projection reads its checkpoint, so that queries
+/// on that node can wait for a position.
+const OBSERVE_INTERVAL: Duration = Duration::from_millis(50);
+
+/// How often the owner looks for a rebuild asked for on another node (one asked for on
+/// this node wakes it at once).
+const REBUILD_POLL: Duration = Duration::from_secs(1);
+
+/// The longest wait between two tries of a failing batch.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(50u64 << failures.min(7)).min(MAX_BACKOFF)
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What a runner task tells its handle.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) position: watch::Sender<Position>,
+    pub(crate) owner: watch::Sender<Option<String>>,
+    /// Why the live slot is failing right now, on this node.
+    pub(crate) failure: Mutex<Option<String>>,
+    /// Wakes the owner when a rebuild is asked for on this node.
+    pub(crate) wake: Notify,
+    pub(crate) events_applied: AtomicU64,
+    pub(crate) failed_applies: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new() -> Self {
+        Self {
+            position: watch::channel(Position::START).0,
+            owner: watch::channel(None).0,
+            failure: Mutex::new(None),
+            wake: Notify::new(),
+            events_applied: AtomicU64::new(0),
+            failed_applies: AtomicU64::new(0),
+        }
+    }
+
+    /// Moves the reported position forward (never back: checkpoints only grow).
+    pub(crate) fn advance(&self, to: Position) {
+        self.position.send_if_modified(|position| {
+            let moved = to > *position;
+            if moved {
+                *position = to;
+            }
+            moved
+        });
+    }
+
+    pub(crate) fn failure(&self) -> Option<String> {
+        locked(&self.failure).clone()
+    }
+
+    fn set_failure(&self, failure: Option<String>) {
+        *locked(&self.failure) = failure;
+    }
+}
+
+/// Starts projections as background tasks on this node.
+#[derive(Debug, Clone)]
+pub struct ProjectionRunner {
+    node_id: String,
+}
+
+impl ProjectionRunner {
+    /// A runner for node `node_id`.
+    pub fn new(node_id: impl Into<String>) -> Self {
+        Self { node_id: node_id.into() }
+    }
+
+    /// Runs `projection` on this node alone (no other node competes for it), reading the
+    /// store on its own, until the handle is stopped or dropped.
+    pub fn spawn<S, M, E, V, L>(
+        &self,
+        projection: Projection<E, V, L>,
+        store: Arc<S>,
+        views: Arc<M>,
+    ) -> ProjectionHandle
+    where
+        S: EventStore,
+        M: ViewManager,
+        E: DomainEvent,
+        V: View<E>,
+        L: ViewLocator<E>,
+    {
+        self.spawn_shared(projection, SharedReader::new(store), views, Arc::new(LocalLeases))
+    }
+
+    /// Runs `projection` whenever this node holds its lease, reading the store on its own.
+    pub fn spawn_leased<S, M, E, V, L, G>(
+        &self,
+        projection: Projection<E, V, L>,
+        store: Arc<S>,
+        views: Arc<M>,
+        leases: Arc<G>,
+    ) -> ProjectionHandle
+    where
+        S: EventStore,
+        M: ViewManager,
+        E: DomainEvent,
+        V: View<E>,
+        L: ViewLocator<E>,
+        G: Leases,
+    {
+        self.spawn_shared(projection, SharedReader::new(store), views, leases)
+    }
+
+    /// Runs `projection` whenever this node holds its lease: catches up from the checkpoint,
+    /// then follows new commits (and runs its rebuilds) until the lease is lost. Reads go
+    /// through `reader`, which the node's other projections of the same event type share.
+    pub fn spawn_shared<S, M, E, V, L, G>(
+        &self,
+        projection: Projection<E, V, L>,
+        reader: Arc<SharedReader<S, E>>,
+        views: Arc<M>,
+        leases: Arc<G>,
+    ) -> ProjectionHandle
+    where
+        S: EventStore,
+        M: ViewManager,
+        E: DomainEvent,
+        V: View<E>,
+        L: ViewLocator<E>,
+        G: Leases,
+    {
+        let engine = Arc::new(Engine {
+            projection: Arc::new(projection),
+            reader,
+            views,
+            shared: Arc::new(Shared::new()),
+        });
+        let name = engine.projection.name();
+        let task = tokio::spawn(supervise(engine.clone(), leases, self.node_id.clone()));
+        ProjectionHandle::new(name, engine.shared.clone(), Arc::new(Control { engine }), task)
+    }
+}
+
+/// Everything one projection's work needs, shared by its task and its handle.
+pub(crate) struct Engine<S, M, E, V, L> {
+    pub(crate) projection: Arc<Projection<E, V, L>>,
+    pub(crate) reader: Arc<SharedReader<S, E>>,
+    pub(crate) views: Arc<M>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// Where one slot's processing stands between batches.
+pub(crate) struct Cursor {
+    slot: Slot,
+    /// `None` until read, and again after a failure (a fenced commit means it moved).
+    checkpoint: Option<Checkpoint>,
+    skips: HashSet<(String, Position)>,
+    plan: HashMap<String, PlannedPark>,
+    attempts: HashMap<(String, Position), u32>,
+    batch_failures: u32,
+    fences: u32,
+    not_before: Option<Instant>,
+}
+
+/// What one step of a cursor did.
+#[derive(Debug)]
+enum Step {
+    /// A batch committed, or the cursor is ready to try again at once.
+    Advanced,
+    /// Nothing to read after the checkpoint.
+    Idle,
+    /// Backing off until then.
+    Waiting(Instant),
+    /// A rebuild that cannot go on.
+    GiveUp(String),
+}
+
+impl Cursor {
+    pub(crate) fn new(slot: Slot) -> Self {
+        Self {
+            slot,
+            checkpoint: None,
+            skips: HashSet::new(),
+            plan: HashMap::new(),
+            attempts: HashMap::new(),
+            batch_failures: 0,
+            fences: 0,
+            not_before: None,
+        }
+    }
+
+    fn committed(&mut self, to: Checkpoint) {
+        self.checkpoint = Some(to);
+        self.plan.clear();
+        self.attempts.clear();
+        self.batch_failures = 0;
+        self.fences = 0;
+    }
+
+    /// Counts one more try of each failure; returns those tried [`MAX_ATTEMPTS`] times,
+    /// or `None` while some may still succeed.
+    fn tried(&mut self, failures: &[InstanceFailure]) -> Option<u32> {
+        let mut fewest = u32::MAX;
+        for failure in failures {
+            let tries =
+                self.attempts.entry((failure.view_id.clone(), failure.position)).or_insert(0);
+            *tries += 1;
+            fewest = fewest.min(*tries);
+        }
+        (fewest >= MAX_ATTEMPTS).then_some(fewest)
+    }
+
+    fn plan_park(&mut self, failure: &InstanceFailure, attempts: u32) {
+        let planned =
+            PlannedPark { position: failure.position, error: failure.error.clone(), attempts };
+        self.plan.insert(failure.view_id.clone(), planned);
+    }
+}
+
+impl<S, M, E, V, L> Engine<S, M, E, V, L>
+where
+    S: EventStore,
+    M: ViewManager,
+    E: DomainEvent,
+    V: View<E>,
+    L: ViewLocator<E>,
+{
+    fn name(&self) -> &'static str {
+        self.projection.name()
+    }
+
+    /// Reads the slot's checkpoint and the skipped events into `cursor`.
+    async fn load(&self, cursor: &mut Cursor) -> Result<Checkpoint, ProjectionError> {
+        let checkpoint = self.views.checkpoint(self.name(), cursor.slot).await?;
+        if cursor.slot == Slot::Live {
+            let head = self.reader.store().head();
+            // Views ahead of the log were built from another log (a store replaced under
+            // its views); following from there would skip events silently.
+            if checkpoint.position > head {
+                return Err(ProjectionError::AheadOfLog { checkpoint: checkpoint.position, head });
+            }
+            self.shared.advance(checkpoint.position);
+        }
+        let skipped = self.views.skipped(self.name()).await?;
+        cursor.skips = skipped.into_iter().map(|s| (s.view_id, s.position)).collect();
+        cursor.checkpoint = Some(checkpoint);
+        Ok(checkpoint)
+    }
+
+    async fn read(
+        &self,
+        cursor: &Cursor,
+        after: Position,
+    ) -> Result<Vec<Arc<ReadEvent<E>>>, ProjectionError> {
+        Ok(match cursor.slot {
+            Slot::Live => self.reader.read(after, self.projection.batch_size).await?,
+            Slot::Rebuild => {
+                self.reader.read_past(after, self.projection.rebuild_batch_size).await?
+            }
+        })
+    }
+
+    /// Processes one batch of `cursor`'s slot.
+    async fn step(&self, cursor: &mut Cursor) -> Step {
+        if let Some(not_before) = cursor.not_before {
+            if Instant::now() < not_before {
+                return Step::Waiting(not_before);
+            }
+            cursor.not_before = None;
+        }
+        let from = match cursor.checkpoint {
+            Some(from) => from,
+            None => match self.load(cursor).await {
+                Ok(from) => from,
+                Err(error) => return self.batch_failed(cursor, &error),
+            },
+        };
+        let events = match self.read(cursor, from.position).await {
+            Ok(events) if events.is_empty() => return Step::Idle,
+            Ok(events) => events,
+            Err(error) => return self.batch_failed(cursor, &error),
+        };
+        let passed = self
+            .projection
+            .pass(self.views.as_ref(), cursor.slot, from, &events, &cursor.skips, &cursor.plan)
+            .await;
+        match passed {
+            Ok(Pass::Committed { to, events, parked }) => {
+                cursor.committed(from.next(to));
+                if cursor.slot == Slot::Live {
+                    self.shared.advance(to);
+                    self.shared.set_failure(None);
+                    self.shared.events_applied.fetch_add(events, Ordering::Relaxed);
+                }
+                for instance in parked {
+                    tracing::warn!(
+                        projection = self.name(),
+                        slot = ?cursor.slot,
+                        view_id = %instance.view_id,
+                        position = %instance.position,
+                        error = %instance.error,
+                        "parked a view instance; its later events wait with it"
+                    );
+                }
+                Step::Advanced
+            }
+            Ok(Pass::Failed(failures)) => self.instances_failed(cursor, failures).await,
+            Err(ProjectionError::View(ViewError::Fenced { .. })) if cursor.fences < 2 => {
+                // An operator's retry or a rebuild's swap moved the checkpoint: read it again
+                // and redo the batch at once. Repeated fences mean another runner; back off.
+                cursor.fences += 1;
+                cursor.checkpoint = None;
+                Step::Advanced
+            }
+            Err(error) => self.batch_failed(cursor, &error),
+        }
+    }
+
+    async fn instances_failed(&self, cursor: &mut Cursor, failures: Vec<InstanceFailure>) -> Step {
+        if cursor.slot == Slot::Live {
+            self.shared.failed_applies.fetch_add(failures.len() as u64, Ordering::Relaxed);
+        }
+        let Some(attempts) = cursor.tried(&failures) else {
+            let tries = failures
+                .iter()
+                .filter_map(|f| cursor.attempts.get(&(f.view_id.clone(), f.position)))
+                .max();
+            let wait = backoff(tries.copied().unwrap_or(1));
+            for failure in &failures {
+                tracing::warn!(
+                    projection = self.name(),
+                    view_id = %failure.view_id,
+                    position = %failure.position,
+                    error = %failure.error,
+                    ?wait,
+                    "a view instance cannot apply an event; trying again"
+                );
+            }
+            let not_before = Instant::now() + wait;
+            cursor.not_before = Some(not_before);
+            return Step::Waiting(not_before);
+        };
+        for failure in &failures {
+            if cursor.slot == Slot::Rebuild && !self.parked_live_at(failure).await {
+                // A rebuild reproduces what live processing parked, but a new failure stops
+                // it: the live views keep serving rather than be replaced by broken ones.
+                return Step::GiveUp(format!(
+                    "rebuild stopped at position {}: view {} cannot apply it: {}",
+                    failure.position, failure.view_id, failure.error
+                ));
+            }
+            cursor.plan_park(failure, attempts);
+        }
+        Step::Advanced
+    }
+
+    /// Whether the live slot has `failure`'s instance parked at or before its event.
+    async fn parked_live_at(&self, failure: &InstanceFailure) -> bool {
+        let ids = [failure.view_id.clone()];
+        match self.views.load::<V>(self.name(), Slot::Live, &ids).await {
+            Ok(mut found) => found
+                .remove(&failure.view_id)
+                .and_then(|stored| stored.parked)
+                .is_some_and(|parking| parking.position <= failure.position),
+            Err(_) => false,
+        }
+    }
+
+    fn batch_failed(&self, cursor: &mut Cursor, error: &ProjectionError) -> Step {
+        cursor.checkpoint = None;
+        cursor.batch_failures += 1;
+        let wait = backoff(cursor.batch_failures);
+        tracing::warn!(
+            projection = self.name(),
+            slot = ?cursor.slot,
+            failures = cursor.batch_failures,
+            ?wait,
+            %error,
+            "projection batch failed; retrying"
+        );
+        if cursor.slot == Slot::Live {
+            self.shared.set_failure(Some(error.to_string()));
+        } else if cursor.batch_failures >= MAX_ATTEMPTS {
+            return Step::GiveUp(format!(
+                "rebuild stopped after position {}: {error}",
+                self.shared_rebuild_position(cursor)
+            ));
+        }
+        let not_before = Instant::now() + wait;
+        cursor.not_before = Some(not_before);
+        Step::Waiting(not_before)
+    }
+
+    fn shared_rebuild_position(&self, cursor: &Cursor) -> Position {
+        cursor.checkpoint.map_or(Position::START, |c| c.position)
+    }
+
+    /// Swaps a caught-up rebuild in. Returns whether the rebuild is over (swapped, or gone).
+    async fn finish(&self, rebuild: &mut Cursor, live: &mut Cursor) -> bool {
+        let Some(rebuilt) = rebuild.checkpoint else { return false };
+        let live_checkpoint = match live.checkpoint {
+            Some(checkpoint) => checkpoint,
+            None => match self.load(live).await {
+                Ok(checkpoint) => checkpoint,
+                Err(_) => return false,
+            },
+        };
+        if rebuilt.position < live_checkpoint.position {
+            // Live read newer events than the rebuild's last read; the next read has them.
+            return false;
+        }
+        let tables = self.projection.tables();
+        match self.views.finish_rebuild(self.name(), tables, rebuilt, live_checkpoint).await {
+            Ok(swapped) => {
+                live.committed(swapped);
+                self.shared.advance(swapped.position);
+                tracing::info!(projection = self.name(), position = %swapped.position, "rebuild swapped in");
+                true
+            }
+            Err(ViewError::Fenced { projection, .. }) if projection == self.name() => {
+                live.checkpoint = None;
+                false
+            }
+            Err(error @ (ViewError::Fenced { .. } | ViewError::NoRebuild(_))) => {
+                tracing::warn!(projection = self.name(), %error, "the rebuild changed elsewhere; leaving it");
+                true
+            }
+            Err(error) => {
+                tracing::warn!(projection = self.name(), %error, "cannot swap the rebuild in yet");
+                rebuild.not_before = Some(Instant::now() + backoff(1));
+                false
+            }
+        }
+    }
+
+    async fn give_up(&self, rebuild: &Cursor, error: &str) {
+        tracing::error!(projection = self.name(), %error, "rebuild failed; the live views keep serving");
+        let at = rebuild.checkpoint.unwrap_or_default();
+        // A rebuild whose checkpoint is unknown (it failed reading it) is read again for the
+        // fence; if that fails too, the failure shows in the logs and the next owner retries.
+        let at = match rebuild.checkpoint {
+            Some(_) => at,
+            None => self.views.checkpoint(self.name(), Slot::Rebuild).await.unwrap_or(at),
+        };
+        if let Err(failed) = self.views.fail_rebuild(self.name(), at, error).await {
+            tracing::warn!(projection = self.name(), error = %failed, "cannot record the rebuild's failure");
+        }
+    }
+
+    /// Looks for a rebuild to run: one asked for and not failed.
+    async fn pending_rebuild(&self) -> Option<Cursor> {
+        match self.views.record(self.name()).await {
+            Ok(record) => match record.rebuild {
+                Some(rebuild) if rebuild.error.is_none() => {
+                    tracing::info!(projection = self.name(), from = %rebuild.checkpoint.position, "running a rebuild");
+                    Some(Cursor::new(Slot::Rebuild))
+                }
+                _ => None,
+            },
+            Err(error) => {
+                tracing::warn!(projection = self.name(), %error, "cannot look for a rebuild");
+                None
+            }
+        }
+    }
+
+    /// Runs the projection from its checkpoint, following new commits and running rebuilds,
+    /// until the store closes.
+    async fn follow(&self) {
+        let mut heads = self.reader.store().subscribe();
+        let mut live = Cursor::new(Slot::Live);
+        let mut rebuild: Option<Cursor> = None;
+        let mut next_check = Instant::now();
+        loop {
+            if rebuild.is_none() && Instant::now() >= next_check {
+                next_check = Instant::now() + REBUILD_POLL;
+                rebuild = self.pending_rebuild().await;
+            }
+            let mut wake = next_check;
+            let mut busy = false;
+            // New commits matter only when live is idle; while it backs off they would only
+            // wake it to wait again.
+            let mut live_idle = false;
+            match self.step(&mut live).await {
+                Step::Advanced => busy = true,
+                Step::Waiting(until) => wake = wake.min(until),
+                Step::Idle | Step::GiveUp(_) => live_idle = true,
+            }
+            if let Some(cursor) = rebuild.as_mut() {
+                let over = match self.step(cursor).await {
+                    Step::Advanced => {
+                        busy = true;
+                        false
+                    }
+                    Step::Idle => {
+                        let over = self.finish(cursor, &mut live).await;
+                        busy |= !over;
+                        over
+                    }
+                    Step::Waiting(until) => {
+                        wake = wake.min(until);
+                        false
+                    }
+                    Step::GiveUp(error) => {
+                        self.give_up(cursor, &error).await;
+                        true
+                    }
+                };
+                if over {
+                    rebuild = None;
+                    next_check = Instant::now() + REBUILD_POLL;
+                }
+            }
+            if busy {
+                continue;
+            }
+            tokio::select! {
+                changed = heads.changed(), if live_idle => if changed.is_err() { return },
+                () = self.shared.wake.notified() => next_check = Instant::now(),
+                () = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    /// Watches the live checkpoint until `until`, for a node that does not run the
+    /// projection.
+    async fn observe(&self, until: Instant) {
+        while Instant::now() < until {
+            if let Ok(checkpoint) = self.views.checkpoint(self.name(), Slot::Live).await {
+                self.shared.advance(checkpoint.position);
+            }
+            tokio::time::sleep(OBSERVE_INTERVAL).await;
+        }
+    }
+
+    /// Creates the projection's tables, retrying until the view store answers.
+    async fn prepare(&self) {
+        let mut failures = 0;
+        while let Err(error) = self.views.prepare(self.name(), self.projection.tables()).await {
+            failures += 1;
+            tracing::warn!(projection = self.name(), %error, "cannot prepare the projection's tables; retrying");
+            tokio::time::sleep(backoff(failures)).await;
+        }
+    }
+
+    /// Catches the live slot up with the head as it is when called, without a lease or a
+    /// task: for tests, benchmarks and tools. Failing instances are parked as a running
+    /// projection parks them (after [`MAX_ATTEMPTS`] tries, without waiting between them).
+    pub(crate) async fn catch_up(&self) -> Result<Position, ProjectionError> {
+        let head = self.reader.store().head();
+        let mut live = Cursor::new(Slot::Live);
+        let mut from = self.load(&mut live).await?;
+        while from.position < head {
+            let events = self.reader.read_past(from.position, self.projection.batch_size).await?;
+            if events.is_empty() {
+                break;
+            }
+            match self
+                .projection
+                .pass(self.views.as_ref(), Slot::Live, from, &events, &live.skips, &live.plan)
+                .await?
+            {
+                Pass::Committed { to, .. } => {
+                    from = from.next(to);
+                    live.committed(from);
+                }
+                Pass::Failed(failures) => {
+                    if let Some(attempts) = live.tried(&failures) {
+                        for failure in &failures {
+                            live.plan_park(failure, attempts);
+                        }
+                    }
+                }
+            }
+        }
+        self.shared.advance(from.position);
+        Ok(from.position)
+    }
+
+    /// Rebuilds the projection into its rebuild slot and swaps it in, without a task: for
+    /// `strata projections rebuild`. Resumes a rebuild that was running, or begins one.
+    /// `progress` is told the rebuild's position and the head after every batch.
+    pub(crate) async fn rebuild_to_end(
+        &self,
+        progress: &(dyn Fn(Position, Position) + Sync),
+    ) -> Result<Position, ProjectionError> {
+        let record = self.views.record(self.name()).await?;
+        if !matches!(record.rebuild, Some(ref rebuild) if rebuild.error.is_none()) {
+            self.views.begin_rebuild(self.name(), self.projection.tables(), Utc::now()).await?;
+        }
+        let mut rebuild = Cursor::new(Slot::Rebuild);
+        let mut live = Cursor::new(Slot::Live);
+        loop {
+            match self.step(&mut rebuild).await {
+                Step::Advanced => {}
+                Step::Idle => {
+                    if self.finish(&mut rebuild, &mut live).await {
+                        let position = live.checkpoint.map_or(Position::START, |c| c.position);
+                        return Ok(position);
+                    }
+                }
+                Step::Waiting(until) => tokio::time::sleep_until(until).await,
+                Step::GiveUp(error) => {
+                    self.give_up(&rebuild, &error).await;
+                    return Err(ProjectionError::RebuildFailed(error));
+                }
+            }
+            let position = rebuild.checkpoint.map_or(Position::START, |c| c.position);
+            progress(position, self.reader.store().head());
+        }
+    }
+}
+
+async fn supervise<S, M, E, V, L, G>(
+    engine: Arc<Engine<S, M, E, V, L>>,
+    leases: Arc<G>,
+    node_id: String,
+) where
+    S: EventStore,
+    M: ViewManager,
+    E: DomainEvent,
+    V: View<E>,
+    L: ViewLocator<E>,
+    G: Leases,
+{
+    let name = engine.name();
+    engine.prepare().await;
+    let mut panics = 0;
+    loop {
+        match leases.try_acquire(name).await {
+            Ok(Some(lease)) => {
+                tracing::info!(projection = name, node = %node_id, "running projection");
+                engine.shared.owner.send_replace(Some(node_id.clone()));
+                // Its own task, so that a panic outside views and locators (which are
+                // caught per event) ends this run, not the supervisor; the guard stops it
+                // if the supervisor itself is stopped.
+                let run = {
+                    let engine = engine.clone();
+                    tokio::spawn(async move { engine.follow().await })
+                };
+                let _stop_with_supervisor = AbortOnDrop(run.abort_handle());
+                tokio::select! {
+                    joined = run => match joined {
+                        Err(error) if error.is_panic() => {
+                            panics += 1;
+                            let message = super::batch::panic_message(&*error.into_panic());
+                            tracing::error!(projection = name, %message, "projection panicked; restarting it");
+                            engine.shared.set_failure(Some(format!("the projection panicked: {message}")));
+                            engine.shared.owner.send_replace(None);
+                            drop(lease);
+                            tokio::time::sleep(backoff(panics)).await;
+                            continue;
+                        }
+                        _ => return,
+                    },
+                    () = lease.lost() => {
+                        tracing::warn!(projection = name, "lease lost; stopping the projection here");
+                    }
+                }
+                engine.shared.owner.send_replace(None);
+            }
+            Ok(None) => {
+                // Another node runs it: follow its checkpoint until the next attempt.
+                if let Ok(owner) = leases.owner(name).await {
+                    engine.shared.owner.send_replace(owner);
+                }
+                engine.observe(Instant::now() + ACQUIRE_INTERVAL).await;
+            }
+            Err(error) => {
+                tracing::warn!(projection = name, %error, "cannot take the projection's lease");
+                tokio::time::sleep(ACQUIRE_INTERVAL).await;
+            }
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<E, V, L> Projection<E, V, L>
+where
+    E: DomainEvent,
+    V: View<E>,
+    L: ViewLocator<E>,
+{
+    /// Processes batches until the live checkpoint reaches the store's head as it was when
+    /// called, parking instances that fail; returns the checkpoint reached. For tests,
+    /// benchmarks and tools; a service runs projections with [`ProjectionRunner`].
+    pub async fn catch_up<S: EventStore, M: ViewManager>(
+        self,
+        store: Arc<S>,
+        views: Arc<M>,
+    ) -> Result<Position, ProjectionError> {
+        let engine = Engine {
+            projection: Arc::new(self),
+            reader: SharedReader::new(store),
+            views,
+            shared: Arc::new(Shared::new()),
+        };
+        engine.views.prepare(engine.name(), engine.projection.tables()).await?;
+        engine.catch_up().await
+    }
+
+    /// Rebuilds the projection from position 0 into fresh storage while its live views keep
+    /// serving, then swaps it in; resumes a rebuild that was interrupted. `progress` is told
+    /// the rebuild's position and the head after every batch. Fails, leaving the live views
+    /// as they were, when an event fails that live processing did not park.
+    pub async fn rebuild<S: EventStore, M: ViewManager>(
+        self,
+        store: Arc<S>,
+        views: Arc<M>,
+        progress: &(dyn Fn(Position, Position) + Sync),
+    ) -> Result<Position, ProjectionError> {
+        let engine = Engine {
+            projection: Arc::new(self),
+            reader: SharedReader::new(store),
+            views,
+            shared: Arc::new(Shared::new()),
+        };
+        engine.views.prepare(engine.name(), engine.projection.tables()).await?;
+        engine.rebuild_to_end(progress).await
+    }
+}
