@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use orders::bench::BenchUsageError;
+use orders::cli::projections::UnknownProjection;
 use orders::cli::store::StoreUrlError;
 use orders::cli::{Cli, exit};
 use tracing_subscriber::EnvFilter;
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
             eprintln!("strata: error: {error:#}");
             if error.downcast_ref::<StoreUrlError>().is_some()
                 || error.downcast_ref::<BenchUsageError>().is_some()
+                || error.downcast_ref::<UnknownProjection>().is_some()
             {
                 ExitCode::from(exit::USAGE)
             } else {

@@ -207,3 +207,21 @@ impl From<ViewError> for Problem {
         Problem::unavailable(&error)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operations_on_projections_map_to_their_statuses() {
+        let not_parked =
+            ControlError::NotParked { projection: "orders".into(), view_id: "o1".into() };
+        assert_eq!(Problem::from(not_parked).status, 404);
+        assert_eq!(Problem::from(ControlError::RebuildInProgress("orders".into())).status, 409);
+        assert_eq!(Problem::from(ControlError::Busy("orders".into())).status, 503);
+        let down = ControlError::View(ViewError::Backend("gone".into()));
+        let problem = Problem::from(down);
+        assert_eq!(problem.status, 503);
+        assert!(!problem.detail.contains("gone"), "internal causes are logged, not sent");
+    }
+}

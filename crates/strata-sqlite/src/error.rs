@@ -70,6 +70,25 @@ pub enum SqliteError {
         /// The newest schema version this build knows.
         known: i64,
     },
+    /// A store opened for reading only does not exist.
+    #[error("there is no SQLite store at {path}")]
+    Missing {
+        /// The database file looked for.
+        path: PathBuf,
+    },
+    /// A store opened for reading only has an older schema, which only a writer migrates.
+    #[error(
+        "SQLite database {path} has schema version {found}, older than this build's {known}; \
+         start `strata serve` on it once to migrate it"
+    )]
+    NotMigrated {
+        /// The database file.
+        path: PathBuf,
+        /// The `user_version` stored in the file.
+        found: i64,
+        /// The schema version this build reads.
+        known: i64,
+    },
     /// A migration failed; the database stays at its previous schema version.
     #[error("migrating SQLite database {path} to schema version {version} failed: {source}")]
     Migration {

@@ -86,9 +86,9 @@ struct Inner {
     head: watch::Receiver<Position>,
     readers: ReadPool,
     metrics: Arc<strata::GroupCommitCounters>,
-    /// Held while the store is open: the writer thread keeps the head and stream versions
-    /// in memory, which is only right while it is the file's one writer.
-    _lock: std::fs::File,
+    /// Held while the store is open for writing: the writer thread keeps the head and
+    /// stream versions in memory, which is only right while it is the file's one writer.
+    _lock: Option<std::fs::File>,
 }
 
 impl SqliteEventStore {
@@ -116,9 +116,50 @@ impl SqliteEventStore {
                 writer: Some(writer),
                 head: head_receiver,
                 metrics,
-                _lock: lock,
+                _lock: Some(lock),
             }),
         })
+    }
+
+    /// Opens `dir/events.sqlite` for reading only, beside a process that may be writing it
+    /// (WAL lets both work): appends fail with [`StoreError::Closed`], and the head is the
+    /// one found at opening, not followed. For tools that look at a running service's store.
+    pub fn open_read_only(dir: &Path) -> Result<Self, SqliteError> {
+        let path = dir.join(schema::EVENTS.file_name);
+        let open_error = |source| SqliteError::Open { path: path.clone(), source };
+        if !path.exists() {
+            return Err(SqliteError::Missing { path });
+        }
+        let connection = schema::open_reader(&path).map_err(open_error)?;
+        schema::check_current(&connection, &path, &schema::EVENTS)?;
+        let head: i64 =
+            connection.query_row(writer::HEAD, [], |row| row.get(0)).map_err(open_error)?;
+        let (_, head_receiver) = watch::channel(Position(u64::try_from(head).unwrap_or(0)));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                readers: ReadPool::new(&path),
+                path,
+                requests: None,
+                writer: None,
+                head: head_receiver,
+                metrics: Arc::new(strata::GroupCommitCounters::default()),
+                _lock: None,
+            }),
+        })
+    }
+
+    /// Whether a process (this one included) has the store in `dir` open for writing now.
+    pub fn is_open_for_writing(dir: &Path) -> bool {
+        let Ok(file) = std::fs::OpenOptions::new().write(true).open(dir.join("events.lock")) else {
+            return false;
+        };
+        match file.try_lock() {
+            Ok(()) => {
+                let _ = file.unlock();
+                false
+            }
+            Err(_) => true,
+        }
     }
 
     /// The database file.

@@ -110,6 +110,24 @@ pub(crate) fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     Ok(connection)
 }
 
+/// Refuses a file whose schema is not exactly the one this build writes: a reader that
+/// cannot migrate must not guess at older or newer tables.
+pub(crate) fn check_current(
+    connection: &Connection,
+    path: &Path,
+    database: &Database,
+) -> Result<(), SqliteError> {
+    let found: i64 = connection
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(|source| SqliteError::Open { path: path.to_owned(), source })?;
+    let known = check_known(path, found, database.migrations)?;
+    if found == known {
+        Ok(())
+    } else {
+        Err(SqliteError::NotMigrated { path: path.to_owned(), found, known })
+    }
+}
+
 /// Applies the migrations the file does not have yet, all in one transaction.
 ///
 /// The transaction is `IMMEDIATE` and the version is read inside it, so two connections

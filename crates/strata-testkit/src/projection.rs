@@ -192,7 +192,6 @@ pub(crate) async fn projections_park_retry_skip_and_rebuild<M: ViewManager>(view
 
     // A rebuild reproduces the same views from zero, dropping the skipped event again.
     handle.rebuild().await.expect("rebuild");
-    assert!(matches!(handle.rebuild().await, Err(ControlError::RebuildInProgress(_))));
     let done = until(&handle, "finished its rebuild", |s| {
         s.status == ProjectionState::Running && s.rebuild.is_none()
     })

@@ -27,7 +27,7 @@ pub use memory::{InMemoryEventStore, InMemoryIdempotencyStore, InMemoryViewManag
 pub use projection::reader::SharedReader;
 pub use projection::{
     ControlError, InstanceReport, Projection, ProjectionError, ProjectionHandle, ProjectionRunner,
-    ProjectionState, ProjectionStatus, Projections, RebuildProgress,
+    ProjectionState, ProjectionStatus, Projections, RebuildProgress, status_of,
 };
 pub use store::{
     AppendOutcome, AuditQuery, AuditSubject, EventStore, GroupCommitCounters, GroupCommitMetrics,

@@ -3,6 +3,8 @@
 
 pub mod events;
 pub mod exit;
+mod progress;
+pub mod projections;
 mod serve;
 pub mod store;
 
@@ -28,6 +30,8 @@ enum Command {
     Bench(crate::bench::BenchArgs),
     /// Exports or imports the event log as JSON lines (e.g. to move a store to PostgreSQL).
     Events(events::EventsArgs),
+    /// Lists the projections (position, lag, status, parked instances) or rebuilds one.
+    Projections(projections::ProjectionsArgs),
 }
 
 impl Cli {
@@ -37,6 +41,7 @@ impl Cli {
             Some(Command::Serve(args)) => serve::run(args).await,
             Some(Command::Bench(args)) => crate::bench::run(args).await,
             Some(Command::Events(args)) => events::run(args).await,
+            Some(Command::Projections(args)) => projections::run(args).await,
             None => serve::run(self.serve).await,
         }
     }

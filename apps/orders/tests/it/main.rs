@@ -8,6 +8,8 @@ mod cluster;
 mod concurrency;
 mod errors;
 mod migrate;
+mod operations;
 mod process;
+mod reads;
 mod rebuild;
 mod support;

@@ -218,3 +218,201 @@ fn bad_command_lines_exit_2_with_a_message() {
     let output = Command::new(env!("CARGO_BIN_EXE_strata")).arg("--no-such-flag").output().unwrap();
     assert_eq!(output.status.code(), Some(2));
 }
+
+/// Fills `dir` with a customer, a product and `orders` orders of ten events each, appended
+/// straight to the store by 32 writers at once.
+async fn populate(dir: &Path, orders: usize) -> u64 {
+    use orders::domain::customer::CustomerRegistered;
+    use orders::domain::order::{LineAdded, OrderPlaced};
+    use orders::domain::{CustomerEvent, OrderEvent, OrderLine, OrdersEvent};
+    use strata::{DomainEvent, EventMetadata, EventStore, ExpectedVersion, StreamId};
+
+    let store = Arc::new(SqliteEventStore::open(dir).unwrap());
+    let registered = OrdersEvent::Customer(CustomerEvent::CustomerRegistered(CustomerRegistered {
+        name: "Ada".into(),
+        email: "ada@example.com".into(),
+    }));
+    let metadata = || EventMetadata::new("populate", None);
+    store
+        .append(
+            &StreamId::new("customer", "ada"),
+            ExpectedVersion::NoStream,
+            vec![registered.to_new_event(metadata()).unwrap()],
+        )
+        .await
+        .unwrap();
+    let mut writers = Vec::new();
+    for writer in 0..32 {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            for n in (writer..orders).step_by(32) {
+                let line = |qty| OrderLine { sku: "tea".into(), qty, price_cents: 450 };
+                let placed = OrderPlaced {
+                    customer_id: "ada".into(),
+                    lines: vec![line(1)],
+                    payment_method: None,
+                    shipping_address: None,
+                };
+                let mut events = vec![
+                    OrdersEvent::Order(OrderEvent::OrderPlaced(placed))
+                        .to_new_event(metadata())
+                        .unwrap(),
+                ];
+                for qty in 2..11 {
+                    let added = LineAdded { customer_id: "ada".into(), line: line(qty) };
+                    events.push(
+                        OrdersEvent::Order(OrderEvent::LineAdded(added))
+                            .to_new_event(metadata())
+                            .unwrap(),
+                    );
+                }
+                store
+                    .append(
+                        &StreamId::new("order", format!("p{n}")),
+                        ExpectedVersion::NoStream,
+                        events,
+                    )
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    store.head().0
+}
+
+/// Polls the server's projections until `done` holds for them, or panics after a while.
+async fn until_projections(
+    server: &Server,
+    what: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let (status, body) = server.send("GET", "/admin/projections", None).await;
+        if status == 200 && done(body.as_array().map(Vec::as_slice).unwrap_or_default()) {
+            return body.as_array().cloned().unwrap_or_default();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never {what}: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_process_killed_mid_batch_and_mid_rebuild_resumes_without_a_gap_or_a_double() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = populate(dir.path(), 3_000).await;
+
+    // Killed while the projections replay the log into empty views, mid-batch.
+    let server = Server::start(dir.path());
+    until_projections(&server, "started replaying", |all| {
+        all.iter().any(|p| p["position"].as_u64().is_some_and(|at| at > 0 && at < head))
+    })
+    .await;
+    server.kill_9();
+
+    let server = Server::start(dir.path());
+    until_projections(&server, "caught up", |all| all.iter().all(|p| p["position"] == head)).await;
+    for name in orders::views::PROJECTIONS {
+        let (status, _) = server
+            .send("POST", &format!("/admin/projections/{name}/rebuild"), Some(json!({})))
+            .await;
+        assert_eq!(status, 202);
+    }
+    // Killed while the rebuilds fill their fresh storage.
+    let rebuilding = until_projections(&server, "rebuilt part way", |all| {
+        all.iter().any(|p| p["rebuild"]["position"].as_u64().is_some_and(|at| at > 0 && at < head))
+    })
+    .await;
+    server.kill_9();
+    let unfinished = rebuilding.iter().filter(|p| p["status"] == "rebuilding").count();
+    assert!(unfinished > 0);
+
+    // Restarted, the interrupted rebuilds resume and swap in.
+    let server = Server::start(dir.path());
+    until_projections(&server, "finished the rebuilds", |all| {
+        all.iter()
+            .all(|p| p["status"] == "running" && p["rebuild"].is_null() && p["position"] == head)
+    })
+    .await;
+    let (status, order) = server.send("GET", "/orders/p7", None).await;
+    assert_eq!((status, order["total_cents"].as_i64()), (200, Some(450 * 55)), "every line once");
+    server.kill_9();
+
+    let events = Arc::new(SqliteEventStore::open(dir.path()).unwrap());
+    let live = SqliteViewManager::open(dir.path()).unwrap();
+    let fresh = tempfile::tempdir().unwrap();
+    let replayed = Arc::new(SqliteViewManager::open(fresh.path()).unwrap());
+    let ids: Vec<String> = (0..3_000).step_by(97).map(|n| format!("p{n}")).collect();
+    views_equal_a_replay(events, &live, replayed, &["ada"], &[], &ids).await;
+}
+
+fn strata(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
+    (output.status.code().unwrap_or(-1), text(output.stdout), text(output.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projections_are_listed_as_a_table_and_rebuilt_offline_with_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = populate(dir.path(), 200).await;
+    let store = format!("sqlite:{}", dir.path().display());
+
+    let (code, out, err) = strata(&["projections", "list", "--store", &store]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].contains("| projection") && lines[0].contains("| parked |"), "{out}");
+    assert_eq!(head, 2_001);
+    for name in orders::views::PROJECTIONS {
+        let row = lines
+            .iter()
+            .find(|line| line.starts_with(&format!("| {name} ")))
+            .unwrap_or_else(|| panic!("{name} listed: {out}"));
+        let cells: Vec<&str> =
+            row.split('|').map(str::trim).filter(|cell| !cell.is_empty()).collect();
+        assert_eq!(
+            (cells[1], cells[2], cells[4], cells[5]),
+            ("0", "2,001", "stopped", "0"),
+            "{row}"
+        );
+        assert!(
+            cells[3].starts_with("2,001 (") && cells[3].ends_with(" s)"),
+            "lag in events and seconds: {row}"
+        );
+    }
+
+    let (code, out, err) = strata(&["projections", "rebuild", "orders", "--store", &store]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("rebuilding orders:") && err.contains("events/s") && err.contains("ETA"),
+        "{err}"
+    );
+    assert!(out.contains("rebuilt orders up to position 2,001"), "{out}");
+    let (_, listed, _) = strata(&["projections", "list", "--store", &store]);
+    let orders_row = listed.lines().find(|line| line.starts_with("| orders ")).unwrap().to_owned();
+    let cells: Vec<&str> =
+        orders_row.split('|').map(str::trim).filter(|cell| !cell.is_empty()).collect();
+    assert_eq!((cells[1], cells[2], cells[3]), ("2,001", "2,001", "0"), "{orders_row}");
+
+    let (code, _, err) = strata(&["projections", "rebuild", "nope", "--store", &store]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no projection \"nope\"") && err.contains("sales_daily"), "{err}");
+
+    // Beside a running service: listed as running; a rebuild is refused with what to do.
+    let server = Server::start(dir.path());
+    server.send("GET", &format!("/orders/p1?min_position={head}&wait_ms=10000"), None).await;
+    let (code, listed, err) = strata(&["projections", "list", "--store", &store]);
+    assert_eq!(code, 0, "{err}");
+    assert!(listed.lines().filter(|line| line.contains("| running |")).count() == 5, "{listed}");
+    let (code, _, err) = strata(&["projections", "rebuild", "orders", "--store", &store]);
+    assert_eq!(code, 1);
+    assert!(err.contains("stop the service first"), "{err}");
+    server.kill_9();
+}

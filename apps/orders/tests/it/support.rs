@@ -1,6 +1,8 @@
 //! A service on a fresh SQLite data directory, driven in-process through the router.
 
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -10,13 +12,14 @@ use orders::app::App;
 use orders::backends::{SqliteBackend, open_sqlite};
 use serde_json::Value;
 use strata::{BusConfig, EventStore};
+use strata_sqlite::SqliteError;
 use tempfile::TempDir;
 use tower::ServiceExt;
 
 pub struct Service {
     pub app: Arc<App<SqliteBackend>>,
     router: Router,
-    _dir: TempDir,
+    _dir: Option<TempDir>,
 }
 
 pub struct Answer {
@@ -56,10 +59,44 @@ impl Service {
     }
 
     pub async fn start_in(dir: TempDir) -> Self {
-        let stores = open_sqlite(dir.path()).unwrap();
+        let mut service = Self::start_in_path(dir.path()).await;
+        service._dir = Some(dir);
+        service
+    }
+
+    /// A service on `path`, which outlives it. A service on the same path that was just
+    /// dropped may still be releasing the store's lock; opening waits for that, a while.
+    pub async fn start_in_path(path: &Path) -> Self {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let stores = loop {
+            match open_sqlite(path) {
+                Ok(stores) => break stores,
+                Err(SqliteError::Locked { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(error) => panic!("cannot open {}: {error}", path.display()),
+            }
+        };
         let app = Arc::new(App::start(stores, "test-node", BusConfig::default()).await.unwrap());
         let router = orders::http::router(app.clone());
-        Self { app, router, _dir: dir }
+        Self { app, router, _dir: None }
+    }
+
+    /// Stops the service and waits until its store is closed, so that the directory can be
+    /// used by another process.
+    pub async fn stop_and_wait(self) {
+        let path = self.app.events().path().parent().map(Path::to_owned);
+        drop(self);
+        let Some(path) = path else { return };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while strata_sqlite::SqliteEventStore::open(&path).is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the store in {} was never released",
+                path.display()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     pub fn head(&self) -> u64 {
@@ -97,6 +134,15 @@ impl Service {
 
     pub async fn get(&self, path: &str) -> Answer {
         self.request(Method::GET, path, None, &[]).await
+    }
+
+    /// A `GET` whose answer is text, not JSON.
+    pub async fn get_text(&self, path: &str) -> String {
+        let request = Request::builder().uri(path).body(Body::empty()).unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
     }
 
     /// Reads a view once it reflects everything committed so far.

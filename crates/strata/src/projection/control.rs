@@ -98,6 +98,58 @@ pub struct ProjectionStatus {
     pub error: Option<String>,
 }
 
+/// Where projection `name` stands, read from the stores: its checkpoint (or `known`, if
+/// that is newer), the lag in events and in seconds, its parked instances and its rebuild.
+/// `owner` is the node running it, if any; `failure` why its batches fail on that node.
+/// Running projections report through [`ProjectionHandle::status`]; tools that run none
+/// (`strata projections list`) call this directly.
+pub async fn status_of<S: EventStore, M: ViewManager>(
+    name: &str,
+    store: &S,
+    views: &M,
+    owner: Option<String>,
+    failure: Option<String>,
+    known: Position,
+) -> Result<ProjectionStatus, ControlError> {
+    let head = store.head();
+    let record = views.record(name).await?;
+    let position = record.checkpoint.position.max(known);
+    let lag_seconds = if head > position {
+        let oldest = store.read_all(position, 1).await?;
+        oldest.first().map_or(0.0, |event| {
+            let age = Utc::now() - event.metadata.recorded_at;
+            round3(age.num_milliseconds().max(0) as f64 / 1000.0)
+        })
+    } else {
+        0.0
+    };
+    let (status, error, rebuild) = match record.rebuild {
+        Some(RebuildRecord { error: Some(error), .. }) => {
+            (ProjectionState::Failed, Some(error), None)
+        }
+        Some(rebuild) => {
+            (ProjectionState::Rebuilding, failure, Some(RebuildProgress::of(&rebuild, head)))
+        }
+        None => match failure {
+            Some(failure) => (ProjectionState::Failed, Some(failure), None),
+            None if owner.is_some() => (ProjectionState::Running, None, None),
+            None => (ProjectionState::Stopped, None, None),
+        },
+    };
+    Ok(ProjectionStatus {
+        name: name.to_owned(),
+        position,
+        head,
+        lag_events: head.0.saturating_sub(position.0),
+        lag_seconds,
+        status,
+        parked: record.parked,
+        rebuild,
+        owner,
+        error,
+    })
+}
+
 /// An instance after a retry or a skip.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct InstanceReport {
@@ -170,47 +222,11 @@ where
     }
 
     async fn status_now(&self) -> Result<ProjectionStatus, ControlError> {
-        let store = self.engine.reader.store();
-        let head = store.head();
-        let record = self.engine.views.record(self.name()).await?;
         let shared = &self.engine.shared;
-        let position = record.checkpoint.position.max(*shared.position.borrow());
-        let lag_seconds = if head > position {
-            let oldest = store.read_all(position, 1).await?;
-            oldest.first().map_or(0.0, |event| {
-                let age = Utc::now() - event.metadata.recorded_at;
-                round3(age.num_milliseconds().max(0) as f64 / 1000.0)
-            })
-        } else {
-            0.0
-        };
-        let owner = shared.owner.borrow().clone();
-        let failure = shared.failure();
-        let (status, error, rebuild) = match record.rebuild {
-            Some(RebuildRecord { error: Some(error), .. }) => {
-                (ProjectionState::Failed, Some(error), None)
-            }
-            Some(rebuild) => {
-                (ProjectionState::Rebuilding, failure, Some(RebuildProgress::of(&rebuild, head)))
-            }
-            None => match failure {
-                Some(failure) => (ProjectionState::Failed, Some(failure), None),
-                None if owner.is_some() => (ProjectionState::Running, None, None),
-                None => (ProjectionState::Stopped, None, None),
-            },
-        };
-        Ok(ProjectionStatus {
-            name: self.name().to_owned(),
-            position,
-            head,
-            lag_events: head.0.saturating_sub(position.0),
-            lag_seconds,
-            status,
-            parked: record.parked,
-            rebuild,
-            owner,
-            error,
-        })
+        let (owner, failure, known) =
+            (shared.owner.borrow().clone(), shared.failure(), *shared.position.borrow());
+        let store = self.engine.reader.store().as_ref();
+        status_of(self.name(), store, self.engine.views.as_ref(), owner, failure, known).await
     }
 
     async fn replay_now(

@@ -31,7 +31,7 @@ use crate::view_manager::{ViewError, check_projection_name};
 
 pub use control::{
     ControlError, InstanceReport, ProjectionHandle, ProjectionState, ProjectionStatus, Projections,
-    RebuildProgress,
+    RebuildProgress, status_of,
 };
 pub use runner::ProjectionRunner;
 

@@ -431,7 +431,8 @@ where
         cursor.checkpoint.map_or(Position::START, |c| c.position)
     }
 
-    /// Swaps a caught-up rebuild in. Returns whether the rebuild is over (swapped, or gone).
+    /// Swaps the rebuild in if it has reached the live checkpoint. Returns whether the
+    /// rebuild is over (swapped, or gone).
     async fn finish(&self, rebuild: &mut Cursor, live: &mut Cursor) -> bool {
         let Some(rebuilt) = rebuild.checkpoint else { return false };
         let live_checkpoint = match live.checkpoint {
@@ -442,7 +443,7 @@ where
             },
         };
         if rebuilt.position < live_checkpoint.position {
-            // Live read newer events than the rebuild's last read; the next read has them.
+            // Not there yet: the rebuild reads on.
             return false;
         }
         let tables = self.projection.tables();
@@ -524,11 +525,10 @@ where
             }
             if let Some(cursor) = rebuild.as_mut() {
                 let over = match self.step(cursor).await {
-                    Step::Advanced => {
-                        busy = true;
-                        false
-                    }
-                    Step::Idle => {
+                    // Swapped in as soon as it has reached live, not only when nothing is
+                    // left to read: under steady load the head never stands still, and a
+                    // rebuild waiting for it would chase it forever.
+                    Step::Advanced | Step::Idle => {
                         let over = self.finish(cursor, &mut live).await;
                         busy |= !over;
                         over
@@ -628,8 +628,7 @@ where
         let mut live = Cursor::new(Slot::Live);
         loop {
             match self.step(&mut rebuild).await {
-                Step::Advanced => {}
-                Step::Idle => {
+                Step::Advanced | Step::Idle => {
                     if self.finish(&mut rebuild, &mut live).await {
                         let position = live.checkpoint.map_or(Position::START, |c| c.position);
                         return Ok(position);
