@@ -186,16 +186,7 @@ impl EventStore for PgEventStore {
     }
 
     async fn audit(&self, query: &AuditQuery) -> Result<Vec<RecordedEvent>, StoreError> {
-        let nanos = |at: Option<chrono::DateTime<chrono::Utc>>, default: i64| {
-            at.map_or(default, |at| {
-                at.timestamp_nanos_opt().unwrap_or(if at.timestamp() < 0 {
-                    i64::MIN
-                } else {
-                    i64::MAX
-                })
-            })
-        };
-        let (from, to) = (nanos(query.from, i64::MIN), nanos(query.to, i64::MAX));
+        let (from, to) = query.window_nanos();
         let before = query.before.map_or(i64::MAX, |p| to_bigint(p.0));
         let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
         let read = async {

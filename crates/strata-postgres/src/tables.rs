@@ -252,41 +252,8 @@ pub(crate) fn select(
     spec: &TableSpec,
     query: &TableQuery,
 ) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
-    let mut conditions = Vec::new();
-    let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
-    for filter in &query.filters {
-        params.push(param(&filter.value));
-        conditions.push(format!("{} {} ${}", filter.column, filter.comparison.sql(), params.len()));
-    }
-    if let Some(after) = &query.after {
-        let slots: Vec<String> = after
-            .iter()
-            .map(|value| {
-                params.push(param(value));
-                format!("${}", params.len())
-            })
-            .collect();
-        let direction = if query.descending { "<" } else { ">" };
-        conditions.push(format!(
-            "({}) {direction} ({})",
-            query.order_by.join(", "),
-            slots.join(", ")
-        ));
-    }
-    let columns: Vec<&str> = spec.columns.iter().map(|c| c.name).collect();
-    let mut sql = format!("SELECT {} FROM {}", columns.join(", "), spec.name);
-    if !conditions.is_empty() {
-        sql.push_str(&format!(" WHERE {}", conditions.join(" AND ")));
-    }
-    if !query.order_by.is_empty() {
-        let direction = if query.descending { " DESC" } else { "" };
-        let order: Vec<String> = query.order_by.iter().map(|c| format!("{c}{direction}")).collect();
-        sql.push_str(&format!(" ORDER BY {}", order.join(", ")));
-    }
-    if let Some(limit) = query.limit {
-        sql.push_str(&format!(" LIMIT {limit}"));
-    }
-    (sql, params)
+    let (sql, values) = strata::table::select_sql(spec, query, |n| format!("${n}"));
+    (sql, values.into_iter().map(param).collect())
 }
 
 /// Reads a selected row back into values.

@@ -156,40 +156,7 @@ pub(crate) fn select(
     spec: &TableSpec,
     query: &TableQuery,
 ) -> Result<Vec<Vec<Value>>, DbError> {
-    let mut conditions = Vec::new();
-    let mut values: Vec<&Value> = Vec::new();
-    for filter in &query.filters {
-        values.push(&filter.value);
-        conditions.push(format!("{} {} ?{}", filter.column, filter.comparison.sql(), values.len()));
-    }
-    if let Some(after) = &query.after {
-        let slots: Vec<String> = after
-            .iter()
-            .map(|value| {
-                values.push(value);
-                format!("?{}", values.len())
-            })
-            .collect();
-        let direction = if query.descending { "<" } else { ">" };
-        conditions.push(format!(
-            "({}) {direction} ({})",
-            query.order_by.join(", "),
-            slots.join(", ")
-        ));
-    }
-    let columns: Vec<&str> = spec.columns.iter().map(|c| c.name).collect();
-    let mut sql = format!("SELECT {} FROM {}", columns.join(", "), spec.name);
-    if !conditions.is_empty() {
-        sql.push_str(&format!(" WHERE {}", conditions.join(" AND ")));
-    }
-    if !query.order_by.is_empty() {
-        let direction = if query.descending { " DESC" } else { "" };
-        let order: Vec<String> = query.order_by.iter().map(|c| format!("{c}{direction}")).collect();
-        sql.push_str(&format!(" ORDER BY {}", order.join(", ")));
-    }
-    if let Some(limit) = query.limit {
-        sql.push_str(&format!(" LIMIT {limit}"));
-    }
+    let (sql, values) = strata::table::select_sql(spec, query, |n| format!("?{n}"));
     let mut statement = connection.prepare_cached(&sql)?;
     let mut rows = statement.query(params_from_iter(values.into_iter().map(to_sql)))?;
     let mut found = Vec::new();

@@ -167,6 +167,15 @@ pub struct AuditQuery {
 }
 
 impl AuditQuery {
+    /// The window as nanoseconds since 1970, `[from, to)`, for stores that keep time so;
+    /// an open end is the widest value.
+    pub fn window_nanos(&self) -> (i64, i64) {
+        let nanos = |at: chrono::DateTime<chrono::Utc>| {
+            at.timestamp_nanos_opt().unwrap_or(if at.timestamp() < 0 { i64::MIN } else { i64::MAX })
+        };
+        (self.from.map_or(i64::MIN, nanos), self.to.map_or(i64::MAX, nanos))
+    }
+
     /// Whether `event` passes the query's window and cursor (its subject is the index's
     /// job). For stores that evaluate queries themselves.
     pub fn admits(&self, event: &RecordedEvent) -> bool {

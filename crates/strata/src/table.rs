@@ -486,6 +486,57 @@ impl TableQuery {
     }
 }
 
+/// The portable SQL text of `query` on `spec` (standard SQL: row-value comparison for the
+/// paging tuple, `LIMIT`) and the values to bind, in order; `placeholder(n)` writes the
+/// backend's marker for the n-th value (`?1`, `$1`). SQL stores run it; names come from a
+/// checked spec, and every value is bound, never written into the text.
+pub fn select_sql<'q>(
+    spec: &TableSpec,
+    query: &'q TableQuery,
+    placeholder: fn(usize) -> String,
+) -> (String, Vec<&'q Value>) {
+    let mut conditions = Vec::new();
+    let mut values: Vec<&Value> = Vec::new();
+    for filter in &query.filters {
+        values.push(&filter.value);
+        conditions.push(format!(
+            "{} {} {}",
+            filter.column,
+            filter.comparison.sql(),
+            placeholder(values.len())
+        ));
+    }
+    if let Some(after) = &query.after {
+        let slots: Vec<String> = after
+            .iter()
+            .map(|value| {
+                values.push(value);
+                placeholder(values.len())
+            })
+            .collect();
+        let direction = if query.descending { "<" } else { ">" };
+        conditions.push(format!(
+            "({}) {direction} ({})",
+            query.order_by.join(", "),
+            slots.join(", ")
+        ));
+    }
+    let columns: Vec<&str> = spec.columns.iter().map(|c| c.name).collect();
+    let mut sql = format!("SELECT {} FROM {}", columns.join(", "), spec.name);
+    if !conditions.is_empty() {
+        sql.push_str(&format!(" WHERE {}", conditions.join(" AND ")));
+    }
+    if !query.order_by.is_empty() {
+        let direction = if query.descending { " DESC" } else { "" };
+        let order: Vec<String> = query.order_by.iter().map(|c| format!("{c}{direction}")).collect();
+        sql.push_str(&format!(" ORDER BY {}", order.join(", ")));
+    }
+    if let Some(limit) = query.limit {
+        sql.push_str(&format!(" LIMIT {limit}"));
+    }
+    (sql, values)
+}
+
 /// Applies `change` to an in-memory table (a map from key to row). For the in-memory view
 /// manager and for tests; SQL stores run the equivalent statements.
 pub fn apply_change(rows: &mut HashMap<Vec<Value>, Vec<Value>>, change: &RowChange) {
@@ -555,6 +606,27 @@ mod tests {
         let tea = table.values().next().expect("tea remains");
         assert_eq!(tea[2], Value::Integer(3), "only the other instance's contribution is left");
         assert_eq!(table.len(), 1, "a row whose sums reach zero is removed");
+    }
+
+    #[test]
+    fn a_query_becomes_sql_with_every_value_bound() {
+        let query = TableQuery {
+            filters: vec![Filter {
+                column: "sku",
+                comparison: Comparison::Eq,
+                value: Value::Text("tea".into()),
+            }],
+            order_by: vec!["day", "sku"],
+            descending: true,
+            after: Some(vec![Value::Integer(1), Value::Text("x".into())]),
+            limit: Some(3),
+        };
+        let (sql, values) = select_sql(&SALES, &query, |n| format!("${n}"));
+        assert_eq!(
+            sql,
+            "SELECT day, sku, units FROM sales WHERE sku = $1 AND (day, sku) < ($2, $3) ORDER BY day DESC, sku DESC LIMIT 3"
+        );
+        assert_eq!(values.len(), 3);
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub struct Figures {
     /// From the last acknowledgement until every view reflects every event.
     pub catchup_ms: f64,
     /// Events per second of an operator's rebuild: from zero into the rebuild slot beside the
-    /// live views, then swapped in (in-process runs only).
+    /// live views, then swapped in; the median of three (in-process runs only).
     pub rebuild_events_per_s: Option<f64>,
     /// Events per second of a replay from zero into an empty view store, as a new node or a
     /// deleted `views.sqlite` does it (in-process runs only).

@@ -26,6 +26,7 @@ use strata_postgres::PgEventStore;
 use strata_sqlite::SqliteEventStore;
 use uuid::Uuid;
 
+use super::progress::thousands;
 use super::store::{StoreArgs, StoreLocation};
 
 /// Events read from the source per query: large enough to amortise the round trip, small
@@ -290,19 +291,6 @@ impl Progress {
 /// `1` as `1 event`, `1234567` as `1,234,567 events`.
 fn event_count(n: u64) -> String {
     format!("{} event{}", thousands(n), if n == 1 { "" } else { "s" })
-}
-
-/// `1234567` as `1,234,567`.
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------

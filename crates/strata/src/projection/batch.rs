@@ -64,6 +64,11 @@ pub(crate) enum Pass {
     Failed(Vec<InstanceFailure>),
 }
 
+/// The instances a cursor's last batch left, as committed: the next batch takes them from
+/// here instead of loading them, since nothing else writes its slot (anything that does
+/// moves the checkpoint's revision, fences the next commit, and the pass starts cold).
+pub(crate) type Warm<V> = HashMap<String, StoredView<V>>;
+
 /// An instance while a batch is applied to it.
 struct Working<V> {
     stored: StoredView<V>,
@@ -88,6 +93,10 @@ where
     L: ViewLocator<E>,
 {
     /// Applies `events` (all after `from`) to `slot` and commits them with the checkpoint.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each is a separate input of one batch; a struct would only rename them"
+    )]
     pub(crate) async fn pass<M: ViewManager>(
         &self,
         views: &M,
@@ -96,20 +105,31 @@ where
         events: &[Arc<ReadEvent<E>>],
         skips: &HashSet<(String, Position)>,
         plan: &HashMap<String, PlannedPark>,
+        warm: &mut Warm<V>,
     ) -> Result<Pass, ProjectionError> {
-        let Some(last) = events.last().map(|event| event.record.position) else {
+        // Taken whole: if this pass fails, the next one starts cold.
+        let mut cached = std::mem::take(warm);
+        let Some(last) = events.last().map(|event| event.position) else {
             return Ok(Pass::Committed { to: from.position, events: 0, parked: Vec::new() });
         };
         let (located, ids) = self.locate(events)?;
-        let mut unique = ids.clone();
+        let mut unique: Vec<&String> = ids.iter().collect();
         unique.sort_unstable();
         unique.dedup();
-        let mut loaded = views.load::<V>(self.name, slot, &unique).await?;
+        let unique: Vec<String> = unique.into_iter().cloned().collect();
+        let misses: Vec<String> =
+            unique.iter().filter(|id| !cached.contains_key(*id)).cloned().collect();
+        let mut loaded = if misses.is_empty() {
+            HashMap::new()
+        } else {
+            views.load::<V>(self.name, slot, &misses).await?
+        };
         let mut instances: HashMap<String, Working<V>> = HashMap::with_capacity(unique.len());
         let mut failures = Vec::new();
         for id in unique {
-            let stored = loaded
+            let stored = cached
                 .remove(&id)
+                .or_else(|| loaded.remove(&id))
                 .unwrap_or_else(|| StoredView::current(V::default(), Position::START));
             // Rows stored by an earlier version of the view that no longer fit are simply
             // not subtracted; the new rows are checked below.
@@ -124,20 +144,20 @@ where
         let mut newly_parked = Vec::new();
         for (index, range) in located {
             let event = &events[index];
-            let position = event.record.position;
+            let position = event.position;
             for id in &ids[range] {
                 let Some(working) = instances.get_mut(id) else { continue };
                 if working.broken {
                     continue;
                 }
                 if working.stored.parked.is_some() {
-                    parked_events.push((id.clone(), event.record.clone()));
+                    parked_events.push((id.clone(), event.record()));
                     continue;
                 }
                 if position <= working.stored.position {
                     continue;
                 }
-                if skips.contains(&(id.clone(), position)) {
+                if !skips.is_empty() && skips.contains(&(id.clone(), position)) {
                     working.stored.position = position;
                     working.changed = true;
                     continue;
@@ -150,7 +170,7 @@ where
                         parked_at: now,
                     });
                     working.changed = true;
-                    parked_events.push((id.clone(), event.record.clone()));
+                    parked_events.push((id.clone(), event.record()));
                     newly_parked.push(InstanceFailure {
                         view_id: id.clone(),
                         position,
@@ -176,8 +196,10 @@ where
         }
 
         let mut commit = Commit::new(from, last);
+        let mut kept: Warm<V> = HashMap::with_capacity(instances.len());
         for (id, working) in instances {
             if !working.changed {
+                kept.insert(id, working.stored);
                 continue;
             }
             if !self.tables.is_empty() {
@@ -191,13 +213,15 @@ where
                 };
                 table::diff_rows(self.tables, working.old_rows, new_rows, &mut commit.rows);
             }
-            commit.views.push((id, working.stored));
+            commit.views.push((id.clone(), working.stored.clone()));
+            kept.insert(id, working.stored);
         }
         if !failures.is_empty() {
             return Ok(Pass::Failed(failures));
         }
         commit.parked_events = parked_events;
         views.commit(self.name, slot, commit).await?;
+        *warm = kept;
         Ok(Pass::Committed { to: last, events: events.len() as u64, parked: newly_parked })
     }
 
@@ -211,20 +235,20 @@ where
         let mut ids = Vec::new();
         for (index, event) in events.iter().enumerate() {
             let start = ids.len();
-            match &event.decoded {
-                Ok(envelope) => {
+            match (event.envelope(), event.undecodable()) {
+                (Ok(envelope), _) => {
                     let found =
                         catch_unwind(AssertUnwindSafe(|| self.locator.locate(envelope, &mut ids)));
                     if found.is_err() {
-                        return Err(ProjectionError::LocatorPanicked(event.record.position));
+                        return Err(ProjectionError::LocatorPanicked(event.position));
                     }
                 }
-                Err(error) => match self.raw_locator {
-                    Some(raw) => raw(&event.record, &mut ids),
-                    None => {
+                (Err(error), stored) => match (self.raw_locator, stored) {
+                    (Some(raw), Some(stored)) => raw(stored, &mut ids),
+                    _ => {
                         return Err(ProjectionError::Undecodable {
-                            position: event.record.position,
-                            error: error.clone(),
+                            position: event.position,
+                            error: error.to_owned(),
                         });
                     }
                 },
@@ -292,7 +316,7 @@ where
         let mut still_waiting = 0;
         while let Some(record) = rest.next() {
             let position = record.position;
-            let event = ReadEvent::<E>::new(record);
+            let event = ReadEvent::<E>::new(record.clone());
             if position <= state.position {
                 continue;
             }
@@ -306,7 +330,7 @@ where
                     let attempts =
                         if position == parking.position { parking.attempts + 1 } else { 1 };
                     state.parked = Some(Parking { position, error, attempts, parked_at: now });
-                    commit.parked_events.push((id.to_owned(), event.record));
+                    commit.parked_events.push((id.to_owned(), record));
                     commit
                         .parked_events
                         .extend(rest.by_ref().map(|record| (id.to_owned(), record)));
@@ -333,7 +357,7 @@ where
 /// Applies one event to a view, turning a decode failure, a refusal or a panic into the
 /// message the instance is parked with.
 fn apply<E, V: View<E>>(view: &mut V, event: &ReadEvent<E>) -> Result<(), String> {
-    let envelope = event.decoded.as_ref().map_err(|error| format!("does not decode: {error}"))?;
+    let envelope = event.envelope().map_err(|error| format!("does not decode: {error}"))?;
     match catch_unwind(AssertUnwindSafe(|| view.apply(envelope))) {
         Ok(Ok(())) => Ok(()),
         Ok(Err(refused)) => Err(refused.to_string()),

@@ -21,20 +21,79 @@ use crate::stream::Position;
 /// How many decoded events a reader keeps by default.
 pub const DEFAULT_CAPACITY: usize = 10_000;
 
-/// An event as read from the store, with the result of decoding it.
+/// An event as read from the store, decoded once for every projection of the node.
 #[derive(Debug)]
 pub struct ReadEvent<E> {
-    /// The event as stored: what parking keeps, so that a fixed decoder reads it again.
-    pub record: RecordedEvent,
-    /// The decoded event, or why it does not decode.
-    pub decoded: Result<Envelope<E>, String>,
+    /// Its global position.
+    pub position: Position,
+    decoded: Decoded<E>,
+}
+
+#[derive(Debug)]
+enum Decoded<E> {
+    /// The event, and what else the store holds of it (kept for parking). The stored
+    /// event's parts are moved here, not copied: this is every event of every batch.
+    Event { envelope: Envelope<E>, event_type: String, schema_version: u32, payload: Vec<u8> },
+    /// The event as stored, and why it does not decode.
+    Undecodable { record: RecordedEvent, error: String },
 }
 
 impl<E: DomainEvent> ReadEvent<E> {
     /// Decodes `record`.
     pub fn new(record: RecordedEvent) -> Self {
-        let decoded = Envelope::decode(&record).map_err(|error| error.to_string());
-        Self { record, decoded }
+        let position = record.position;
+        let decoded = match E::decode(&record) {
+            Ok(event) => {
+                let RecordedEvent {
+                    stream,
+                    version,
+                    position,
+                    event_type,
+                    schema_version,
+                    payload,
+                    metadata,
+                } = record;
+                let envelope = Envelope { stream, version, position, metadata, event };
+                Decoded::Event { envelope, event_type, schema_version, payload }
+            }
+            Err(error) => Decoded::Undecodable { error: error.to_string(), record },
+        };
+        Self { position, decoded }
+    }
+}
+
+impl<E> ReadEvent<E> {
+    /// The decoded event, or why it does not decode.
+    pub fn envelope(&self) -> Result<&Envelope<E>, &str> {
+        match &self.decoded {
+            Decoded::Event { envelope, .. } => Ok(envelope),
+            Decoded::Undecodable { error, .. } => Err(error),
+        }
+    }
+
+    /// The event as stored, when it does not decode (what a raw locator reads).
+    pub fn undecodable(&self) -> Option<&RecordedEvent> {
+        match &self.decoded {
+            Decoded::Event { .. } => None,
+            Decoded::Undecodable { record, .. } => Some(record),
+        }
+    }
+
+    /// The event as stored, put back together: what parking keeps, so that a fixed
+    /// decoder reads it again.
+    pub fn record(&self) -> RecordedEvent {
+        match &self.decoded {
+            Decoded::Event { envelope, event_type, schema_version, payload } => RecordedEvent {
+                stream: envelope.stream.clone(),
+                version: envelope.version,
+                position: envelope.position,
+                event_type: event_type.clone(),
+                schema_version: *schema_version,
+                payload: payload.clone(),
+                metadata: envelope.metadata.clone(),
+            },
+            Decoded::Undecodable { record, .. } => record.clone(),
+        }
     }
 }
 
@@ -117,23 +176,31 @@ impl<S: EventStore, E: DomainEvent> SharedReader<S, E> {
         Ok(records.into_iter().map(|record| Arc::new(ReadEvent::new(record))).collect())
     }
 
+    /// Starts reading up to `limit` events after `after` past the cache, in the background,
+    /// for a caller that will want them next.
+    pub(crate) fn read_ahead(self: &Arc<Self>, after: Position, limit: usize) -> ReadAhead<E> {
+        let reader = self.clone();
+        let task = tokio::spawn(async move { reader.read_past(after, limit).await });
+        ReadAhead { after, task: Some(task) }
+    }
+
     fn cached(&self, after: Position, limit: usize) -> Option<Vec<Arc<ReadEvent<E>>>> {
         let cache = locked(&self.cache);
-        let last = cache.events.back()?.record.position;
+        let last = cache.events.back()?.position;
         if after < cache.after || after >= last {
             return None;
         }
-        let start = cache.events.partition_point(|event| event.record.position <= after);
+        let start = cache.events.partition_point(|event| event.position <= after);
         Some(cache.events.iter().skip(start).take(limit).cloned().collect())
     }
 
     fn remember(&self, after: Position, read: &[Arc<ReadEvent<E>>]) {
         let Some(newest) = read.last() else { return };
         let mut cache = locked(&self.cache);
-        let end = cache.events.back().map_or(cache.after, |event| event.record.position);
+        let end = cache.events.back().map_or(cache.after, |event| event.position);
         if after == end {
             cache.events.extend(read.iter().cloned());
-        } else if after > end || newest.record.position > end && cache.events.is_empty() {
+        } else if after > end || newest.position > end && cache.events.is_empty() {
             *cache = Cache { after, events: read.iter().cloned().collect() };
         } else {
             // An older range, read by a projection that is behind: not worth keeping.
@@ -141,8 +208,42 @@ impl<S: EventStore, E: DomainEvent> SharedReader<S, E> {
         }
         while cache.events.len() > self.capacity {
             if let Some(evicted) = cache.events.pop_front() {
-                cache.after = evicted.record.position;
+                cache.after = evicted.position;
             }
+        }
+    }
+}
+
+/// A read running in the background.
+type Reading<E> = tokio::task::JoinHandle<Result<Vec<Arc<ReadEvent<E>>>, StoreError>>;
+
+/// A read of the events after a position, started before they are needed. Dropping it
+/// stops the read.
+pub(crate) struct ReadAhead<E> {
+    after: Position,
+    task: Option<Reading<E>>,
+}
+
+impl<E> ReadAhead<E> {
+    /// The position the read started after.
+    pub(crate) fn after(&self) -> Position {
+        self.after
+    }
+
+    /// The events read.
+    pub(crate) async fn events(mut self) -> Result<Vec<Arc<ReadEvent<E>>>, StoreError> {
+        let Some(task) = self.task.take() else { return Ok(Vec::new()) };
+        match task.await {
+            Ok(read) => read,
+            Err(failed) => Err(StoreError::Backend(Box::new(failed))),
+        }
+    }
+}
+
+impl<E> Drop for ReadAhead<E> {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
         }
     }
 }

@@ -9,7 +9,7 @@
 //! retried [`MAX_ATTEMPTS`] times and then parked, and the rest of the projection moves on;
 //! a rebuild that cannot go on is marked failed, and the live views keep serving.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -18,9 +18,9 @@ use chrono::Utc;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use super::batch::{InstanceFailure, Pass, PlannedPark};
+use super::batch::{InstanceFailure, Pass, PlannedPark, Warm};
 use super::control::{Control, ProjectionHandle};
-use super::reader::{ReadEvent, SharedReader};
+use super::reader::{ReadAhead, ReadEvent, SharedReader};
 use super::{MAX_ATTEMPTS, Projection, ProjectionError};
 use crate::event::DomainEvent;
 use crate::lease::{Lease, Leases, LocalLeases};
@@ -41,6 +41,10 @@ const OBSERVE_INTERVAL: Duration = Duration::from_millis(50);
 /// How often the owner looks for a rebuild asked for on another node (one asked for on
 /// this node wakes it at once).
 const REBUILD_POLL: Duration = Duration::from_secs(1);
+
+/// How many batches a bulk read keeps reading ahead. Two keep both cores reading while a
+/// third batch is applied; more only hold memory.
+const READS_AHEAD: usize = 2;
 
 /// The longest wait between two tries of a failing batch.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -186,8 +190,16 @@ pub(crate) struct Engine<S, M, E, V, L> {
 }
 
 /// Where one slot's processing stands between batches.
-pub(crate) struct Cursor {
+pub(crate) struct Cursor<E, V> {
     slot: Slot,
+    /// The instances the last batch committed (see [`Warm`]).
+    warm: Warm<V>,
+    /// Reads past the shared reader's memory, one batch ahead: a rebuild (in batches of
+    /// the rebuild size), or a replay into empty views.
+    bulk: bool,
+    /// The next batches of a bulk read, read while the current one is applied and
+    /// committed: reading and decoding, the slowest part of a rebuild, run on other cores.
+    ahead: VecDeque<ReadAhead<E>>,
     /// `None` until read, and again after a failure (a fenced commit means it moved).
     checkpoint: Option<Checkpoint>,
     skips: HashSet<(String, Position)>,
@@ -211,10 +223,13 @@ enum Step {
     GiveUp(String),
 }
 
-impl Cursor {
+impl<E, V> Cursor<E, V> {
     pub(crate) fn new(slot: Slot) -> Self {
         Self {
             slot,
+            warm: HashMap::new(),
+            bulk: slot == Slot::Rebuild,
+            ahead: VecDeque::new(),
             checkpoint: None,
             skips: HashSet::new(),
             plan: HashMap::new(),
@@ -266,7 +281,7 @@ where
     }
 
     /// Reads the slot's checkpoint and the skipped events into `cursor`.
-    async fn load(&self, cursor: &mut Cursor) -> Result<Checkpoint, ProjectionError> {
+    async fn load(&self, cursor: &mut Cursor<E, V>) -> Result<Checkpoint, ProjectionError> {
         let checkpoint = self.views.checkpoint(self.name(), cursor.slot).await?;
         if cursor.slot == Slot::Live {
             let head = self.reader.store().head();
@@ -285,19 +300,41 @@ where
 
     async fn read(
         &self,
-        cursor: &Cursor,
+        cursor: &mut Cursor<E, V>,
         after: Position,
     ) -> Result<Vec<Arc<ReadEvent<E>>>, ProjectionError> {
-        Ok(match cursor.slot {
-            Slot::Live => self.reader.read(after, self.projection.batch_size).await?,
-            Slot::Rebuild => {
-                self.reader.read_past(after, self.projection.rebuild_batch_size).await?
+        if !cursor.bulk {
+            return Ok(self.reader.read(after, self.projection.batch_size).await?);
+        }
+        let limit = match cursor.slot {
+            Slot::Rebuild => self.projection.rebuild_batch_size,
+            Slot::Live => self.projection.batch_size,
+        };
+        let events = match cursor.ahead.pop_front() {
+            Some(ahead) if ahead.after() == after => ahead.events().await?,
+            _ => {
+                cursor.ahead.clear();
+                self.reader.read_past(after, limit).await?
             }
-        })
+        };
+        // Keep reads of the next batches running while this one is applied. Positions are
+        // dense in every store, so the batch after next starts `limit` later; were they not,
+        // its read would not match and would simply be done again.
+        if let Some(last) = events.last().map(|event| event.position) {
+            let full = events.len() == limit;
+            for k in 0..READS_AHEAD {
+                let start = Position(last.0 + (k as u64) * limit as u64);
+                let wanted = k == 0 || full;
+                if wanted && !cursor.ahead.iter().any(|ahead| ahead.after() == start) {
+                    cursor.ahead.push_back(self.reader.read_ahead(start, limit));
+                }
+            }
+        }
+        Ok(events)
     }
 
     /// Processes one batch of `cursor`'s slot.
-    async fn step(&self, cursor: &mut Cursor) -> Step {
+    async fn step(&self, cursor: &mut Cursor<E, V>) -> Step {
         if let Some(not_before) = cursor.not_before {
             if Instant::now() < not_before {
                 return Step::Waiting(not_before);
@@ -311,14 +348,22 @@ where
                 Err(error) => return self.batch_failed(cursor, &error),
             },
         };
-        let events = match self.read(cursor, from.position).await {
+        let events = match self.read(&mut *cursor, from.position).await {
             Ok(events) if events.is_empty() => return Step::Idle,
             Ok(events) => events,
             Err(error) => return self.batch_failed(cursor, &error),
         };
         let passed = self
             .projection
-            .pass(self.views.as_ref(), cursor.slot, from, &events, &cursor.skips, &cursor.plan)
+            .pass(
+                self.views.as_ref(),
+                cursor.slot,
+                from,
+                &events,
+                &cursor.skips,
+                &cursor.plan,
+                &mut cursor.warm,
+            )
             .await;
         match passed {
             Ok(Pass::Committed { to, events, parked }) => {
@@ -352,7 +397,11 @@ where
         }
     }
 
-    async fn instances_failed(&self, cursor: &mut Cursor, failures: Vec<InstanceFailure>) -> Step {
+    async fn instances_failed(
+        &self,
+        cursor: &mut Cursor<E, V>,
+        failures: Vec<InstanceFailure>,
+    ) -> Step {
         if cursor.slot == Slot::Live {
             self.shared.failed_applies.fetch_add(failures.len() as u64, Ordering::Relaxed);
         }
@@ -402,7 +451,7 @@ where
         }
     }
 
-    fn batch_failed(&self, cursor: &mut Cursor, error: &ProjectionError) -> Step {
+    fn batch_failed(&self, cursor: &mut Cursor<E, V>, error: &ProjectionError) -> Step {
         cursor.checkpoint = None;
         cursor.batch_failures += 1;
         let wait = backoff(cursor.batch_failures);
@@ -427,13 +476,13 @@ where
         Step::Waiting(not_before)
     }
 
-    fn shared_rebuild_position(&self, cursor: &Cursor) -> Position {
+    fn shared_rebuild_position(&self, cursor: &Cursor<E, V>) -> Position {
         cursor.checkpoint.map_or(Position::START, |c| c.position)
     }
 
     /// Swaps the rebuild in if it has reached the live checkpoint. Returns whether the
     /// rebuild is over (swapped, or gone).
-    async fn finish(&self, rebuild: &mut Cursor, live: &mut Cursor) -> bool {
+    async fn finish(&self, rebuild: &mut Cursor<E, V>, live: &mut Cursor<E, V>) -> bool {
         let Some(rebuilt) = rebuild.checkpoint else { return false };
         let live_checkpoint = match live.checkpoint {
             Some(checkpoint) => checkpoint,
@@ -449,6 +498,8 @@ where
         let tables = self.projection.tables();
         match self.views.finish_rebuild(self.name(), tables, rebuilt, live_checkpoint).await {
             Ok(swapped) => {
+                // The live instances were replaced: none of the warm ones is current.
+                live.warm.clear();
                 live.committed(swapped);
                 self.shared.advance(swapped.position);
                 tracing::info!(projection = self.name(), position = %swapped.position, "rebuild swapped in");
@@ -470,7 +521,7 @@ where
         }
     }
 
-    async fn give_up(&self, rebuild: &Cursor, error: &str) {
+    async fn give_up(&self, rebuild: &Cursor<E, V>, error: &str) {
         tracing::error!(projection = self.name(), %error, "rebuild failed; the live views keep serving");
         let at = rebuild.checkpoint.unwrap_or_default();
         // A rebuild whose checkpoint is unknown (it failed reading it) is read again for the
@@ -485,7 +536,7 @@ where
     }
 
     /// Looks for a rebuild to run: one asked for and not failed.
-    async fn pending_rebuild(&self) -> Option<Cursor> {
+    async fn pending_rebuild(&self) -> Option<Cursor<E, V>> {
         match self.views.record(self.name()).await {
             Ok(record) => match record.rebuild {
                 Some(rebuild) if rebuild.error.is_none() => {
@@ -506,7 +557,7 @@ where
     async fn follow(&self) {
         let mut heads = self.reader.store().subscribe();
         let mut live = Cursor::new(Slot::Live);
-        let mut rebuild: Option<Cursor> = None;
+        let mut rebuild: Option<Cursor<E, V>> = None;
         let mut next_check = Instant::now();
         loop {
             if rebuild.is_none() && Instant::now() >= next_check {
@@ -585,17 +636,23 @@ where
     pub(crate) async fn catch_up(&self) -> Result<Position, ProjectionError> {
         let head = self.reader.store().head();
         let mut live = Cursor::new(Slot::Live);
+        live.bulk = true;
         let mut from = self.load(&mut live).await?;
         while from.position < head {
-            let events = self.reader.read_past(from.position, self.projection.batch_size).await?;
+            let events = self.read(&mut live, from.position).await?;
             if events.is_empty() {
                 break;
             }
-            match self
-                .projection
-                .pass(self.views.as_ref(), Slot::Live, from, &events, &live.skips, &live.plan)
-                .await?
-            {
+            let passed = self.projection.pass(
+                self.views.as_ref(),
+                Slot::Live,
+                from,
+                &events,
+                &live.skips,
+                &live.plan,
+                &mut live.warm,
+            );
+            match passed.await? {
                 Pass::Committed { to, .. } => {
                     from = from.next(to);
                     live.committed(from);
