@@ -11,8 +11,8 @@ use strata::{
 };
 
 use crate::domain::{
-    Customer, CustomerCommand, CustomerError, Order, OrderCommand, OrderError, OrderLine, Product,
-    ProductCommand, ProductError,
+    Customer, CustomerCommand, CustomerError, Order, OrderCommand, OrderError, OrderLine,
+    OrdersEvent, Product, ProductCommand, ProductError,
 };
 use crate::views;
 
@@ -126,6 +126,7 @@ impl<B: Backend> App<B> {
         start!(views::products());
         start!(views::orders());
         start!(views::sales_daily());
+        start!(strata::audit::projection::<OrdersEvent>());
         Ok(Self {
             bus: CommandBus::new(events, bus),
             views,

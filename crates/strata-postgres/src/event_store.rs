@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use chrono::DateTime;
 use strata::{
-    AppendOutcome, AuditQuery, AuditSubject, EventMetadata, EventStore, ExpectedVersion,
-    GroupCommitMetrics, NewEvent, Position, RecordedEvent, StoreError, StreamId, Version,
+    AppendOutcome, EventMetadata, EventStore, ExpectedVersion, GroupCommitMetrics, NewEvent,
+    Position, RecordedEvent, StoreError, StreamId, Version,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -42,25 +42,11 @@ const READ_ALL: &str = concat!(
     " FROM strata_events WHERE position > $1 ORDER BY position LIMIT $2"
 );
 
-/// Audits, newest first, paged below a position, within a time window in nanoseconds.
-/// Each reads one index.
-const AUDIT_CORRELATION: &str = concat!(
+/// Events by position, each through the log's primary key.
+const READ_POSITIONS: &str = concat!(
     "SELECT ",
     columns!(),
-    " FROM strata_events WHERE correlation_id = $1 AND position < $2 AND recorded_at >= $3 \
-     AND recorded_at < $4 ORDER BY position DESC LIMIT $5"
-);
-const AUDIT_USER: &str = concat!(
-    "SELECT ",
-    columns!(),
-    " FROM strata_events WHERE user_id = $1 AND position < $2 AND recorded_at >= $3 \
-     AND recorded_at < $4 ORDER BY position DESC LIMIT $5"
-);
-const AUDIT_STREAM: &str = concat!(
-    "SELECT ",
-    columns!(),
-    " FROM strata_events WHERE aggregate_type = $1 AND aggregate_id = $6 AND position < $2 \
-     AND recorded_at >= $3 AND recorded_at < $4 ORDER BY position DESC LIMIT $5"
+    " FROM strata_events WHERE position = ANY($1) ORDER BY position"
 );
 
 /// An [`EventStore`] on PostgreSQL, safe to run on several nodes against one schema.
@@ -185,28 +171,18 @@ impl EventStore for PgEventStore {
         read.await.map_err(DbError::into_store_error)
     }
 
-    async fn audit(&self, query: &AuditQuery) -> Result<Vec<RecordedEvent>, StoreError> {
-        let (from, to) = query.window_nanos();
-        let before = query.before.map_or(i64::MAX, |p| to_bigint(p.0));
-        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+    async fn read_positions(
+        &self,
+        positions: &[Position],
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        if positions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let positions: Vec<i64> = positions.iter().map(|p| to_bigint(p.0)).collect();
         let read = async {
             let client = self.inner.database.pool().get().await?;
-            let rows = match &query.subject {
-                AuditSubject::Correlation(id) => {
-                    let statement = client.prepare_cached(AUDIT_CORRELATION).await?;
-                    client.query(&statement, &[id, &before, &from, &to, &limit]).await?
-                }
-                AuditSubject::User(user) => {
-                    let statement = client.prepare_cached(AUDIT_USER).await?;
-                    client.query(&statement, &[user, &before, &from, &to, &limit]).await?
-                }
-                AuditSubject::Stream(stream) => {
-                    let statement = client.prepare_cached(AUDIT_STREAM).await?;
-                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
-                        [&stream.aggregate_type, &before, &from, &to, &limit, &stream.id];
-                    client.query(&statement, &params).await?
-                }
-            };
+            let statement = client.prepare_cached(READ_POSITIONS).await?;
+            let rows = client.query(&statement, &[&positions]).await?;
             rows.iter().map(decode).collect::<Result<Vec<_>, DbError>>()
         };
         read.await.map_err(DbError::into_store_error)

@@ -29,10 +29,7 @@ pub(crate) struct Database {
 /// `events.sqlite`: the event log, written only by the event store's writer thread.
 pub(crate) const EVENTS: Database = Database {
     file_name: "events.sqlite",
-    migrations: &[
-        include_str!("sql/events_0001_create.sql"),
-        include_str!("sql/events_0002_audit.sql"),
-    ],
+    migrations: &[include_str!("sql/events_0001_create.sql")],
 };
 
 /// `views.sqlite`: view instances, checkpoints and idempotency records.

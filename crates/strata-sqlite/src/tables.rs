@@ -183,6 +183,40 @@ mod tests {
         kind: TableKind::Sums,
     };
 
+    /// An audit must not scan: each subject's query reads its index of the audit table.
+    #[test]
+    fn audits_read_an_index_of_the_audit_table() {
+        use strata::{AuditQuery, AuditSubject, Position, StreamId};
+        let connection = rusqlite::Connection::open_in_memory().expect("a database");
+        connection
+            .execute_batch(&create(&strata::audit::AUDIT_EVENTS, "audit_events"))
+            .expect("create");
+        for (subject, index) in [
+            (AuditSubject::Correlation("c".into()), "audit_events_idx0"),
+            (AuditSubject::Stream(StreamId::new("order", "o1")), "audit_events_idx1"),
+            (AuditSubject::User("u".into()), "audit_events_idx2"),
+        ] {
+            let query =
+                AuditQuery { subject, from: None, to: None, before: Some(Position(9)), limit: 10 };
+            let table_query = query.table_query();
+            let (sql, values) =
+                strata::table::select_sql(&strata::audit::AUDIT_EVENTS, &table_query, |n| {
+                    format!("?{n}")
+                });
+            let mut statement =
+                connection.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).expect("explain");
+            let plan: Vec<String> = statement
+                .query_map(params_from_iter(values.into_iter().map(to_sql)), |row| {
+                    row.get::<_, String>(3)
+                })
+                .expect("plan")
+                .collect::<Result<_, _>>()
+                .expect("plan rows");
+            let plan = plan.join("; ");
+            assert!(plan.contains(index) && !plan.contains("SCAN audit_events"), "{sql}: {plan}");
+        }
+    }
+
     #[test]
     fn statements_name_only_spec_columns() {
         assert_eq!(

@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use strata::{
-    AuditQuery, AuditSubject, EventMetadata, EventStore, ExpectedVersion, NewEvent, Position,
-    RecordedEvent, StoreError, StreamId, Version,
+    EventMetadata, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent, StoreError,
+    StreamId, Version,
 };
 
 use crate::EventStoreFactory;
@@ -45,7 +45,7 @@ pub async fn event_store_contract<F: EventStoreFactory>(factory: F) {
     invalid_appends_write_nothing(&store).await;
     reads_after_a_position_come_in_batches(&store).await;
     subscribers_hear_of_new_commits(&store).await;
-    audits_find_events_by_request_stream_and_user(&store).await;
+    events_are_read_by_position(&store).await;
     let store = Arc::new(store);
     concurrent_appenders_lose_nothing(&store).await;
     let before = read_everything(store.as_ref()).await;
@@ -251,63 +251,14 @@ async fn reopened_store_keeps_everything<S: EventStore>(store: &S, before: &[Rec
     assert_eq!(outcome.first_position.0, before.len() as u64 + 1, "positions continue");
 }
 
-async fn audits_find_events_by_request_stream_and_user<S: EventStore>(store: &S) {
-    let request = uuid::Uuid::now_v7().to_string();
-    let base = chrono::DateTime::from_timestamp(1_900_000_000, 0).expect("a time");
-    let mut positions = Vec::new();
-    for (n, stream_name) in ["audit-a", "audit-b", "audit-a", "audit-c"].iter().enumerate() {
-        let mut event = sample_event(n as u64);
-        event.metadata.correlation_id =
-            if n == 3 { "another request".to_owned() } else { request.clone() };
-        event.metadata.user = Some(if n == 1 { "grace" } else { "ada" }.to_owned());
-        event.metadata.recorded_at = base + chrono::Duration::seconds(n as i64);
-        let outcome = store
-            .append(&stream(stream_name), ExpectedVersion::Any, vec![event])
-            .await
-            .expect("append");
-        positions.push(outcome.last_position);
-    }
-    let ask = |subject: AuditSubject| AuditQuery {
-        subject,
-        from: None,
-        to: None,
-        before: None,
-        limit: 100,
-    };
-    let found = |events: Vec<RecordedEvent>| events.iter().map(|e| e.position).collect::<Vec<_>>();
-
-    let by_request =
-        store.audit(&ask(AuditSubject::Correlation(request.clone()))).await.expect("audit");
+async fn events_are_read_by_position<S: EventStore>(store: &S) {
+    let all = read_everything(store).await;
+    let wanted = [Position(5), Position(2), Position(9), Position(2), Position(1_000_000)];
+    let found = store.read_positions(&wanted).await.expect("read_positions");
+    let expected: Vec<RecordedEvent> = [2, 5, 9].iter().map(|p| all[p - 1].clone()).collect();
     assert_eq!(
-        found(by_request),
-        [positions[2], positions[1], positions[0]],
-        "a request's events, newest first"
+        found, expected,
+        "events by position, in position order, once each, unknown ones left out"
     );
-    let by_stream =
-        store.audit(&ask(AuditSubject::Stream(stream("audit-a")))).await.expect("audit");
-    assert_eq!(found(by_stream), [positions[2], positions[0]], "a stream's events");
-    let by_user = store.audit(&ask(AuditSubject::User("grace".to_owned()))).await.expect("audit");
-    assert_eq!(found(by_user), [positions[1]], "a user's events");
-
-    let page = AuditQuery { limit: 2, ..ask(AuditSubject::Correlation(request.clone())) };
-    let first = store.audit(&page).await.expect("audit");
-    let next = AuditQuery { before: first.last().map(|e| e.position), ..page.clone() };
-    assert_eq!(
-        found(store.audit(&next).await.expect("audit")),
-        [positions[0]],
-        "the next page starts below the last"
-    );
-    let window = AuditQuery {
-        from: Some(base + chrono::Duration::seconds(1)),
-        to: Some(base + chrono::Duration::seconds(2)),
-        ..ask(AuditSubject::Correlation(request))
-    };
-    assert_eq!(
-        found(store.audit(&window).await.expect("audit")),
-        [positions[1]],
-        "from is inclusive, to exclusive"
-    );
-    assert!(
-        store.audit(&ask(AuditSubject::User("nobody".to_owned()))).await.expect("audit").is_empty()
-    );
+    assert!(store.read_positions(&[]).await.expect("read_positions").is_empty());
 }

@@ -304,3 +304,71 @@ pub(crate) async fn a_failing_rebuild_leaves_the_live_views_serving<M: ViewManag
     assert_eq!(tally(views.as_ref(), name, "r1").await.view.total, 3);
     handle.stop();
 }
+
+/// The audit projection finds every event of one request, one stream or one user, newest
+/// first and paged, from its table and the store, including events no view can decode.
+pub(crate) async fn audits_find_events_by_request_stream_and_user<M: ViewManager>(views: &Arc<M>) {
+    use strata::{AuditQuery, AuditSubject};
+    let store = Arc::new(InMemoryEventStore::new());
+    let base = chrono::DateTime::from_timestamp(1_900_000_000, 0).expect("a time");
+    let mut positions = Vec::new();
+    for (n, (id, request, user)) in [
+        ("a1", "checkout", "ada"),
+        ("a2", "checkout", "grace"),
+        ("a1", "checkout", "ada"),
+        ("a3", "other", "ada"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut event = if n == 1 { tally::undecodable() } else { tally::added(1) };
+        event.metadata.correlation_id = request.to_owned();
+        event.metadata.user = Some(user.to_owned());
+        event.metadata.recorded_at = base + chrono::Duration::seconds(n as i64);
+        positions.push(append(&store, id, event).await);
+    }
+    let handle = ProjectionRunner::new("contract-node").spawn(
+        strata::audit::projection::<tally::TallyEvent>(),
+        store.clone(),
+        views.clone(),
+    );
+    reach(&handle, positions[3]).await;
+    let ask = |subject| AuditQuery { subject, from: None, to: None, before: None, limit: 100 };
+    let found =
+        |events: Vec<strata::RecordedEvent>| events.iter().map(|e| e.position).collect::<Vec<_>>();
+    let audit = |query: AuditQuery| {
+        let (store, views) = (store.clone(), views.clone());
+        async move { strata::audit::audit(store.as_ref(), views.as_ref(), &query).await.expect("audit") }
+    };
+
+    let request = audit(ask(AuditSubject::Correlation("checkout".into()))).await;
+    assert_eq!(
+        found(request.clone()),
+        [positions[2], positions[1], positions[0]],
+        "a request's events, newest first"
+    );
+    assert_eq!(
+        request[1].payload,
+        tally::undecodable().payload,
+        "events come as stored, decodable or not"
+    );
+    let stream = audit(ask(AuditSubject::Stream(StreamId::new(TALLY, "a1")))).await;
+    assert_eq!(found(stream), [positions[2], positions[0]], "a stream's events");
+    assert_eq!(
+        found(audit(ask(AuditSubject::User("grace".into()))).await),
+        [positions[1]],
+        "a user's events"
+    );
+    let first_page = AuditQuery { limit: 2, ..ask(AuditSubject::Correlation("checkout".into())) };
+    let first = audit(first_page.clone()).await;
+    let next = AuditQuery { before: first.last().map(|e| e.position), ..first_page };
+    assert_eq!(found(audit(next).await), [positions[0]], "the next page starts below the last");
+    let window = AuditQuery {
+        from: Some(base + chrono::Duration::seconds(1)),
+        to: Some(base + chrono::Duration::seconds(2)),
+        ..ask(AuditSubject::Correlation("checkout".into()))
+    };
+    assert_eq!(found(audit(window).await), [positions[1]], "from is inclusive, to exclusive");
+    assert!(audit(ask(AuditSubject::User("nobody".into()))).await.is_empty());
+    handle.stop();
+}

@@ -152,6 +152,7 @@ pub async fn view_manager_contract<F: ViewManagerFactory>(factory: F) {
     crate::projection::projections_park_retry_skip_and_rebuild(&views).await;
     crate::projection::parked_work_survives_a_lease_handover(&views).await;
     crate::projection::a_failing_rebuild_leaves_the_live_views_serving(&views).await;
+    crate::projection::audits_find_events_by_request_stream_and_user(&views).await;
     drop(views);
     if factory.durable() {
         let reopened = factory.open().await;

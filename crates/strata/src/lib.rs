@@ -5,6 +5,7 @@
 //! [`EventStore`] and [`ViewManager`] and prove it with the contract suites in `strata-testkit`.
 
 pub mod aggregate;
+pub mod audit;
 pub mod bus;
 pub mod event;
 pub mod idempotency;
@@ -19,6 +20,7 @@ pub mod view;
 pub mod view_manager;
 
 pub use aggregate::{Aggregate, Decision, Rejection, RejectionKind};
+pub use audit::{AuditError, AuditQuery, AuditSubject};
 pub use bus::{BusConfig, CommandBus, CommandContext, CommandError, CommandOutcome, Loaded};
 pub use event::{DecodeError, DomainEvent, Envelope, EventMetadata, NewEvent, RecordedEvent};
 pub use idempotency::{IdempotencyError, IdempotencyRecord, IdempotencyStore};
@@ -30,8 +32,7 @@ pub use projection::{
     ProjectionState, ProjectionStatus, Projections, RebuildProgress, status_of,
 };
 pub use store::{
-    AppendOutcome, AuditQuery, AuditSubject, EventStore, GroupCommitCounters, GroupCommitMetrics,
-    StoreError, check_append,
+    AppendOutcome, EventStore, GroupCommitCounters, GroupCommitMetrics, StoreError, check_append,
 };
 pub use stream::{ExpectedVersion, Position, StreamId, Version};
 pub use table::{

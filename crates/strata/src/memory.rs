@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::event::{NewEvent, RecordedEvent};
 use crate::idempotency::{IdempotencyError, IdempotencyRecord, IdempotencyStore};
-use crate::store::{AppendOutcome, AuditQuery, AuditSubject, EventStore, StoreError, check_append};
+use crate::store::{AppendOutcome, EventStore, StoreError, check_append};
 use crate::stream::{ExpectedVersion, Position, StreamId, Version};
 use crate::table::{self, TableQuery, TableSpec, Value};
 use crate::view::{Parking, StoredView, decode_view};
@@ -38,9 +38,6 @@ struct Log {
     /// Indexes into `events` per stream, in version order.
     streams: HashMap<StreamId, Vec<usize>>,
     event_ids: std::collections::HashSet<uuid::Uuid>,
-    /// Indexes into `events` per correlation id and per user, for audits.
-    correlations: HashMap<String, Vec<usize>>,
-    users: HashMap<String, Vec<usize>>,
 }
 
 impl Default for InMemoryEventStore {
@@ -79,10 +76,6 @@ impl EventStore for InMemoryEventStore {
             let position = Position(log.events.len() as u64 + 1);
             let index = log.events.len();
             log.event_ids.insert(event.metadata.event_id);
-            log.correlations.entry(event.metadata.correlation_id.clone()).or_default().push(index);
-            if let Some(user) = &event.metadata.user {
-                log.users.entry(user.clone()).or_default().push(index);
-            }
             log.events.push(RecordedEvent {
                 stream: stream.clone(),
                 version,
@@ -120,21 +113,20 @@ impl EventStore for InMemoryEventStore {
         Ok(log.events.iter().skip(skip).take(limit).cloned().collect())
     }
 
-    async fn audit(&self, query: &AuditQuery) -> Result<Vec<RecordedEvent>, StoreError> {
+    async fn read_positions(
+        &self,
+        positions: &[Position],
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         let log = locked(&self.log);
-        let indexes = match &query.subject {
-            AuditSubject::Correlation(id) => log.correlations.get(id),
-            AuditSubject::Stream(stream) => log.streams.get(stream),
-            AuditSubject::User(user) => log.users.get(user),
-        };
-        let Some(indexes) = indexes else { return Ok(Vec::new()) };
-        Ok(indexes
-            .iter()
-            .rev()
-            .map(|&index| &log.events[index])
-            .filter(|event| query.admits(event))
-            .take(query.limit)
-            .cloned()
+        let mut sorted: Vec<Position> = positions.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        Ok(sorted
+            .into_iter()
+            .filter_map(|position| {
+                let index = usize::try_from(position.0).ok()?.checked_sub(1)?;
+                log.events.get(index).cloned()
+            })
             .collect())
     }
 

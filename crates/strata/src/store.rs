@@ -139,53 +139,6 @@ pub fn check_append(stream: &StreamId, events: &[NewEvent]) -> Result<(), StoreE
     Ok(())
 }
 
-/// Which events an audit asks for: those of one request, one stream or one user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuditSubject {
-    /// Every event with this correlation id.
-    Correlation(String),
-    /// Every event of this stream.
-    Stream(StreamId),
-    /// Every event caused on behalf of this user.
-    User(String),
-}
-
-/// An audit query: one subject, optionally a time window, newest first, paged by position.
-/// Stores answer it from indexes; no audit scans the log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditQuery {
-    /// Whose events.
-    pub subject: AuditSubject,
-    /// Only events recorded at or after this instant.
-    pub from: Option<chrono::DateTime<chrono::Utc>>,
-    /// Only events recorded before this instant.
-    pub to: Option<chrono::DateTime<chrono::Utc>>,
-    /// Only events below this position (the previous page's last one).
-    pub before: Option<Position>,
-    /// At most this many events.
-    pub limit: usize,
-}
-
-impl AuditQuery {
-    /// The window as nanoseconds since 1970, `[from, to)`, for stores that keep time so;
-    /// an open end is the widest value.
-    pub fn window_nanos(&self) -> (i64, i64) {
-        let nanos = |at: chrono::DateTime<chrono::Utc>| {
-            at.timestamp_nanos_opt().unwrap_or(if at.timestamp() < 0 { i64::MIN } else { i64::MAX })
-        };
-        (self.from.map_or(i64::MIN, nanos), self.to.map_or(i64::MAX, nanos))
-    }
-
-    /// Whether `event` passes the query's window and cursor (its subject is the index's
-    /// job). For stores that evaluate queries themselves.
-    pub fn admits(&self, event: &RecordedEvent) -> bool {
-        let at = event.metadata.recorded_at;
-        self.from.is_none_or(|from| at >= from)
-            && self.to.is_none_or(|to| at < to)
-            && self.before.is_none_or(|before| event.position < before)
-    }
-}
-
 /// An append-only log of events, ordered per stream by version and overall by position.
 pub trait EventStore: Send + Sync + 'static {
     /// Appends `events` to `stream` if the stream is at `expected`, all or nothing.
@@ -210,10 +163,11 @@ pub trait EventStore: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
 
-    /// The events `query` asks for, newest first, found through indexes.
-    fn audit(
+    /// The events at `positions`, in position order; positions that hold no event are
+    /// left out. Each is found by its position (the log's primary key), never by a scan.
+    fn read_positions(
         &self,
-        query: &AuditQuery,
+        positions: &[Position],
     ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
 
     /// The position of the last committed event readers can see.

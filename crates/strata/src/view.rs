@@ -60,6 +60,26 @@ where
 /// the runner cannot tell which instance to park.
 pub type RawLocator = fn(&RecordedEvent, &mut Vec<String>);
 
+/// What a per-event row is made from: an event's place and metadata, which every event
+/// has whether or not it decodes.
+#[derive(Debug, Clone, Copy)]
+pub struct LoggedEvent<'a> {
+    /// Its global position.
+    pub position: Position,
+    /// Its stream.
+    pub stream: &'a crate::StreamId,
+    /// Its version in the stream.
+    pub version: crate::Version,
+    /// Its type name.
+    pub event_type: &'a str,
+    /// Who and what caused it.
+    pub metadata: &'a crate::EventMetadata,
+}
+
+/// States the table rows one event contributes, whatever it holds: for log tables (one
+/// row per event, keyed by position) that need no view instance, such as the audit.
+pub type EventRows = fn(&LoggedEvent<'_>, &mut TableRows);
+
 /// Why an instance is parked: the first event it could not apply, and the failure.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Parking {

@@ -53,7 +53,7 @@ async fn send<S: EventStore>(bus: &CommandBus<S>, step: Step) -> anyhow::Result<
 }
 
 /// Runs the plan; `fresh_views` opens an empty view store for the rebuild, and
-/// `bytes_on_disk` measures the store's size after the run.
+/// `bytes_on_disk` measures the store's size after the load.
 pub async fn run<S, M, R, F, Fut>(
     plan: Plan,
     events: Arc<S>,
@@ -111,6 +111,8 @@ where
     projection.stop();
 
     let correctness = check(views.as_ref(), &plan).await?;
+    // Measured before the rebuilds, whose own writes would count otherwise.
+    let bytes = bytes_on_disk();
 
     eprintln!("bench: replaying order_summary from zero into empty views");
     let replayed = Arc::new(fresh_views().await?);
@@ -158,7 +160,7 @@ where
         catchup_ms: catchup.as_secs_f64() * 1000.0,
         rebuild_events_per_s: Some(head.0 as f64 / rebuild.as_secs_f64()),
         replay_events_per_s: Some(head.0 as f64 / replay.as_secs_f64()),
-        bytes_per_event: bytes_on_disk().map(|bytes| bytes as f64 / head.0.max(1) as f64),
+        bytes_per_event: bytes.map(|bytes| bytes as f64 / head.0.max(1) as f64),
         peak_rss_bytes: system::peak_rss_bytes(),
         correct: correctness.passed() && plan.orders().count() as u64 == correctness.checked,
         commands,

@@ -16,6 +16,7 @@ use strata_sqlite::{SqliteEventStore, SqliteViewManager};
 
 use super::progress::{Counter, ProgressLine, thousands};
 use super::store::{StoreArgs, StoreLocation};
+use crate::domain::OrdersEvent;
 use crate::views;
 
 /// Where projections stand, and rebuilding one.
@@ -43,7 +44,7 @@ pub struct ListArgs {
 /// Flags of `strata projections rebuild`.
 #[derive(Debug, Args)]
 pub struct RebuildArgs {
-    /// The projection: customers, customer_orders, products, orders or sales_daily.
+    /// The projection: customers, customer_orders, products, orders, sales_daily or audit.
     #[arg(value_name = "NAME")]
     name: String,
     #[command(flatten)]
@@ -240,6 +241,7 @@ async fn rebuild_with<S: EventStore, M: ViewManager>(
         "customer_orders" => views::customer_orders().rebuild(events, views, report).await,
         "products" => views::products().rebuild(events, views, report).await,
         "orders" => views::orders().rebuild(events, views, report).await,
-        _ => views::sales_daily().rebuild(events, views, report).await,
+        "sales_daily" => views::sales_daily().rebuild(events, views, report).await,
+        _ => strata::audit::projection::<OrdersEvent>().rebuild(events, views, report).await,
     }
 }

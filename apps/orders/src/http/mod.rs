@@ -43,6 +43,7 @@ pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
         .route("/reports/sales", get(reports::sales::<B>));
     let operations = admin::routes(Admin {
         store: app.events().clone(),
+        views: app.views.clone(),
         projections: app.projections.clone(),
         node_id: app.node_id.clone(),
         aggregate_types: AGGREGATE_TYPES.to_vec(),

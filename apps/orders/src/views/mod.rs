@@ -30,9 +30,10 @@ pub type OrdersProjection<V> = Projection<OrdersEvent, V, Locator>;
 /// A stateless view locator.
 pub type Locator = fn(&Envelope<OrdersEvent>, &mut Vec<String>);
 
-/// The names of every projection, as `/admin/projections` lists them.
-pub const PROJECTIONS: [&str; 5] =
-    ["customers", "customer_orders", "products", "orders", "sales_daily"];
+/// The names of every projection, as `/admin/projections` lists them; the last is the
+/// framework's audit.
+pub const PROJECTIONS: [&str; 6] =
+    ["customers", "customer_orders", "products", "orders", "sales_daily", strata::audit::NAME];
 
 /// Locates events of `aggregate_type` streams to the instance named by the stream id, from
 /// the stored event alone.

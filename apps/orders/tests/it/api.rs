@@ -160,7 +160,10 @@ async fn admin_lists_projections_and_health_names_the_node() {
     assert_eq!(projections.status, StatusCode::OK);
     let list = projections.body.as_array().unwrap();
     let names: Vec<&str> = list.iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["customers", "customer_orders", "products", "orders", "sales_daily"]);
+    assert_eq!(
+        names,
+        ["customers", "customer_orders", "products", "orders", "sales_daily", "audit"]
+    );
     for projection in list {
         assert_eq!(projection["head"].as_u64(), Some(service.head()));
         assert_eq!(projection["position"], projection["head"]);

@@ -410,7 +410,7 @@ async fn projections_are_listed_as_a_table_and_rebuilt_offline_with_progress() {
     server.send("GET", &format!("/orders/p1?min_position={head}&wait_ms=10000"), None).await;
     let (code, listed, err) = strata(&["projections", "list", "--store", &store]);
     assert_eq!(code, 0, "{err}");
-    assert!(listed.lines().filter(|line| line.contains("| running |")).count() == 5, "{listed}");
+    assert!(listed.lines().filter(|line| line.contains("| running |")).count() == 6, "{listed}");
     let (code, _, err) = strata(&["projections", "rebuild", "orders", "--store", &store]);
     assert_eq!(code, 1);
     assert!(err.contains("stop the service first"), "{err}");

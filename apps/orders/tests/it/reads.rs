@@ -304,7 +304,11 @@ async fn an_audit_finds_every_event_of_one_request_by_its_correlation_id() {
     }
     service.post("/orders/r1/confirm", json!({})).await;
 
-    let audit = service.get("/audit?correlation_id=checkout-42").await;
+    let audit = service.view("/audit?correlation_id=checkout-42").await;
+    assert_eq!(
+        audit.header("x-view-position").map(str::to_owned),
+        Some(service.head().to_string())
+    );
     assert_eq!(audit.status, StatusCode::OK, "{}", audit.body);
     let events = audit.body["events"].as_array().unwrap();
     let positions: Vec<u64> = events.iter().map(|e| e["position"].as_u64().unwrap()).collect();
@@ -320,7 +324,7 @@ async fn an_audit_finds_every_event_of_one_request_by_its_correlation_id() {
     assert_eq!(first["metadata"]["correlation_id"], "checkout-42");
     assert_eq!(first["data"]["customer_id"], "ada");
 
-    let page = service.get("/audit?correlation_id=checkout-42&limit=3").await;
+    let page = service.view("/audit?correlation_id=checkout-42&limit=3").await;
     assert_eq!(page.body["events"].as_array().map(Vec::len), Some(3));
     let next = page.body["next"].as_str().unwrap();
     let rest =
@@ -333,13 +337,13 @@ async fn an_audit_finds_every_event_of_one_request_by_its_correlation_id() {
         .collect();
     assert_eq!((last, rest.body["next"].clone()), (vec![positions[3]], Value::Null));
 
-    let stream = service.get("/audit?stream=order/r1").await;
+    let stream = service.view("/audit?stream=order/r1").await;
     assert_eq!(
         stream.body["events"].as_array().map(Vec::len),
         Some(4),
         "the stream: placed, two lines, confirmed"
     );
-    let future = service.get("/audit?correlation_id=checkout-42&from=2100-01-01T00:00:00Z").await;
+    let future = service.view("/audit?correlation_id=checkout-42&from=2100-01-01T00:00:00Z").await;
     assert_eq!(future.body["events"], json!([]));
     let head = service.app.events().head();
     assert!(head > Position::START);

@@ -39,6 +39,10 @@ pub async fn views_equal_a_replay<S: EventStore, M: ViewManager, F: ViewManager>
     views::products().catch_up(events.clone(), fresh.clone()).await.unwrap();
     views::orders().catch_up(events.clone(), fresh.clone()).await.unwrap();
     views::sales_daily().catch_up(events.clone(), fresh.clone()).await.unwrap();
+    strata::audit::projection::<orders::domain::OrdersEvent>()
+        .catch_up(events.clone(), fresh.clone())
+        .await
+        .unwrap();
     for id in customers {
         same_view::<CustomerView>(live, fresh.as_ref(), "customers", id).await;
     }
@@ -49,7 +53,7 @@ pub async fn views_equal_a_replay<S: EventStore, M: ViewManager, F: ViewManager>
         same_view::<OrderView>(live, fresh.as_ref(), "orders", id).await;
         same_view::<ListedOrder>(live, fresh.as_ref(), "customer_orders", id).await;
     }
-    for table in [&CUSTOMER_ORDERS, &SALES_DAILY] {
+    for table in [&CUSTOMER_ORDERS, &SALES_DAILY, &strata::audit::AUDIT_EVENTS] {
         let all = TableQuery {
             order_by: vec![table.columns[0].name, table.columns[1].name],
             ..TableQuery::default()

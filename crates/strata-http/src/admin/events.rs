@@ -4,12 +4,15 @@
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use strata::{AuditQuery, AuditSubject, EventStore, Position, RecordedEvent, StreamId, Version};
+use strata::{
+    AuditQuery, AuditSubject, EventStore, Position, RecordedEvent, StreamId, Version, ViewManager,
+};
 
 use super::Admin;
-use crate::{Problem, paging};
+use crate::{Problem, VIEW_POSITION_HEADER, ViewWait, paging};
 
 /// An event as the operator's API shows it.
 #[derive(Serialize)]
@@ -67,8 +70,8 @@ fn check_id(what: &str, id: &str) -> Result<(), Problem> {
     Ok(())
 }
 
-pub(super) async fn stream<S: EventStore>(
-    State(admin): State<Admin<S>>,
+pub(super) async fn stream<S: EventStore, M: ViewManager>(
+    State(admin): State<Admin<S, M>>,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<Vec<EventJson>>, Problem> {
     let Path((aggregate_type, id)) =
@@ -105,10 +108,11 @@ pub(super) struct AuditPage {
     next: Option<String>,
 }
 
-pub(super) async fn audit<S: EventStore>(
-    State(admin): State<Admin<S>>,
+pub(super) async fn audit<S: EventStore, M: ViewManager>(
+    State(admin): State<Admin<S, M>>,
     params: Result<Query<AuditParams>, QueryRejection>,
-) -> Result<Json<AuditPage>, Problem> {
+    wait: ViewWait,
+) -> Result<Response, Problem> {
     let Query(params) = params.map_err(|rejection| Problem::bad_request(rejection.body_text()))?;
     let subject = match (params.correlation_id, params.stream, params.user) {
         (Some(id), None, None) => {
@@ -151,12 +155,23 @@ pub(super) async fn audit<S: EventStore>(
             })?)),
             None => None,
         };
+    let Some(projection) = admin.projections.get(strata::audit::NAME) else {
+        return Err(Problem::not_found(
+            "this service keeps no audit (it does not run the audit projection)",
+        ));
+    };
+    let position = wait.until_ready(projection).await?;
     // One more than asked tells whether there is a next page.
     let query = AuditQuery { subject, from, to, before, limit: limit + 1 };
-    let mut events = admin.store.audit(&query).await?;
+    let mut events = strata::audit::audit(admin.store.as_ref(), admin.views.as_ref(), &query)
+        .await
+        .map_err(|error| Problem::unavailable(&error))?;
     let more = events.len() > limit;
     events.truncate(limit);
     let next =
         more.then(|| events.last().map(|e| paging::cursor(&e.position.0.to_string()))).flatten();
-    Ok(Json(AuditPage { events: events.into_iter().map(EventJson::from).collect(), next }))
+    let page = AuditPage { events: events.into_iter().map(EventJson::from).collect(), next };
+    let mut response = Json(page).into_response();
+    response.headers_mut().insert(VIEW_POSITION_HEADER.clone(), position.0.into());
+    Ok(response)
 }

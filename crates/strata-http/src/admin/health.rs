@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use serde::Serialize;
-use strata::{EventStore, ProjectionState};
+use strata::{EventStore, ProjectionState, ViewManager};
 
 use super::Admin;
 use crate::Problem;
@@ -26,8 +26,8 @@ struct Failing {
     error: String,
 }
 
-pub(super) async fn health<S: EventStore>(
-    State(admin): State<Admin<S>>,
+pub(super) async fn health<S: EventStore, M: ViewManager>(
+    State(admin): State<Admin<S, M>>,
 ) -> Result<Json<Health>, Problem> {
     // A read that touches the store proves it answers, not just that the process is up.
     admin.store.read_all(admin.store.head(), 1).await?;
@@ -53,8 +53,8 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(Stri
 
 /// `GET /metrics`: Prometheus text exposition of the store's group commits and every
 /// projection's progress, lag, parked instances, applies and rebuild.
-pub(super) async fn metrics<S: EventStore>(
-    State(admin): State<Admin<S>>,
+pub(super) async fn metrics<S: EventStore, M: ViewManager>(
+    State(admin): State<Admin<S, M>>,
 ) -> Result<impl IntoResponse, Problem> {
     let mut out = String::new();
     let one = |value: f64| vec![(String::new(), value)];

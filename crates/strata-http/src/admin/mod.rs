@@ -12,7 +12,7 @@
 //! | `GET /admin/projections/{name}/skipped` | every event skipped for good |
 //! | `POST /admin/projections/{name}/rebuild` | 202: a rebuild began |
 //! | `GET /admin/streams/{type}/{id}` | the stream's events as stored |
-//! | `GET /audit?correlation_id=…\|stream=TYPE/ID\|user=…` | events of one request, stream or user |
+//! | `GET /audit?correlation_id=…\|stream=TYPE/ID\|user=…` | events of one request, stream or user (the audit projection) |
 //! | `GET /health` | the store answers; which projections fail |
 //! | `GET /metrics` | Prometheus text |
 
@@ -24,12 +24,14 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::{get, post};
-use strata::{EventStore, Projections};
+use strata::{EventStore, Projections, ViewManager};
 
 /// What the operator's API reads and acts on.
-pub struct Admin<S> {
+pub struct Admin<S, M> {
     /// The event store, for streams, audits, the head and health.
     pub store: Arc<S>,
+    /// The view store, for the audit table.
+    pub views: Arc<M>,
     /// The projections this node runs.
     pub projections: Arc<Projections>,
     /// This node's id, shown by `/health`.
@@ -38,10 +40,11 @@ pub struct Admin<S> {
     pub aggregate_types: Vec<&'static str>,
 }
 
-impl<S> Clone for Admin<S> {
+impl<S, M> Clone for Admin<S, M> {
     fn clone(&self) -> Self {
         Self {
             store: self.store.clone(),
+            views: self.views.clone(),
             projections: self.projections.clone(),
             node_id: self.node_id.clone(),
             aggregate_types: self.aggregate_types.clone(),
@@ -50,17 +53,18 @@ impl<S> Clone for Admin<S> {
 }
 
 /// The operator's routes over `admin`, ready to merge into an application's router.
-pub fn routes<S: EventStore>(admin: Admin<S>) -> Router {
+/// `/audit` answers when the application runs [`strata::audit::projection`].
+pub fn routes<S: EventStore, M: ViewManager>(admin: Admin<S, M>) -> Router {
     Router::new()
-        .route("/admin/projections", get(projections::list::<S>))
-        .route("/admin/projections/{name}/parked", get(projections::parked::<S>))
-        .route("/admin/projections/{name}/parked/{view_id}/retry", post(projections::retry::<S>))
-        .route("/admin/projections/{name}/parked/{view_id}/skip", post(projections::skip::<S>))
-        .route("/admin/projections/{name}/skipped", get(projections::skipped::<S>))
-        .route("/admin/projections/{name}/rebuild", post(projections::rebuild::<S>))
-        .route("/admin/streams/{aggregate_type}/{id}", get(events::stream::<S>))
-        .route("/audit", get(events::audit::<S>))
-        .route("/health", get(health::health::<S>))
-        .route("/metrics", get(health::metrics::<S>))
+        .route("/admin/projections", get(projections::list::<S, M>))
+        .route("/admin/projections/{name}/parked", get(projections::parked::<S, M>))
+        .route("/admin/projections/{name}/parked/{view_id}/retry", post(projections::retry::<S, M>))
+        .route("/admin/projections/{name}/parked/{view_id}/skip", post(projections::skip::<S, M>))
+        .route("/admin/projections/{name}/skipped", get(projections::skipped::<S, M>))
+        .route("/admin/projections/{name}/rebuild", post(projections::rebuild::<S, M>))
+        .route("/admin/streams/{aggregate_type}/{id}", get(events::stream::<S, M>))
+        .route("/audit", get(events::audit::<S, M>))
+        .route("/health", get(health::health::<S, M>))
+        .route("/metrics", get(health::metrics::<S, M>))
         .with_state(admin)
 }

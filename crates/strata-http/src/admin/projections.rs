@@ -7,13 +7,17 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use strata::{
     EventStore, InstanceReport, ParkedInstance, ProjectionHandle, ProjectionStatus, SkippedEvent,
+    ViewManager,
 };
 
 use super::Admin;
 use crate::{JsonBody, Problem};
 
 /// The projection named in the path, or 404 naming the ones there are.
-fn projection<'a, S>(admin: &'a Admin<S>, name: &str) -> Result<&'a ProjectionHandle, Problem> {
+fn projection<'a, S, M>(
+    admin: &'a Admin<S, M>,
+    name: &str,
+) -> Result<&'a ProjectionHandle, Problem> {
     admin.projections.get(name).ok_or_else(|| {
         let known: Vec<&str> = admin.projections.iter().map(ProjectionHandle::name).collect();
         Problem::not_found(format!(
@@ -27,22 +31,22 @@ fn path<T>(path: Result<Path<T>, PathRejection>) -> Result<T, Problem> {
     path.map(|Path(value)| value).map_err(|rejection| Problem::bad_request(rejection.body_text()))
 }
 
-pub(super) async fn list<S: EventStore>(
-    State(admin): State<Admin<S>>,
+pub(super) async fn list<S: EventStore, M: ViewManager>(
+    State(admin): State<Admin<S, M>>,
 ) -> Result<Json<Vec<ProjectionStatus>>, Problem> {
     Ok(Json(admin.projections.statuses().await?))
 }
 
-pub(super) async fn parked<S: EventStore>(
-    State(admin): State<Admin<S>>,
+pub(super) async fn parked<S: EventStore, M: ViewManager>(
+    State(admin): State<Admin<S, M>>,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Vec<ParkedInstance>>, Problem> {
     let name = path(name)?;
     Ok(Json(projection(&admin, &name)?.parked().await?))
 }
 
-pub(super) async fn retry<S: EventStore>(
-    State(admin): State<Admin<S>>,
+pub(super) async fn retry<S: EventStore, M: ViewManager>(
+    State(admin): State<Admin<S, M>>,
     names: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<InstanceReport>, Problem> {
     let (name, view_id) = path(names)?;
@@ -55,8 +59,8 @@ pub(super) struct Skip {
     reason: String,
 }
 
-pub(super) async fn skip<S: EventStore>(
-    State(admin): State<Admin<S>>,
+pub(super) async fn skip<S: EventStore, M: ViewManager>(
+    State(admin): State<Admin<S, M>>,
     names: Result<Path<(String, String)>, PathRejection>,
     JsonBody(body): JsonBody<Skip>,
 ) -> Result<Json<InstanceReport>, Problem> {
@@ -70,8 +74,8 @@ pub(super) async fn skip<S: EventStore>(
     Ok(Json(handle.skip(&view_id, body.reason.trim()).await?))
 }
 
-pub(super) async fn skipped<S: EventStore>(
-    State(admin): State<Admin<S>>,
+pub(super) async fn skipped<S: EventStore, M: ViewManager>(
+    State(admin): State<Admin<S, M>>,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Vec<SkippedEvent>>, Problem> {
     let name = path(name)?;
@@ -84,8 +88,8 @@ pub(super) struct Rebuilding {
     status: &'static str,
 }
 
-pub(super) async fn rebuild<S: EventStore>(
-    State(admin): State<Admin<S>>,
+pub(super) async fn rebuild<S: EventStore, M: ViewManager>(
+    State(admin): State<Admin<S, M>>,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<(StatusCode, Json<Rebuilding>), Problem> {
     let name = path(name)?;

@@ -25,7 +25,7 @@ use super::reader::ReadEvent;
 use super::{Projection, ProjectionError};
 use crate::event::DomainEvent;
 use crate::stream::Position;
-use crate::table::{self, TableRows, Value};
+use crate::table::{self, RowChange, TableRows, Value};
 use crate::view::{Parking, StoredView, View, ViewLocator};
 use crate::view_manager::{Checkpoint, Commit, SkippedEvent, Slot, ViewManager};
 
@@ -196,6 +196,20 @@ where
         }
 
         let mut commit = Commit::new(from, last);
+        if let Some(event_rows) = self.event_rows {
+            let mut rows = TableRows::default();
+            for event in events {
+                event_rows(&event.logged(), &mut rows);
+            }
+            let rows = rows.into_rows();
+            table::check_rows(self.tables, &rows)
+                .map_err(|error| ProjectionError::EventRows { last, error })?;
+            for (name, row) in rows {
+                if let Some(spec) = self.tables.iter().find(|spec| spec.name == name) {
+                    commit.rows.push(RowChange::Upsert { table: spec, row });
+                }
+            }
+        }
         let mut kept: Warm<V> = HashMap::with_capacity(instances.len());
         for (id, working) in instances {
             if !working.changed {

@@ -26,7 +26,7 @@ use crate::event::DomainEvent;
 use crate::store::StoreError;
 use crate::stream::Position;
 use crate::table::TableSpec;
-use crate::view::{RawLocator, View, ViewLocator};
+use crate::view::{EventRows, RawLocator, View, ViewLocator};
 use crate::view_manager::{ViewError, check_projection_name};
 
 pub use control::{
@@ -83,6 +83,17 @@ pub enum ProjectionError {
         /// What does not fit.
         error: String,
     },
+    /// The rows the projection states per event do not fit its tables: a bug in the
+    /// projection, not in one instance, so the batch cannot go on.
+    #[error(
+        "the rows stated for the events up to {last} do not fit the projection's tables: {error}"
+    )]
+    EventRows {
+        /// The batch's last event.
+        last: Position,
+        /// What does not fit.
+        error: String,
+    },
     /// A rebuild stopped; the live views are as they were.
     #[error("{0}")]
     RebuildFailed(String),
@@ -97,6 +108,7 @@ pub struct Projection<E, V, L> {
     name: &'static str,
     locator: L,
     raw_locator: Option<RawLocator>,
+    event_rows: Option<EventRows>,
     tables: &'static [&'static TableSpec],
     batch_size: usize,
     rebuild_batch_size: usize,
@@ -122,6 +134,7 @@ where
             name,
             locator,
             raw_locator: None,
+            event_rows: None,
             tables: &[],
             batch_size: DEFAULT_BATCH_SIZE,
             rebuild_batch_size: DEFAULT_REBUILD_BATCH_SIZE,
@@ -136,7 +149,14 @@ where
         self
     }
 
-    /// Keeps `tables`, filled from [`View::rows`].
+    /// Adds the rows `event_rows` states for every event to the projection's tables,
+    /// beside (or instead of) the rows of its view instances.
+    pub fn with_event_rows(mut self, event_rows: EventRows) -> Self {
+        self.event_rows = Some(event_rows);
+        self
+    }
+
+    /// Keeps `tables`, filled from [`View::rows`] (and [`Projection::with_event_rows`]).
     pub fn with_tables(mut self, tables: &'static [&'static TableSpec]) -> Self {
         self.tables = tables;
         self

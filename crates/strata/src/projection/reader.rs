@@ -79,6 +79,26 @@ impl<E> ReadEvent<E> {
         }
     }
 
+    /// The event's place and metadata.
+    pub fn logged(&self) -> crate::view::LoggedEvent<'_> {
+        match &self.decoded {
+            Decoded::Event { envelope, event_type, .. } => crate::view::LoggedEvent {
+                position: envelope.position,
+                stream: &envelope.stream,
+                version: envelope.version,
+                event_type,
+                metadata: &envelope.metadata,
+            },
+            Decoded::Undecodable { record, .. } => crate::view::LoggedEvent {
+                position: record.position,
+                stream: &record.stream,
+                version: record.version,
+                event_type: &record.event_type,
+                metadata: &record.metadata,
+            },
+        }
+    }
+
     /// The event as stored, put back together: what parking keeps, so that a fixed
     /// decoder reads it again.
     pub fn record(&self) -> RecordedEvent {

@@ -268,11 +268,11 @@ impl strata::EventStore for StaleClock {
         }
         Ok(events)
     }
-    async fn audit(
+    async fn read_positions(
         &self,
-        query: &strata::AuditQuery,
+        positions: &[Position],
     ) -> Result<Vec<RecordedEvent>, strata::StoreError> {
-        self.inner.audit(query).await
+        self.inner.read_positions(positions).await
     }
     fn subscribe(&self) -> tokio::sync::watch::Receiver<Position> {
         self.inner.subscribe()
