@@ -112,7 +112,7 @@ impl<B: Backend> App<B> {
         macro_rules! start {
             ($projection:expr) => {{
                 let projection = $projection;
-                views.prepare(projection.name(), projection.tables()).await?;
+                views.prepare(projection.name(), projection.tables(), projection.version()).await?;
                 projections.push(runner.spawn_shared(
                     projection,
                     reader.clone(),

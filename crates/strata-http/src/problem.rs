@@ -6,7 +6,9 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use strata::{CommandError, ControlError, Rejection, RejectionKind, StoreError, ViewError};
+use strata::{
+    CommandError, ControlError, ProjectionError, Rejection, RejectionKind, StoreError, ViewError,
+};
 
 /// A problem+json answer.
 #[derive(Debug, Clone, Serialize)]
@@ -180,7 +182,8 @@ impl<E: Rejection + 'static> From<CommandError<E>> for Problem {
 }
 
 /// An operation on a projection: 404 for an instance that is not parked, 409 for a rebuild
-/// already running, 503 when the stores fail or the projection kept moving, 500 otherwise.
+/// already running, 503 when the stores fail or the projection kept moving, 500 for a bug
+/// in the projection (rows that do not fit its tables).
 impl From<ControlError> for Problem {
     fn from(error: ControlError) -> Self {
         match error {
@@ -189,6 +192,8 @@ impl From<ControlError> for Problem {
             ControlError::Busy(_) => Problem::view_not_ready(error.to_string(), 1),
             ControlError::View(error) => Problem::unavailable(&error),
             ControlError::Store(error) => Problem::unavailable(&error),
+            ControlError::Projection(ProjectionError::View(error)) => Problem::unavailable(&error),
+            ControlError::Projection(ProjectionError::Store(error)) => Problem::unavailable(&error),
             ControlError::Projection(error) => Problem::internal(&error),
         }
     }

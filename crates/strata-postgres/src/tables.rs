@@ -252,8 +252,13 @@ pub(crate) fn select(
     spec: &TableSpec,
     query: &TableQuery,
 ) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
-    let (sql, values) = strata::table::select_sql(spec, query, |n| format!("${n}"));
-    (sql, values.into_iter().map(param).collect())
+    let (mut sql, values) = strata::table::select_sql(spec, query, |n| format!("${n}"));
+    let mut params: Vec<Box<dyn ToSql + Sync + Send>> = values.into_iter().map(param).collect();
+    if let Some(limit) = query.limit {
+        params.push(Box::new(i64::try_from(limit).unwrap_or(i64::MAX)));
+        sql.push_str(&format!(" LIMIT ${}", params.len()));
+    }
+    (sql, params)
 }
 
 /// Reads a selected row back into values.
@@ -273,7 +278,14 @@ pub(crate) fn row_values(spec: &TableSpec, row: &Row) -> Result<Vec<Value>, DbEr
     Ok(values)
 }
 
-/// Moves a rebuilt table into place: the live rows are replaced by the rebuild's.
-pub(crate) fn swap(live: &str, rebuilt: &str) -> String {
-    format!("DELETE FROM {live}; INSERT INTO {live} SELECT * FROM {rebuilt}; DROP TABLE {rebuilt};")
+/// Moves a rebuilt table into place: the live table is made again from the spec (so a
+/// changed spec takes effect with the rebuild) and filled with the rebuild's rows, column
+/// by column.
+pub(crate) fn swap(spec: &TableSpec, live: &str, rebuilt: &str) -> String {
+    let columns: Vec<&str> = spec.columns.iter().map(|c| c.name).collect();
+    let columns = columns.join(", ");
+    format!(
+        "DROP TABLE IF EXISTS {live}; {} INSERT INTO {live} ({columns}) SELECT {columns} FROM {rebuilt}; DROP TABLE {rebuilt};",
+        create(spec, live)
+    )
 }

@@ -332,22 +332,55 @@ impl ViewManager for PgViewManager {
         &self,
         projection: &str,
         tables: &[&'static TableSpec],
-    ) -> Result<(), ViewError> {
+        version: u32,
+    ) -> Result<u32, ViewError> {
         check_projection_name(projection)?;
         for spec in tables {
             spec.check().map_err(ViewError::InvalidTable)?;
         }
+        // Views of another version keep their tables as they are until the rebuild
+        // replaces them: today's spec may not even fit them (an index on a new column).
+        // Tables they lack are made, so that queries find them empty meanwhile.
+        let stored = self.record(projection).await?.version;
+        let other_version = stored != 0 && stored != version;
         for spec in tables {
             let lock = self.lock("table", spec.name);
             let sql = tables::create(spec, spec.name);
             self.write(async move |transaction| {
                 transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&lock]).await?;
-                transaction.batch_execute(&sql).await?;
+                let exists = transaction
+                    .query_one("SELECT to_regclass($1) IS NOT NULL", &[&spec.name])
+                    .await?
+                    .try_get::<_, bool>(0)?;
+                if !exists || !other_version {
+                    transaction.batch_execute(&sql).await?;
+                }
                 Ok(Ok(()))
             })
             .await?;
         }
-        Ok(())
+        if other_version {
+            return Ok(stored);
+        }
+        let version = i32::try_from(version).unwrap_or(i32::MAX);
+        self.write(async move |transaction| {
+            transaction
+                .execute(
+                    "INSERT INTO strata_checkpoints (projection, position, revision, version) \
+                     VALUES ($1, 0, 0, $2) ON CONFLICT (projection) DO NOTHING",
+                    &[&projection, &version],
+                )
+                .await?;
+            let row = transaction
+                .query_one(
+                    "SELECT version FROM strata_checkpoints WHERE projection = $1",
+                    &[&projection],
+                )
+                .await?;
+            let stored: i32 = row.try_get(0)?;
+            Ok(Ok(u32::try_from(stored).unwrap_or(0)))
+        })
+        .await
     }
 
     async fn load<V: DeserializeOwned + Send + 'static>(
@@ -420,11 +453,12 @@ impl ViewManager for PgViewManager {
         .await
     }
 
-    async fn parked(&self, projection: &str) -> Result<Vec<ParkedInstance>, ViewError> {
+    async fn parked(&self, projection: &str, slot: Slot) -> Result<Vec<ParkedInstance>, ViewError> {
+        let key = slot.key(projection);
         self.read(async |transaction| {
             let statement = transaction.prepare_cached(SELECT_PARKED).await?;
             let mut parked = Vec::new();
-            for row in transaction.query(&statement, &[&projection]).await? {
+            for row in transaction.query(&statement, &[&key]).await? {
                 parked.push(ParkedInstance {
                     view_id: row.try_get(0)?,
                     position: Position(from_bigint(row.try_get(1)?, "parked position")?),
@@ -486,8 +520,17 @@ impl ViewManager for PgViewManager {
                 }
                 _ => None,
             };
+            let version: Option<i32> = transaction
+                .query_opt(
+                    "SELECT version FROM strata_checkpoints WHERE projection = $1",
+                    &[&projection],
+                )
+                .await?
+                .map(|row| row.try_get(0))
+                .transpose()?;
             Ok(ProjectionRecord {
                 checkpoint: live.unwrap_or_default(),
+                version: version.and_then(|v| u32::try_from(v).ok()).unwrap_or(0),
                 parked: from_bigint(parked, "parked count")?,
                 rebuild,
             })
@@ -584,6 +627,7 @@ impl ViewManager for PgViewManager {
         &self,
         projection: &str,
         tables: &[&'static TableSpec],
+        version: u32,
         rebuilt: Checkpoint,
         live: Checkpoint,
     ) -> Result<Checkpoint, ViewError> {
@@ -614,11 +658,18 @@ impl ViewManager for PgViewManager {
             }
             for spec in tables {
                 transaction
-                    .batch_execute(&tables::swap(spec.name, &Slot::Rebuild.table(spec.name)))
+                    .batch_execute(&tables::swap(spec, spec.name, &Slot::Rebuild.table(spec.name)))
                     .await?;
             }
             let swapped = live.next(rebuilt.position);
             move_checkpoint(transaction, projection, swapped).await?;
+            let version = i32::try_from(version).unwrap_or(i32::MAX);
+            transaction
+                .execute(
+                    "UPDATE strata_checkpoints SET version = $2 WHERE projection = $1",
+                    &[&projection, &version],
+                )
+                .await?;
             transaction
                 .execute("DELETE FROM strata_checkpoints WHERE projection = $1", &[&key])
                 .await?;

@@ -138,14 +138,20 @@ fn upsert(spec: &TableSpec, name: &str, set: impl Fn(&str) -> String) -> String 
     )
 }
 
-/// Moves a rebuilt table into place: the live rows are replaced by the rebuild's.
+/// Moves a rebuilt table into place: the live table is made again from the spec (so a
+/// changed spec takes effect with the rebuild) and filled with the rebuild's rows, column
+/// by column.
 pub(crate) fn swap(
     transaction: &Transaction<'_>,
+    spec: &TableSpec,
     live: &str,
     rebuilt: &str,
 ) -> Result<(), DbError> {
+    let columns: Vec<&str> = spec.columns.iter().map(|c| c.name).collect();
+    let columns = columns.join(", ");
     transaction.execute_batch(&format!(
-        "DELETE FROM {live}; INSERT INTO {live} SELECT * FROM {rebuilt}; DROP TABLE {rebuilt};"
+        "DROP TABLE IF EXISTS {live}; {} INSERT INTO {live} ({columns}) SELECT {columns} FROM {rebuilt}; DROP TABLE {rebuilt};",
+        create(spec, live)
     ))?;
     Ok(())
 }
@@ -156,9 +162,14 @@ pub(crate) fn select(
     spec: &TableSpec,
     query: &TableQuery,
 ) -> Result<Vec<Vec<Value>>, DbError> {
-    let (sql, values) = strata::table::select_sql(spec, query, |n| format!("?{n}"));
+    let (mut sql, values) = strata::table::select_sql(spec, query, |n| format!("?{n}"));
+    let mut bound: Vec<ToSqlOutput<'_>> = values.into_iter().map(to_sql).collect();
+    if let Some(limit) = query.limit {
+        bound.push(ToSqlOutput::Owned(SqlValue::Integer(i64::try_from(limit).unwrap_or(i64::MAX))));
+        sql.push_str(&format!(" LIMIT ?{}", bound.len()));
+    }
     let mut statement = connection.prepare_cached(&sql)?;
-    let mut rows = statement.query(params_from_iter(values.into_iter().map(to_sql)))?;
+    let mut rows = statement.query(params_from_iter(bound))?;
     let mut found = Vec::new();
     while let Some(row) = rows.next()? {
         let mut values = Vec::with_capacity(spec.columns.len());

@@ -304,15 +304,46 @@ impl ViewManager for SqliteViewManager {
         &self,
         projection: &str,
         tables: &[&'static TableSpec],
-    ) -> Result<(), ViewError> {
+        version: u32,
+    ) -> Result<u32, ViewError> {
         check_projection_name(projection)?;
         for spec in tables {
             spec.check().map_err(ViewError::InvalidTable)?;
         }
-        let sql: String = tables.iter().map(|spec| tables::create(spec, spec.name)).collect();
+        let (projection, tables) = (projection.to_owned(), tables.to_vec());
         self.write(move |transaction| {
-            transaction.execute_batch(&sql)?;
-            Ok(Ok(()))
+            // Views of another version keep their tables as they are until the rebuild
+            // replaces them: today's spec may not even fit them (an index on a new column).
+            // Tables they lack are made, so that queries find them empty meanwhile.
+            let stored: Option<u32> = transaction
+                .query_row("SELECT version FROM checkpoints WHERE projection = ?1", [&projection], |row| {
+                    row.get(0)
+                })
+                .optional()?;
+            for spec in &tables {
+                let exists: bool = transaction.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1)",
+                    [spec.name],
+                    |row| row.get(0),
+                )?;
+                if !exists || stored.is_none_or(|stored| stored == version) {
+                    transaction.execute_batch(&tables::create(spec, spec.name))?;
+                }
+            }
+            if let Some(stored) = stored.filter(|stored| *stored != version) {
+                return Ok(Ok(stored));
+            }
+            transaction.execute(
+                "INSERT INTO checkpoints (projection, position, revision, version) VALUES (?1, 0, 0, ?2) \
+                 ON CONFLICT (projection) DO NOTHING",
+                params![projection, version],
+            )?;
+            let stored: u32 = transaction.query_row(
+                "SELECT version FROM checkpoints WHERE projection = ?1",
+                [&projection],
+                |row| row.get(0),
+            )?;
+            Ok(Ok(stored))
         })
         .await
     }
@@ -388,8 +419,8 @@ impl ViewManager for SqliteViewManager {
         .await
     }
 
-    async fn parked(&self, projection: &str) -> Result<Vec<ParkedInstance>, ViewError> {
-        let key = projection.to_owned();
+    async fn parked(&self, projection: &str, slot: Slot) -> Result<Vec<ParkedInstance>, ViewError> {
+        let key = slot.key(projection);
         self.read(move |transaction| {
             let mut select = transaction.prepare_cached(SELECT_PARKED)?;
             let mut rows = select.query([key])?;
@@ -462,8 +493,16 @@ impl ViewManager for SqliteViewManager {
                 }
                 _ => None,
             };
+            let version: Option<u32> = transaction
+                .query_row(
+                    "SELECT version FROM checkpoints WHERE projection = ?1",
+                    [&projection],
+                    |row| row.get(0),
+                )
+                .optional()?;
             Ok(ProjectionRecord {
                 checkpoint: live,
+                version: version.unwrap_or(0),
                 parked: from_sql_integer(parked, "parked count")?,
                 rebuild,
             })
@@ -547,6 +586,7 @@ impl ViewManager for SqliteViewManager {
         &self,
         projection: &str,
         tables: &[&'static TableSpec],
+        version: u32,
         rebuilt: Checkpoint,
         live: Checkpoint,
     ) -> Result<Checkpoint, ViewError> {
@@ -573,10 +613,14 @@ impl ViewManager for SqliteViewManager {
                 )?;
             }
             for spec in &tables {
-                tables::swap(transaction, spec.name, &Slot::Rebuild.table(spec.name))?;
+                tables::swap(transaction, spec, spec.name, &Slot::Rebuild.table(spec.name))?;
             }
             let swapped = live.next(rebuilt.position);
             set_checkpoint(transaction, &projection, swapped)?;
+            transaction.execute(
+                "UPDATE checkpoints SET version = ?2 WHERE projection = ?1",
+                params![projection, version],
+            )?;
             transaction.execute("DELETE FROM checkpoints WHERE projection = ?1", [&key])?;
             Ok(Ok(swapped))
         })

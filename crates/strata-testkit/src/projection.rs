@@ -254,7 +254,7 @@ pub(crate) async fn parked_work_survives_a_lease_handover<M: ViewManager>(views:
 /// After the manager is reopened (a restart): the handover test's parked instance and its
 /// two waiting events are still there.
 pub(crate) async fn parked_work_survived_reopening<M: ViewManager>(views: &M) {
-    let parked = views.parked("tally_handover").await.expect("parked");
+    let parked = views.parked("tally_handover", Slot::Live).await.expect("parked");
     assert_eq!(
         parked.iter().map(|p| (p.view_id.as_str(), p.events)).collect::<Vec<_>>(),
         [("h1", 2)]

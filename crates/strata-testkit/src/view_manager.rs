@@ -96,6 +96,19 @@ static DAILY: TableSpec = TableSpec {
     kind: TableKind::Sums,
 };
 
+/// `contract_rebuilt` as a later version of the projection defines it: one more column.
+static REBUILT_V2: TableSpec = TableSpec {
+    name: "contract_rebuilt",
+    columns: &[
+        Column::new("id", ColumnType::Text),
+        Column::new("n", ColumnType::Integer),
+        Column::nullable("label", ColumnType::Text),
+    ],
+    key_columns: 1,
+    indexes: &[&["label", "id"]],
+    kind: TableKind::Rows,
+};
+
 static REBUILT: TableSpec = TableSpec {
     name: "contract_rebuilt",
     columns: &[Column::new("id", ColumnType::Text), Column::new("n", ColumnType::Integer)],
@@ -171,12 +184,16 @@ async fn unknown_projection_is_empty<M: ViewManager>(views: &M) {
     assert!(loaded.is_empty());
     let record = views.record("counters").await.expect("record");
     assert_eq!((record.checkpoint, record.parked, record.rebuild), (Checkpoint::START, 0, None));
-    assert!(views.parked("counters").await.expect("parked").is_empty());
+    assert!(views.parked("counters", Slot::Live).await.expect("parked").is_empty());
     assert!(views.skipped("counters").await.expect("skipped").is_empty());
 }
 
 async fn commit_saves_views_with_checkpoint<M: ViewManager>(views: &M) {
-    views.prepare("counters", &[]).await.expect("prepare");
+    assert_eq!(
+        views.prepare("counters", &[], 1).await.expect("prepare"),
+        1,
+        "a new projection records its version"
+    );
     let batch = vec![counter("a", 1, 3), counter("b", 2, 5)];
     views
         .commit("counters", Slot::Live, commit(Checkpoint::START, 5, batch))
@@ -244,7 +261,7 @@ async fn projections_are_independent<M: ViewManager>(views: &M) {
 
 async fn parked_instances_keep_their_events_as_stored<M: ViewManager>(views: &M) {
     let name = "parking";
-    views.prepare(name, &[]).await.expect("prepare");
+    views.prepare(name, &[], 1).await.expect("prepare");
     let mut first = commit(Checkpoint::START, 16, vec![counter("ok", 1, 13)]);
     first.views.push((
         "p".to_owned(),
@@ -273,7 +290,7 @@ async fn parked_instances_keep_their_events_as_stored<M: ViewManager>(views: &M)
         (5, Position(12)),
         "its state is the one before the failure"
     );
-    let parked = views.parked(name).await.expect("parked");
+    let parked = views.parked(name, Slot::Live).await.expect("parked");
     let listed: Vec<(&str, u64, u64, u32)> =
         parked.iter().map(|p| (p.view_id.as_str(), p.position.0, p.events, p.attempts)).collect();
     assert_eq!(
@@ -303,7 +320,7 @@ async fn parked_instances_keep_their_events_as_stored<M: ViewManager>(views: &M)
         skipped_at: parking(16, 1).parked_at,
     });
     views.commit(name, Slot::Live, release).await.expect("release");
-    assert!(views.parked(name).await.expect("parked").is_empty());
+    assert!(views.parked(name, Slot::Live).await.expect("parked").is_empty());
     assert!(views.parked_events(name, Slot::Live, "p").await.expect("events").is_empty());
     assert_eq!(views.get::<Counter>(name, "p").await.expect("get"), Some(counter("p", 9, 15).1));
     assert!(
@@ -325,8 +342,8 @@ async fn parked_instances_keep_their_events_as_stored<M: ViewManager>(views: &M)
 
 async fn tables_change_with_the_checkpoint_and_answer_queries<M: ViewManager>(views: &M) {
     let name = "tables";
-    views.prepare(name, &[&ITEMS, &DAILY]).await.expect("prepare");
-    views.prepare(name, &[&ITEMS, &DAILY]).await.expect("preparing again changes nothing");
+    views.prepare(name, &[&ITEMS, &DAILY], 1).await.expect("prepare");
+    views.prepare(name, &[&ITEMS, &DAILY], 1).await.expect("preparing again changes nothing");
     let mut first = Commit::<Counter>::new(Checkpoint::START, Position(10));
     for (i, owner) in ["ann", "bob", "ann", "ann", "bob"].iter().enumerate() {
         let i = i as i64;
@@ -413,7 +430,7 @@ async fn tables_change_with_the_checkpoint_and_answer_queries<M: ViewManager>(vi
 async fn a_rebuild_fills_apart_and_swaps_in_at_once<M: ViewManager>(views: &M) {
     let name = "rebuilt";
     let tables = [&REBUILT];
-    views.prepare(name, &tables).await.expect("prepare");
+    views.prepare(name, &tables, 1).await.expect("prepare");
     let mut live =
         commit(Checkpoint::START, 20, vec![counter("old", 1, 10), counter("kept", 1, 11)]);
     live.rows.push(RowChange::Upsert {
@@ -459,16 +476,16 @@ async fn a_rebuild_fills_apart_and_swaps_in_at_once<M: ViewManager>(views: &M) {
     assert!(views.get::<Counter>(name, "new").await.expect("get").is_none());
     let everything = TableQuery { order_by: vec!["id"], ..TableQuery::default() };
     assert_eq!(views.select(&REBUILT, &everything).await.expect("select").len(), 1);
-    assert!(views.parked(name).await.expect("parked").is_empty());
+    assert!(views.parked(name, Slot::Live).await.expect("parked").is_empty());
 
     assert!(
         matches!(
-            views.finish_rebuild(name, &tables, rebuilt_at, at(19, 1)).await,
+            views.finish_rebuild(name, &tables, 1, rebuilt_at, at(19, 1)).await,
             Err(ViewError::Fenced { .. })
         ),
         "the swap is fenced on the live checkpoint"
     );
-    let swapped = views.finish_rebuild(name, &tables, rebuilt_at, live_at).await.expect("swap");
+    let swapped = views.finish_rebuild(name, &tables, 1, rebuilt_at, live_at).await.expect("swap");
     assert_eq!(swapped, at(25, 2));
     assert_eq!(views.checkpoint(name, Slot::Live).await.expect("checkpoint"), swapped);
     assert!(
@@ -484,7 +501,7 @@ async fn a_rebuild_fills_apart_and_swaps_in_at_once<M: ViewManager>(views: &M) {
         vec![vec![Value::Text("new".into()), Value::Integer(3)]],
         "the rebuilt table replaced the live one"
     );
-    let parked = views.parked(name).await.expect("parked");
+    let parked = views.parked(name, Slot::Live).await.expect("parked");
     assert_eq!(
         parked.iter().map(|p| (p.view_id.as_str(), p.events)).collect::<Vec<_>>(),
         [("sick", 1)]
@@ -504,7 +521,7 @@ async fn a_rebuild_fills_apart_and_swaps_in_at_once<M: ViewManager>(views: &M) {
         swapped,
         "a failed rebuild leaves live alone"
     );
-    views
+    let again = views
         .begin_rebuild(name, &tables, Utc::now())
         .await
         .expect("a failed rebuild can be begun again");
@@ -512,6 +529,42 @@ async fn a_rebuild_fills_apart_and_swaps_in_at_once<M: ViewManager>(views: &M) {
         views.load::<Counter>(name, Slot::Rebuild, &ids(&["new"])).await.expect("load").is_empty(),
         "it starts empty"
     );
+
+    // A later version of the projection changed the table: its rebuild makes it anew.
+    views.fail_rebuild(name, again, "superseded").await.expect("fail");
+    let changed = [&REBUILT_V2];
+    let begun =
+        views.begin_rebuild(name, &changed, Utc::now()).await.expect("begin with the new table");
+    let mut filled = Commit::<Counter>::new(begun, Position(25));
+    filled.rows.push(RowChange::Upsert {
+        table: &REBUILT_V2,
+        row: vec![Value::Text("new".into()), Value::Integer(4), Value::Text("labelled".into())],
+    });
+    views.commit(name, Slot::Rebuild, filled).await.expect("rebuild batch");
+    let live_now = views.checkpoint(name, Slot::Live).await.expect("checkpoint");
+    // A definition that stores other instances or tables declares a new version; the
+    // view store says which version built the live views, so that a node can tell.
+    assert_eq!(views.prepare(name, &changed, 2).await.expect("prepare"), 1, "built by version 1");
+    views
+        .finish_rebuild(name, &changed, 2, begun.next(Position(25)), live_now)
+        .await
+        .expect("swap");
+    assert_eq!(
+        views.record(name).await.expect("record").version,
+        2,
+        "the swap records the rebuild's version"
+    );
+    assert_eq!(views.prepare(name, &changed, 2).await.expect("prepare"), 2);
+    let labelled = TableQuery { order_by: vec!["id"], ..TableQuery::default() };
+    assert_eq!(
+        views.select(&REBUILT_V2, &labelled).await.expect("select the new columns"),
+        vec![vec![Value::Text("new".into()), Value::Integer(4), Value::Text("labelled".into())]],
+        "the swapped-in table has the new spec's columns"
+    );
+    views
+        .begin_rebuild(name, &changed, Utc::now())
+        .await
+        .expect("one more, left running for the reopening");
 }
 
 async fn racing_commits_let_exactly_one_win<M: ViewManager>(views: &Arc<M>) {

@@ -156,6 +156,8 @@ struct ViewState {
     skipped: HashMap<String, Vec<SkippedEvent>>,
     /// Table rows by the table's name in its slot, then key.
     tables: HashMap<String, HashMap<Vec<Value>, Vec<Value>>>,
+    /// The definition version that built each projection's live views.
+    versions: HashMap<String, u32>,
 }
 
 struct MemoryView {
@@ -237,14 +239,20 @@ impl ViewManager for InMemoryViewManager {
         &self,
         projection: &str,
         tables: &[&'static TableSpec],
-    ) -> Result<(), ViewError> {
+        version: u32,
+    ) -> Result<u32, ViewError> {
         check_projection_name(projection)?;
         let mut state = locked(&self.state);
+        if let Some(stored) =
+            state.versions.get(projection).copied().filter(|stored| *stored != version)
+        {
+            return Ok(stored);
+        }
         for spec in tables {
             spec.check().map_err(ViewError::InvalidTable)?;
             state.tables.entry(spec.name.to_owned()).or_default();
         }
-        Ok(())
+        Ok(*state.versions.entry(projection.to_owned()).or_insert(version))
     }
 
     async fn load<V: DeserializeOwned + Send + 'static>(
@@ -291,10 +299,11 @@ impl ViewManager for InMemoryViewManager {
         Ok(())
     }
 
-    async fn parked(&self, projection: &str) -> Result<Vec<ParkedInstance>, ViewError> {
+    async fn parked(&self, projection: &str, slot: Slot) -> Result<Vec<ParkedInstance>, ViewError> {
         let state = locked(&self.state);
-        let Some(views) = state.views.get(projection) else { return Ok(Vec::new()) };
-        let waiting = state.parked_events.get(projection);
+        let key = slot.key(projection);
+        let Some(views) = state.views.get(&key) else { return Ok(Vec::new()) };
+        let waiting = state.parked_events.get(&key);
         let mut parked: Vec<ParkedInstance> = views
             .iter()
             .filter_map(|(id, view)| {
@@ -344,7 +353,8 @@ impl ViewManager for InMemoryViewManager {
             started_at: *started_at,
             error: error.clone(),
         });
-        Ok(ProjectionRecord { checkpoint: state.checkpoint(projection), parked, rebuild })
+        let version = state.versions.get(projection).copied().unwrap_or(0);
+        Ok(ProjectionRecord { checkpoint: state.checkpoint(projection), version, parked, rebuild })
     }
 
     async fn select(
@@ -414,6 +424,7 @@ impl ViewManager for InMemoryViewManager {
         &self,
         projection: &str,
         tables: &[&'static TableSpec],
+        version: u32,
         rebuilt: Checkpoint,
         live: Checkpoint,
     ) -> Result<Checkpoint, ViewError> {
@@ -436,6 +447,7 @@ impl ViewManager for InMemoryViewManager {
         state.checkpoints.insert(projection.to_owned(), swapped);
         state.checkpoints.remove(&key);
         state.rebuilds.remove(projection);
+        state.versions.insert(projection.to_owned(), version);
         Ok(swapped)
     }
 }

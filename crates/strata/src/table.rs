@@ -301,6 +301,18 @@ pub fn check_rows(
             return Err(format!("value {value:?} does not fit column {table}.{}", column.name));
         }
     }
+    // Two rows of one instance with the same key would overwrite each other, and in one
+    // SQL statement cannot be written at all.
+    for (i, (table, values)) in rows.iter().enumerate() {
+        let Some(spec) = tables.iter().find(|spec| spec.name == *table) else { continue };
+        if spec.kind != TableKind::Rows {
+            continue;
+        }
+        let k = spec.key_columns;
+        if rows[..i].iter().any(|(other, earlier)| other == table && earlier[..k] == values[..k]) {
+            return Err(format!("two rows for {table} with the key {:?}", &values[..k]));
+        }
+    }
     Ok(())
 }
 
@@ -449,6 +461,28 @@ impl TableQuery {
         if let Some(name) = self.order_by.iter().find(|name| spec.column(name).is_none()) {
             return Err(format!("{} has no column {name}", spec.name));
         }
+        // Paging compares tuples of the ordering columns, which a null makes unknown (and
+        // SQL stores sort nulls differently), so only non-null columns order a query.
+        if let Some(name) = self
+            .order_by
+            .iter()
+            .find(|name| spec.column(name).is_some_and(|i| spec.columns[i].nullable))
+        {
+            return Err(format!("{}.{name} may be null and cannot order a query", spec.name));
+        }
+        if let Some(after) = &self.after {
+            for (name, value) in self.order_by.iter().zip(after) {
+                let fits = spec
+                    .column(name)
+                    .is_some_and(|i| value.fits(&spec.columns[i]) && *value != Value::Null);
+                if !fits {
+                    return Err(format!(
+                        "the paging value {value:?} does not fit {}.{name}",
+                        spec.name
+                    ));
+                }
+            }
+        }
         if let Some(after) = &self.after
             && after.len() != self.order_by.len()
         {
@@ -530,9 +564,6 @@ pub fn select_sql<'q>(
         let direction = if query.descending { " DESC" } else { "" };
         let order: Vec<String> = query.order_by.iter().map(|c| format!("{c}{direction}")).collect();
         sql.push_str(&format!(" ORDER BY {}", order.join(", ")));
-    }
-    if let Some(limit) = query.limit {
-        sql.push_str(&format!(" LIMIT {limit}"));
     }
     (sql, values)
 }
@@ -624,9 +655,31 @@ mod tests {
         let (sql, values) = select_sql(&SALES, &query, |n| format!("${n}"));
         assert_eq!(
             sql,
-            "SELECT day, sku, units FROM sales WHERE sku = $1 AND (day, sku) < ($2, $3) ORDER BY day DESC, sku DESC LIMIT 3"
+            "SELECT day, sku, units FROM sales WHERE sku = $1 AND (day, sku) < ($2, $3) ORDER BY day DESC, sku DESC"
         );
         assert_eq!(values.len(), 3);
+    }
+
+    #[test]
+    fn an_instance_cannot_state_two_rows_with_one_key() {
+        static LIST: TableSpec = TableSpec {
+            name: "list",
+            columns: &[
+                Column::new("id", ColumnType::Text),
+                Column::nullable("note", ColumnType::Text),
+            ],
+            key_columns: 1,
+            indexes: &[],
+            kind: TableKind::Rows,
+        };
+        let row = |id: &str| ("list", vec![Value::Text(id.into()), Value::Null]);
+        assert!(check_rows(&[&LIST], &[row("a"), row("b")]).is_ok());
+        assert!(check_rows(&[&LIST], &[row("a"), row("a")]).unwrap_err().contains("two rows"));
+        let by_note = TableQuery { order_by: vec!["note"], ..TableQuery::default() };
+        assert!(
+            by_note.check(&LIST).unwrap_err().contains("may be null"),
+            "nullable columns do not order queries"
+        );
     }
 
     #[test]

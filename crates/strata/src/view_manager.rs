@@ -194,6 +194,9 @@ pub struct RebuildRecord {
 pub struct ProjectionRecord {
     /// The live checkpoint.
     pub checkpoint: Checkpoint,
+    /// The version of the projection's definition that built the live views (see
+    /// [`crate::Projection::with_version`]); 0 when nothing is stored yet.
+    pub version: u32,
     /// How many live instances are parked.
     pub parked: u64,
     /// The rebuild, if one runs or failed.
@@ -316,13 +319,16 @@ pub fn encode_commit<V: Serialize>(
 ///
 /// Every backend passes `strata_testkit::view_manager_contract` unchanged.
 pub trait ViewManager: Send + Sync + 'static {
-    /// Creates what `projection`'s live slot needs that is missing (its tables). Idempotent;
-    /// called when a projection starts.
+    /// Creates what `projection`'s live slot needs that is missing (its tables, and its
+    /// checkpoint at 0 recording `version`). Idempotent; called when a projection starts.
+    /// Returns the version the stored views were built by: when it is not `version`, the
+    /// definition changed and the views need a rebuild.
     fn prepare(
         &self,
         projection: &str,
         tables: &[&'static TableSpec],
-    ) -> impl Future<Output = Result<(), ViewError>> + Send;
+        version: u32,
+    ) -> impl Future<Output = Result<u32, ViewError>> + Send;
 
     /// The stored instances among `ids` in `slot` of `projection`; missing ids are absent.
     fn load<V: DeserializeOwned + Send + 'static>(
@@ -355,10 +361,11 @@ pub trait ViewManager: Send + Sync + 'static {
         commit: Commit<V>,
     ) -> impl Future<Output = Result<(), ViewError>> + Send;
 
-    /// The parked live instances of `projection`, oldest parked event first.
+    /// The parked instances in `slot` of `projection`, oldest parked event first.
     fn parked(
         &self,
         projection: &str,
+        slot: Slot,
     ) -> impl Future<Output = Result<Vec<ParkedInstance>, ViewError>> + Send;
 
     /// The events waiting on instance `id` in `slot`, in position order, as stored.
@@ -409,12 +416,13 @@ pub trait ViewManager: Send + Sync + 'static {
 
     /// Swaps the rebuild in, in one transaction: the live instances, tables and parked
     /// events are replaced by the rebuild's, the live checkpoint moves to the rebuild's
-    /// position, and the rebuild record is removed. Fenced on both checkpoints; returns the
-    /// new live checkpoint.
+    /// position and records `version` (the definition the rebuild ran), and the rebuild
+    /// record is removed. Fenced on both checkpoints; returns the new live checkpoint.
     fn finish_rebuild(
         &self,
         projection: &str,
         tables: &[&'static TableSpec],
+        version: u32,
         rebuilt: Checkpoint,
         live: Checkpoint,
     ) -> impl Future<Output = Result<Checkpoint, ViewError>> + Send;

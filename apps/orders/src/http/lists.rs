@@ -62,6 +62,7 @@ fn after(cursor: &str) -> Result<Vec<Value>, Problem> {
     let key = paging::key_of(cursor)?;
     let invalid = || Problem::bad_request("after must be a cursor from a previous page of orders");
     let (micros, id) = key.split_once(':').ok_or_else(invalid)?;
+    ids::check("the order id in after", id).map_err(|_| invalid())?;
     let at = micros
         .parse::<i64>()
         .ok()
@@ -147,7 +148,12 @@ async fn page<B: Backend>(
     let parked: HashMap<String, Position> = if rows.is_empty() {
         HashMap::new()
     } else {
-        app.views.parked(LIST).await?.into_iter().map(|p| (p.view_id, p.position)).collect()
+        app.views
+            .parked(LIST, strata::Slot::Live)
+            .await?
+            .into_iter()
+            .map(|p| (p.view_id, p.position))
+            .collect()
     };
     let mut orders = Vec::with_capacity(rows.len());
     for row in rows {

@@ -1,6 +1,8 @@
 //! `GET /reports/sales?from=YYYY-MM-DD&to=YYYY-MM-DD[&sku=…]`: sales per day and product,
-//! rows by day then sku, summed by SQL over the `sales_daily` table (never by replaying
-//! events). `from` and `to` are inclusive days; totals are the sums of the rows.
+//! rows by day then sku, read with SQL from the `sales_daily` table (never by replaying
+//! events). `from` and `to` are inclusive days. Totals sum the rows' units and revenue;
+//! their `orders` counts orders, each once (from `sales_daily_orders`; with `sku`, the
+//! orders with a line of that sku).
 
 use std::sync::Arc;
 
@@ -16,7 +18,7 @@ use strata_http::{Problem, ViewWait};
 use super::ids;
 use super::queries::{answer, projection};
 use crate::app::{App, Backend};
-use crate::views::SALES_DAILY;
+use crate::views::{SALES_DAILY, SALES_DAILY_ORDERS};
 
 const SALES: &str = "sales_daily";
 
@@ -49,7 +51,8 @@ struct Report {
     to: NaiveDate,
     rows: Vec<Row>,
     totals: Totals,
-    /// Orders whose contribution is withheld because their instance is parked.
+    /// Orders whose instance is parked: their contribution is the one before the event
+    /// that could not be applied, and may be stale.
     parked: u64,
 }
 
@@ -71,10 +74,12 @@ pub async fn sales<B: Backend>(
     if from > to {
         return Err(Problem::bad_request(format!("from ({from}) must not be after to ({to})")));
     }
-    let mut filters = vec![
+    let days = vec![
         Filter { column: "day", comparison: Comparison::Ge, value: Value::Date(from) },
         Filter { column: "day", comparison: Comparison::Le, value: Value::Date(to) },
     ];
+    let mut filters = days.clone();
+    let by_sku = params.sku.is_some();
     if let Some(sku) = params.sku {
         ids::check("sku", &sku)?;
         filters.push(Filter { column: "sku", comparison: Comparison::Eq, value: Value::Text(sku) });
@@ -94,10 +99,18 @@ pub async fn sales<B: Backend>(
             units: number(3),
             revenue_cents: number(4),
         };
-        totals.orders += row.orders;
+        if by_sku {
+            totals.orders += row.orders;
+        }
         totals.units += row.units;
         totals.revenue_cents += row.revenue_cents;
         rows.push(row);
+    }
+    if !by_sku {
+        let per_day = TableQuery { filters: days, order_by: vec!["day"], ..TableQuery::default() };
+        for row in app.views.select(&SALES_DAILY_ORDERS, &per_day).await? {
+            totals.orders += row[1].as_integer().unwrap_or(0);
+        }
     }
     let parked = app.views.record(SALES).await?.parked;
     Ok(answer(Report { from, to, rows, totals, parked }, position))

@@ -22,7 +22,7 @@ pub use customers::{CustomerView, customers};
 pub use order_list::{CUSTOMER_ORDERS, ListedOrder, customer_orders};
 pub use orders::{OrderView, orders};
 pub use products::{ProductView, products};
-pub use sales::{OrderSales, SALES_DAILY, sales_daily};
+pub use sales::{OrderSales, SALES_DAILY, SALES_DAILY_ORDERS, sales_daily};
 
 /// A projection of the orders service: its locator is a plain function of the event.
 pub type OrdersProjection<V> = Projection<OrdersEvent, V, Locator>;

@@ -4,7 +4,8 @@
 //! Each order is an instance that contributes, while it is confirmed or shipped, one row per
 //! sku to the day it was confirmed: one order, its units, and its revenue (qty × price).
 //! The table adds up the contributions of every order; a cancellation takes the order's
-//! contribution out again.
+//! contribution out again. `sales_daily_orders` counts each order once per day, for the
+//! report's total.
 
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
@@ -29,8 +30,18 @@ pub static SALES_DAILY: TableSpec = TableSpec {
     kind: TableKind::Sums,
 };
 
+/// Orders confirmed per day, whatever they hold: the report's total of orders, which the
+/// per-sku rows cannot give (an order with two skus is in two rows).
+pub static SALES_DAILY_ORDERS: TableSpec = TableSpec {
+    name: "sales_daily_orders",
+    columns: &[Column::new("day", ColumnType::Date), Column::new("orders", ColumnType::Integer)],
+    key_columns: 1,
+    indexes: &[],
+    kind: TableKind::Sums,
+};
+
 /// The tables of the projection.
-static TABLES: [&TableSpec; 1] = [&SALES_DAILY];
+static TABLES: [&TableSpec; 2] = [&SALES_DAILY, &SALES_DAILY_ORDERS];
 
 /// What one order contributes to the sales report.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +76,7 @@ impl View<OrdersEvent> for OrderSales {
     fn rows(&self, _id: &str, rows: &mut TableRows) {
         let counted = matches!(self.status, Some(OrderStatus::Confirmed | OrderStatus::Shipped));
         let Some(day) = self.confirmed_on.filter(|_| counted) else { return };
+        rows.push(SALES_DAILY_ORDERS.name, vec![Value::Date(day), Value::Integer(1)]);
         let mut skus: Vec<(&str, i64, i64)> = Vec::new();
         for line in &self.lines {
             match skus.iter_mut().find(|(sku, _, _)| *sku == line.sku) {

@@ -368,3 +368,59 @@ async fn a_rebuild_under_load_answers_every_query_and_swaps_in_views_equal_to_a_
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_built_by_an_older_definition_are_rebuilt_when_the_service_starts() {
+    use strata::{Commit, Slot, ViewManager};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let service = Service::start_in_path(&path).await;
+    service.seed().await;
+    for id in ["u1", "u2"] {
+        service.post("/orders", json!({"order_id": id, "customer_id": "ada", "lines": []})).await;
+    }
+    service.view("/customers/ada/orders").await;
+    let head = Position(service.head());
+    service.stop_and_wait().await;
+
+    // As the first release left customer_orders: at the head, built by version 1 of its
+    // definition, with nothing in today's list table.
+    {
+        let views = strata_sqlite::SqliteViewManager::open(&path).unwrap();
+        let tables = [&orders::views::CUSTOMER_ORDERS];
+        let live = views.checkpoint("customer_orders", Slot::Live).await.unwrap();
+        let begun =
+            views.begin_rebuild("customer_orders", &tables, chrono::Utc::now()).await.unwrap();
+        views
+            .commit::<orders::views::ListedOrder>(
+                "customer_orders",
+                Slot::Rebuild,
+                Commit::new(begun, head),
+            )
+            .await
+            .unwrap();
+        views.finish_rebuild("customer_orders", &tables, 1, begun.next(head), live).await.unwrap();
+        assert_eq!(views.record("customer_orders").await.unwrap().version, 1);
+    }
+
+    let service = Service::start_in_path(&path).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let listed = service.get("/customers/ada/orders").await;
+        if listed.body["orders"].as_array().map(Vec::len) == Some(3) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the list was never rebuilt: {}",
+            listed.body
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let views = service.app.views.clone();
+    assert_eq!(
+        views.record("customer_orders").await.unwrap().version,
+        2,
+        "rebuilt by today's definition"
+    );
+}

@@ -62,10 +62,12 @@ impl From<RecordedEvent> for EventJson {
     }
 }
 
-/// Ids in paths and audits: 1 to 256 characters.
+/// Ids in paths and audits: 1 to 256 characters, none of them control characters.
 fn check_id(what: &str, id: &str) -> Result<(), Problem> {
-    if id.is_empty() || id.len() > 256 {
-        return Err(Problem::bad_request(format!("{what} must be 1 to 256 characters")));
+    if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
+        return Err(Problem::bad_request(format!(
+            "{what} must be 1 to 256 characters without control characters"
+        )));
     }
     Ok(())
 }

@@ -22,6 +22,11 @@ ALTER TABLE strata_checkpoints
     ADD COLUMN started_at timestamptz,
     ADD COLUMN error      text;
 
+-- The version of the projection's definition that built the live views: views written
+-- before versions existed were built by version 1. A projection whose code declares
+-- another version rebuilds them.
+ALTER TABLE strata_checkpoints ADD COLUMN version integer NOT NULL DEFAULT 1;
+
 -- Events waiting on a parked instance, as the event log holds them (the same columns), so
 -- that a fixed decoder or view applies them on retry.
 CREATE TABLE strata_parked_events (

@@ -19,6 +19,11 @@ ALTER TABLE checkpoints ADD COLUMN revision INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE checkpoints ADD COLUMN started_at INTEGER;
 ALTER TABLE checkpoints ADD COLUMN error TEXT;
 
+-- The version of the projection's definition that built the live views: views written
+-- before versions existed were built by version 1. A projection whose code declares
+-- another version rebuilds them.
+ALTER TABLE checkpoints ADD COLUMN version INTEGER NOT NULL DEFAULT 1;
+
 -- Events waiting on a parked instance, as the event store holds them (the same columns),
 -- so that a fixed decoder or view applies them on retry.
 CREATE TABLE parked_events (

@@ -135,5 +135,5 @@ async fn views_written_by_schema_version_1_read_the_same_after_migrating() {
         views.checkpoint("orders", Slot::Live).await.unwrap(),
         Checkpoint { position: Position(9), revision: 0 }
     );
-    assert!(views.parked("orders").await.unwrap().is_empty());
+    assert!(views.parked("orders", Slot::Live).await.unwrap().is_empty());
 }

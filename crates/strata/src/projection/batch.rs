@@ -299,16 +299,26 @@ where
     pub(crate) async fn replay_parked<M: ViewManager>(
         &self,
         views: &M,
+        slot: Slot,
         id: &str,
         skip: Option<&str>,
     ) -> Result<Option<Option<Replayed<V>>>, ProjectionError> {
-        let from = views.checkpoint(self.name, Slot::Live).await?;
+        let from = views.checkpoint(self.name, slot).await?;
         let ids = [id.to_owned()];
-        let Some(stored) = views.load::<V>(self.name, Slot::Live, &ids).await?.remove(id) else {
+        let Some(stored) = views.load::<V>(self.name, slot, &ids).await?.remove(id) else {
             return Ok(Some(None));
         };
         let Some(parking) = stored.parked.clone() else { return Ok(Some(None)) };
-        let waiting = views.parked_events(self.name, Slot::Live, id).await?;
+        let waiting = views.parked_events(self.name, slot, id).await?;
+        // Events skipped earlier (on the live slot, while a rebuild had parked them) are
+        // dropped here too.
+        let skipped: HashSet<Position> = views
+            .skipped(self.name)
+            .await?
+            .into_iter()
+            .filter(|s| s.view_id == id)
+            .map(|s| s.position)
+            .collect();
         let old_rows = self.rows_of(id, &stored).unwrap_or_default();
 
         let now = Utc::now();
@@ -330,10 +340,14 @@ where
         let mut still_waiting = 0;
         while let Some(record) = rest.next() {
             let position = record.position;
-            let event = ReadEvent::<E>::new(record.clone());
             if position <= state.position {
                 continue;
             }
+            if skipped.contains(&position) {
+                state.position = position;
+                continue;
+            }
+            let event = ReadEvent::<E>::new(record.clone());
             let mut attempt = state.view.clone();
             match apply(&mut attempt, &event) {
                 Ok(()) => {
@@ -360,7 +374,7 @@ where
             table::diff_rows(self.tables, old_rows, new_rows, &mut commit.rows);
         }
         commit.views.push((id.to_owned(), state.clone()));
-        match views.commit(self.name, Slot::Live, commit).await {
+        match views.commit(self.name, slot, commit).await {
             Ok(()) => Ok(Some(Some(Replayed { stored: state, waiting: still_waiting }))),
             Err(crate::ViewError::Fenced { .. }) => Ok(None),
             Err(error) => Err(error.into()),

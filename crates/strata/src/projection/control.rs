@@ -24,7 +24,9 @@ use crate::event::DomainEvent;
 use crate::store::{EventStore, StoreError};
 use crate::stream::Position;
 use crate::view::{View, ViewLocator};
-use crate::view_manager::{ParkedInstance, RebuildRecord, SkippedEvent, ViewError, ViewManager};
+use crate::view_manager::{
+    ParkedInstance, RebuildRecord, SkippedEvent, Slot, ViewError, ViewManager,
+};
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -236,8 +238,11 @@ where
     ) -> Result<InstanceReport, ControlError> {
         let views = self.engine.views.as_ref();
         for _ in 0..REPLAY_TRIES {
-            let replayed =
-                self.engine.projection.replay_parked(views, &view_id, skip.as_deref()).await?;
+            let replayed = self
+                .engine
+                .projection
+                .replay_parked(views, Slot::Live, &view_id, skip.as_deref())
+                .await?;
             let Some(replayed) = replayed else { continue };
             let Some(replayed) = replayed else {
                 return Err(ControlError::NotParked {
@@ -283,7 +288,7 @@ where
     }
 
     fn parked(&self) -> BoxFuture<'_, Result<Vec<ParkedInstance>, ControlError>> {
-        Box::pin(async move { Ok(self.engine.views.parked(self.name()).await?) })
+        Box::pin(async move { Ok(self.engine.views.parked(self.name(), Slot::Live).await?) })
     }
 
     fn replay(

@@ -112,6 +112,7 @@ pub struct Projection<E, V, L> {
     tables: &'static [&'static TableSpec],
     batch_size: usize,
     rebuild_batch_size: usize,
+    version: u32,
     _types: PhantomData<fn() -> (E, V)>,
 }
 
@@ -138,6 +139,7 @@ where
             tables: &[],
             batch_size: DEFAULT_BATCH_SIZE,
             rebuild_batch_size: DEFAULT_REBUILD_BATCH_SIZE,
+            version: 1,
             _types: PhantomData,
         }
     }
@@ -172,6 +174,20 @@ where
     pub fn with_rebuild_batch_size(mut self, batch_size: usize) -> Self {
         self.rebuild_batch_size = batch_size.max(1);
         self
+    }
+
+    /// Declares the version of the projection's definition (1 unless said). Raise it when a
+    /// change makes views built by the old definition wrong (another instance per id, other
+    /// tables): a node that finds views of another version rebuilds them, beside the old
+    /// ones, and swaps them in.
+    pub fn with_version(mut self, version: u32) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// The version of the projection's definition.
+    pub fn version(&self) -> u32 {
+        self.version
     }
 
     /// The projection's name.

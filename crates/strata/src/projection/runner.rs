@@ -42,6 +42,11 @@ const OBSERVE_INTERVAL: Duration = Duration::from_millis(50);
 /// this node wakes it at once).
 const REBUILD_POLL: Duration = Duration::from_secs(1);
 
+/// How many times in a row a rebuild's batch may fail (reading or writing) before the
+/// rebuild is given up. With the backoff that is about half a minute: long enough to ride
+/// out a database restart, short enough to say so while someone is watching.
+const REBUILD_BATCH_FAILURES: u32 = 10;
+
 /// How many batches a bulk read keeps reading ahead. Two keep both cores reading while a
 /// third batch is applied; more only hold memory.
 const READS_AHEAD: usize = 2;
@@ -192,6 +197,10 @@ pub(crate) struct Engine<S, M, E, V, L> {
 /// Where one slot's processing stands between batches.
 pub(crate) struct Cursor<E, V> {
     slot: Slot,
+    /// Whether a rebuild's parked instances were checked against live before the swap.
+    reconciled: bool,
+    /// The last checkpoint position known, kept when the checkpoint is to be read again.
+    reached: Position,
     /// The instances the last batch committed (see [`Warm`]).
     warm: Warm<V>,
     /// Reads past the shared reader's memory, one batch ahead: a rebuild (in batches of
@@ -208,6 +217,26 @@ pub(crate) struct Cursor<E, V> {
     batch_failures: u32,
     fences: u32,
     not_before: Option<Instant>,
+}
+
+/// What live processing did with an event a rebuild cannot apply.
+enum LiveVerdict {
+    /// Parked its instance there (or before): the rebuild parks it too.
+    Parked,
+    /// Has not reached it yet.
+    NotYet,
+    /// Got past it without parking.
+    Applied,
+}
+
+/// What an attempt to swap a rebuild in did.
+enum Finish {
+    /// Swapped, or the rebuild is gone.
+    Over,
+    /// Not yet: the rebuild reads on, or tries again.
+    NotYet,
+    /// The swap keeps failing.
+    GiveUp(String),
 }
 
 /// What one step of a cursor did.
@@ -227,6 +256,8 @@ impl<E, V> Cursor<E, V> {
     pub(crate) fn new(slot: Slot) -> Self {
         Self {
             slot,
+            reconciled: false,
+            reached: Position::START,
             warm: HashMap::new(),
             bulk: slot == Slot::Rebuild,
             ahead: VecDeque::new(),
@@ -242,6 +273,7 @@ impl<E, V> Cursor<E, V> {
 
     fn committed(&mut self, to: Checkpoint) {
         self.checkpoint = Some(to);
+        self.reached = to.position;
         self.plan.clear();
         self.attempts.clear();
         self.batch_failures = 0;
@@ -282,6 +314,10 @@ where
 
     /// Reads the slot's checkpoint and the skipped events into `cursor`.
     async fn load(&self, cursor: &mut Cursor<E, V>) -> Result<Checkpoint, ProjectionError> {
+        // Whatever made the checkpoint unknown may have changed instances too (an
+        // operator's retry, a swap): warm instances are only good for the checkpoint they
+        // were committed at.
+        cursor.warm.clear();
         let checkpoint = self.views.checkpoint(self.name(), cursor.slot).await?;
         if cursor.slot == Slot::Live {
             let head = self.reader.store().head();
@@ -295,6 +331,7 @@ where
         let skipped = self.views.skipped(self.name()).await?;
         cursor.skips = skipped.into_iter().map(|s| (s.view_id, s.position)).collect();
         cursor.checkpoint = Some(checkpoint);
+        cursor.reached = checkpoint.position;
         Ok(checkpoint)
     }
 
@@ -425,29 +462,61 @@ where
             cursor.not_before = Some(not_before);
             return Step::Waiting(not_before);
         };
+        if cursor.slot == Slot::Rebuild {
+            // An operator may have skipped the event since the rebuild read its skips.
+            match self.views.skipped(self.name()).await {
+                Ok(skipped) => {
+                    let skips: HashSet<(String, Position)> =
+                        skipped.into_iter().map(|s| (s.view_id, s.position)).collect();
+                    if failures.iter().any(|f| skips.contains(&(f.view_id.clone(), f.position))) {
+                        cursor.skips = skips;
+                        return Step::Advanced;
+                    }
+                }
+                Err(error) => return self.batch_failed(cursor, &error.into()),
+            }
+        }
         for failure in &failures {
-            if cursor.slot == Slot::Rebuild && !self.parked_live_at(failure).await {
-                // A rebuild reproduces what live processing parked, but a new failure stops
-                // it: the live views keep serving rather than be replaced by broken ones.
-                return Step::GiveUp(format!(
-                    "rebuild stopped at position {}: view {} cannot apply it: {}",
-                    failure.position, failure.view_id, failure.error
-                ));
+            if cursor.slot == Slot::Rebuild {
+                match self.live_verdict(failure).await {
+                    LiveVerdict::Parked => {}
+                    LiveVerdict::NotYet => {
+                        // Live processing has not reached the event: it may yet park it.
+                        let not_before = Instant::now() + backoff(attempts);
+                        cursor.not_before = Some(not_before);
+                        return Step::Waiting(not_before);
+                    }
+                    LiveVerdict::Applied => {
+                        // A rebuild reproduces what live processing parked, but a new
+                        // failure stops it: the live views keep serving rather than be
+                        // replaced by broken ones.
+                        return Step::GiveUp(format!(
+                            "rebuild stopped at position {}: view {} cannot apply it: {}",
+                            failure.position, failure.view_id, failure.error
+                        ));
+                    }
+                }
             }
             cursor.plan_park(failure, attempts);
         }
         Step::Advanced
     }
 
-    /// Whether the live slot has `failure`'s instance parked at or before its event.
-    async fn parked_live_at(&self, failure: &InstanceFailure) -> bool {
+    /// What live processing did with `failure`'s event, for a rebuild that failed on it.
+    async fn live_verdict(&self, failure: &InstanceFailure) -> LiveVerdict {
         let ids = [failure.view_id.clone()];
-        match self.views.load::<V>(self.name(), Slot::Live, &ids).await {
-            Ok(mut found) => found
-                .remove(&failure.view_id)
-                .and_then(|stored| stored.parked)
-                .is_some_and(|parking| parking.position <= failure.position),
-            Err(_) => false,
+        let (found, live) = tokio::join!(
+            self.views.load::<V>(self.name(), Slot::Live, &ids),
+            self.views.checkpoint(self.name(), Slot::Live)
+        );
+        let parked = found
+            .ok()
+            .and_then(|mut found| found.remove(&failure.view_id))
+            .and_then(|stored| stored.parked);
+        match (parked, live) {
+            (Some(parking), _) if parking.position <= failure.position => LiveVerdict::Parked,
+            (_, Ok(live)) if live.position < failure.position => LiveVerdict::NotYet,
+            _ => LiveVerdict::Applied,
         }
     }
 
@@ -465,10 +534,10 @@ where
         );
         if cursor.slot == Slot::Live {
             self.shared.set_failure(Some(error.to_string()));
-        } else if cursor.batch_failures >= MAX_ATTEMPTS {
+        } else if cursor.batch_failures >= REBUILD_BATCH_FAILURES {
             return Step::GiveUp(format!(
                 "rebuild stopped after position {}: {error}",
-                self.shared_rebuild_position(cursor)
+                cursor.reached
             ));
         }
         let not_before = Instant::now() + wait;
@@ -476,49 +545,100 @@ where
         Step::Waiting(not_before)
     }
 
-    fn shared_rebuild_position(&self, cursor: &Cursor<E, V>) -> Position {
-        cursor.checkpoint.map_or(Position::START, |c| c.position)
-    }
-
-    /// Swaps the rebuild in if it has reached the live checkpoint. Returns whether the
-    /// rebuild is over (swapped, or gone).
-    async fn finish(&self, rebuild: &mut Cursor<E, V>, live: &mut Cursor<E, V>) -> bool {
-        let Some(rebuilt) = rebuild.checkpoint else { return false };
+    /// Swaps the rebuild in if it has reached the live checkpoint.
+    async fn finish(&self, rebuild: &mut Cursor<E, V>, live: &mut Cursor<E, V>) -> Finish {
+        let Some(rebuilt) = rebuild.checkpoint else { return Finish::NotYet };
         let live_checkpoint = match live.checkpoint {
             Some(checkpoint) => checkpoint,
             None => match self.load(live).await {
                 Ok(checkpoint) => checkpoint,
-                Err(_) => return false,
+                Err(_) => return Finish::NotYet,
             },
         };
         if rebuilt.position < live_checkpoint.position {
             // Not there yet: the rebuild reads on.
-            return false;
+            return Finish::NotYet;
+        }
+        if !rebuild.reconciled {
+            rebuild.reconciled = true;
+            match self.reconcile().await {
+                Ok(false) => {}
+                Ok(true) => {
+                    // The replays moved the rebuild's checkpoint; read it and come back.
+                    rebuild.checkpoint = None;
+                    return Finish::NotYet;
+                }
+                Err(error) => return self.finish_failed(rebuild, &error.to_string()),
+            }
         }
         let tables = self.projection.tables();
-        match self.views.finish_rebuild(self.name(), tables, rebuilt, live_checkpoint).await {
+        let version = self.projection.version();
+        match self
+            .views
+            .finish_rebuild(self.name(), tables, version, rebuilt, live_checkpoint)
+            .await
+        {
             Ok(swapped) => {
                 // The live instances were replaced: none of the warm ones is current.
                 live.warm.clear();
                 live.committed(swapped);
                 self.shared.advance(swapped.position);
                 tracing::info!(projection = self.name(), position = %swapped.position, "rebuild swapped in");
-                true
+                Finish::Over
             }
             Err(ViewError::Fenced { projection, .. }) if projection == self.name() => {
                 live.checkpoint = None;
-                false
+                Finish::NotYet
             }
             Err(error @ (ViewError::Fenced { .. } | ViewError::NoRebuild(_))) => {
                 tracing::warn!(projection = self.name(), %error, "the rebuild changed elsewhere; leaving it");
-                true
+                Finish::Over
             }
-            Err(error) => {
-                tracing::warn!(projection = self.name(), %error, "cannot swap the rebuild in yet");
-                rebuild.not_before = Some(Instant::now() + backoff(1));
-                false
-            }
+            Err(error) => self.finish_failed(rebuild, &error.to_string()),
         }
+    }
+
+    fn finish_failed(&self, rebuild: &mut Cursor<E, V>, error: &str) -> Finish {
+        rebuild.batch_failures += 1;
+        if rebuild.batch_failures >= REBUILD_BATCH_FAILURES {
+            return Finish::GiveUp(format!(
+                "rebuild stopped at its swap, at position {}: {error}",
+                rebuild.reached
+            ));
+        }
+        tracing::warn!(projection = self.name(), %error, "cannot swap the rebuild in yet");
+        rebuild.not_before = Some(Instant::now() + backoff(rebuild.batch_failures));
+        Finish::NotYet
+    }
+
+    /// Brings the rebuild's parked instances in line with what operators did on the live
+    /// slot meanwhile: an instance parked in the rebuild but no longer (or elsewhere) in
+    /// live is replayed in the rebuild slot, dropping events skipped since. Returns whether
+    /// anything was replayed.
+    async fn reconcile(&self) -> Result<bool, ProjectionError> {
+        let in_rebuild = self.views.parked(self.name(), Slot::Rebuild).await?;
+        if in_rebuild.is_empty() {
+            return Ok(false);
+        }
+        let in_live: HashMap<String, Position> = self
+            .views
+            .parked(self.name(), Slot::Live)
+            .await?
+            .into_iter()
+            .map(|p| (p.view_id, p.position))
+            .collect();
+        let mut replayed = false;
+        for parked in in_rebuild {
+            if in_live.get(&parked.view_id) == Some(&parked.position) {
+                continue;
+            }
+            // Fenced (`None`) only if the rebuild moved, which nothing else does here.
+            self.projection
+                .replay_parked(self.views.as_ref(), Slot::Rebuild, &parked.view_id, None)
+                .await?;
+            replayed = true;
+        }
+        Ok(replayed)
     }
 
     async fn give_up(&self, rebuild: &Cursor<E, V>, error: &str) {
@@ -532,6 +652,28 @@ where
         };
         if let Err(failed) = self.views.fail_rebuild(self.name(), at, error).await {
             tracing::warn!(projection = self.name(), error = %failed, "cannot record the rebuild's failure");
+        }
+    }
+
+    /// Begins a rebuild when the live views were built by another version of the
+    /// projection's definition. The old views keep serving until it is swapped in.
+    async fn rebuild_a_changed_definition(&self) {
+        let Ok(record) = self.views.record(self.name()).await else { return };
+        let version = self.projection.version();
+        if record.version == version || record.version == 0 || record.rebuild.is_some() {
+            return;
+        }
+        tracing::warn!(
+            projection = self.name(),
+            stored = record.version,
+            version,
+            "the views were built by another version of the projection; rebuilding them"
+        );
+        match self.views.begin_rebuild(self.name(), self.projection.tables(), Utc::now()).await {
+            Ok(_) | Err(ViewError::RebuildInProgress(_)) => {}
+            Err(error) => {
+                tracing::warn!(projection = self.name(), %error, "cannot begin the rebuild")
+            }
         }
     }
 
@@ -555,6 +697,7 @@ where
     /// Runs the projection from its checkpoint, following new commits and running rebuilds,
     /// until the store closes.
     async fn follow(&self) {
+        self.rebuild_a_changed_definition().await;
         let mut heads = self.reader.store().subscribe();
         let mut live = Cursor::new(Slot::Live);
         let mut rebuild: Option<Cursor<E, V>> = None;
@@ -579,11 +722,17 @@ where
                     // Swapped in as soon as it has reached live, not only when nothing is
                     // left to read: under steady load the head never stands still, and a
                     // rebuild waiting for it would chase it forever.
-                    Step::Advanced | Step::Idle => {
-                        let over = self.finish(cursor, &mut live).await;
-                        busy |= !over;
-                        over
-                    }
+                    Step::Advanced | Step::Idle => match self.finish(cursor, &mut live).await {
+                        Finish::Over => true,
+                        Finish::NotYet => {
+                            busy = true;
+                            false
+                        }
+                        Finish::GiveUp(error) => {
+                            self.give_up(cursor, &error).await;
+                            true
+                        }
+                    },
                     Step::Waiting(until) => {
                         wake = wake.min(until);
                         false
@@ -623,7 +772,11 @@ where
     /// Creates the projection's tables, retrying until the view store answers.
     async fn prepare(&self) {
         let mut failures = 0;
-        while let Err(error) = self.views.prepare(self.name(), self.projection.tables()).await {
+        while let Err(error) = self
+            .views
+            .prepare(self.name(), self.projection.tables(), self.projection.version())
+            .await
+        {
             failures += 1;
             tracing::warn!(projection = self.name(), %error, "cannot prepare the projection's tables; retrying");
             tokio::time::sleep(backoff(failures)).await;
@@ -685,12 +838,17 @@ where
         let mut live = Cursor::new(Slot::Live);
         loop {
             match self.step(&mut rebuild).await {
-                Step::Advanced | Step::Idle => {
-                    if self.finish(&mut rebuild, &mut live).await {
+                Step::Advanced | Step::Idle => match self.finish(&mut rebuild, &mut live).await {
+                    Finish::Over => {
                         let position = live.checkpoint.map_or(Position::START, |c| c.position);
                         return Ok(position);
                     }
-                }
+                    Finish::NotYet => {}
+                    Finish::GiveUp(error) => {
+                        self.give_up(&rebuild, &error).await;
+                        return Err(ProjectionError::RebuildFailed(error));
+                    }
+                },
                 Step::Waiting(until) => tokio::time::sleep_until(until).await,
                 Step::GiveUp(error) => {
                     self.give_up(&rebuild, &error).await;
@@ -795,7 +953,10 @@ where
             views,
             shared: Arc::new(Shared::new()),
         };
-        engine.views.prepare(engine.name(), engine.projection.tables()).await?;
+        engine
+            .views
+            .prepare(engine.name(), engine.projection.tables(), engine.projection.version())
+            .await?;
         engine.catch_up().await
     }
 
@@ -815,7 +976,10 @@ where
             views,
             shared: Arc::new(Shared::new()),
         };
-        engine.views.prepare(engine.name(), engine.projection.tables()).await?;
+        engine
+            .views
+            .prepare(engine.name(), engine.projection.tables(), engine.projection.version())
+            .await?;
         engine.rebuild_to_end(progress).await
     }
 }

@@ -57,8 +57,9 @@ impl ViewManager for DiesAfter {
         &self,
         projection: &str,
         tables: &[&'static TableSpec],
-    ) -> Result<(), ViewError> {
-        self.inner.prepare(projection, tables).await
+        version: u32,
+    ) -> Result<u32, ViewError> {
+        self.inner.prepare(projection, tables, version).await
     }
     async fn load<V: DeserializeOwned + Send + 'static>(
         &self,
@@ -91,8 +92,8 @@ impl ViewManager for DiesAfter {
         self.commits_left.store(left - 1, Ordering::SeqCst);
         self.inner.commit(projection, slot, commit).await
     }
-    async fn parked(&self, projection: &str) -> Result<Vec<ParkedInstance>, ViewError> {
-        self.inner.parked(projection).await
+    async fn parked(&self, projection: &str, slot: Slot) -> Result<Vec<ParkedInstance>, ViewError> {
+        self.inner.parked(projection, slot).await
     }
     async fn parked_events(
         &self,
@@ -135,10 +136,11 @@ impl ViewManager for DiesAfter {
         &self,
         projection: &str,
         tables: &[&'static TableSpec],
+        version: u32,
         rebuilt: Checkpoint,
         live: Checkpoint,
     ) -> Result<Checkpoint, ViewError> {
-        self.inner.finish_rebuild(projection, tables, rebuilt, live).await
+        self.inner.finish_rebuild(projection, tables, version, rebuilt, live).await
     }
 }
 
@@ -320,4 +322,109 @@ async fn a_projection_moves_to_another_node_when_its_lease_is_lost() {
     assert!(now_owner.is_some() && now_owner.as_deref() != Some(dead.as_str()), "{now_owner:?}");
     let view = view_of(views.as_ref(), "owner0").await;
     assert_eq!(view.view.events, 12, "every event applied once across the handover");
+}
+
+/// An event store whose log reads fail while `failing` is set, as during a database blip.
+struct Flaky {
+    inner: InMemoryEventStore,
+    failing: std::sync::atomic::AtomicBool,
+    failed: AtomicUsize,
+}
+
+impl strata::EventStore for Flaky {
+    async fn append(
+        &self,
+        stream: &strata::StreamId,
+        expected: strata::ExpectedVersion,
+        events: Vec<strata::NewEvent>,
+    ) -> Result<strata::AppendOutcome, strata::StoreError> {
+        self.inner.append(stream, expected, events).await
+    }
+    async fn read_stream(
+        &self,
+        stream: &strata::StreamId,
+        after: strata::Version,
+    ) -> Result<Vec<RecordedEvent>, strata::StoreError> {
+        self.inner.read_stream(stream, after).await
+    }
+    async fn read_all(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, strata::StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            return Err(strata::StoreError::Backend("the database blinked".into()));
+        }
+        self.inner.read_all(after, limit).await
+    }
+    async fn read_positions(
+        &self,
+        positions: &[Position],
+    ) -> Result<Vec<RecordedEvent>, strata::StoreError> {
+        self.inner.read_positions(positions).await
+    }
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<Position> {
+        self.inner.subscribe()
+    }
+}
+
+/// Regression: instances a runner kept from its last batch outlived a failed read, so an
+/// operator's retry in between was undone (the next event went to a parked list the
+/// instance no longer had).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_between_failing_reads_is_not_undone_by_instances_the_runner_kept() {
+    use strata_testkit::tally;
+    let token = uuid::Uuid::now_v7().to_string();
+    let store = Arc::new(Flaky {
+        inner: InMemoryEventStore::new(),
+        failing: std::sync::atomic::AtomicBool::new(false),
+        failed: AtomicUsize::new(0),
+    });
+    let views = Arc::new(InMemoryViewManager::new());
+    let stream = |id: &str| strata::StreamId::new(tally::TALLY, id);
+    let append = |id: &'static str, event| {
+        let store = store.clone();
+        async move {
+            strata::EventStore::append(
+                store.as_ref(),
+                &stream(id),
+                strata::ExpectedVersion::Any,
+                vec![event],
+            )
+            .await
+            .unwrap()
+        }
+    };
+    append("t1", tally::poisoned(10, &token)).await;
+    let handle = ProjectionRunner::new("node").spawn(
+        tally::projection("warm_after_blip", false),
+        store.clone(),
+        views.clone(),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while handle.parked().await.unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "t1 never parked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    store.failing.store(true, Ordering::SeqCst);
+    append("t2", tally::added(1)).await;
+    while store.failed.load(Ordering::SeqCst) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the runner never read");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tally::fix(&token);
+    assert_eq!(handle.retry("t1").await.unwrap().parked, None, "the operator's retry releases t1");
+    let last = append("t1", tally::added(5)).await.last_position;
+    store.failing.store(false, Ordering::SeqCst);
+
+    handle.wait_for(last, Duration::from_secs(10)).await.unwrap();
+    let t1 = views.get::<tally::Tally>("warm_after_blip", "t1").await.unwrap().unwrap();
+    assert_eq!(
+        (t1.view.total, t1.parked),
+        (15, None),
+        "the event after the retry applied to the released t1"
+    );
+    assert!(handle.parked().await.unwrap().is_empty());
 }
