@@ -1,5 +1,6 @@
 //! The log as stored: one stream's events (`/admin/streams/{type}/{id}`) and audits
-//! (`/audit`) of one request, stream or user, newest first, from the store's indexes.
+//! (`/audit`) of one request, stream or user, newest first, found through the audit
+//! projection's indexed table and read from the store by position.
 
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};

@@ -702,12 +702,20 @@ where
         let mut live = Cursor::new(Slot::Live);
         let mut rebuild: Option<Cursor<E, V>> = None;
         let mut next_check = Instant::now();
+        // One timer for the whole loop, moved rather than made anew at every wait: a busy
+        // projection waits after every batch, and registering a timer each time showed in
+        // profiles.
+        let timer = tokio::time::sleep_until(next_check);
+        tokio::pin!(timer);
         loop {
             if rebuild.is_none() && Instant::now() >= next_check {
                 next_check = Instant::now() + REBUILD_POLL;
                 rebuild = self.pending_rebuild().await;
             }
-            let mut wake = next_check;
+            // Looking for a rebuild is due at `next_check` only while none runs; otherwise the
+            // loop wakes for commits, backoffs, or a poll's worth of time at most.
+            let mut wake =
+                if rebuild.is_none() { next_check } else { Instant::now() + REBUILD_POLL };
             let mut busy = false;
             // New commits matter only when live is idle; while it backs off they would only
             // wake it to wait again.
@@ -750,10 +758,13 @@ where
             if busy {
                 continue;
             }
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
+            }
             tokio::select! {
                 changed = heads.changed(), if live_idle => if changed.is_err() { return },
                 () = self.shared.wake.notified() => next_check = Instant::now(),
-                () = tokio::time::sleep_until(wake) => {}
+                () = &mut timer => {}
             }
         }
     }
