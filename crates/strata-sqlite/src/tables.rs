@@ -23,26 +23,7 @@ fn sql_type(ty: ColumnType) -> &'static str {
 
 /// `CREATE TABLE` and `CREATE INDEX` statements for `spec` under the name `name`.
 pub(crate) fn create(spec: &TableSpec, name: &str) -> String {
-    let columns: Vec<String> = spec
-        .columns
-        .iter()
-        .map(|c| {
-            format!("{} {}{}", c.name, sql_type(c.ty), if c.nullable { "" } else { " NOT NULL" })
-        })
-        .collect();
-    let key: Vec<&str> = spec.key().iter().map(|c| c.name).collect();
-    let mut sql = format!(
-        "CREATE TABLE IF NOT EXISTS {name} ({}, PRIMARY KEY ({})) STRICT, WITHOUT ROWID;\n",
-        columns.join(", "),
-        key.join(", ")
-    );
-    for (i, index) in spec.indexes.iter().enumerate() {
-        sql.push_str(&format!(
-            "CREATE INDEX IF NOT EXISTS {name}_idx{i} ON {name} ({});\n",
-            index.join(", ")
-        ));
-    }
-    sql
+    strata::table::create_sql(spec, name, sql_type, " STRICT, WITHOUT ROWID")
 }
 
 /// Binds a [`Value`] as SQLite stores it.

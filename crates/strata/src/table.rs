@@ -520,6 +520,37 @@ impl TableQuery {
     }
 }
 
+/// The portable SQL that makes table `name` to `spec` if it is missing, with its indexes
+/// (named `<name>_idx<i>`): `sql_type` names a column type in the backend's dialect, and
+/// `options` follows the column list (SQLite's `STRICT, WITHOUT ROWID`).
+pub fn create_sql(
+    spec: &TableSpec,
+    name: &str,
+    sql_type: fn(ColumnType) -> &'static str,
+    options: &str,
+) -> String {
+    let columns: Vec<String> = spec
+        .columns
+        .iter()
+        .map(|c| {
+            format!("{} {}{}", c.name, sql_type(c.ty), if c.nullable { "" } else { " NOT NULL" })
+        })
+        .collect();
+    let key: Vec<&str> = spec.key().iter().map(|c| c.name).collect();
+    let mut sql = format!(
+        "CREATE TABLE IF NOT EXISTS {name} ({}, PRIMARY KEY ({})){options};\n",
+        columns.join(", "),
+        key.join(", ")
+    );
+    for (i, index) in spec.indexes.iter().enumerate() {
+        sql.push_str(&format!(
+            "CREATE INDEX IF NOT EXISTS {name}_idx{i} ON {name} ({});\n",
+            index.join(", ")
+        ));
+    }
+    sql
+}
+
 /// The portable SQL text of `query` on `spec` (standard SQL: row-value comparison for the
 /// paging tuple, `LIMIT`) and the values to bind, in order; `placeholder(n)` writes the
 /// backend's marker for the n-th value (`?1`, `$1`). SQL stores run it; names come from a

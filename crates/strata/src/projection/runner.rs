@@ -794,6 +794,26 @@ where
         }
     }
 
+    /// An engine for work without a task (tests, benchmarks, tools), its tables prepared;
+    /// it fails rather than wait when the view store does not answer.
+    async fn offline(
+        projection: Projection<E, V, L>,
+        store: Arc<S>,
+        views: Arc<M>,
+    ) -> Result<Self, ProjectionError> {
+        let engine = Engine {
+            projection: Arc::new(projection),
+            reader: SharedReader::new(store),
+            views,
+            shared: Arc::new(Shared::new()),
+        };
+        engine
+            .views
+            .prepare(engine.name(), engine.projection.tables(), engine.projection.version())
+            .await?;
+        Ok(engine)
+    }
+
     /// Catches the live slot up with the head as it is when called, without a lease or a
     /// task: for tests, benchmarks and tools. Failing instances are parked as a running
     /// projection parks them (after [`MAX_ATTEMPTS`] tries, without waiting between them).
@@ -958,17 +978,7 @@ where
         store: Arc<S>,
         views: Arc<M>,
     ) -> Result<Position, ProjectionError> {
-        let engine = Engine {
-            projection: Arc::new(self),
-            reader: SharedReader::new(store),
-            views,
-            shared: Arc::new(Shared::new()),
-        };
-        engine
-            .views
-            .prepare(engine.name(), engine.projection.tables(), engine.projection.version())
-            .await?;
-        engine.catch_up().await
+        Engine::offline(self, store, views).await?.catch_up().await
     }
 
     /// Rebuilds the projection from position 0 into fresh storage while its live views keep
@@ -981,16 +991,6 @@ where
         views: Arc<M>,
         progress: &(dyn Fn(Position, Position) + Sync),
     ) -> Result<Position, ProjectionError> {
-        let engine = Engine {
-            projection: Arc::new(self),
-            reader: SharedReader::new(store),
-            views,
-            shared: Arc::new(Shared::new()),
-        };
-        engine
-            .views
-            .prepare(engine.name(), engine.projection.tables(), engine.projection.version())
-            .await?;
-        engine.rebuild_to_end(progress).await
+        Engine::offline(self, store, views).await?.rebuild_to_end(progress).await
     }
 }

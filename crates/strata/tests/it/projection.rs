@@ -221,64 +221,13 @@ async fn lag_counts_the_events_and_the_age_of_the_oldest_one_not_applied() {
     let status = {
         // A handle that is stopped at once: it reports without moving the checkpoint.
         let idle =
-            stopped.spawn(owners(), Arc::new(StaleClock::wrap(store.clone(), 90)), views.clone());
+            stopped.spawn(owners(), Arc::new(Tampered::new(store.clone(), 90)), views.clone());
         idle.stop();
         idle.status().await.unwrap()
     };
     assert_eq!((status.position, status.head, status.lag_events), (Position(4), Position(9), 5));
     assert!((89.0..120.0).contains(&status.lag_seconds), "lag_seconds {}", status.lag_seconds);
     assert_eq!(status.status, strata::ProjectionState::Stopped);
-}
-
-/// An event store whose events read as recorded `seconds` earlier than they were: a
-/// backlog of known age without waiting for it.
-struct StaleClock {
-    inner: Arc<InMemoryEventStore>,
-    seconds: i64,
-}
-
-impl StaleClock {
-    fn wrap(inner: Arc<InMemoryEventStore>, seconds: i64) -> Self {
-        Self { inner, seconds }
-    }
-}
-
-impl strata::EventStore for StaleClock {
-    async fn append(
-        &self,
-        stream: &strata::StreamId,
-        expected: strata::ExpectedVersion,
-        events: Vec<strata::NewEvent>,
-    ) -> Result<strata::AppendOutcome, strata::StoreError> {
-        self.inner.append(stream, expected, events).await
-    }
-    async fn read_stream(
-        &self,
-        stream: &strata::StreamId,
-        after: strata::Version,
-    ) -> Result<Vec<RecordedEvent>, strata::StoreError> {
-        self.inner.read_stream(stream, after).await
-    }
-    async fn read_all(
-        &self,
-        after: Position,
-        limit: usize,
-    ) -> Result<Vec<RecordedEvent>, strata::StoreError> {
-        let mut events = self.inner.read_all(after, limit).await?;
-        for event in &mut events {
-            event.metadata.recorded_at -= chrono::Duration::seconds(self.seconds);
-        }
-        Ok(events)
-    }
-    async fn read_positions(
-        &self,
-        positions: &[Position],
-    ) -> Result<Vec<RecordedEvent>, strata::StoreError> {
-        self.inner.read_positions(positions).await
-    }
-    fn subscribe(&self) -> tokio::sync::watch::Receiver<Position> {
-        self.inner.subscribe()
-    }
 }
 
 #[tokio::test]
@@ -324,51 +273,6 @@ async fn a_projection_moves_to_another_node_when_its_lease_is_lost() {
     assert_eq!(view.view.events, 12, "every event applied once across the handover");
 }
 
-/// An event store whose log reads fail while `failing` is set, as during a database blip.
-struct Flaky {
-    inner: InMemoryEventStore,
-    failing: std::sync::atomic::AtomicBool,
-    failed: AtomicUsize,
-}
-
-impl strata::EventStore for Flaky {
-    async fn append(
-        &self,
-        stream: &strata::StreamId,
-        expected: strata::ExpectedVersion,
-        events: Vec<strata::NewEvent>,
-    ) -> Result<strata::AppendOutcome, strata::StoreError> {
-        self.inner.append(stream, expected, events).await
-    }
-    async fn read_stream(
-        &self,
-        stream: &strata::StreamId,
-        after: strata::Version,
-    ) -> Result<Vec<RecordedEvent>, strata::StoreError> {
-        self.inner.read_stream(stream, after).await
-    }
-    async fn read_all(
-        &self,
-        after: Position,
-        limit: usize,
-    ) -> Result<Vec<RecordedEvent>, strata::StoreError> {
-        if self.failing.load(Ordering::SeqCst) {
-            self.failed.fetch_add(1, Ordering::SeqCst);
-            return Err(strata::StoreError::Backend("the database blinked".into()));
-        }
-        self.inner.read_all(after, limit).await
-    }
-    async fn read_positions(
-        &self,
-        positions: &[Position],
-    ) -> Result<Vec<RecordedEvent>, strata::StoreError> {
-        self.inner.read_positions(positions).await
-    }
-    fn subscribe(&self) -> tokio::sync::watch::Receiver<Position> {
-        self.inner.subscribe()
-    }
-}
-
 /// Regression: instances a runner kept from its last batch outlived a failed read, so an
 /// operator's retry in between was undone (the next event went to a parked list the
 /// instance no longer had).
@@ -376,11 +280,7 @@ impl strata::EventStore for Flaky {
 async fn a_retry_between_failing_reads_is_not_undone_by_instances_the_runner_kept() {
     use strata_testkit::tally;
     let token = uuid::Uuid::now_v7().to_string();
-    let store = Arc::new(Flaky {
-        inner: InMemoryEventStore::new(),
-        failing: std::sync::atomic::AtomicBool::new(false),
-        failed: AtomicUsize::new(0),
-    });
+    let store = Arc::new(Tampered::new(Arc::new(InMemoryEventStore::new()), 0));
     let views = Arc::new(InMemoryViewManager::new());
     let stream = |id: &str| strata::StreamId::new(tally::TALLY, id);
     let append = |id: &'static str, event| {
@@ -427,4 +327,67 @@ async fn a_retry_between_failing_reads_is_not_undone_by_instances_the_runner_kep
         "the event after the retry applied to the released t1"
     );
     assert!(handle.parked().await.unwrap().is_empty());
+}
+
+/// An in-memory event store tampered with for a test: its events read as recorded
+/// `seconds_ago` earlier than they were (a backlog of known age without waiting for it), and
+/// its log reads fail while `failing` is set (a database blip).
+struct Tampered {
+    inner: Arc<InMemoryEventStore>,
+    seconds_ago: i64,
+    failing: std::sync::atomic::AtomicBool,
+    failed: AtomicUsize,
+}
+
+impl Tampered {
+    fn new(inner: Arc<InMemoryEventStore>, seconds_ago: i64) -> Self {
+        Self {
+            inner,
+            seconds_ago,
+            failing: std::sync::atomic::AtomicBool::new(false),
+            failed: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl strata::EventStore for Tampered {
+    async fn append(
+        &self,
+        stream: &strata::StreamId,
+        expected: strata::ExpectedVersion,
+        events: Vec<strata::NewEvent>,
+    ) -> Result<strata::AppendOutcome, strata::StoreError> {
+        self.inner.append(stream, expected, events).await
+    }
+    async fn read_stream(
+        &self,
+        stream: &strata::StreamId,
+        after: strata::Version,
+    ) -> Result<Vec<RecordedEvent>, strata::StoreError> {
+        self.inner.read_stream(stream, after).await
+    }
+    async fn read_all(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, strata::StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            return Err(strata::StoreError::Backend("the database blinked".into()));
+        }
+        let mut events = self.inner.read_all(after, limit).await?;
+        for event in &mut events {
+            event.metadata.recorded_at -= chrono::Duration::seconds(self.seconds_ago);
+        }
+        Ok(events)
+    }
+    async fn read_positions(
+        &self,
+        positions: &[Position],
+    ) -> Result<Vec<RecordedEvent>, strata::StoreError> {
+        self.inner.read_positions(positions).await
+    }
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<Position> {
+        self.inner.subscribe()
+    }
 }
