@@ -372,3 +372,63 @@ pub(crate) async fn audits_find_events_by_request_stream_and_user<M: ViewManager
     assert!(audit(ask(AuditSubject::User("nobody".into()))).await.is_empty());
     handle.stop();
 }
+
+/// What an operator does on the live views while a rebuild runs is kept: a skip of an event
+/// the rebuild had already parked is replayed into the rebuild before it is swapped in, so
+/// the instance does not come back parked.
+pub(crate) async fn operator_actions_during_a_rebuild_are_kept<M: ViewManager>(views: &Arc<M>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let name = "tally_operated_rebuild";
+    let token = uuid::Uuid::now_v7().to_string();
+    let store = Arc::new(InMemoryEventStore::new());
+    append(&store, "o1", tally::added(1)).await;
+    let poison = append(&store, "o1", tally::poisoned(10, &token)).await;
+    append(&store, "o1", tally::added(2)).await;
+    let head = append(&store, "o2", tally::added(5)).await;
+    let live = ProjectionRunner::new("contract-node").spawn(
+        tally::projection(name, false),
+        store.clone(),
+        views.clone(),
+    );
+    reach(&live, head).await;
+    assert_eq!(live.parked().await.expect("parked").len(), 1);
+    // From here on an operator acts and an offline rebuild runs; the runner stays out of it.
+    live.stop();
+
+    let (asked, done) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let operator = {
+        let (asked, done) = (asked.clone(), done.clone());
+        tokio::spawn(async move {
+            while !asked.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let skipped = live.skip("o1", "the poisoned amount was a test").await.expect("skip");
+            done.store(true, Ordering::SeqCst);
+            skipped
+        })
+    };
+    // Each event is a batch of the rebuild; once it has parked o1, the operator skips on
+    // live, and the rebuild waits for that before it goes on to its swap.
+    let pause = |position: Position, _head: Position| {
+        if position >= poison && !asked.swap(true, Ordering::SeqCst) {
+            let deadline = std::time::Instant::now() + PATIENCE;
+            while !done.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    };
+    let rebuilt = tally::projection(name, false)
+        .with_rebuild_batch_size(1)
+        .rebuild(store.clone(), views.clone(), &pause)
+        .await;
+    assert_eq!(rebuilt.expect("the rebuild swaps in"), head);
+    let skipped = operator.await.expect("operator task");
+    assert_eq!(
+        (skipped.parked, skipped.position),
+        (None, Position(3)),
+        "live applied the rest at once"
+    );
+    let o1 = tally(views.as_ref(), name, "o1").await;
+    assert_eq!((o1.view.total, o1.parked), (3, None), "the skip survived the swap");
+    assert!(views.parked(name, Slot::Live).await.expect("parked").is_empty());
+}

@@ -166,6 +166,7 @@ pub async fn view_manager_contract<F: ViewManagerFactory>(factory: F) {
     crate::projection::parked_work_survives_a_lease_handover(&views).await;
     crate::projection::a_failing_rebuild_leaves_the_live_views_serving(&views).await;
     crate::projection::audits_find_events_by_request_stream_and_user(&views).await;
+    crate::projection::operator_actions_during_a_rebuild_are_kept(&views).await;
     drop(views);
     if factory.durable() {
         let reopened = factory.open().await;
