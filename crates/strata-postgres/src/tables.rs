@@ -259,14 +259,17 @@ pub(crate) fn row_values(spec: &TableSpec, row: &Row) -> Result<Vec<Value>, DbEr
     Ok(values)
 }
 
-/// Moves a rebuilt table into place: the live table is made again from the spec (so a
-/// changed spec takes effect with the rebuild) and filled with the rebuild's rows, column
-/// by column.
+/// Moves a rebuilt table into place by renaming it and its indexes, so that readers wait
+/// for a catalogue change rather than a copy of every row. The spec's DDL runs afterwards:
+/// it adds only what the rebuilt table lacks (nothing, when it was made from this spec).
 pub(crate) fn swap(spec: &TableSpec, live: &str, rebuilt: &str) -> String {
-    let columns: Vec<&str> = spec.columns.iter().map(|c| c.name).collect();
-    let columns = columns.join(", ");
-    format!(
-        "DROP TABLE IF EXISTS {live}; {} INSERT INTO {live} ({columns}) SELECT {columns} FROM {rebuilt}; DROP TABLE {rebuilt};",
-        create(spec, live)
-    )
+    let mut sql = format!(
+        "DROP TABLE IF EXISTS {live}; ALTER TABLE {rebuilt} RENAME TO {live}; \
+         ALTER INDEX IF EXISTS {rebuilt}_pkey RENAME TO {live}_pkey;\n"
+    );
+    for i in 0..spec.indexes.len() {
+        sql.push_str(&format!("ALTER INDEX IF EXISTS {rebuilt}_idx{i} RENAME TO {live}_idx{i};\n"));
+    }
+    sql.push_str(&create(spec, live));
+    sql
 }

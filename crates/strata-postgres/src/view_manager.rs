@@ -47,8 +47,7 @@ const ENSURE_CHECKPOINT: &str = "INSERT INTO strata_checkpoints (projection, pos
      VALUES ($1, 0, 0) ON CONFLICT (projection) DO NOTHING";
 const LOCK_CHECKPOINT: &str =
     "SELECT position, revision FROM strata_checkpoints WHERE projection = $1 FOR UPDATE";
-const SELECT_CHECKPOINT: &str =
-    "SELECT position, revision, started_at, error FROM strata_checkpoints WHERE projection = $1";
+const SELECT_CHECKPOINT: &str = "SELECT position, revision, started_at, error, version FROM strata_checkpoints WHERE projection = $1";
 const MOVE_CHECKPOINT: &str =
     "UPDATE strata_checkpoints SET position = $2, revision = $3 WHERE projection = $1";
 const RELEASE_PARKED: &str =
@@ -125,7 +124,14 @@ fn decode<V: DeserializeOwned>(
 }
 
 /// A checkpoint row: the checkpoint, and for rebuilds when it began and why it failed.
-type CheckpointRow = (Checkpoint, Option<DateTime<Utc>>, Option<String>);
+/// A checkpoint row: the slot's checkpoint, and for a rebuild when it began and why it failed;
+/// the definition version that wrote it.
+struct CheckpointRow {
+    checkpoint: Checkpoint,
+    started_at: Option<DateTime<Utc>>,
+    error: Option<String>,
+    version: u32,
+}
 
 async fn checkpoint_row(
     transaction: &Transaction<'_>,
@@ -137,7 +143,19 @@ async fn checkpoint_row(
         position: Position(from_bigint(row.try_get(0)?, "checkpoint")?),
         revision: from_bigint(row.try_get(1)?, "checkpoint revision")?,
     };
-    Ok(Some((checkpoint, row.try_get(2)?, row.try_get(3)?)))
+    let version: i32 = row.try_get(4)?;
+    Ok(Some(CheckpointRow {
+        checkpoint,
+        started_at: row.try_get(2)?,
+        error: row.try_get(3)?,
+        version: u32::try_from(version).unwrap_or(0),
+    }))
+}
+
+/// A definition version as the `integer` column holds it; versions past `i32::MAX` do not
+/// occur (they count edits to one projection by hand).
+fn version_int(version: u32) -> i32 {
+    i32::try_from(version).unwrap_or(i32::MAX)
 }
 
 /// Takes the lock of `key`'s checkpoint row (creating it at 0 if missing) and reads it.
@@ -168,10 +186,10 @@ async fn running_rebuild(
     transaction: &Transaction<'_>,
     projection: &str,
 ) -> Result<Option<Checkpoint>, DbError> {
-    Ok(match checkpoint_row(transaction, &Slot::Rebuild.key(projection)).await? {
-        Some((checkpoint, Some(_), None)) => Some(checkpoint),
-        _ => None,
-    })
+    Ok(checkpoint_row(transaction, &Slot::Rebuild.key(projection))
+        .await?
+        .filter(|row| row.started_at.is_some() && row.error.is_none())
+        .map(|row| row.checkpoint))
 }
 
 async fn write_commit(
@@ -349,7 +367,11 @@ impl ViewManager for PgViewManager {
             self.write(async move |transaction| {
                 transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&lock]).await?;
                 let exists = transaction
-                    .query_one("SELECT to_regclass($1) IS NOT NULL", &[&spec.name])
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM pg_tables \
+                         WHERE schemaname = current_schema() AND tablename = $1)",
+                        &[&spec.name],
+                    )
                     .await?
                     .try_get::<_, bool>(0)?;
                 if !exists || !other_version {
@@ -362,7 +384,7 @@ impl ViewManager for PgViewManager {
         if other_version {
             return Ok(stored);
         }
-        let version = i32::try_from(version).unwrap_or(i32::MAX);
+        let version = version_int(version);
         self.write(async move |transaction| {
             transaction
                 .execute(
@@ -509,28 +531,23 @@ impl ViewManager for PgViewManager {
 
     async fn record(&self, projection: &str) -> Result<ProjectionRecord, ViewError> {
         self.read(async |transaction| {
-            let live =
-                checkpoint_row(transaction, projection).await?.map(|(checkpoint, _, _)| checkpoint);
+            let live = checkpoint_row(transaction, projection).await?;
             let statement = transaction.prepare_cached(COUNT_PARKED).await?;
             let parked: i64 =
                 transaction.query_one(&statement, &[&projection]).await?.try_get(0)?;
-            let rebuild = match checkpoint_row(transaction, &Slot::Rebuild.key(projection)).await? {
-                Some((checkpoint, Some(started_at), error)) => {
-                    Some(RebuildRecord { checkpoint, started_at, error })
-                }
-                _ => None,
-            };
-            let version: Option<i32> = transaction
-                .query_opt(
-                    "SELECT version FROM strata_checkpoints WHERE projection = $1",
-                    &[&projection],
-                )
+            let rebuild = checkpoint_row(transaction, &Slot::Rebuild.key(projection))
                 .await?
-                .map(|row| row.try_get(0))
-                .transpose()?;
+                .and_then(|row| {
+                    Some(RebuildRecord {
+                        checkpoint: row.checkpoint,
+                        started_at: row.started_at?,
+                        error: row.error,
+                        version: row.version,
+                    })
+                });
             Ok(ProjectionRecord {
-                checkpoint: live.unwrap_or_default(),
-                version: version.and_then(|v| u32::try_from(v).ok()).unwrap_or(0),
+                checkpoint: live.as_ref().map(|row| row.checkpoint).unwrap_or_default(),
+                version: live.map_or(0, |row| row.version),
                 parked: from_bigint(parked, "parked count")?,
                 rebuild,
             })
@@ -562,6 +579,7 @@ impl ViewManager for PgViewManager {
         &self,
         projection: &str,
         tables: &[&'static TableSpec],
+        version: u32,
         started_at: DateTime<Utc>,
     ) -> Result<Checkpoint, ViewError> {
         check_projection_name(projection)?;
@@ -585,9 +603,9 @@ impl ViewManager for PgViewManager {
             let begun = Checkpoint { position: Position::START, revision: previous.revision + 1 };
             transaction
                 .execute(
-                    "UPDATE strata_checkpoints SET position = 0, revision = $2, started_at = $3, error = NULL \
-                     WHERE projection = $1",
-                    &[&key, &to_bigint(begun.revision), &started_at],
+                    "UPDATE strata_checkpoints SET position = 0, revision = $2, started_at = $3, error = NULL, \
+                     version = $4 WHERE projection = $1",
+                    &[&key, &to_bigint(begun.revision), &started_at, &version_int(version)],
                 )
                 .await?;
             Ok(Ok(begun))
@@ -627,7 +645,6 @@ impl ViewManager for PgViewManager {
         &self,
         projection: &str,
         tables: &[&'static TableSpec],
-        version: u32,
         rebuilt: Checkpoint,
         live: Checkpoint,
     ) -> Result<Checkpoint, ViewError> {
@@ -663,11 +680,12 @@ impl ViewManager for PgViewManager {
             }
             let swapped = live.next(rebuilt.position);
             move_checkpoint(transaction, projection, swapped).await?;
-            let version = i32::try_from(version).unwrap_or(i32::MAX);
+            // The live views are now the rebuild's, built by its version of the definition.
             transaction
                 .execute(
-                    "UPDATE strata_checkpoints SET version = $2 WHERE projection = $1",
-                    &[&projection, &version],
+                    "UPDATE strata_checkpoints SET version = \
+                     (SELECT version FROM strata_checkpoints WHERE projection = $2) WHERE projection = $1",
+                    &[&projection, &key],
                 )
                 .await?;
             transaction

@@ -37,7 +37,7 @@ const UPSERT_VIEW: &str = "INSERT INTO views \
      parked_attempts = excluded.parked_attempts, parked_at = excluded.parked_at";
 const DELETE_VIEW: &str = "DELETE FROM views WHERE projection = ?1 AND view_id = ?2";
 const SELECT_CHECKPOINT: &str =
-    "SELECT position, revision, started_at, error FROM checkpoints WHERE projection = ?1";
+    "SELECT position, revision, started_at, error, version FROM checkpoints WHERE projection = ?1";
 const UPSERT_CHECKPOINT: &str = "INSERT INTO checkpoints (projection, position, revision) VALUES (?1, ?2, ?3) \
      ON CONFLICT (projection) DO UPDATE SET position = excluded.position, revision = excluded.revision";
 const COUNT_PARKED: &str =
@@ -170,26 +170,36 @@ fn decode<V: DeserializeOwned>(
 }
 
 /// A checkpoint row: the checkpoint, and for rebuilds when it began and why it failed.
-type CheckpointRow = (Checkpoint, Option<DateTime<Utc>>, Option<String>);
+/// A checkpoint row: the slot's checkpoint, and for a rebuild when it began and why it failed;
+/// the definition version that wrote it.
+struct CheckpointRow {
+    checkpoint: Checkpoint,
+    started_at: Option<DateTime<Utc>>,
+    error: Option<String>,
+    version: u32,
+}
 
 fn checkpoint_row(
     transaction: &Transaction<'_>,
     key: &str,
 ) -> Result<Option<CheckpointRow>, DbError> {
-    let row: Option<(i64, i64, Option<i64>, Option<String>)> = transaction
+    type Row = (i64, i64, Option<i64>, Option<String>, u32);
+    let row: Option<Row> = transaction
         .prepare_cached(SELECT_CHECKPOINT)?
-        .query_row([key], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
+        .query_row([key], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
+        })
         .optional()?;
-    let Some((position, revision, started_at, error)) = row else { return Ok(None) };
+    let Some((position, revision, started_at, error, version)) = row else { return Ok(None) };
     let checkpoint = Checkpoint {
         position: Position(from_sql_integer(position, "checkpoint")?),
         revision: from_sql_integer(revision, "checkpoint revision")?,
     };
-    Ok(Some((checkpoint, started_at.map(from_micros), error)))
+    Ok(Some(CheckpointRow { checkpoint, started_at: started_at.map(from_micros), error, version }))
 }
 
 fn checkpoint(transaction: &Transaction<'_>, key: &str) -> Result<Checkpoint, DbError> {
-    Ok(checkpoint_row(transaction, key)?.map(|(checkpoint, _, _)| checkpoint).unwrap_or_default())
+    Ok(checkpoint_row(transaction, key)?.map(|row| row.checkpoint).unwrap_or_default())
 }
 
 fn set_checkpoint(transaction: &Transaction<'_>, key: &str, to: Checkpoint) -> Result<(), DbError> {
@@ -206,10 +216,9 @@ fn running_rebuild(
     transaction: &Transaction<'_>,
     projection: &str,
 ) -> Result<Option<Checkpoint>, DbError> {
-    Ok(match checkpoint_row(transaction, &Slot::Rebuild.key(projection))? {
-        Some((checkpoint, Some(_), None)) => Some(checkpoint),
-        _ => None,
-    })
+    Ok(checkpoint_row(transaction, &Slot::Rebuild.key(projection))?
+        .filter(|row| row.started_at.is_some() && row.error.is_none())
+        .map(|row| row.checkpoint))
 }
 
 fn write_commit(
@@ -315,11 +324,7 @@ impl ViewManager for SqliteViewManager {
             // Views of another version keep their tables as they are until the rebuild
             // replaces them: today's spec may not even fit them (an index on a new column).
             // Tables they lack are made, so that queries find them empty meanwhile.
-            let stored: Option<u32> = transaction
-                .query_row("SELECT version FROM checkpoints WHERE projection = ?1", [&projection], |row| {
-                    row.get(0)
-                })
-                .optional()?;
+            let stored = checkpoint_row(transaction, &projection)?.map(|row| row.version);
             for spec in &tables {
                 let exists: bool = transaction.query_row(
                     "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1)",
@@ -338,12 +343,7 @@ impl ViewManager for SqliteViewManager {
                  ON CONFLICT (projection) DO NOTHING",
                 params![projection, version],
             )?;
-            let stored: u32 = transaction.query_row(
-                "SELECT version FROM checkpoints WHERE projection = ?1",
-                [&projection],
-                |row| row.get(0),
-            )?;
-            Ok(Ok(stored))
+            Ok(Ok(checkpoint_row(transaction, &projection)?.map_or(version, |row| row.version)))
         })
         .await
     }
@@ -483,26 +483,22 @@ impl ViewManager for SqliteViewManager {
     async fn record(&self, projection: &str) -> Result<ProjectionRecord, ViewError> {
         let projection = projection.to_owned();
         self.read(move |transaction| {
-            let live = checkpoint(transaction, &projection)?;
+            let live = checkpoint_row(transaction, &projection)?;
             let parked: i64 = transaction
                 .prepare_cached(COUNT_PARKED)?
                 .query_row([&projection], |row| row.get(0))?;
-            let rebuild = match checkpoint_row(transaction, &Slot::Rebuild.key(&projection))? {
-                Some((checkpoint, Some(started_at), error)) => {
-                    Some(RebuildRecord { checkpoint, started_at, error })
-                }
-                _ => None,
-            };
-            let version: Option<u32> = transaction
-                .query_row(
-                    "SELECT version FROM checkpoints WHERE projection = ?1",
-                    [&projection],
-                    |row| row.get(0),
-                )
-                .optional()?;
+            let rebuild =
+                checkpoint_row(transaction, &Slot::Rebuild.key(&projection))?.and_then(|row| {
+                    Some(RebuildRecord {
+                        checkpoint: row.checkpoint,
+                        started_at: row.started_at?,
+                        error: row.error,
+                        version: row.version,
+                    })
+                });
             Ok(ProjectionRecord {
-                checkpoint: live,
-                version: version.unwrap_or(0),
+                checkpoint: live.as_ref().map(|row| row.checkpoint).unwrap_or_default(),
+                version: live.map_or(0, |row| row.version),
                 parked: from_sql_integer(parked, "parked count")?,
                 rebuild,
             })
@@ -527,6 +523,7 @@ impl ViewManager for SqliteViewManager {
         &self,
         projection: &str,
         tables: &[&'static TableSpec],
+        version: u32,
         started_at: DateTime<Utc>,
     ) -> Result<Checkpoint, ViewError> {
         check_projection_name(projection)?;
@@ -548,10 +545,11 @@ impl ViewManager for SqliteViewManager {
             }
             let begun = Checkpoint { position: Position::START, revision: checkpoint(transaction, &key)?.revision + 1 };
             transaction.execute(
-                "INSERT INTO checkpoints (projection, position, revision, started_at, error) VALUES (?1, 0, ?2, ?3, NULL) \
+                "INSERT INTO checkpoints (projection, position, revision, started_at, error, version) \
+                 VALUES (?1, 0, ?2, ?3, NULL, ?4) \
                  ON CONFLICT (projection) DO UPDATE SET position = 0, revision = excluded.revision, \
-                 started_at = excluded.started_at, error = NULL",
-                params![key, to_sql_integer(begun.revision)?, micros(started_at)],
+                 started_at = excluded.started_at, error = NULL, version = excluded.version",
+                params![key, to_sql_integer(begun.revision)?, micros(started_at), version],
             )?;
             Ok(Ok(begun))
         })
@@ -586,7 +584,6 @@ impl ViewManager for SqliteViewManager {
         &self,
         projection: &str,
         tables: &[&'static TableSpec],
-        version: u32,
         rebuilt: Checkpoint,
         live: Checkpoint,
     ) -> Result<Checkpoint, ViewError> {
@@ -617,9 +614,11 @@ impl ViewManager for SqliteViewManager {
             }
             let swapped = live.next(rebuilt.position);
             set_checkpoint(transaction, &projection, swapped)?;
+            // The live views are now the rebuild's, built by its version of the definition.
             transaction.execute(
-                "UPDATE checkpoints SET version = ?2 WHERE projection = ?1",
-                params![projection, version],
+                "UPDATE checkpoints SET version = (SELECT version FROM checkpoints WHERE projection = ?2) \
+                 WHERE projection = ?1",
+                params![projection, key],
             )?;
             transaction.execute("DELETE FROM checkpoints WHERE projection = ?1", [&key])?;
             Ok(Ok(swapped))

@@ -14,7 +14,7 @@ use strata::{
 };
 
 use crate::leases::SharedLeases;
-use crate::tally::{self, TALLY, TALLY_ROWS, TALLY_SUMS, Tally};
+use crate::tally::{self, TALLY, TALLY_ROWS, TALLY_SUMS, TALLY_TABLES, Tally};
 
 /// How long a projection may take to reach what a check waits for.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -431,4 +431,73 @@ pub(crate) async fn operator_actions_during_a_rebuild_are_kept<M: ViewManager>(v
     let o1 = tally(views.as_ref(), name, "o1").await;
     assert_eq!((o1.view.total, o1.parked), (3, None), "the skip survived the swap");
     assert!(views.parked(name, Slot::Live).await.expect("parked").is_empty());
+}
+
+/// Definitions move forward only, on a rolling deploy too: a node with a newer version
+/// supersedes an older version's rebuild and rebuilds the views; a node with an older one
+/// neither rebuilds them back nor touches a newer version's rebuild, which waits for its
+/// version.
+pub(crate) async fn rebuilds_follow_the_newest_definition<M: ViewManager>(views: &Arc<M>) {
+    let name = "tally_versions";
+    let store = Arc::new(InMemoryEventStore::new());
+    let start = |version: u32| {
+        ProjectionRunner::new("contract-node").spawn(
+            tally::projection(name, true).with_version(version),
+            store.clone(),
+            views.clone(),
+        )
+    };
+    let record = || async { views.record(name).await.expect("record") };
+    let rebuild_version = || async { record().await.rebuild.map(|r| (r.version, r.error)) };
+
+    let head = append(&store, "v1", tally::added(1)).await;
+    let first = start(1);
+    reach(&first, head).await;
+    first.stop();
+    // An operator's rebuild under version 1, cut short by the deploy of version 2.
+    views.begin_rebuild(name, &TALLY_TABLES, 1, chrono::Utc::now()).await.expect("begin");
+
+    let second = start(2);
+    until(&second, "rebuilt for version 2", |s| {
+        s.status == ProjectionState::Running && s.rebuild.is_none()
+    })
+    .await;
+    assert_eq!(record().await.version, 2, "the views are version 2's");
+    assert_eq!(tally(views.as_ref(), name, "v1").await.view.total, 1);
+    assert_eq!(
+        row_of(views.as_ref(), "v1").await.map(|row| row[1].clone()),
+        Some(Value::Integer(1))
+    );
+    second.stop();
+
+    let old = start(1);
+    let head = append(&store, "v1", tally::added(2)).await;
+    reach(&old, head).await;
+    assert_eq!(
+        (record().await.version, rebuild_version().await),
+        (2, None),
+        "an older node does not rebuild the views back"
+    );
+    views.begin_rebuild(name, &TALLY_TABLES, 2, chrono::Utc::now()).await.expect("begin");
+    let head = append(&store, "v2", tally::added(3)).await;
+    reach(&old, head).await;
+    let waiting = record().await.rebuild.expect("version 2's rebuild is still there");
+    assert_eq!(
+        (waiting.version, waiting.checkpoint.position, waiting.error),
+        (2, Position::START, None),
+        "an older node leaves a newer version's rebuild alone"
+    );
+    old.stop();
+
+    let newer = start(2);
+    until(&newer, "ran version 2's rebuild", |s| {
+        s.status == ProjectionState::Running && s.rebuild.is_none()
+    })
+    .await;
+    let head = append(&store, "v2", tally::added(4)).await;
+    reach(&newer, head).await;
+    assert_eq!(record().await.version, 2);
+    assert_eq!(tally(views.as_ref(), name, "v1").await.view.total, 3);
+    assert_eq!(tally(views.as_ref(), name, "v2").await.view.total, 7);
+    newer.stop();
 }

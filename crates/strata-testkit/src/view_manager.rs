@@ -167,6 +167,7 @@ pub async fn view_manager_contract<F: ViewManagerFactory>(factory: F) {
     crate::projection::a_failing_rebuild_leaves_the_live_views_serving(&views).await;
     crate::projection::audits_find_events_by_request_stream_and_user(&views).await;
     crate::projection::operator_actions_during_a_rebuild_are_kept(&views).await;
+    crate::projection::rebuilds_follow_the_newest_definition(&views).await;
     drop(views);
     if factory.durable() {
         let reopened = factory.open().await;
@@ -442,18 +443,18 @@ async fn a_rebuild_fills_apart_and_swaps_in_at_once<M: ViewManager>(views: &M) {
     let live_at = at(20, 1);
 
     let started = Utc::now();
-    let rebuild_at = views.begin_rebuild(name, &tables, started).await.expect("begin");
+    let rebuild_at = views.begin_rebuild(name, &tables, 1, started).await.expect("begin");
     assert_eq!(rebuild_at.position, Position::START);
     assert!(
         matches!(
-            views.begin_rebuild(name, &tables, started).await,
+            views.begin_rebuild(name, &tables, 1, started).await,
             Err(ViewError::RebuildInProgress(_))
         ),
         "one rebuild at a time"
     );
     let record = views.record(name).await.expect("record");
     let rebuild = record.rebuild.expect("a rebuild is recorded");
-    assert_eq!((rebuild.checkpoint, rebuild.error), (rebuild_at, None));
+    assert_eq!((rebuild.checkpoint, rebuild.error, rebuild.version), (rebuild_at, None, 1));
     assert_eq!(rebuild.started_at.timestamp_micros(), started.timestamp_micros());
 
     let mut filled = commit(rebuild_at, 25, vec![counter("kept", 2, 11), counter("new", 3, 24)]);
@@ -481,12 +482,12 @@ async fn a_rebuild_fills_apart_and_swaps_in_at_once<M: ViewManager>(views: &M) {
 
     assert!(
         matches!(
-            views.finish_rebuild(name, &tables, 1, rebuilt_at, at(19, 1)).await,
+            views.finish_rebuild(name, &tables, rebuilt_at, at(19, 1)).await,
             Err(ViewError::Fenced { .. })
         ),
         "the swap is fenced on the live checkpoint"
     );
-    let swapped = views.finish_rebuild(name, &tables, 1, rebuilt_at, live_at).await.expect("swap");
+    let swapped = views.finish_rebuild(name, &tables, rebuilt_at, live_at).await.expect("swap");
     assert_eq!(swapped, at(25, 2));
     assert_eq!(views.checkpoint(name, Slot::Live).await.expect("checkpoint"), swapped);
     assert!(
@@ -513,7 +514,7 @@ async fn a_rebuild_fills_apart_and_swaps_in_at_once<M: ViewManager>(views: &M) {
     );
     assert_eq!(views.record(name).await.expect("record").rebuild, None, "the rebuild is over");
 
-    let again = views.begin_rebuild(name, &tables, Utc::now()).await.expect("begin again");
+    let again = views.begin_rebuild(name, &tables, 1, Utc::now()).await.expect("begin again");
     views.fail_rebuild(name, again, "rebuild stopped at position 3").await.expect("fail");
     let failed = views.record(name).await.expect("record").rebuild.expect("still recorded");
     assert_eq!(failed.error.as_deref(), Some("rebuild stopped at position 3"));
@@ -523,7 +524,7 @@ async fn a_rebuild_fills_apart_and_swaps_in_at_once<M: ViewManager>(views: &M) {
         "a failed rebuild leaves live alone"
     );
     let again = views
-        .begin_rebuild(name, &tables, Utc::now())
+        .begin_rebuild(name, &tables, 1, Utc::now())
         .await
         .expect("a failed rebuild can be begun again");
     assert!(
@@ -535,7 +536,7 @@ async fn a_rebuild_fills_apart_and_swaps_in_at_once<M: ViewManager>(views: &M) {
     views.fail_rebuild(name, again, "superseded").await.expect("fail");
     let changed = [&REBUILT_V2];
     let begun =
-        views.begin_rebuild(name, &changed, Utc::now()).await.expect("begin with the new table");
+        views.begin_rebuild(name, &changed, 2, Utc::now()).await.expect("begin with the new table");
     let mut filled = Commit::<Counter>::new(begun, Position(25));
     filled.rows.push(RowChange::Upsert {
         table: &REBUILT_V2,
@@ -543,13 +544,15 @@ async fn a_rebuild_fills_apart_and_swaps_in_at_once<M: ViewManager>(views: &M) {
     });
     views.commit(name, Slot::Rebuild, filled).await.expect("rebuild batch");
     let live_now = views.checkpoint(name, Slot::Live).await.expect("checkpoint");
+    assert_eq!(
+        views.record(name).await.expect("record").rebuild.map(|r| r.version),
+        Some(2),
+        "the rebuild says which version runs it"
+    );
     // A definition that stores other instances or tables declares a new version; the
     // view store says which version built the live views, so that a node can tell.
     assert_eq!(views.prepare(name, &changed, 2).await.expect("prepare"), 1, "built by version 1");
-    views
-        .finish_rebuild(name, &changed, 2, begun.next(Position(25)), live_now)
-        .await
-        .expect("swap");
+    views.finish_rebuild(name, &changed, begun.next(Position(25)), live_now).await.expect("swap");
     assert_eq!(
         views.record(name).await.expect("record").version,
         2,
@@ -563,7 +566,7 @@ async fn a_rebuild_fills_apart_and_swaps_in_at_once<M: ViewManager>(views: &M) {
         "the swapped-in table has the new spec's columns"
     );
     views
-        .begin_rebuild(name, &changed, Utc::now())
+        .begin_rebuild(name, &changed, 2, Utc::now())
         .await
         .expect("one more, left running for the reopening");
 }
@@ -611,9 +614,24 @@ async fn reopened_manager_keeps_everything<M: ViewManager>(views: &M) {
     );
     let sales = TableQuery { order_by: vec!["day", "sku"], ..TableQuery::default() };
     assert_eq!(views.select(&DAILY, &sales).await.expect("select").len(), 2, "tables survive");
-    assert!(
-        views.record("rebuilt").await.expect("record").rebuild.is_some(),
-        "a rebuild in progress survives"
+    let record = views.record("rebuilt").await.expect("record");
+    let rebuild = record.rebuild.expect("a rebuild in progress survives");
+    // A second swap of the same tables: the first left no names behind that clash.
+    let mut filled = Commit::<Counter>::new(rebuild.checkpoint, Position(26));
+    filled.rows.push(RowChange::Upsert {
+        table: &REBUILT_V2,
+        row: vec![Value::Text("again".into()), Value::Integer(5), Value::Null],
+    });
+    views.commit("rebuilt", Slot::Rebuild, filled).await.expect("rebuild batch");
+    let rebuilt = rebuild.checkpoint.next(Position(26));
+    views
+        .finish_rebuild("rebuilt", &[&REBUILT_V2], rebuilt, record.checkpoint)
+        .await
+        .expect("swap");
+    let everything = TableQuery { order_by: vec!["id"], ..TableQuery::default() };
+    assert_eq!(
+        views.select(&REBUILT_V2, &everything).await.expect("select"),
+        vec![vec![Value::Text("again".into()), Value::Integer(5), Value::Null]]
     );
     crate::projection::parked_work_survived_reopening(views).await;
 }

@@ -142,14 +142,21 @@ pub struct InMemoryViewManager {
     state: Mutex<ViewState>,
 }
 
+/// A running or failed rebuild (its checkpoint is kept with the others).
+struct Rebuild {
+    started_at: DateTime<Utc>,
+    version: u32,
+    error: Option<String>,
+}
+
 #[derive(Default)]
 struct ViewState {
     /// Instances by slot key, then id.
     views: HashMap<String, HashMap<String, MemoryView>>,
     /// Checkpoints by slot key.
     checkpoints: HashMap<String, Checkpoint>,
-    /// Running or failed rebuilds by projection: when begun, and why it failed.
-    rebuilds: HashMap<String, (DateTime<Utc>, Option<String>)>,
+    /// Running or failed rebuilds by projection.
+    rebuilds: HashMap<String, Rebuild>,
     /// Events waiting on parked instances, by slot key, then (id, position).
     parked_events: HashMap<String, BTreeMap<(String, Position), RecordedEvent>>,
     /// Skipped events by projection.
@@ -348,10 +355,11 @@ impl ViewManager for InMemoryViewManager {
             .views
             .get(projection)
             .map_or(0, |views| views.values().filter(|v| v.parked.is_some()).count() as u64);
-        let rebuild = state.rebuilds.get(projection).map(|(started_at, error)| RebuildRecord {
+        let rebuild = state.rebuilds.get(projection).map(|rebuild| RebuildRecord {
             checkpoint: state.checkpoint(&Slot::Rebuild.key(projection)),
-            started_at: *started_at,
-            error: error.clone(),
+            started_at: rebuild.started_at,
+            error: rebuild.error.clone(),
+            version: rebuild.version,
         });
         let version = state.versions.get(projection).copied().unwrap_or(0);
         Ok(ProjectionRecord { checkpoint: state.checkpoint(projection), version, parked, rebuild })
@@ -381,11 +389,12 @@ impl ViewManager for InMemoryViewManager {
         &self,
         projection: &str,
         tables: &[&'static TableSpec],
+        version: u32,
         started_at: DateTime<Utc>,
     ) -> Result<Checkpoint, ViewError> {
         check_projection_name(projection)?;
         let mut state = locked(&self.state);
-        if let Some((_, None)) = state.rebuilds.get(projection) {
+        if state.rebuilds.get(projection).is_some_and(|rebuild| rebuild.error.is_none()) {
             return Err(ViewError::RebuildInProgress(projection.to_owned()));
         }
         let key = Slot::Rebuild.key(projection);
@@ -398,7 +407,7 @@ impl ViewManager for InMemoryViewManager {
         let checkpoint =
             Checkpoint { position: Position::START, revision: state.checkpoint(&key).revision + 1 };
         state.checkpoints.insert(key, checkpoint);
-        state.rebuilds.insert(projection.to_owned(), (started_at, None));
+        state.rebuilds.insert(projection.to_owned(), Rebuild { started_at, version, error: None });
         Ok(checkpoint)
     }
 
@@ -412,8 +421,8 @@ impl ViewManager for InMemoryViewManager {
         let key = Slot::Rebuild.key(projection);
         Checkpoint::fence(&key, at, state.checkpoint(&key))?;
         match state.rebuilds.get_mut(projection) {
-            Some((_, failure)) => {
-                *failure = Some(error.to_owned());
+            Some(rebuild) => {
+                rebuild.error = Some(error.to_owned());
                 Ok(())
             }
             None => Err(ViewError::NoRebuild(projection.to_owned())),
@@ -424,15 +433,15 @@ impl ViewManager for InMemoryViewManager {
         &self,
         projection: &str,
         tables: &[&'static TableSpec],
-        version: u32,
         rebuilt: Checkpoint,
         live: Checkpoint,
     ) -> Result<Checkpoint, ViewError> {
         let mut state = locked(&self.state);
         let key = Slot::Rebuild.key(projection);
-        if !matches!(state.rebuilds.get(projection), Some((_, None))) {
-            return Err(ViewError::NoRebuild(projection.to_owned()));
-        }
+        let version = match state.rebuilds.get(projection) {
+            Some(Rebuild { error: None, version, .. }) => *version,
+            _ => return Err(ViewError::NoRebuild(projection.to_owned())),
+        };
         Checkpoint::fence(&key, rebuilt, state.checkpoint(&key))?;
         Checkpoint::fence(projection, live, state.checkpoint(projection))?;
         let views = state.views.remove(&key).unwrap_or_default();

@@ -187,6 +187,9 @@ pub struct RebuildRecord {
     pub started_at: DateTime<Utc>,
     /// Why it stopped, if it failed.
     pub error: Option<String>,
+    /// The version of the projection's definition it runs: only code of that version goes
+    /// on with it, since rows from two definitions must not mix.
+    pub version: u32,
 }
 
 /// What the view store knows about a projection besides its views.
@@ -396,12 +399,14 @@ pub trait ViewManager: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Vec<Value>>, ViewError>> + Send;
 
     /// Starts a rebuild of `projection`: empties the rebuild slot (views, tables, parked
-    /// events) and records a rebuild from position 0 begun at `started_at`. Fails with
-    /// [`ViewError::RebuildInProgress`] if one is running; a failed one is replaced.
+    /// events) and records a rebuild from position 0 by `version` of the definition, begun
+    /// at `started_at`. Fails with [`ViewError::RebuildInProgress`] if one is running; a
+    /// failed one is replaced.
     fn begin_rebuild(
         &self,
         projection: &str,
         tables: &[&'static TableSpec],
+        version: u32,
         started_at: DateTime<Utc>,
     ) -> impl Future<Output = Result<Checkpoint, ViewError>> + Send;
 
@@ -416,13 +421,12 @@ pub trait ViewManager: Send + Sync + 'static {
 
     /// Swaps the rebuild in, in one transaction: the live instances, tables and parked
     /// events are replaced by the rebuild's, the live checkpoint moves to the rebuild's
-    /// position and records `version` (the definition the rebuild ran), and the rebuild
-    /// record is removed. Fenced on both checkpoints; returns the new live checkpoint.
+    /// position and takes the rebuild's version of the definition, and the rebuild record
+    /// is removed. Fenced on both checkpoints; returns the new live checkpoint.
     fn finish_rebuild(
         &self,
         projection: &str,
         tables: &[&'static TableSpec],
-        version: u32,
         rebuilt: Checkpoint,
         live: Checkpoint,
     ) -> impl Future<Output = Result<Checkpoint, ViewError>> + Send;

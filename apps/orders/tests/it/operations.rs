@@ -390,7 +390,7 @@ async fn views_built_by_an_older_definition_are_rebuilt_when_the_service_starts(
         let tables = [&orders::views::CUSTOMER_ORDERS];
         let live = views.checkpoint("customer_orders", Slot::Live).await.unwrap();
         let begun =
-            views.begin_rebuild("customer_orders", &tables, chrono::Utc::now()).await.unwrap();
+            views.begin_rebuild("customer_orders", &tables, 1, chrono::Utc::now()).await.unwrap();
         views
             .commit::<orders::views::ListedOrder>(
                 "customer_orders",
@@ -399,7 +399,7 @@ async fn views_built_by_an_older_definition_are_rebuilt_when_the_service_starts(
             )
             .await
             .unwrap();
-        views.finish_rebuild("customer_orders", &tables, 1, begun.next(head), live).await.unwrap();
+        views.finish_rebuild("customer_orders", &tables, begun.next(head), live).await.unwrap();
         assert_eq!(views.record("customer_orders").await.unwrap().version, 1);
     }
 

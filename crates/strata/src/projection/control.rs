@@ -305,8 +305,9 @@ where
 
     fn rebuild(&self) -> BoxFuture<'_, Result<(), ControlError>> {
         Box::pin(async move {
-            let tables = self.engine.projection.tables();
-            match self.engine.views.begin_rebuild(self.name(), tables, Utc::now()).await {
+            let (tables, version) =
+                (self.engine.projection.tables(), self.engine.projection.version());
+            match self.engine.views.begin_rebuild(self.name(), tables, version, Utc::now()).await {
                 Ok(_) => {
                     tracing::info!(projection = self.name(), "rebuild asked for");
                     self.engine.shared.wake.notify_one();

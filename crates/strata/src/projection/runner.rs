@@ -197,8 +197,12 @@ pub(crate) struct Engine<S, M, E, V, L> {
 /// Where one slot's processing stands between batches.
 pub(crate) struct Cursor<E, V> {
     slot: Slot,
-    /// Whether a rebuild's parked instances were checked against live before the swap.
-    reconciled: bool,
+    /// A rebuild for a changed definition: live was built by other code, so what it parked
+    /// says nothing, and every failure parks.
+    parks_all: bool,
+    /// Parked instances a rebuild has already replayed to match live, so that one that fails
+    /// again is not replayed forever.
+    reconciled: HashSet<(String, Position)>,
     /// The last checkpoint position known, kept when the checkpoint is to be read again.
     reached: Position,
     /// The instances the last batch committed (see [`Warm`]).
@@ -221,10 +225,8 @@ pub(crate) struct Cursor<E, V> {
 
 /// What live processing did with an event a rebuild cannot apply.
 enum LiveVerdict {
-    /// Parked its instance there (or before): the rebuild parks it too.
+    /// Parked its instance there (or before), or has not reached it: the rebuild parks it.
     Parked,
-    /// Has not reached it yet.
-    NotYet,
     /// Got past it without parking.
     Applied,
 }
@@ -256,7 +258,8 @@ impl<E, V> Cursor<E, V> {
     pub(crate) fn new(slot: Slot) -> Self {
         Self {
             slot,
-            reconciled: false,
+            parks_all: false,
+            reconciled: HashSet::new(),
             reached: Position::START,
             warm: HashMap::new(),
             bulk: slot == Slot::Rebuild,
@@ -477,16 +480,10 @@ where
             }
         }
         for failure in &failures {
-            if cursor.slot == Slot::Rebuild {
+            if cursor.slot == Slot::Rebuild && !cursor.parks_all {
                 match self.live_verdict(failure).await {
-                    LiveVerdict::Parked => {}
-                    LiveVerdict::NotYet => {
-                        // Live processing has not reached the event: it may yet park it.
-                        let not_before = Instant::now() + backoff(attempts);
-                        cursor.not_before = Some(not_before);
-                        return Step::Waiting(not_before);
-                    }
-                    LiveVerdict::Applied => {
+                    Ok(LiveVerdict::Parked) => {}
+                    Ok(LiveVerdict::Applied) => {
                         // A rebuild reproduces what live processing parked, but a new
                         // failure stops it: the live views keep serving rather than be
                         // replaced by broken ones.
@@ -495,6 +492,7 @@ where
                             failure.position, failure.view_id, failure.error
                         ));
                     }
+                    Err(error) => return self.batch_failed(cursor, &error),
                 }
             }
             cursor.plan_park(failure, attempts);
@@ -502,22 +500,22 @@ where
         Step::Advanced
     }
 
-    /// What live processing did with `failure`'s event, for a rebuild that failed on it.
-    async fn live_verdict(&self, failure: &InstanceFailure) -> LiveVerdict {
+    /// What live processing did with `failure`'s event, for a rebuild that failed on it. An
+    /// event live has not reached yet counts as parked: after the swap, live goes on from the
+    /// rebuild's state, past the event, exactly as if it had parked it itself.
+    async fn live_verdict(
+        &self,
+        failure: &InstanceFailure,
+    ) -> Result<LiveVerdict, ProjectionError> {
         let ids = [failure.view_id.clone()];
-        let (found, live) = tokio::join!(
-            self.views.load::<V>(self.name(), Slot::Live, &ids),
-            self.views.checkpoint(self.name(), Slot::Live)
-        );
-        let parked = found
-            .ok()
-            .and_then(|mut found| found.remove(&failure.view_id))
-            .and_then(|stored| stored.parked);
-        match (parked, live) {
-            (Some(parking), _) if parking.position <= failure.position => LiveVerdict::Parked,
-            (_, Ok(live)) if live.position < failure.position => LiveVerdict::NotYet,
+        let mut found = self.views.load::<V>(self.name(), Slot::Live, &ids).await?;
+        let live = self.views.checkpoint(self.name(), Slot::Live).await?;
+        let parked = found.remove(&failure.view_id).and_then(|stored| stored.parked);
+        Ok(match parked {
+            Some(parking) if parking.position <= failure.position => LiveVerdict::Parked,
+            _ if live.position < failure.position => LiveVerdict::Parked,
             _ => LiveVerdict::Applied,
-        }
+        })
     }
 
     fn batch_failed(&self, cursor: &mut Cursor<E, V>, error: &ProjectionError) -> Step {
@@ -548,36 +546,31 @@ where
     /// Swaps the rebuild in if it has reached the live checkpoint.
     async fn finish(&self, rebuild: &mut Cursor<E, V>, live: &mut Cursor<E, V>) -> Finish {
         let Some(rebuilt) = rebuild.checkpoint else { return Finish::NotYet };
+        // Read without the head check a live load makes: views ahead of the log are what a
+        // rebuild from the log repairs.
         let live_checkpoint = match live.checkpoint {
             Some(checkpoint) => checkpoint,
-            None => match self.load(live).await {
+            None => match self.views.checkpoint(self.name(), Slot::Live).await {
                 Ok(checkpoint) => checkpoint,
-                Err(_) => return Finish::NotYet,
+                Err(error) => return self.finish_failed(rebuild, &error.to_string()),
             },
         };
-        if rebuilt.position < live_checkpoint.position {
+        let head = self.reader.store().head();
+        if rebuilt.position < live_checkpoint.position && live_checkpoint.position <= head {
             // Not there yet: the rebuild reads on.
             return Finish::NotYet;
         }
-        if !rebuild.reconciled {
-            rebuild.reconciled = true;
-            match self.reconcile().await {
-                Ok(false) => {}
-                Ok(true) => {
-                    // The replays moved the rebuild's checkpoint; read it and come back.
-                    rebuild.checkpoint = None;
-                    return Finish::NotYet;
-                }
-                Err(error) => return self.finish_failed(rebuild, &error.to_string()),
+        match self.reconcile(rebuild).await {
+            Ok(false) => {}
+            Ok(true) => {
+                // The replays moved the rebuild's checkpoint; read it and come back.
+                rebuild.checkpoint = None;
+                return Finish::NotYet;
             }
+            Err(error) => return self.finish_failed(rebuild, &error.to_string()),
         }
         let tables = self.projection.tables();
-        let version = self.projection.version();
-        match self
-            .views
-            .finish_rebuild(self.name(), tables, version, rebuilt, live_checkpoint)
-            .await
-        {
+        match self.views.finish_rebuild(self.name(), tables, rebuilt, live_checkpoint).await {
             Ok(swapped) => {
                 // The live instances were replaced: none of the warm ones is current.
                 live.warm.clear();
@@ -613,9 +606,13 @@ where
 
     /// Brings the rebuild's parked instances in line with what operators did on the live
     /// slot meanwhile: an instance parked in the rebuild but no longer (or elsewhere) in
-    /// live is replayed in the rebuild slot, dropping events skipped since. Returns whether
-    /// anything was replayed.
-    async fn reconcile(&self) -> Result<bool, ProjectionError> {
+    /// live is replayed in the rebuild slot, dropping events skipped since; each parked
+    /// event once. Returns whether anything was replayed.
+    async fn reconcile(&self, rebuild: &mut Cursor<E, V>) -> Result<bool, ProjectionError> {
+        if rebuild.parks_all {
+            // Live was built by another definition: its parked instances mean nothing here.
+            return Ok(false);
+        }
         let in_rebuild = self.views.parked(self.name(), Slot::Rebuild).await?;
         if in_rebuild.is_empty() {
             return Ok(false);
@@ -629,7 +626,9 @@ where
             .collect();
         let mut replayed = false;
         for parked in in_rebuild {
-            if in_live.get(&parked.view_id) == Some(&parked.position) {
+            if in_live.get(&parked.view_id) == Some(&parked.position)
+                || !rebuild.reconciled.insert((parked.view_id.clone(), parked.position))
+            {
                 continue;
             }
             // Fenced (`None`) only if the rebuild moved, which nothing else does here.
@@ -655,49 +654,82 @@ where
         }
     }
 
-    /// Begins a rebuild when the live views were built by another version of the
-    /// projection's definition. The old views keep serving until it is swapped in.
-    async fn rebuild_a_changed_definition(&self) {
-        let Ok(record) = self.views.record(self.name()).await else { return };
+    /// The rebuild this code should run, if any: one running under this version of the
+    /// definition, or one begun here when `wanted` (an operator asked) or when the live views
+    /// were built by an older version. A running rebuild of an older version is superseded,
+    /// since its rows would mix with this version's; one of a newer version is left to the
+    /// code that runs it, and so are live views a newer version built.
+    async fn adopt_rebuild(&self, wanted: bool) -> Result<Option<Cursor<E, V>>, ProjectionError> {
+        let record = self.views.record(self.name()).await?;
         let version = self.projection.version();
-        if record.version == version || record.version == 0 || record.rebuild.is_some() {
-            return;
-        }
-        tracing::warn!(
-            projection = self.name(),
-            stored = record.version,
-            version,
-            "the views were built by another version of the projection; rebuilding them"
-        );
-        match self.views.begin_rebuild(self.name(), self.projection.tables(), Utc::now()).await {
-            Ok(_) | Err(ViewError::RebuildInProgress(_)) => {}
-            Err(error) => {
-                tracing::warn!(projection = self.name(), %error, "cannot begin the rebuild")
+        let live_is_older = record.version != 0 && record.version < version;
+        let adopt = |from: Position| {
+            tracing::info!(projection = self.name(), %from, version, "running a rebuild");
+            let mut cursor = Cursor::new(Slot::Rebuild);
+            cursor.parks_all = record.version != version;
+            Some(cursor)
+        };
+        match &record.rebuild {
+            Some(rebuild) if rebuild.error.is_none() && rebuild.version == version => {
+                return Ok(adopt(rebuild.checkpoint.position));
             }
+            Some(rebuild) if rebuild.error.is_none() && rebuild.version > version => {
+                tracing::debug!(
+                    projection = self.name(),
+                    theirs = rebuild.version,
+                    version,
+                    "a newer definition's rebuild is running"
+                );
+                return Ok(None);
+            }
+            Some(rebuild) if rebuild.error.is_none() => {
+                tracing::warn!(
+                    projection = self.name(),
+                    theirs = rebuild.version,
+                    version,
+                    "superseding an older definition's rebuild"
+                );
+                let why = format!("superseded by version {version} of the projection's definition");
+                self.views.fail_rebuild(self.name(), rebuild.checkpoint, &why).await?;
+            }
+            // This version's rebuild failed: it runs again when an operator asks, not in a loop.
+            Some(rebuild) if rebuild.version == version && !wanted => return Ok(None),
+            _ => {}
+        }
+        if !wanted && !live_is_older {
+            return Ok(None);
+        }
+        if live_is_older {
+            tracing::warn!(
+                projection = self.name(),
+                stored = record.version,
+                version,
+                "the views were built by an older version of the projection; rebuilding them"
+            );
+        }
+        match self
+            .views
+            .begin_rebuild(self.name(), self.projection.tables(), version, Utc::now())
+            .await
+        {
+            Ok(_) => Ok(adopt(Position::START)),
+            // Begun elsewhere meanwhile: the next look adopts it.
+            Err(ViewError::RebuildInProgress(_)) => Ok(None),
+            Err(error) => Err(error.into()),
         }
     }
 
-    /// Looks for a rebuild to run: one asked for and not failed.
+    /// Looks for a rebuild to run (see [`Self::adopt_rebuild`]).
     async fn pending_rebuild(&self) -> Option<Cursor<E, V>> {
-        match self.views.record(self.name()).await {
-            Ok(record) => match record.rebuild {
-                Some(rebuild) if rebuild.error.is_none() => {
-                    tracing::info!(projection = self.name(), from = %rebuild.checkpoint.position, "running a rebuild");
-                    Some(Cursor::new(Slot::Rebuild))
-                }
-                _ => None,
-            },
-            Err(error) => {
-                tracing::warn!(projection = self.name(), %error, "cannot look for a rebuild");
-                None
-            }
-        }
+        self.adopt_rebuild(false).await.unwrap_or_else(|error| {
+            tracing::warn!(projection = self.name(), %error, "cannot look for a rebuild");
+            None
+        })
     }
 
     /// Runs the projection from its checkpoint, following new commits and running rebuilds,
     /// until the store closes.
     async fn follow(&self) {
-        self.rebuild_a_changed_definition().await;
         let mut heads = self.reader.store().subscribe();
         let mut live = Cursor::new(Slot::Live);
         let mut rebuild: Option<Cursor<E, V>> = None;
@@ -730,17 +762,22 @@ where
                     // Swapped in as soon as it has reached live, not only when nothing is
                     // left to read: under steady load the head never stands still, and a
                     // rebuild waiting for it would chase it forever.
-                    Step::Advanced | Step::Idle => match self.finish(cursor, &mut live).await {
-                        Finish::Over => true,
-                        Finish::NotYet => {
-                            busy = true;
-                            false
+                    step @ (Step::Advanced | Step::Idle) => {
+                        match self.finish(cursor, &mut live).await {
+                            Finish::Over => true,
+                            Finish::NotYet => {
+                                // A rebuild that read nothing and cannot swap yet waits for
+                                // new commits like live does, instead of asking again at once.
+                                busy |=
+                                    matches!(step, Step::Advanced) || cursor.checkpoint.is_none();
+                                false
+                            }
+                            Finish::GiveUp(error) => {
+                                self.give_up(cursor, &error).await;
+                                true
+                            }
                         }
-                        Finish::GiveUp(error) => {
-                            self.give_up(cursor, &error).await;
-                            true
-                        }
-                    },
+                    }
                     Step::Waiting(until) => {
                         wake = wake.min(until);
                         false
@@ -861,25 +898,34 @@ where
         &self,
         progress: &(dyn Fn(Position, Position) + Sync),
     ) -> Result<Position, ProjectionError> {
-        let record = self.views.record(self.name()).await?;
-        if !matches!(record.rebuild, Some(ref rebuild) if rebuild.error.is_none()) {
-            self.views.begin_rebuild(self.name(), self.projection.tables(), Utc::now()).await?;
-        }
-        let mut rebuild = Cursor::new(Slot::Rebuild);
+        let Some(mut rebuild) = self.adopt_rebuild(true).await? else {
+            return Err(ProjectionError::RebuildFailed(
+                "a rebuild by a newer version of the projection's definition is running; run it with that version".into(),
+            ));
+        };
         let mut live = Cursor::new(Slot::Live);
         loop {
             match self.step(&mut rebuild).await {
-                Step::Advanced | Step::Idle => match self.finish(&mut rebuild, &mut live).await {
-                    Finish::Over => {
-                        let position = live.checkpoint.map_or(Position::START, |c| c.position);
-                        return Ok(position);
+                step @ (Step::Advanced | Step::Idle) => {
+                    match self.finish(&mut rebuild, &mut live).await {
+                        Finish::Over => {
+                            let position = live.checkpoint.map_or(Position::START, |c| c.position);
+                            return Ok(position);
+                        }
+                        Finish::NotYet
+                            if matches!(step, Step::Idle) && rebuild.checkpoint.is_some() =>
+                        {
+                            // Caught up but not swappable yet (live moved on elsewhere): the
+                            // log will have more soon.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Finish::NotYet => {}
+                        Finish::GiveUp(error) => {
+                            self.give_up(&rebuild, &error).await;
+                            return Err(ProjectionError::RebuildFailed(error));
+                        }
                     }
-                    Finish::NotYet => {}
-                    Finish::GiveUp(error) => {
-                        self.give_up(&rebuild, &error).await;
-                        return Err(ProjectionError::RebuildFailed(error));
-                    }
-                },
+                }
                 Step::Waiting(until) => tokio::time::sleep_until(until).await,
                 Step::GiveUp(error) => {
                     self.give_up(&rebuild, &error).await;

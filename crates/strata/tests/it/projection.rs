@@ -120,9 +120,10 @@ impl ViewManager for DiesAfter {
         &self,
         projection: &str,
         tables: &[&'static TableSpec],
+        version: u32,
         started_at: DateTime<Utc>,
     ) -> Result<Checkpoint, ViewError> {
-        self.inner.begin_rebuild(projection, tables, started_at).await
+        self.inner.begin_rebuild(projection, tables, version, started_at).await
     }
     async fn fail_rebuild(
         &self,
@@ -136,11 +137,10 @@ impl ViewManager for DiesAfter {
         &self,
         projection: &str,
         tables: &[&'static TableSpec],
-        version: u32,
         rebuilt: Checkpoint,
         live: Checkpoint,
     ) -> Result<Checkpoint, ViewError> {
-        self.inner.finish_rebuild(projection, tables, version, rebuilt, live).await
+        self.inner.finish_rebuild(projection, tables, rebuilt, live).await
     }
 }
 
