@@ -14,7 +14,7 @@ use strata::{
 };
 
 use crate::leases::SharedLeases;
-use crate::tally::{self, TALLY, TALLY_ROWS, TALLY_SUMS, TALLY_TABLES, Tally};
+use crate::tally::{self, TALLY, TALLY_ROWS, TALLY_SUMS, Tally};
 
 /// How long a projection may take to reach what a check waits for.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -433,53 +433,40 @@ pub(crate) async fn operator_actions_during_a_rebuild_are_kept<M: ViewManager>(v
     assert!(views.parked(name, Slot::Live).await.expect("parked").is_empty());
 }
 
-/// Definitions move forward only, on a rolling deploy too: a node with a newer version
-/// supersedes an older version's rebuild and rebuilds the views; a node with an older one
-/// neither rebuilds them back nor touches a newer version's rebuild, which waits for its
-/// version.
+/// Definitions move forward only, on a rolling deploy too: a node still on an older version
+/// leaves a newer version's rebuild alone; a node with a newer version runs it, supersedes an
+/// older version's rebuild and rebuilds the views; a node rolled back to an older version
+/// leaves newer views alone and says so, until an operator rebuilds them with its version.
 pub(crate) async fn rebuilds_follow_the_newest_definition<M: ViewManager>(views: &Arc<M>) {
     let name = "tally_versions";
     let store = Arc::new(InMemoryEventStore::new());
     let start = |version: u32| {
         ProjectionRunner::new("contract-node").spawn(
-            tally::projection(name, true).with_version(version),
+            tally::projection(name, false).with_version(version),
             store.clone(),
             views.clone(),
         )
     };
     let record = || async { views.record(name).await.expect("record") };
-    let rebuild_version = || async { record().await.rebuild.map(|r| (r.version, r.error)) };
+    let begin = |version: u32| async move {
+        views.begin_rebuild(name, &[], version, chrono::Utc::now()).await.expect("begin")
+    };
+    let swapped = |handle| {
+        until(handle, "swapped its rebuild in", |s| {
+            s.status == ProjectionState::Running && s.rebuild.is_none()
+        })
+    };
 
     let head = append(&store, "v1", tally::added(1)).await;
     let first = start(1);
     reach(&first, head).await;
     first.stop();
-    // An operator's rebuild under version 1, cut short by the deploy of version 2.
-    views.begin_rebuild(name, &TALLY_TABLES, 1, chrono::Utc::now()).await.expect("begin");
 
-    let second = start(2);
-    until(&second, "rebuilt for version 2", |s| {
-        s.status == ProjectionState::Running && s.rebuild.is_none()
-    })
-    .await;
-    assert_eq!(record().await.version, 2, "the views are version 2's");
-    assert_eq!(tally(views.as_ref(), name, "v1").await.view.total, 1);
-    assert_eq!(
-        row_of(views.as_ref(), "v1").await.map(|row| row[1].clone()),
-        Some(Value::Integer(1))
-    );
-    second.stop();
-
+    // A node of version 2 began its rebuild and died before the swap; one still on version
+    // 1 runs the projection. Its first look for a rebuild comes before its first batch.
+    begin(2).await;
     let old = start(1);
     let head = append(&store, "v1", tally::added(2)).await;
-    reach(&old, head).await;
-    assert_eq!(
-        (record().await.version, rebuild_version().await),
-        (2, None),
-        "an older node does not rebuild the views back"
-    );
-    views.begin_rebuild(name, &TALLY_TABLES, 2, chrono::Utc::now()).await.expect("begin");
-    let head = append(&store, "v2", tally::added(3)).await;
     reach(&old, head).await;
     let waiting = record().await.rebuild.expect("version 2's rebuild is still there");
     assert_eq!(
@@ -487,17 +474,80 @@ pub(crate) async fn rebuilds_follow_the_newest_definition<M: ViewManager>(views:
         (2, Position::START, None),
         "an older node leaves a newer version's rebuild alone"
     );
+    assert_eq!(record().await.version, 1);
     old.stop();
 
-    let newer = start(2);
-    until(&newer, "ran version 2's rebuild", |s| {
+    let second = start(2);
+    swapped(&second).await;
+    assert_eq!(record().await.version, 2, "version 2 ran its rebuild");
+    assert_eq!(tally(views.as_ref(), name, "v1").await.view.total, 3);
+    second.stop();
+
+    // An operator's rebuild under version 2, cut short by the deploy of version 3.
+    begin(2).await;
+    let third = start(3);
+    swapped(&third).await;
+    assert_eq!(record().await.version, 3, "version 3 superseded it and rebuilt the views");
+    third.stop();
+
+    // Rolled back to version 1.
+    let back = start(1);
+    let head = append(&store, "v2", tally::added(4)).await;
+    let aside =
+        until(&back, "said why it stands aside", |s| s.status == ProjectionState::Failed).await;
+    let error = aside.error.unwrap_or_default();
+    assert!(error.contains("version 3") && error.contains("runs version 1"), "{error}");
+    assert!(
+        views.get::<Tally>(name, "v2").await.expect("get").is_none(),
+        "older code writes nothing into a newer definition's views"
+    );
+    back.rebuild().await.expect("an operator brings them back to version 1");
+    swapped(&back).await;
+    reach(&back, head).await;
+    assert_eq!(record().await.version, 1);
+    assert_eq!(tally(views.as_ref(), name, "v2").await.view.total, 4);
+    back.stop();
+}
+
+/// Views kept beside an older copy of the log (a store restored from a backup) are ahead of
+/// it: the projection says so rather than follow from a position the log has not reached,
+/// and a rebuild brings the views back in line with the log.
+pub(crate) async fn views_ahead_of_the_log_are_rebuilt_from_it<M: ViewManager>(views: &Arc<M>) {
+    let name = "tally_ahead";
+    let start = |store: &Arc<InMemoryEventStore>| {
+        ProjectionRunner::new("contract-node").spawn(
+            tally::projection(name, false),
+            store.clone(),
+            views.clone(),
+        )
+    };
+    let longer = Arc::new(InMemoryEventStore::new());
+    append(&longer, "x1", tally::added(1)).await;
+    append(&longer, "x1", tally::added(2)).await;
+    let head = append(&longer, "x2", tally::added(4)).await;
+    let first = start(&longer);
+    reach(&first, head).await;
+    first.stop();
+
+    let restored = Arc::new(InMemoryEventStore::new());
+    let head = append(&restored, "x1", tally::added(1)).await;
+    let handle = start(&restored);
+    let ahead = until(&handle, "said its views are ahead of the log", |s| {
+        s.status == ProjectionState::Failed
+    })
+    .await;
+    let error = ahead.error.unwrap_or_default();
+    assert!(error.contains("beyond the event log's head"), "{error}");
+    handle.rebuild().await.expect("rebuild");
+    until(&handle, "swapped its rebuild in", |s| {
         s.status == ProjectionState::Running && s.rebuild.is_none()
     })
     .await;
-    let head = append(&store, "v2", tally::added(4)).await;
-    reach(&newer, head).await;
-    assert_eq!(record().await.version, 2);
-    assert_eq!(tally(views.as_ref(), name, "v1").await.view.total, 3);
-    assert_eq!(tally(views.as_ref(), name, "v2").await.view.total, 7);
-    newer.stop();
+    assert_eq!(views.checkpoint(name, Slot::Live).await.expect("checkpoint").position, head);
+    assert_eq!(tally(views.as_ref(), name, "x1").await.view.total, 1);
+    assert!(views.get::<Tally>(name, "x2").await.expect("get").is_none(), "the log has no x2");
+    let head = append(&restored, "x1", tally::added(8)).await;
+    reach(&handle, head).await;
+    assert_eq!(tally(views.as_ref(), name, "x1").await.view.total, 9, "and it follows the log");
+    handle.stop();
 }

@@ -168,6 +168,7 @@ pub async fn view_manager_contract<F: ViewManagerFactory>(factory: F) {
     crate::projection::audits_find_events_by_request_stream_and_user(&views).await;
     crate::projection::operator_actions_during_a_rebuild_are_kept(&views).await;
     crate::projection::rebuilds_follow_the_newest_definition(&views).await;
+    crate::projection::views_ahead_of_the_log_are_rebuilt_from_it(&views).await;
     drop(views);
     if factory.durable() {
         let reopened = factory.open().await;

@@ -419,6 +419,7 @@ impl ProjectionHandle {
     /// at all.
     pub fn stop(&self) {
         self.task.abort();
+        self.shared.stop_running();
         self.shared.owner.send_replace(None);
     }
 }
@@ -426,6 +427,7 @@ impl ProjectionHandle {
 impl Drop for ProjectionHandle {
     fn drop(&mut self) {
         self.task.abort();
+        self.shared.stop_running();
     }
 }
 

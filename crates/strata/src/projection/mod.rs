@@ -66,7 +66,7 @@ pub enum ProjectionError {
     },
     /// The stored checkpoint is beyond the log's head.
     #[error(
-        "the projection's checkpoint {checkpoint} is beyond the event log's head {head}; clear its views to rebuild"
+        "the projection's checkpoint {checkpoint} is beyond the event log's head {head}: its views were built from another log; rebuild the projection"
     )]
     AheadOfLog {
         /// The stored checkpoint.
@@ -97,6 +97,17 @@ pub enum ProjectionError {
     /// A rebuild stopped; the live views are as they were.
     #[error("{0}")]
     RebuildFailed(String),
+    /// The live views were built by a newer version of the projection's definition than
+    /// this code declares; older code would write rows the newer definition does not expect.
+    #[error(
+        "the views were built by version {stored} of the projection's definition and this node runs version {version}: it leaves them to a node with the newer version (an operator's rebuild here brings them back to version {version})"
+    )]
+    NewerDefinition {
+        /// The version that built the live views.
+        stored: u32,
+        /// This code's version.
+        version: u32,
+    },
     /// A locator panicked; no instance can be blamed, so the batch cannot go on.
     #[error("the view locator panicked at position {0}")]
     LocatorPanicked(Position),

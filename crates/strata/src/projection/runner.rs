@@ -73,6 +73,9 @@ pub(crate) struct Shared {
     pub(crate) wake: Notify,
     pub(crate) events_applied: AtomicU64,
     pub(crate) failed_applies: AtomicU64,
+    /// The task processing the projection while this node holds its lease, so that a stop
+    /// takes effect at its next wait rather than when the supervisor gets round to it.
+    running: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl Shared {
@@ -84,6 +87,14 @@ impl Shared {
             wake: Notify::new(),
             events_applied: AtomicU64::new(0),
             failed_applies: AtomicU64::new(0),
+            running: Mutex::new(None),
+        }
+    }
+
+    /// Stops the processing task, if one runs.
+    pub(crate) fn stop_running(&self) {
+        if let Some(running) = locked(&self.running).take() {
+            running.abort();
         }
     }
 
@@ -223,6 +234,17 @@ pub(crate) struct Cursor<E, V> {
     not_before: Option<Instant>,
 }
 
+/// What bringing a rebuild's parked instances in line with live did.
+enum Reconciled {
+    Nothing,
+    /// Replayed some: the rebuild's checkpoint moved.
+    Replayed,
+    /// An instance failed anew.
+    Failed(String),
+    /// Another runner moved the rebuild.
+    Lost,
+}
+
 /// What live processing did with an event a rebuild cannot apply.
 enum LiveVerdict {
     /// Parked its instance there (or before), or has not reached it: the rebuild parks it.
@@ -233,8 +255,10 @@ enum LiveVerdict {
 
 /// What an attempt to swap a rebuild in did.
 enum Finish {
-    /// Swapped, or the rebuild is gone.
+    /// Swapped.
     Over,
+    /// The rebuild was replaced or finished elsewhere; this cursor has nothing to do.
+    Lost,
     /// Not yet: the rebuild reads on, or tries again.
     NotYet,
     /// The swap keeps failing.
@@ -252,6 +276,9 @@ enum Step {
     Waiting(Instant),
     /// A rebuild that cannot go on.
     GiveUp(String),
+    /// A rebuild that another runner replaced or moved: this cursor stops, the rebuild
+    /// record stays as that runner left it.
+    Lost,
 }
 
 impl<E, V> Cursor<E, V> {
@@ -389,7 +416,13 @@ where
             },
         };
         let events = match self.read(&mut *cursor, from.position).await {
-            Ok(events) if events.is_empty() => return Step::Idle,
+            Ok(events) if events.is_empty() => {
+                if cursor.slot == Slot::Live {
+                    // Read and found nothing: whatever failed before does not now.
+                    self.shared.set_failure(None);
+                }
+                return Step::Idle;
+            }
             Ok(events) => events,
             Err(error) => return self.batch_failed(cursor, &error),
         };
@@ -426,6 +459,18 @@ where
                 Step::Advanced
             }
             Ok(Pass::Failed(failures)) => self.instances_failed(cursor, failures).await,
+            Err(ProjectionError::View(ViewError::Fenced { .. }))
+                if cursor.slot == Slot::Rebuild =>
+            {
+                // Only another runner moves a rebuild (a node with a newer definition that
+                // superseded it, or one that took over): going on would mix its rows with
+                // ours. The next look decides afresh which rebuild to run.
+                tracing::warn!(
+                    projection = self.name(),
+                    "the rebuild changed elsewhere; leaving it"
+                );
+                Step::Lost
+            }
             Err(ProjectionError::View(ViewError::Fenced { .. })) if cursor.fences < 2 => {
                 // An operator's retry or a rebuild's swap moved the checkpoint: read it again
                 // and redo the batch at once. Repeated fences mean another runner; back off.
@@ -481,7 +526,7 @@ where
         }
         for failure in &failures {
             if cursor.slot == Slot::Rebuild && !cursor.parks_all {
-                match self.live_verdict(failure).await {
+                match self.live_verdict(&failure.view_id, failure.position).await {
                     Ok(LiveVerdict::Parked) => {}
                     Ok(LiveVerdict::Applied) => {
                         // A rebuild reproduces what live processing parked, but a new
@@ -500,20 +545,22 @@ where
         Step::Advanced
     }
 
-    /// What live processing did with `failure`'s event, for a rebuild that failed on it. An
-    /// event live has not reached yet counts as parked: after the swap, live goes on from the
-    /// rebuild's state, past the event, exactly as if it had parked it itself.
+    /// What live processing did with the event at `position` of instance `id`, for a rebuild
+    /// that failed on it. An event live has not reached yet counts as parked: after the swap,
+    /// live goes on from the rebuild's state, past the event, exactly as if it had parked it
+    /// itself.
     async fn live_verdict(
         &self,
-        failure: &InstanceFailure,
+        id: &str,
+        position: Position,
     ) -> Result<LiveVerdict, ProjectionError> {
-        let ids = [failure.view_id.clone()];
+        let ids = [id.to_owned()];
         let mut found = self.views.load::<V>(self.name(), Slot::Live, &ids).await?;
         let live = self.views.checkpoint(self.name(), Slot::Live).await?;
-        let parked = found.remove(&failure.view_id).and_then(|stored| stored.parked);
+        let parked = found.remove(id).and_then(|stored| stored.parked);
         Ok(match parked {
-            Some(parking) if parking.position <= failure.position => LiveVerdict::Parked,
-            _ if live.position < failure.position => LiveVerdict::Parked,
+            Some(parking) if parking.position <= position => LiveVerdict::Parked,
+            _ if live.position < position => LiveVerdict::Parked,
             _ => LiveVerdict::Applied,
         })
     }
@@ -543,8 +590,14 @@ where
         Step::Waiting(not_before)
     }
 
-    /// Swaps the rebuild in if it has reached the live checkpoint.
-    async fn finish(&self, rebuild: &mut Cursor<E, V>, live: &mut Cursor<E, V>) -> Finish {
+    /// Swaps the rebuild in if it has reached the live checkpoint. `read_all` says whether
+    /// its last read found nothing more in the log.
+    async fn finish(
+        &self,
+        rebuild: &mut Cursor<E, V>,
+        live: &mut Cursor<E, V>,
+        read_all: bool,
+    ) -> Finish {
         let Some(rebuilt) = rebuild.checkpoint else { return Finish::NotYet };
         // Read without the head check a live load makes: views ahead of the log are what a
         // rebuild from the log repairs.
@@ -555,18 +608,28 @@ where
                 Err(error) => return self.finish_failed(rebuild, &error.to_string()),
             },
         };
-        let head = self.reader.store().head();
-        if rebuilt.position < live_checkpoint.position && live_checkpoint.position <= head {
-            // Not there yet: the rebuild reads on.
-            return Finish::NotYet;
+        if rebuilt.position < live_checkpoint.position {
+            // Not there yet: the rebuild reads on. Unless it has read the whole log and live
+            // is still ahead (views kept beside an older log): then the swap repairs them.
+            // Asked of the log itself, since a node's published head lags other nodes' writes.
+            if !read_all {
+                return Finish::NotYet;
+            }
+            match self.reader.store().read_all(rebuilt.position, 1).await {
+                Ok(more) if more.is_empty() => {}
+                Ok(_) => return Finish::NotYet,
+                Err(error) => return self.finish_failed(rebuild, &error.to_string()),
+            }
         }
         match self.reconcile(rebuild).await {
-            Ok(false) => {}
-            Ok(true) => {
+            Ok(Reconciled::Nothing) => {}
+            Ok(Reconciled::Replayed) => {
                 // The replays moved the rebuild's checkpoint; read it and come back.
                 rebuild.checkpoint = None;
                 return Finish::NotYet;
             }
+            Ok(Reconciled::Failed(error)) => return Finish::GiveUp(error),
+            Ok(Reconciled::Lost) => return Finish::Lost,
             Err(error) => return self.finish_failed(rebuild, &error.to_string()),
         }
         let tables = self.projection.tables();
@@ -585,7 +648,7 @@ where
             }
             Err(error @ (ViewError::Fenced { .. } | ViewError::NoRebuild(_))) => {
                 tracing::warn!(projection = self.name(), %error, "the rebuild changed elsewhere; leaving it");
-                Finish::Over
+                Finish::Lost
             }
             Err(error) => self.finish_failed(rebuild, &error.to_string()),
         }
@@ -604,18 +667,19 @@ where
         Finish::NotYet
     }
 
-    /// Brings the rebuild's parked instances in line with what operators did on the live
-    /// slot meanwhile: an instance parked in the rebuild but no longer (or elsewhere) in
-    /// live is replayed in the rebuild slot, dropping events skipped since; each parked
-    /// event once. Returns whether anything was replayed.
-    async fn reconcile(&self, rebuild: &mut Cursor<E, V>) -> Result<bool, ProjectionError> {
+    /// Brings the rebuild's parked instances in line with what live did meanwhile: an
+    /// instance parked in the rebuild but not at that event in live (an operator released it,
+    /// or live had not reached the event yet) is replayed in the rebuild slot, dropping events
+    /// skipped since; each parked event once. One that fails again where live has applied
+    /// the event is a new failure, which stops the rebuild.
+    async fn reconcile(&self, rebuild: &mut Cursor<E, V>) -> Result<Reconciled, ProjectionError> {
         if rebuild.parks_all {
             // Live was built by another definition: its parked instances mean nothing here.
-            return Ok(false);
+            return Ok(Reconciled::Nothing);
         }
         let in_rebuild = self.views.parked(self.name(), Slot::Rebuild).await?;
         if in_rebuild.is_empty() {
-            return Ok(false);
+            return Ok(Reconciled::Nothing);
         }
         let in_live: HashMap<String, Position> = self
             .views
@@ -624,20 +688,29 @@ where
             .into_iter()
             .map(|p| (p.view_id, p.position))
             .collect();
-        let mut replayed = false;
+        let mut outcome = Reconciled::Nothing;
         for parked in in_rebuild {
             if in_live.get(&parked.view_id) == Some(&parked.position)
                 || !rebuild.reconciled.insert((parked.view_id.clone(), parked.position))
             {
                 continue;
             }
-            // Fenced (`None`) only if the rebuild moved, which nothing else does here.
-            self.projection
+            let replayed = self
+                .projection
                 .replay_parked(self.views.as_ref(), Slot::Rebuild, &parked.view_id, None)
                 .await?;
-            replayed = true;
+            let Some(replayed) = replayed else { return Ok(Reconciled::Lost) };
+            outcome = Reconciled::Replayed;
+            let Some(again) = replayed.and_then(|r| r.stored.parked) else { continue };
+            if let LiveVerdict::Applied = self.live_verdict(&parked.view_id, again.position).await?
+            {
+                return Ok(Reconciled::Failed(format!(
+                    "rebuild stopped at position {}: view {} failed where live processing applied the event: {}",
+                    again.position, parked.view_id, again.error
+                )));
+            }
         }
-        Ok(replayed)
+        Ok(outcome)
     }
 
     async fn give_up(&self, rebuild: &Cursor<E, V>, error: &str) {
@@ -658,11 +731,20 @@ where
     /// definition, or one begun here when `wanted` (an operator asked) or when the live views
     /// were built by an older version. A running rebuild of an older version is superseded,
     /// since its rows would mix with this version's; one of a newer version is left to the
-    /// code that runs it, and so are live views a newer version built.
+    /// code that runs it. Live views a newer version built are left alone too, unless an
+    /// operator asks for this version's rebuild (the way back after a rollback): without a
+    /// rebuild to run, that is [`ProjectionError::NewerDefinition`].
     async fn adopt_rebuild(&self, wanted: bool) -> Result<Option<Cursor<E, V>>, ProjectionError> {
         let record = self.views.record(self.name()).await?;
         let version = self.projection.version();
         let live_is_older = record.version != 0 && record.version < version;
+        let nothing_to_run = || {
+            if record.version > version && !wanted {
+                Err(ProjectionError::NewerDefinition { stored: record.version, version })
+            } else {
+                Ok(None)
+            }
+        };
         let adopt = |from: Position| {
             tracing::info!(projection = self.name(), %from, version, "running a rebuild");
             let mut cursor = Cursor::new(Slot::Rebuild);
@@ -680,7 +762,7 @@ where
                     version,
                     "a newer definition's rebuild is running"
                 );
-                return Ok(None);
+                return nothing_to_run();
             }
             Some(rebuild) if rebuild.error.is_none() => {
                 tracing::warn!(
@@ -693,11 +775,11 @@ where
                 self.views.fail_rebuild(self.name(), rebuild.checkpoint, &why).await?;
             }
             // This version's rebuild failed: it runs again when an operator asks, not in a loop.
-            Some(rebuild) if rebuild.version == version && !wanted => return Ok(None),
+            Some(rebuild) if rebuild.version == version && !wanted => return nothing_to_run(),
             _ => {}
         }
         if !wanted && !live_is_older {
-            return Ok(None);
+            return nothing_to_run();
         }
         if live_is_older {
             tracing::warn!(
@@ -719,20 +801,15 @@ where
         }
     }
 
-    /// Looks for a rebuild to run (see [`Self::adopt_rebuild`]).
-    async fn pending_rebuild(&self) -> Option<Cursor<E, V>> {
-        self.adopt_rebuild(false).await.unwrap_or_else(|error| {
-            tracing::warn!(projection = self.name(), %error, "cannot look for a rebuild");
-            None
-        })
-    }
-
     /// Runs the projection from its checkpoint, following new commits and running rebuilds,
     /// until the store closes.
     async fn follow(&self) {
         let mut heads = self.reader.store().subscribe();
         let mut live = Cursor::new(Slot::Live);
         let mut rebuild: Option<Cursor<E, V>> = None;
+        // Whether the live views were built by a newer definition: this node then leaves
+        // them alone (unless it runs a rebuild an operator asked for) and says so.
+        let mut aside = false;
         let mut next_check = Instant::now();
         // One timer for the whole loop, moved rather than made anew at every wait: a busy
         // projection waits after every batch, and registering a timer each time showed in
@@ -742,7 +819,25 @@ where
         loop {
             if rebuild.is_none() && Instant::now() >= next_check {
                 next_check = Instant::now() + REBUILD_POLL;
-                rebuild = self.pending_rebuild().await;
+                match self.adopt_rebuild(false).await {
+                    Ok(found) => {
+                        rebuild = found;
+                        if aside && rebuild.is_none() {
+                            aside = false;
+                            self.shared.set_failure(None);
+                        }
+                    }
+                    Err(error @ ProjectionError::NewerDefinition { .. }) => {
+                        if !aside {
+                            tracing::error!(projection = self.name(), %error, "leaving the views alone");
+                        }
+                        aside = true;
+                        self.shared.set_failure(Some(error.to_string()));
+                    }
+                    Err(error) => {
+                        tracing::warn!(projection = self.name(), %error, "cannot look for a rebuild")
+                    }
+                }
             }
             // Looking for a rebuild is due at `next_check` only while none runs; otherwise the
             // loop wakes for commits, backoffs, or a poll's worth of time at most.
@@ -752,10 +847,10 @@ where
             // New commits matter only when live is idle; while it backs off they would only
             // wake it to wait again.
             let mut live_idle = false;
-            match self.step(&mut live).await {
+            match if aside { Step::Waiting(wake) } else { self.step(&mut live).await } {
                 Step::Advanced => busy = true,
                 Step::Waiting(until) => wake = wake.min(until),
-                Step::Idle | Step::GiveUp(_) => live_idle = true,
+                Step::Idle | Step::GiveUp(_) | Step::Lost => live_idle = true,
             }
             if let Some(cursor) = rebuild.as_mut() {
                 let over = match self.step(cursor).await {
@@ -763,8 +858,17 @@ where
                     // left to read: under steady load the head never stands still, and a
                     // rebuild waiting for it would chase it forever.
                     step @ (Step::Advanced | Step::Idle) => {
-                        match self.finish(cursor, &mut live).await {
-                            Finish::Over => true,
+                        match self.finish(cursor, &mut live, matches!(step, Step::Idle)).await {
+                            Finish::Over => {
+                                // The live views are this version's now, and whole.
+                                aside = false;
+                                self.shared.set_failure(None);
+                                true
+                            }
+                            Finish::Lost => {
+                                next_check = Instant::now();
+                                true
+                            }
                             Finish::NotYet => {
                                 // A rebuild that read nothing and cannot swap yet waits for
                                 // new commits like live does, instead of asking again at once.
@@ -786,10 +890,14 @@ where
                         self.give_up(cursor, &error).await;
                         true
                     }
+                    Step::Lost => {
+                        next_check = Instant::now();
+                        true
+                    }
                 };
                 if over {
                     rebuild = None;
-                    next_check = Instant::now() + REBUILD_POLL;
+                    next_check = next_check.min(Instant::now() + REBUILD_POLL);
                 }
             }
             if busy {
@@ -907,11 +1015,12 @@ where
         loop {
             match self.step(&mut rebuild).await {
                 step @ (Step::Advanced | Step::Idle) => {
-                    match self.finish(&mut rebuild, &mut live).await {
+                    match self.finish(&mut rebuild, &mut live, matches!(step, Step::Idle)).await {
                         Finish::Over => {
                             let position = live.checkpoint.map_or(Position::START, |c| c.position);
                             return Ok(position);
                         }
+                        Finish::Lost => return Err(taken_over()),
                         Finish::NotYet
                             if matches!(step, Step::Idle) && rebuild.checkpoint.is_some() =>
                         {
@@ -931,11 +1040,19 @@ where
                     self.give_up(&rebuild, &error).await;
                     return Err(ProjectionError::RebuildFailed(error));
                 }
+                Step::Lost => return Err(taken_over()),
             }
             let position = rebuild.checkpoint.map_or(Position::START, |c| c.position);
             progress(position, self.reader.store().head());
         }
     }
+}
+
+/// Why an offline rebuild stopped when another runner moved its rebuild.
+fn taken_over() -> ProjectionError {
+    ProjectionError::RebuildFailed(
+        "another runner took the rebuild over (a service running this projection, or a newer definition)".into(),
+    )
 }
 
 async fn supervise<S, M, E, V, L, G>(
@@ -966,6 +1083,7 @@ async fn supervise<S, M, E, V, L, G>(
                     tokio::spawn(async move { engine.follow().await })
                 };
                 let _stop_with_supervisor = AbortOnDrop(run.abort_handle());
+                *locked(&engine.shared.running) = Some(run.abort_handle());
                 tokio::select! {
                     joined = run => match joined {
                         Err(error) if error.is_panic() => {
