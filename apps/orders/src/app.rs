@@ -18,12 +18,10 @@ use crate::views;
 
 /// The storage a service runs on, chosen once at start.
 pub trait Backend: Send + Sync + 'static {
-    /// Where events live.
-    type Events: EventStore;
+    /// Where events live, and the idempotency records written with them.
+    type Events: EventStore + IdempotencyStore;
     /// Where views and checkpoints live.
     type Views: ViewManager;
-    /// Where idempotent answers live.
-    type Idempotency: IdempotencyStore;
     /// Who runs which projection.
     type Leases: Leases;
 }
@@ -34,8 +32,6 @@ pub struct Stores<B: Backend> {
     pub events: Arc<B::Events>,
     /// The view manager.
     pub views: Arc<B::Views>,
-    /// The idempotency store.
-    pub idempotency: Arc<B::Idempotency>,
     /// The projection leases.
     pub leases: Arc<B::Leases>,
 }
@@ -46,8 +42,6 @@ pub struct App<B: Backend> {
     pub bus: CommandBus<B::Events>,
     /// Reads views.
     pub views: Arc<B::Views>,
-    /// Remembers idempotent answers.
-    pub idempotency: Arc<B::Idempotency>,
     /// The projections this node runs.
     pub projections: Arc<Projections>,
     /// This node's id, shown by `/health` and as projection owner.
@@ -130,7 +124,6 @@ impl<B: Backend> App<B> {
         Ok(Self {
             bus: CommandBus::new(events, bus),
             views,
-            idempotency: stores.idempotency,
             projections: Arc::new(projections),
             node_id,
         })

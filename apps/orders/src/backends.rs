@@ -4,11 +4,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use strata::{InMemoryEventStore, InMemoryIdempotencyStore, InMemoryViewManager, LocalLeases};
-use strata_postgres::{
-    PgDatabase, PgError, PgEventStore, PgIdempotencyStore, PgLeases, PgViewManager,
-};
-use strata_sqlite::{SqliteError, SqliteEventStore, SqliteIdempotencyStore, SqliteViewManager};
+use strata::{InMemoryEventStore, InMemoryViewManager, LocalLeases};
+use strata_postgres::{PgDatabase, PgError, PgEventStore, PgLeases, PgViewManager};
+use strata_sqlite::{SqliteError, SqliteEventStore, SqliteViewManager};
 
 use crate::app::{Backend, Stores};
 
@@ -18,7 +16,6 @@ pub struct SqliteBackend;
 impl Backend for SqliteBackend {
     type Events = SqliteEventStore;
     type Views = SqliteViewManager;
-    type Idempotency = SqliteIdempotencyStore;
     // One process owns a SQLite store (it holds the store's lock file), so it runs every
     // projection without asking anyone.
     type Leases = LocalLeases;
@@ -29,7 +26,6 @@ pub fn open_sqlite(dir: &Path) -> Result<Stores<SqliteBackend>, SqliteError> {
     Ok(Stores {
         events: Arc::new(SqliteEventStore::open(dir)?),
         views: Arc::new(SqliteViewManager::open(dir)?),
-        idempotency: Arc::new(SqliteIdempotencyStore::open(dir)?),
         leases: Arc::new(LocalLeases),
     })
 }
@@ -40,7 +36,6 @@ pub struct PostgresBackend;
 impl Backend for PostgresBackend {
     type Events = PgEventStore;
     type Views = PgViewManager;
-    type Idempotency = PgIdempotencyStore;
     type Leases = PgLeases;
 }
 
@@ -51,7 +46,6 @@ pub async fn open_postgres(url: &str, node_id: &str) -> Result<Stores<PostgresBa
     Ok(Stores {
         events: Arc::new(PgEventStore::open(&database).await?),
         views: Arc::new(PgViewManager::new(&database)),
-        idempotency: Arc::new(PgIdempotencyStore::new(&database)),
         leases: Arc::new(PgLeases::new(&database, node_id)),
     })
 }
@@ -62,7 +56,6 @@ pub struct MemoryBackend;
 impl Backend for MemoryBackend {
     type Events = InMemoryEventStore;
     type Views = InMemoryViewManager;
-    type Idempotency = InMemoryIdempotencyStore;
     type Leases = LocalLeases;
 }
 
@@ -71,7 +64,6 @@ pub fn memory() -> Stores<MemoryBackend> {
     Stores {
         events: Arc::new(InMemoryEventStore::new()),
         views: Arc::new(InMemoryViewManager::new()),
-        idempotency: Arc::new(InMemoryIdempotencyStore::default()),
         leases: Arc::new(LocalLeases),
     }
 }

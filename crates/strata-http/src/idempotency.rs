@@ -1,24 +1,28 @@
-//! `Idempotency-Key` on commands: the first answer to a key (success or refusal) is stored,
-//! and a retry with the same key, route and body gets that answer again without acting. The
-//! same key with another route or body is refused with 422.
+//! `Idempotency-Key` on commands: a retry with the same key, route, `If-Match` and body gets
+//! the first answer instead of acting again, whatever crashed in between; the same key with
+//! another route, `If-Match` or body is refused with 422.
 //!
-//! Two requests with one key at the same time would both act, so a key in flight answers
-//! 409 until the first finishes. Server failures (5xx) are not stored: a retry after one
-//! should try again. What remains open: a crash after the append but before the answer is
-//! stored lets a retry act again; closing that needs the record written in the append's
-//! transaction.
+//! A command that appends records the key in its append's transaction (see
+//! [`strata::idempotency`]): the middleware hands the key to the handler as an
+//! [`IdempotencyClaim`], and a retry whose key appended is answered by the handler from what
+//! was appended, without deciding again. An answer that appended nothing (a refusal) is
+//! stored after it is given. Server failures (5xx) and conflicts (409) are not stored: a retry
+//! after one should try again. A key in flight on this node answers 409; on two nodes at
+//! once, one appends and the other answers from its record.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use axum::body::{Body, to_bytes};
+use axum::extract::FromRequestParts;
 use axum::extract::{Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use strata::{IdempotencyRecord, IdempotencyStore};
+use strata::{IdempotencyClaim, IdempotencyRecord, IdempotencyStore};
 
 use crate::problem::Problem;
 
@@ -101,6 +105,10 @@ async fn answer<I: IdempotencyStore>(
         digest.update(parts.method.as_str());
         digest.update(b" ");
         digest.update(parts.uri.path());
+        digest.update(b"\nIf-Match: ");
+        if let Some(if_match) = parts.headers.get(header::IF_MATCH) {
+            digest.update(if_match.as_bytes());
+        }
         digest.update(b"\n");
         digest.update(&bytes);
         format!("{:x}", digest.finalize())
@@ -117,26 +125,36 @@ async fn answer<I: IdempotencyStore>(
         InFlight { state: state.clone(), key: key.clone() }
     };
 
-    match state.store.get(&key).await {
+    let recorded = match state.store.get(&key).await {
         Err(error) => return Err(Problem::unavailable(&error).into_response()),
         Ok(Some(record)) if record.fingerprint != fingerprint => {
             return Err(Problem::unprocessable(format!(
-                "Idempotency-Key {key:?} was already used with a different route or body"
+                "Idempotency-Key {key:?} was already used with a different route, If-Match or body"
             ))
             .into_response());
         }
-        Ok(Some(record)) => return Ok(replay(&record)),
-        Ok(None) => {}
-    }
+        Ok(Some(IdempotencyRecord { answer: Some(answer), .. })) => return Ok(replay(&answer)),
+        Ok(Some(record)) => record.appended,
+        Ok(None) => None,
+    };
 
-    // The command and the recording of its answer run in a task of their own: if the client
-    // disconnects, hyper drops this future, and a command that already appended must still
-    // have its answer stored, or the client's retry would act a second time.
-    let request = Request::from_parts(parts, Body::from(bytes));
+    let replayed = recorded.is_some();
+    let claim = IdempotencyClaim { key: key.clone(), fingerprint: fingerprint.clone(), recorded };
+    let mut request = Request::from_parts(parts, Body::from(bytes));
+    request.extensions_mut().insert(claim);
+    // The command and the storing of a refusal run in a task of their own, so that a client
+    // that disconnects does not cut them short.
     let task = tokio::spawn(async move {
         let _in_flight = guard;
-        let response = next.run(request).await;
-        if response.status().is_server_error() {
+        let mut response = next.run(request).await;
+        if replayed {
+            response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+            return response;
+        }
+        let status = response.status();
+        // A command that appended has its record already; storing its answer too would cost
+        // a write per command for nothing (the first record wins anyway).
+        if status.is_server_error() || status == StatusCode::CONFLICT || status.is_success() {
             return response;
         }
         let (parts, body) = response.into_parts();
@@ -151,8 +169,7 @@ async fn answer<I: IdempotencyStore>(
             body: String::from_utf8_lossy(&body).into_owned(),
         };
         if let Ok(answer) = serde_json::to_vec(&stored)
-            && let Err(error) =
-                state.store.put(&key, IdempotencyRecord { fingerprint, answer }).await
+            && let Err(error) = state.store.put_answer(&key, &fingerprint, answer).await
         {
             tracing::warn!(%error, key, "could not remember an idempotent answer");
         }
@@ -161,8 +178,8 @@ async fn answer<I: IdempotencyStore>(
     task.await.map_err(|error| Problem::internal(&error).into_response())
 }
 
-fn replay(record: &IdempotencyRecord) -> Response {
-    let Ok(stored) = serde_json::from_slice::<StoredAnswer>(&record.answer) else {
+fn replay(answer: &[u8]) -> Response {
+    let Ok(stored) = serde_json::from_slice::<StoredAnswer>(answer) else {
         return Problem::internal(&std::io::Error::other("stored idempotent answer is unreadable"))
             .into_response();
     };
@@ -173,4 +190,16 @@ fn replay(record: &IdempotencyRecord) -> Response {
     }
     response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     response
+}
+
+/// The request's idempotency key, for the command's context: `None` without the header.
+#[derive(Debug, Clone, Default)]
+pub struct Idempotency(pub Option<IdempotencyClaim>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Idempotency {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Problem> {
+        Ok(Self(parts.extensions.get::<IdempotencyClaim>().cloned()))
+    }
 }

@@ -18,7 +18,7 @@ pub mod wait;
 
 pub use conditional::IfMatch;
 pub use correlation::{CORRELATION_HEADER, CorrelationId, correlation_id};
-pub use idempotency::{IDEMPOTENCY_HEADER, IdempotencyLayerState, idempotency};
+pub use idempotency::{IDEMPOTENCY_HEADER, Idempotency, IdempotencyLayerState, idempotency};
 pub use json::JsonBody;
 pub use problem::Problem;
 pub use wait::{VIEW_POSITION_HEADER, ViewWait};

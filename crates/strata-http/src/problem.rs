@@ -163,7 +163,8 @@ impl IntoResponse for Problem {
 }
 
 /// A refused command: 404, 409 or 422 by the refusal's kind; a lost version race (stale
-/// `If-Match`, or too many concurrent writers) is 409; store failures are 503, the rest 500.
+/// `If-Match`, or writers that kept winning for the whole conflict budget) and an
+/// idempotency key taken at the same moment are 409; store failures are 503, the rest 500.
 impl<E: Rejection + 'static> From<CommandError<E>> for Problem {
     fn from(error: CommandError<E>) -> Self {
         match error {
@@ -174,6 +175,10 @@ impl<E: Rejection + 'static> From<CommandError<E>> for Problem {
             },
             CommandError::Conflict { stream, expected, actual } => Problem::conflict(format!(
                 "{stream} is at version {actual}, but the request expected {expected}"
+            )),
+            CommandError::KeyReused(key) => Problem::conflict(format!(
+                "a request with Idempotency-Key {key:?} was being answered at the same time; \
+                 send it again to get that answer"
             )),
             CommandError::Store(error) => Problem::unavailable(&error),
             other => Problem::internal(&other),

@@ -21,8 +21,11 @@ use tokio_postgres::{Client, Config, NoTls};
 use crate::error::PgError;
 
 /// The migrations, oldest first. Never edit a released one: add a file.
-const MIGRATIONS: &[&str] =
-    &[include_str!("sql/0001_create.sql"), include_str!("sql/0002_parking.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("sql/0001_create.sql"),
+    include_str!("sql/0002_parking.sql"),
+    include_str!("sql/0003_idempotency_in_the_append.sql"),
+];
 
 impl PgDatabase {
     /// The schema version this build migrates to: the number of migrations it knows.

@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use chrono::DateTime;
 use strata::{
-    AppendOutcome, EventMetadata, EventStore, ExpectedVersion, GroupCommitMetrics, NewEvent,
-    Position, RecordedEvent, StoreError, StreamId, Version,
+    AppendOutcome, EventMetadata, EventStore, ExpectedVersion, GroupCommitMetrics,
+    IdempotencyClaim, IdempotencyError, IdempotencyRecord, IdempotencyStore, NewEvent, Position,
+    RecordedEvent, StoreError, StreamId, Version,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -121,12 +122,13 @@ impl PgEventStore {
     }
 }
 
-impl EventStore for PgEventStore {
-    async fn append(
+impl PgEventStore {
+    async fn append_with(
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
+        claim: Option<(String, String)>,
     ) -> Result<AppendOutcome, StoreError> {
         // Checks that need no database run here, in the caller's task, so that the writer
         // spends its time writing.
@@ -134,10 +136,32 @@ impl EventStore for PgEventStore {
         let events = events.into_iter().map(encode).collect::<Result<Vec<_>, _>>()?;
 
         let (answer, answered) = oneshot::channel();
-        let request = AppendRequest { stream: stream.clone(), expected, events, answer };
+        let request = AppendRequest { stream: stream.clone(), expected, events, claim, answer };
         self.inner.requests.send(request).map_err(|_| StoreError::Closed)?;
         // The writer answers every request it takes; a dropped answer means it is gone.
         answered.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+impl EventStore for PgEventStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome, StoreError> {
+        self.append_with(stream, expected, events, None).await
+    }
+
+    async fn append_claimed(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        claim: &IdempotencyClaim,
+    ) -> Result<AppendOutcome, StoreError> {
+        let claim = (claim.key.clone(), claim.fingerprint.clone());
+        self.append_with(stream, expected, events, Some(claim)).await
     }
 
     async fn read_stream(
@@ -241,4 +265,53 @@ pub(crate) fn decode(row: &Row) -> Result<RecordedEvent, DbError> {
             recorded_at: DateTime::from_timestamp_nanos(row.try_get(11)?),
         },
     })
+}
+
+// The first record for a key wins; a later answer for it is not an error, it just loses.
+const PUT_ANSWER: &str = "INSERT INTO strata_idempotency (key, fingerprint, answer) \
+     VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING";
+const EXPIRE_KEYS: &str = "DELETE FROM strata_idempotency WHERE key IN \
+     (SELECT key FROM strata_idempotency WHERE created_at < $1 LIMIT $2)";
+
+/// The records live in `strata_idempotency`, shared by every node, so a retry that lands on
+/// another node finds them too.
+impl IdempotencyStore for PgEventStore {
+    async fn get(&self, key: &str) -> Result<Option<IdempotencyRecord>, IdempotencyError> {
+        let read = async {
+            let client = self.inner.database.pool().get().await?;
+            let statement = client.prepare_cached(writer::SELECT_KEY).await?;
+            let row = client.query_opt(&statement, &[&key]).await?;
+            row.as_ref().map(writer::read_record).transpose()
+        };
+        read.await.map_err(DbError::into_idempotency_error)
+    }
+
+    async fn put_answer(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        answer: Vec<u8>,
+    ) -> Result<(), IdempotencyError> {
+        let write = async {
+            let client = self.inner.database.pool().get().await?;
+            let statement = client.prepare_cached(PUT_ANSWER).await?;
+            client.execute(&statement, &[&key, &fingerprint, &answer]).await?;
+            Ok::<_, DbError>(())
+        };
+        write.await.map_err(DbError::into_idempotency_error)
+    }
+
+    async fn expire(
+        &self,
+        before: DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<u64, IdempotencyError> {
+        let delete = async {
+            let client = self.inner.database.pool().get().await?;
+            let statement = client.prepare_cached(EXPIRE_KEYS).await?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            Ok::<_, DbError>(client.execute(&statement, &[&before, &limit]).await?)
+        };
+        delete.await.map_err(DbError::into_idempotency_error)
+    }
 }

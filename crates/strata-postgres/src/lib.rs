@@ -1,6 +1,6 @@
 //! Strata on PostgreSQL, for several nodes sharing one database: a gap-free event store
-//! ([`PgEventStore`]), a view manager ([`PgViewManager`]), idempotency records
-//! ([`PgIdempotencyStore`]) and leases that keep each projection on one node at a time
+//! ([`PgEventStore`], which also keeps idempotency records), a view manager
+//! ([`PgViewManager`]) and leases that keep each projection on one node at a time
 //! ([`PgLease`]).
 //!
 //! Everything lives in one schema of one database ([`PgDatabase`]), created and migrated
@@ -17,7 +17,6 @@
 mod database;
 mod error;
 mod event_store;
-mod idempotency;
 mod lease;
 mod listener;
 mod tables;
@@ -27,6 +26,5 @@ mod writer;
 pub use database::PgDatabase;
 pub use error::PgError;
 pub use event_store::PgEventStore;
-pub use idempotency::PgIdempotencyStore;
 pub use lease::{PgLease, PgLeaseOwner, PgLeases};
 pub use view_manager::PgViewManager;

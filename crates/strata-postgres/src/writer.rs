@@ -37,6 +37,12 @@
 //! '<schema>:<head>')`; PostgreSQL delivers it only at commit, so a follower woken by it
 //! finds the rows. The task publishes the new head on its own watch channel after `COMMIT`.
 //!
+//! **Idempotency keys.** A request may claim a key: the key is inserted (`ON CONFLICT DO
+//! NOTHING`) in the group's transaction, before its events. When every claim of a group
+//! goes in, the group goes on as above; when one was taken already, the group is written
+//! request by request, and a request whose key is taken writes nothing and gets the key's
+//! record.
+//!
 //! `synchronous_commit` stays on (the writer turns it back on if the server's default is
 //! off): an answered append is on disk (invariant 5).
 
@@ -45,7 +51,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use strata::{
-    AppendOutcome, ExpectedVersion, GroupCommitCounters, Position, StoreError, StreamId, Version,
+    AppendOutcome, CommandOutcome, ExpectedVersion, GroupCommitCounters, IdempotencyRecord,
+    Position, StoreError, StreamId, Version,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -77,6 +84,12 @@ const INSERT: &str = "INSERT INTO strata_events (position, aggregate_type, aggre
      $6::bigint[], $7::bytea[], $8::uuid[], $9::text[], $10::text[], $11::text[], $12::bigint[])";
 const STORED_ID: &str = "SELECT event_id FROM strata_events WHERE event_id = ANY($1) LIMIT 1";
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
+const CLAIM_KEYS: &str = "INSERT INTO strata_idempotency (key, fingerprint, aggregate_type, \
+     aggregate_id, version, position) \
+     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
+     $6::bigint[]) ON CONFLICT (key) DO NOTHING";
+pub(crate) const SELECT_KEY: &str = "SELECT fingerprint, aggregate_type, aggregate_id, version, \
+     position, answer FROM strata_idempotency WHERE key = $1";
 
 const EVENT_ID_CONSTRAINT: &str = "strata_events_event_id_key";
 const STREAM_VERSION_CONSTRAINT: &str = "strata_events_stream_version_key";
@@ -100,6 +113,8 @@ pub(crate) struct AppendRequest {
     pub(crate) expected: ExpectedVersion,
     /// Never empty, and free of repeated ids: the caller checks both before sending.
     pub(crate) events: Vec<EventRow>,
+    /// The idempotency key to record in the same transaction, and the request's digest.
+    pub(crate) claim: Option<(String, String)>,
     pub(crate) answer: oneshot::Sender<Result<AppendOutcome, StoreError>>,
 }
 
@@ -150,6 +165,8 @@ struct Statements {
     insert: Statement,
     stored_id: Statement,
     notify: Statement,
+    claim_keys: Statement,
+    select_key: Statement,
 }
 
 impl Connection {
@@ -171,6 +188,8 @@ impl Connection {
             insert: client.prepare(INSERT).await?,
             stored_id: client.prepare(STORED_ID).await?,
             notify: client.prepare(NOTIFY).await?,
+            claim_keys: client.prepare(CLAIM_KEYS).await?,
+            select_key: client.prepare(SELECT_KEY).await?,
         };
         Ok(Self { client, statements })
     }
@@ -481,6 +500,20 @@ async fn attempt_group(
             let mut columns = Columns::default();
             let outcomes: Outcomes =
                 group.iter().map(|request| tally.plan(request, &mut columns)).collect();
+            let mut claims = Claims::default();
+            for (request, outcome) in group.iter().zip(&outcomes) {
+                if let (Some(claim), Ok(outcome)) = (&request.claim, outcome) {
+                    claims.push(claim, &request.stream, outcome);
+                }
+            }
+            if !claims.is_empty() {
+                let claimed = claims.insert(client, &statements.claim_keys).await?;
+                if claimed != claims.len() {
+                    tracing::debug!("an idempotency key was taken; writing request by request");
+                    client.batch_execute("ROLLBACK").await?;
+                    return Ok(Attempt::Split);
+                }
+            }
             if !columns.is_empty() {
                 match columns.insert(client, &statements.insert).await {
                     Ok(_) => {}
@@ -550,6 +583,15 @@ async fn write_one_by_one(
             Err(refusal) => Err(refusal),
             Ok(outcome) => {
                 client.batch_execute("SAVEPOINT strata_request").await?;
+                if let Some(claim) = &request.claim {
+                    let mut claims = Claims::default();
+                    claims.push(claim, &request.stream, &outcome);
+                    if claims.insert(client, &connection.statements.claim_keys).await? == 0 {
+                        client.batch_execute("ROLLBACK TO SAVEPOINT strata_request").await?;
+                        outcomes.push(Err(taken(connection, &claim.0).await?));
+                        continue;
+                    }
+                }
                 match columns.insert(client, &connection.statements.insert).await {
                     Ok(_) => {
                         client.batch_execute("RELEASE SAVEPOINT strata_request").await?;
@@ -567,6 +609,77 @@ async fn write_one_by_one(
         outcomes.push(outcome);
     }
     Ok((outcomes, tally))
+}
+
+/// The idempotency keys claimed by requests of a group, column by column.
+#[derive(Default)]
+struct Claims {
+    key: Vec<String>,
+    fingerprint: Vec<String>,
+    aggregate_type: Vec<String>,
+    aggregate_id: Vec<String>,
+    version: Vec<i64>,
+    position: Vec<i64>,
+}
+
+impl Claims {
+    fn push(
+        &mut self,
+        (key, fingerprint): &(String, String),
+        stream: &StreamId,
+        at: &AppendOutcome,
+    ) {
+        self.key.push(key.clone());
+        self.fingerprint.push(fingerprint.clone());
+        self.aggregate_type.push(stream.aggregate_type.clone());
+        self.aggregate_id.push(stream.id.clone());
+        self.version.push(to_bigint(at.version.0));
+        self.position.push(to_bigint(at.last_position.0));
+    }
+
+    fn len(&self) -> u64 {
+        self.key.len() as u64
+    }
+
+    fn is_empty(&self) -> bool {
+        self.key.is_empty()
+    }
+
+    /// Inserts the keys not taken yet; returns how many went in.
+    async fn insert(&self, client: &Client, statement: &Statement) -> Result<u64, DbError> {
+        let parameters: [&(dyn ToSql + Sync); 6] = [
+            &self.key,
+            &self.fingerprint,
+            &self.aggregate_type,
+            &self.aggregate_id,
+            &self.version,
+            &self.position,
+        ];
+        Ok(client.execute(statement, &parameters).await?)
+    }
+}
+
+/// The caller's error for a request whose key has a record already.
+async fn taken(connection: &Connection, key: &str) -> Result<StoreError, DbError> {
+    let row = connection.client.query_one(&connection.statements.select_key, &[&key]).await?;
+    Ok(StoreError::KeyClaimed { key: key.to_owned(), record: Box::new(read_record(&row)?) })
+}
+
+/// An idempotency record from a row of [`SELECT_KEY`].
+pub(crate) fn read_record(row: &tokio_postgres::Row) -> Result<IdempotencyRecord, DbError> {
+    let aggregate_type: Option<String> = row.try_get(1)?;
+    let aggregate_id: Option<String> = row.try_get(2)?;
+    let version: Option<i64> = row.try_get(3)?;
+    let position: Option<i64> = row.try_get(4)?;
+    let appended = match (aggregate_type, aggregate_id, version, position) {
+        (Some(aggregate_type), Some(id), Some(version), Some(position)) => Some(CommandOutcome {
+            stream: StreamId::new(aggregate_type, id),
+            version: Version(from_bigint(version, "version")?),
+            position: Some(Position(from_bigint(position, "position")?)),
+        }),
+        _ => None,
+    };
+    Ok(IdempotencyRecord { fingerprint: row.try_get(0)?, appended, answer: row.try_get(5)? })
 }
 
 /// The caller's error for a request whose insert hit `constraint`; any other failure fails

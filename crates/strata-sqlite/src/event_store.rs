@@ -10,10 +10,11 @@ use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
 use chrono::DateTime;
-use rusqlite::{Row, params};
+use rusqlite::{OptionalExtension, Row, params};
 use strata::{
-    AppendOutcome, EventMetadata, EventStore, ExpectedVersion, GroupCommitMetrics, NewEvent,
-    Position, RecordedEvent, StoreError, StreamId, Version,
+    AppendOutcome, EventMetadata, EventStore, ExpectedVersion, GroupCommitMetrics,
+    IdempotencyClaim, IdempotencyError, IdempotencyRecord, IdempotencyStore, NewEvent, Position,
+    RecordedEvent, StoreError, StreamId, Version,
 };
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
@@ -21,7 +22,9 @@ use uuid::Uuid;
 use crate::error::{DbError, SqliteError, from_sql_integer};
 use crate::pool::ReadPool;
 use crate::schema;
-use crate::writer::{self, AppendRequest, EventRow};
+use crate::writer::{
+    self, AnswerRequest, AppendRequest, ClaimRow, EventRow, ExpireRequest, WriteRequest,
+};
 
 /// The columns [`decode`] reads, in its order; a macro so that queries can `concat!` it.
 macro_rules! columns {
@@ -68,7 +71,7 @@ pub struct SqliteEventStore {
 struct Inner {
     path: PathBuf,
     /// `None` only while dropping: closing the channel is what stops the writer.
-    requests: Option<mpsc::Sender<AppendRequest>>,
+    requests: Option<mpsc::Sender<WriteRequest>>,
     writer: Option<JoinHandle<()>>,
     head: watch::Receiver<Position>,
     readers: ReadPool,
@@ -191,6 +194,36 @@ impl Drop for Inner {
     }
 }
 
+impl SqliteEventStore {
+    /// Sends `request` to the writer thread and waits for its reply.
+    async fn write<T>(
+        &self,
+        request: WriteRequest,
+        reply: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let requests = self.inner.requests.as_ref().ok_or(StoreError::Closed)?;
+        requests.send(request).map_err(|_| StoreError::Closed)?;
+        // The writer answers every request it takes; a dropped answer means it is gone.
+        reply.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn append_with(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        claim: Option<ClaimRow>,
+    ) -> Result<AppendOutcome, StoreError> {
+        // Checks that need no database run here, in the caller's task, so that the writer
+        // thread spends its time writing.
+        strata::check_append(stream, &events)?;
+        let events = events.into_iter().map(encode).collect::<Result<Vec<_>, _>>()?;
+        let (answer, answered) = oneshot::channel();
+        let request = AppendRequest { stream: stream.clone(), expected, events, claim, answer };
+        self.write(WriteRequest::Append(request), answered).await
+    }
+}
+
 impl EventStore for SqliteEventStore {
     async fn append(
         &self,
@@ -198,17 +231,18 @@ impl EventStore for SqliteEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendOutcome, StoreError> {
-        // Checks that need no database run here, in the caller's task, so that the writer
-        // thread spends its time writing.
-        strata::check_append(stream, &events)?;
-        let events = events.into_iter().map(encode).collect::<Result<Vec<_>, _>>()?;
+        self.append_with(stream, expected, events, None).await
+    }
 
-        let (answer, answered) = oneshot::channel();
-        let request = AppendRequest { stream: stream.clone(), expected, events, answer };
-        let requests = self.inner.requests.as_ref().ok_or(StoreError::Closed)?;
-        requests.send(request).map_err(|_| StoreError::Closed)?;
-        // The writer answers every request it takes; a dropped answer means it is gone.
-        answered.await.map_err(|_| StoreError::Closed)?
+    async fn append_claimed(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        claim: &IdempotencyClaim,
+    ) -> Result<AppendOutcome, StoreError> {
+        let claim = claim_row(&claim.key, &claim.fingerprint)?;
+        self.append_with(stream, expected, events, Some(claim)).await
     }
 
     async fn read_stream(
@@ -290,10 +324,7 @@ impl EventStore for SqliteEventStore {
 /// equals the one appended; that limits it to the years 1677 to 2262.
 fn encode(event: NewEvent) -> Result<EventRow, StoreError> {
     let NewEvent { event_type, schema_version, payload, metadata } = event;
-    let recorded_at = metadata
-        .recorded_at
-        .timestamp_nanos_opt()
-        .ok_or(StoreError::UnstorableTime(metadata.recorded_at))?;
+    let recorded_at = nanos(metadata.recorded_at)?;
     Ok(EventRow {
         event_id: metadata.event_id,
         event_type,
@@ -346,4 +377,58 @@ pub(crate) fn decode(row: &Row<'_>) -> Result<RecordedEvent, DbError> {
             recorded_at: DateTime::from_timestamp_nanos(row.get(11)?),
         },
     })
+}
+
+/// A key claimed now, as the writer stores it.
+fn claim_row(key: &str, fingerprint: &str) -> Result<ClaimRow, StoreError> {
+    let created_at = nanos(chrono::Utc::now())?;
+    Ok(ClaimRow { key: key.to_owned(), fingerprint: fingerprint.to_owned(), created_at })
+}
+
+fn nanos(time: DateTime<chrono::Utc>) -> Result<i64, StoreError> {
+    time.timestamp_nanos_opt().ok_or(StoreError::UnstorableTime(time))
+}
+
+impl IdempotencyStore for SqliteEventStore {
+    async fn get(&self, key: &str) -> Result<Option<IdempotencyRecord>, IdempotencyError> {
+        let key = key.to_owned();
+        self.inner
+            .readers
+            .run(move |connection| {
+                let mut statement = connection.prepare_cached(writer::SELECT_KEY)?;
+                Ok(statement.query_row([key], writer::read_record).optional()?)
+            })
+            .await
+            .map_err(DbError::into_idempotency_error)
+    }
+
+    async fn put_answer(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        answer: Vec<u8>,
+    ) -> Result<(), IdempotencyError> {
+        let write = async {
+            let claim = claim_row(key, fingerprint)?;
+            let (reply, replied) = oneshot::channel();
+            let request = AnswerRequest { claim, answer, reply };
+            self.write(WriteRequest::Answer(request), replied).await
+        };
+        write.await.map_err(|error| IdempotencyError(Box::new(error)))
+    }
+
+    async fn expire(
+        &self,
+        before: DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<u64, IdempotencyError> {
+        let write = async {
+            let before = nanos(before)?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let (reply, replied) = oneshot::channel();
+            let request = ExpireRequest { before, limit, reply };
+            self.write(WriteRequest::Expire(request), replied).await
+        };
+        write.await.map_err(|error| IdempotencyError(Box::new(error)))
+    }
 }

@@ -1,11 +1,11 @@
-//! Strata's embedded backend: the event store, view manager and idempotency store on
-//! SQLite, the default storage of the orders service.
+//! Strata's embedded backend: the event store (with its idempotency records) and the view
+//! manager on SQLite, the default storage of the orders service.
 //!
-//! A store directory holds two files. `events.sqlite` is the event log, written only by
-//! the [`SqliteEventStore`]'s writer thread, which commits concurrent appends in groups
-//! (one fsync per group). `views.sqlite` holds view instances, projection checkpoints
-//! ([`SqliteViewManager`]) and idempotency records ([`SqliteIdempotencyStore`]); it is a
-//! separate file so that projection commits and appends never wait for each other's lock.
+//! A store directory holds two files. `events.sqlite` is the event log and the idempotency
+//! records, written only by the [`SqliteEventStore`]'s writer thread, which commits
+//! concurrent appends in groups (one fsync per group). `views.sqlite` holds view instances
+//! and projection checkpoints ([`SqliteViewManager`]); it is a separate file so that
+//! projection commits and appends never wait for each other's lock.
 //! Both files use WAL with `synchronous=FULL`: what a caller was told is committed
 //! survives a power cut.
 //!
@@ -15,7 +15,6 @@
 
 mod error;
 mod event_store;
-mod idempotency;
 mod pool;
 mod schema;
 mod tables;
@@ -24,5 +23,4 @@ mod writer;
 
 pub use error::SqliteError;
 pub use event_store::SqliteEventStore;
-pub use idempotency::SqliteIdempotencyStore;
 pub use view_manager::SqliteViewManager;

@@ -26,18 +26,23 @@ pub(crate) struct Database {
     pub(crate) migrations: &'static [&'static str],
 }
 
-/// `events.sqlite`: the event log, written only by the event store's writer thread.
+/// `events.sqlite`: the event log and idempotency records, written only by the event store's
+/// writer thread.
 pub(crate) const EVENTS: Database = Database {
     file_name: "events.sqlite",
-    migrations: &[include_str!("sql/events_0001_create.sql")],
+    migrations: &[
+        include_str!("sql/events_0001_create.sql"),
+        include_str!("sql/events_0002_idempotency.sql"),
+    ],
 };
 
-/// `views.sqlite`: view instances, checkpoints and idempotency records.
+/// `views.sqlite`: view instances, checkpoints, parked and skipped events.
 pub(crate) const VIEWS: Database = Database {
     file_name: "views.sqlite",
     migrations: &[
         include_str!("sql/views_0001_create.sql"),
         include_str!("sql/views_0002_parking.sql"),
+        include_str!("sql/views_0003_no_idempotency.sql"),
     ],
 };
 

@@ -1,5 +1,6 @@
 //! The event store's write path: one thread that owns the only write connection to
-//! `events.sqlite` and commits appends in groups.
+//! `events.sqlite` and commits appends (and the idempotency records that go with them) in
+//! groups.
 //!
 //! Group commit: the thread blocks for the first pending request, then takes every request
 //! already waiting (never waiting for more), checks and writes each one inside its own
@@ -17,9 +18,11 @@ use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use rusqlite::OptionalExtension;
 use rusqlite::{Connection, Transaction, TransactionBehavior, params};
 use strata::{
-    AppendOutcome, ExpectedVersion, GroupCommitCounters, Position, StoreError, StreamId, Version,
+    AppendOutcome, CommandOutcome, ExpectedVersion, GroupCommitCounters, IdempotencyRecord,
+    Position, StoreError, StreamId, Version,
 };
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
@@ -38,6 +41,15 @@ const INSERT_EVENT: &str = "INSERT INTO events (position, aggregate_type, aggreg
      recorded_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
 const EVENT_ID_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM events WHERE event_id = ?1)";
 pub(crate) const HEAD: &str = "SELECT COALESCE(MAX(position), 0) FROM events";
+const CLAIM_KEY: &str = "INSERT INTO idempotency (key, fingerprint, aggregate_type, aggregate_id, \
+     version, position, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (key) DO NOTHING";
+pub(crate) const SELECT_KEY: &str = "SELECT fingerprint, aggregate_type, aggregate_id, version, \
+     position, answer FROM idempotency WHERE key = ?1";
+// The first record for a key wins; a later answer for it is not an error, it just loses.
+const PUT_ANSWER: &str = "INSERT INTO idempotency (key, fingerprint, answer, created_at) \
+     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (key) DO NOTHING";
+const EXPIRE_KEYS: &str = "DELETE FROM idempotency WHERE key IN \
+     (SELECT key FROM idempotency WHERE created_at < ?1 LIMIT ?2)";
 
 /// An event encoded for its row, prepared by the caller so that the writer only writes.
 pub(crate) struct EventRow {
@@ -52,13 +64,84 @@ pub(crate) struct EventRow {
     pub(crate) recorded_at: i64,
 }
 
+/// What the writer thread is asked to do.
+pub(crate) enum WriteRequest {
+    Append(AppendRequest),
+    /// Store the answer to a request that appended nothing, unless its key has a record.
+    Answer(AnswerRequest),
+    /// Forget idempotency keys recorded before a time.
+    Expire(ExpireRequest),
+}
+
 /// One caller's append and where to send its answer.
 pub(crate) struct AppendRequest {
     pub(crate) stream: StreamId,
     pub(crate) expected: ExpectedVersion,
     /// Never empty: the caller refuses empty appends before sending.
     pub(crate) events: Vec<EventRow>,
+    /// The idempotency key to record in the same transaction.
+    pub(crate) claim: Option<ClaimRow>,
     pub(crate) answer: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+}
+
+/// An idempotency key claimed by an append.
+pub(crate) struct ClaimRow {
+    pub(crate) key: String,
+    pub(crate) fingerprint: String,
+    /// Unix time in nanoseconds.
+    pub(crate) created_at: i64,
+}
+
+pub(crate) struct AnswerRequest {
+    pub(crate) claim: ClaimRow,
+    pub(crate) answer: Vec<u8>,
+    pub(crate) reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+pub(crate) struct ExpireRequest {
+    /// Unix time in nanoseconds.
+    pub(crate) before: i64,
+    pub(crate) limit: i64,
+    pub(crate) reply: oneshot::Sender<Result<u64, StoreError>>,
+}
+
+/// What the writer did for one request of a committed group.
+enum Done {
+    Append(Result<AppendOutcome, StoreError>),
+    Answer,
+    Expired(u64),
+}
+
+impl WriteRequest {
+    /// Tells the caller; a caller that stopped waiting has nobody to tell.
+    fn reply(self, done: Done) {
+        match (self, done) {
+            (Self::Append(request), Done::Append(outcome)) => {
+                let _ = request.answer.send(outcome);
+            }
+            (Self::Answer(request), Done::Answer) => {
+                let _ = request.reply.send(Ok(()));
+            }
+            (Self::Expire(request), Done::Expired(count)) => {
+                let _ = request.reply.send(Ok(count));
+            }
+            (request, _) => request.fail(StoreError::Corrupt("writer mixed up its replies".into())),
+        }
+    }
+
+    fn fail(self, error: StoreError) {
+        match self {
+            Self::Append(request) => {
+                let _ = request.answer.send(Err(error));
+            }
+            Self::Answer(request) => {
+                let _ = request.reply.send(Err(error));
+            }
+            Self::Expire(request) => {
+                let _ = request.reply.send(Err(error));
+            }
+        }
+    }
 }
 
 /// How many streams each generation of [`StreamVersions`] remembers.
@@ -95,7 +178,7 @@ pub(crate) fn spawn(
     head: Position,
     published: watch::Sender<Position>,
     metrics: Arc<GroupCommitCounters>,
-    requests: mpsc::Receiver<AppendRequest>,
+    requests: mpsc::Receiver<WriteRequest>,
 ) -> std::io::Result<JoinHandle<()>> {
     let writer =
         Writer { connection, head, published, metrics, versions: StreamVersions::default() };
@@ -123,7 +206,7 @@ struct Writer {
 struct GroupFailed(#[source] Arc<rusqlite::Error>);
 
 impl Writer {
-    fn run(mut self, requests: mpsc::Receiver<AppendRequest>) {
+    fn run(mut self, requests: mpsc::Receiver<WriteRequest>) {
         let mut group = Vec::with_capacity(MAX_BATCH);
         while let Ok(first) = requests.recv() {
             group.push(first);
@@ -141,7 +224,7 @@ impl Writer {
     }
 
     /// Writes and commits `group`, answers every request in it and empties it.
-    fn commit_group(&mut self, group: &mut Vec<AppendRequest>) {
+    fn commit_group(&mut self, group: &mut Vec<WriteRequest>) {
         let started = Instant::now();
         match self.write_group(group) {
             Ok((outcomes, head)) => {
@@ -152,9 +235,8 @@ impl Writer {
                     // the rows.
                     self.published.send_replace(head);
                 }
-                for (request, outcome) in group.drain(..).zip(outcomes) {
-                    // A caller that stopped waiting has nobody to tell.
-                    let _ = request.answer.send(outcome);
+                for (request, done) in group.drain(..).zip(outcomes) {
+                    request.reply(done);
                 }
             }
             Err(error) => {
@@ -165,7 +247,7 @@ impl Writer {
                 let error = Arc::new(error);
                 for request in group.drain(..) {
                     let failed = GroupFailed(Arc::clone(&error));
-                    let _ = request.answer.send(Err(StoreError::Backend(Box::new(failed))));
+                    request.fail(StoreError::Backend(Box::new(failed)));
                 }
                 // The transaction rolled back, so the head is unchanged; but a failed
                 // commit is the one place where that is worth checking, not assuming.
@@ -183,10 +265,7 @@ impl Writer {
     /// Writes every request of `group` in one transaction. The outer error means the
     /// transaction failed and nothing was written; otherwise each request has its own
     /// outcome, and the returned position is the new head.
-    fn write_group(
-        &mut self,
-        group: &[AppendRequest],
-    ) -> rusqlite::Result<(Vec<Result<AppendOutcome, StoreError>>, Position)> {
+    fn write_group(&mut self, group: &[WriteRequest]) -> rusqlite::Result<(Vec<Done>, Position)> {
         let mut head = self.head;
         // Versions written by this group, visible to its later requests but remembered in
         // `self.versions` only once the group has committed.
@@ -197,6 +276,27 @@ impl Writer {
             self.connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut outcomes = Vec::with_capacity(group.len());
         for request in group {
+            let request = match request {
+                WriteRequest::Append(request) => request,
+                WriteRequest::Answer(request) => {
+                    let claim = &request.claim;
+                    transaction.prepare_cached(PUT_ANSWER)?.execute(params![
+                        claim.key,
+                        claim.fingerprint,
+                        request.answer,
+                        claim.created_at
+                    ])?;
+                    outcomes.push(Done::Answer);
+                    continue;
+                }
+                WriteRequest::Expire(request) => {
+                    let count = transaction
+                        .prepare_cached(EXPIRE_KEYS)?
+                        .execute(params![request.before, request.limit])?;
+                    outcomes.push(Done::Expired(count as u64));
+                    continue;
+                }
+            };
             let stream = &request.stream;
             let actual = match written.get(stream).copied().or_else(|| self.versions.get(stream)) {
                 Some(version) => version,
@@ -207,7 +307,7 @@ impl Writer {
                 head = appended.last_position;
                 written.insert(stream, appended.version);
             }
-            outcomes.push(outcome);
+            outcomes.push(Done::Append(outcome));
         }
         transaction.commit()?;
         for (stream, version) in written {
@@ -246,31 +346,85 @@ fn append_one(
         }));
     }
 
+    let count = request.events.len() as u64;
+    let outcome = AppendOutcome {
+        version: Version(actual.0 + count),
+        first_position: Position(head.0 + 1),
+        last_position: Position(head.0 + count),
+    };
+
     // A failed INSERT undoes itself (SQLite rolls back the statement, not the transaction),
-    // so a single event needs no savepoint; several do, to undo the ones already inserted
+    // so a single row needs no savepoint; several do, to undo the ones already inserted
     // when a later one is refused. The savepoint statements are cached: parsing them per
     // append cost more than the inserts.
-    let several = request.events.len() > 1;
+    let several = request.events.len() > 1 || request.claim.is_some();
     if several {
         transaction.prepare_cached("SAVEPOINT append")?.execute([])?;
     }
-    let written = insert_events(transaction, request, actual, head);
+    let written = match &request.claim {
+        Some(claim) => match claim_key(transaction, claim, stream, &outcome) {
+            Ok(None) => insert_events(transaction, request, actual, head),
+            Ok(Some(record)) => {
+                Ok(Err(StoreError::KeyClaimed { key: claim.key.clone(), record: Box::new(record) }))
+            }
+            Err(error) => Err(error),
+        },
+        None => insert_events(transaction, request, actual, head),
+    };
     if several {
         if !matches!(written, Ok(Ok(()))) {
             transaction.prepare_cached("ROLLBACK TO append")?.execute([])?;
         }
         transaction.prepare_cached("RELEASE append")?.execute([])?;
     }
-    if let Err(event_id) = written? {
-        return Ok(Err(StoreError::DuplicateEventId(event_id)));
+    match written? {
+        Ok(()) => Ok(Ok(outcome)),
+        Err(refused) => Ok(Err(refused)),
     }
+}
 
-    let count = request.events.len() as u64;
-    Ok(Ok(AppendOutcome {
-        version: Version(actual.0 + count),
-        first_position: Position(head.0 + 1),
-        last_position: Position(head.0 + count),
-    }))
+/// Records `claim` for the append that lands at `outcome`; when the key has a record
+/// already, returns it and writes nothing.
+fn claim_key(
+    transaction: &Transaction<'_>,
+    claim: &ClaimRow,
+    stream: &StreamId,
+    outcome: &AppendOutcome,
+) -> rusqlite::Result<Option<IdempotencyRecord>> {
+    let inserted = transaction.prepare_cached(CLAIM_KEY)?.execute(params![
+        claim.key,
+        claim.fingerprint,
+        stream.aggregate_type,
+        stream.id,
+        to_sql_integer(outcome.version.0)?,
+        to_sql_integer(outcome.last_position.0)?,
+        claim.created_at,
+    ])?;
+    if inserted == 1 {
+        return Ok(None);
+    }
+    transaction.prepare_cached(SELECT_KEY)?.query_row([&claim.key], read_record).optional()
+}
+
+fn unsigned(value: i64, column: usize) -> rusqlite::Result<u64> {
+    u64::try_from(value).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(column, value))
+}
+
+/// An idempotency record from a row of [`SELECT_KEY`].
+pub(crate) fn read_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<IdempotencyRecord> {
+    let aggregate_type: Option<String> = row.get(1)?;
+    let aggregate_id: Option<String> = row.get(2)?;
+    let version: Option<i64> = row.get(3)?;
+    let position: Option<i64> = row.get(4)?;
+    let appended = match (aggregate_type, aggregate_id, version, position) {
+        (Some(aggregate_type), Some(id), Some(version), Some(position)) => Some(CommandOutcome {
+            stream: StreamId::new(aggregate_type, id),
+            version: Version(unsigned(version, 3)?),
+            position: Some(Position(unsigned(position, 4)?)),
+        }),
+        _ => None,
+    };
+    Ok(IdempotencyRecord { fingerprint: row.get(0)?, appended, answer: row.get(5)? })
 }
 
 /// Inserts the request's events; the inner error names an event id that is already stored.
@@ -279,7 +433,7 @@ fn insert_events(
     request: &AppendRequest,
     actual: Version,
     head: Position,
-) -> rusqlite::Result<Result<(), Uuid>> {
+) -> rusqlite::Result<Result<(), StoreError>> {
     let stream = &request.stream;
     let mut insert = transaction.prepare_cached(INSERT_EVENT)?;
     for (offset, event) in (1..).zip(&request.events) {
@@ -308,7 +462,7 @@ fn insert_events(
                 if !exists {
                     return Err(error);
                 }
-                return Ok(Err(event.event_id));
+                return Ok(Err(StoreError::DuplicateEventId(event.event_id)));
             }
             Err(error) => return Err(error),
         }

@@ -4,8 +4,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use strata::{
-    EventMetadata, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent, StoreError,
-    StreamId, Version,
+    CommandOutcome, EventMetadata, EventStore, ExpectedVersion, IdempotencyClaim,
+    IdempotencyRecord, IdempotencyStore, NewEvent, Position, RecordedEvent, StoreError, StreamId,
+    Version,
 };
 
 use crate::EventStoreFactory;
@@ -46,13 +47,21 @@ pub async fn event_store_contract<F: EventStoreFactory>(factory: F) {
     reads_after_a_position_come_in_batches(&store).await;
     subscribers_hear_of_new_commits(&store).await;
     events_are_read_by_position(&store).await;
+    claimed_appends_record_their_key_with_their_events(&store).await;
     let store = Arc::new(store);
     concurrent_appenders_lose_nothing(&store).await;
+    racing_appends_at_one_version_let_exactly_one_win(&store).await;
+    one_key_claimed_at_once_acts_once(&store).await;
     let before = read_everything(store.as_ref()).await;
     drop(store);
     if factory.durable() {
         let reopened = factory.open().await;
         reopened_store_keeps_everything(&reopened, &before).await;
+        let kept = reopened.get("claim-1").await.expect("get");
+        assert!(
+            kept.is_some_and(|r| r.appended.is_some()),
+            "idempotency records survive reopening"
+        );
     }
 }
 
@@ -261,4 +270,156 @@ async fn events_are_read_by_position<S: EventStore>(store: &S) {
         "events by position, in position order, once each, unknown ones left out"
     );
     assert!(store.read_positions(&[]).await.expect("read_positions").is_empty());
+}
+
+fn claim(key: &str, fingerprint: &str) -> IdempotencyClaim {
+    IdempotencyClaim { key: key.to_owned(), fingerprint: fingerprint.to_owned(), recorded: None }
+}
+
+async fn claimed_appends_record_their_key_with_their_events<S: EventStore + IdempotencyStore>(
+    store: &S,
+) {
+    assert_eq!(store.get("claim-1").await.expect("get"), None, "no record before the append");
+    let s = stream("claimed");
+    let first = claim("claim-1", "digest-1");
+    let events = vec![sample_event(1), sample_event(2)];
+    let outcome = store
+        .append_claimed(&s, ExpectedVersion::NoStream, events, &first)
+        .await
+        .expect("a claimed append");
+    let recorded = IdempotencyRecord {
+        fingerprint: "digest-1".to_owned(),
+        appended: Some(CommandOutcome {
+            stream: s.clone(),
+            version: outcome.version,
+            position: Some(outcome.last_position),
+        }),
+        answer: None,
+    };
+    assert_eq!(store.get("claim-1").await.expect("get"), Some(recorded.clone()));
+
+    // The key is taken: another append under it, even to another stream, writes nothing.
+    let head = store.head();
+    let other = stream("claimed-again");
+    match store.append_claimed(&other, ExpectedVersion::Any, vec![sample_event(3)], &first).await {
+        Err(StoreError::KeyClaimed { key, record }) => {
+            assert_eq!(key, "claim-1");
+            assert_eq!(*record, recorded, "a taken key answers with its record");
+        }
+        other => panic!("a second append under one key must be refused, got {other:?}"),
+    }
+    assert_eq!(store.head(), head, "a refused claimed append moves nothing");
+    assert!(store.read_stream(&other, Version::NONE).await.expect("read").is_empty());
+
+    // A claimed append that is refused records no key: events and key go together.
+    let stale = claim("claim-stale", "digest-2");
+    let refused =
+        store.append_claimed(&s, ExpectedVersion::NoStream, vec![sample_event(4)], &stale);
+    assert!(matches!(refused.await, Err(StoreError::Conflict { .. })));
+    let repeated = sample_event(5);
+    let duplicate = claim("claim-duplicate", "digest-3");
+    let events = vec![repeated.clone()];
+    store.append(&stream("taken-id"), ExpectedVersion::Any, events).await.expect("append");
+    let refused = store.append_claimed(&other, ExpectedVersion::Any, vec![repeated], &duplicate);
+    assert!(matches!(refused.await, Err(StoreError::DuplicateEventId(_))));
+    for key in ["claim-stale", "claim-duplicate"] {
+        assert_eq!(store.get(key).await.expect("get"), None, "{key}: no events, no record");
+    }
+
+    // An answer stored for a request that appended nothing: the first one wins, and it
+    // takes the key from later appends.
+    store.put_answer("refused", "digest-4", b"first".to_vec()).await.expect("put");
+    store.put_answer("refused", "digest-5", b"second".to_vec()).await.expect("put again");
+    let stored = store.get("refused").await.expect("get").expect("a stored answer");
+    assert_eq!(
+        (stored.fingerprint.as_str(), stored.answer.as_deref()),
+        ("digest-4", Some(&b"first"[..]))
+    );
+    let refused_key = claim("refused", "digest-4");
+    let late =
+        store.append_claimed(&other, ExpectedVersion::Any, vec![sample_event(6)], &refused_key);
+    match late.await {
+        Err(StoreError::KeyClaimed { record, .. }) => assert_eq!(record.appended, None),
+        other => panic!("a key with a stored answer must be refused, got {other:?}"),
+    }
+
+    // Expiry forgets keys recorded before a time, a few at a time, and nothing younger.
+    let past = chrono::Utc::now() - chrono::Duration::hours(1);
+    assert_eq!(store.expire(past, 10).await.expect("expire"), 0, "young keys are kept");
+    store.put_answer("expiring-1", "d", b"a".to_vec()).await.expect("put");
+    store.put_answer("expiring-2", "d", b"b".to_vec()).await.expect("put");
+    let later = chrono::Utc::now() + chrono::Duration::seconds(1);
+    assert_eq!(store.expire(later, 1).await.expect("expire"), 1, "expiry honours its limit");
+    let mut forgotten = 1;
+    loop {
+        let count = store.expire(later, 1).await.expect("expire");
+        if count == 0 {
+            break;
+        }
+        forgotten += count;
+    }
+    assert_eq!(forgotten, 4, "every key recorded before the time is forgotten");
+    for key in ["claim-1", "refused", "expiring-1", "expiring-2"] {
+        assert_eq!(store.get(key).await.expect("get"), None, "{key} expired");
+    }
+    let again = store.append_claimed(&other, ExpectedVersion::Any, vec![sample_event(7)], &first);
+    again.await.expect("an expired key can be used again");
+}
+
+async fn racing_appends_at_one_version_let_exactly_one_win<S: EventStore>(store: &Arc<S>) {
+    const RACERS: u64 = 20;
+    let race = stream("race");
+    let start = tokio::sync::Barrier::new(RACERS as usize);
+    let start = Arc::new(start);
+    let mut tasks = Vec::new();
+    for racer in 0..RACERS {
+        let (store, race, start) = (store.clone(), race.clone(), start.clone());
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            store.append(&race, ExpectedVersion::NoStream, vec![sample_event(racer)]).await
+        }));
+    }
+    let (mut won, mut conflicted) = (0, 0);
+    for task in tasks {
+        match task.await.expect("racer") {
+            Ok(_) => won += 1,
+            Err(StoreError::Conflict { .. }) => conflicted += 1,
+            Err(other) => panic!("a racing append failed otherwise: {other}"),
+        }
+    }
+    assert_eq!((won, conflicted), (1, RACERS - 1), "exactly one append at one version wins");
+    assert_eq!(store.read_stream(&race, Version::NONE).await.expect("read").len(), 1);
+}
+
+async fn one_key_claimed_at_once_acts_once<S: EventStore + IdempotencyStore>(store: &Arc<S>) {
+    const RACERS: u64 = 8;
+    let start = Arc::new(tokio::sync::Barrier::new(RACERS as usize));
+    let mut tasks = Vec::new();
+    for racer in 0..RACERS {
+        let (store, start) = (store.clone(), start.clone());
+        tasks.push(tokio::spawn(async move {
+            // Each racer appends to a stream of its own, as retries with generated ids would.
+            let own = stream(&format!("keyed-{racer}"));
+            start.wait().await;
+            let events = vec![sample_event(racer)];
+            store
+                .append_claimed(&own, ExpectedVersion::NoStream, events, &claim("shared", "d"))
+                .await
+        }));
+    }
+    let mut winners = Vec::new();
+    let mut records = Vec::new();
+    for task in tasks {
+        match task.await.expect("racer") {
+            Ok(outcome) => winners.push(outcome),
+            Err(StoreError::KeyClaimed { record, .. }) => records.push(record.appended),
+            Err(other) => panic!("a racing claimed append failed otherwise: {other}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "one key claimed at once appends exactly once");
+    let won = &winners[0];
+    for appended in records {
+        let appended = appended.expect("the losers see where the winner appended");
+        assert_eq!(appended.position, Some(won.last_position));
+    }
 }

@@ -25,7 +25,7 @@ mod view_manager;
 
 use std::future::Future;
 
-use strata::{EventStore, ViewManager};
+use strata::{EventStore, IdempotencyStore, ViewManager};
 
 pub use event_store::{event_store_contract, sample_event};
 pub use view_manager::view_manager_contract;
@@ -33,8 +33,8 @@ pub use view_manager::view_manager_contract;
 /// Opens one backend's event store, always at the same location, so that a second `open`
 /// after the first store was dropped shows what survived.
 pub trait EventStoreFactory: Send + Sync {
-    /// The store under test.
-    type Store: EventStore;
+    /// The store under test, which keeps idempotency records beside its events.
+    type Store: EventStore + IdempotencyStore;
 
     /// Opens the store at this factory's location.
     fn open(&self) -> impl Future<Output = Self::Store> + Send;

@@ -1,6 +1,9 @@
 //! The command bus: routes a command to its aggregate, serializes commands for one aggregate
-//! in-process, keeps recently used aggregates in memory, and retries a bounded number of times
-//! when another writer got there first.
+//! in-process, keeps recently used aggregates in memory, and decides again, with jittered
+//! backoff for a bounded time, when another writer got there first.
+//!
+//! A command with an idempotency key appends with [`EventStore::append_claimed`]; a retry
+//! whose key already appended is answered with what the first one appended, undecided.
 //!
 //! The cache is safe without any invalidation protocol because every append states the
 //! version it decided against: a stale cached aggregate (another process appended) makes the
@@ -9,26 +12,29 @@
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex as AsyncMutex;
 
 use crate::aggregate::{Aggregate, Decision};
 use crate::event::{DecodeError, DomainEvent, EventMetadata};
+use crate::idempotency::IdempotencyClaim;
 use crate::store::{EventStore, StoreError};
 use crate::stream::{ExpectedVersion, Position, StreamId, Version};
 
 /// Tuning of the [`CommandBus`].
 #[derive(Debug, Clone)]
 pub struct BusConfig {
-    /// How many times a command is decided again after a version conflict.
-    pub max_conflict_retries: u32,
+    /// How long a command without an expected version keeps being decided again after
+    /// version conflicts (other nodes writing the same aggregate) before it answers one.
+    pub conflict_budget: Duration,
     /// How many aggregates are kept in memory at most.
     pub cache_capacity: usize,
 }
 
 impl Default for BusConfig {
     fn default() -> Self {
-        Self { max_conflict_retries: 5, cache_capacity: 10_000 }
+        Self { conflict_budget: Duration::from_secs(2), cache_capacity: 10_000 }
     }
 }
 
@@ -43,6 +49,8 @@ pub struct CommandContext {
     pub user: Option<String>,
     /// When set, the command applies only if the aggregate is at this version (`If-Match`).
     pub expected_version: Option<Version>,
+    /// The request's idempotency key, when it had one.
+    pub idempotency: Option<IdempotencyClaim>,
 }
 
 impl CommandContext {
@@ -53,6 +61,7 @@ impl CommandContext {
             command_id: uuid::Uuid::now_v7().to_string(),
             user: None,
             expected_version: None,
+            idempotency: None,
         }
     }
 }
@@ -85,6 +94,10 @@ pub enum CommandError<E: std::error::Error + 'static> {
         /// The version found.
         actual: Version,
     },
+    /// The idempotency key was used first by a request that appended nothing, or by another
+    /// request than this one.
+    #[error("idempotency key {0:?} was used by another request")]
+    KeyReused(String),
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),
@@ -128,17 +141,22 @@ impl<S: EventStore> CommandBus<S> {
 
     /// Handles `command` on aggregate `id` of type `A`: loads it (from the cache when
     /// possible), decides, appends what it emitted with the version it decided against, and
-    /// retries after a conflict up to [`BusConfig::max_conflict_retries`] times.
+    /// decides again after a conflict until [`BusConfig::conflict_budget`] is spent.
     pub async fn execute<A: Aggregate>(
         &self,
         id: &str,
         command: A::Command,
         context: &CommandContext,
     ) -> Result<CommandOutcome, CommandError<A::Error>> {
+        let claim = context.idempotency.as_ref();
+        if let Some(recorded) = claim.and_then(|claim| claim.recorded.as_ref()) {
+            return Ok(recorded.clone());
+        }
         let stream = StreamId::new(A::TYPE, id);
         let slot = self.cache.slot(&stream);
         let mut cached = slot.lock().await;
         let mut conflicts = 0;
+        let started = Instant::now();
         loop {
             let (loaded, from_cache) = match take_cached::<A>(&mut cached) {
                 Some(loaded) => (loaded, true),
@@ -201,7 +219,13 @@ impl<S: EventStore> CommandBus<S> {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let expected = ExpectedVersion::of(loaded.version);
-            match self.store.append(&stream, expected, new_events).await {
+            let appended = match claim {
+                Some(claim) => {
+                    self.store.append_claimed(&stream, expected, new_events, claim).await
+                }
+                None => self.store.append(&stream, expected, new_events).await,
+            };
+            match appended {
                 Ok(appended) => {
                     let loaded = Loaded { state: next_state, version: appended.version };
                     *cached = Some(Box::new(loaded));
@@ -214,10 +238,28 @@ impl<S: EventStore> CommandBus<S> {
                 Err(StoreError::Conflict { stream, expected, actual }) => {
                     // Leave the slot empty: the next attempt reloads from the store.
                     conflicts += 1;
-                    if conflicts > self.config.max_conflict_retries {
+                    let spent = started.elapsed();
+                    if spent >= self.config.conflict_budget {
                         return Err(CommandError::Conflict { stream, expected, actual });
                     }
                     tracing::debug!(%stream, conflicts, "version conflict, deciding again");
+                    // The first retry is at once: most conflicts are a cached aggregate that
+                    // another node moved on. Repeated ones are writers racing; random waits
+                    // that grow keep them from colliding in step.
+                    if conflicts > 1 {
+                        let ceiling = 2_u64.saturating_pow(conflicts.min(7)).min(100);
+                        let wait = Duration::from_millis(fastrand::u64(1..=ceiling))
+                            .min(self.config.conflict_budget - spent);
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                Err(StoreError::KeyClaimed { key, record }) => {
+                    let first = claim.filter(|claim| claim.fingerprint == record.fingerprint);
+                    return match (first, record.appended) {
+                        // Another node's request with the same key appended first.
+                        (Some(_), Some(appended)) => Ok(appended),
+                        _ => Err(CommandError::KeyReused(key)),
+                    };
                 }
                 Err(other) => return Err(CommandError::Store(other)),
             }

@@ -23,9 +23,9 @@ pub use aggregate::{Aggregate, Decision, Rejection, RejectionKind};
 pub use audit::{AuditError, AuditQuery, AuditSubject};
 pub use bus::{BusConfig, CommandBus, CommandContext, CommandError, CommandOutcome, Loaded};
 pub use event::{DecodeError, DomainEvent, Envelope, EventMetadata, NewEvent, RecordedEvent};
-pub use idempotency::{IdempotencyError, IdempotencyRecord, IdempotencyStore};
+pub use idempotency::{IdempotencyClaim, IdempotencyError, IdempotencyRecord, IdempotencyStore};
 pub use lease::{Lease, LeaseError, Leases, LocalLeases};
-pub use memory::{InMemoryEventStore, InMemoryIdempotencyStore, InMemoryViewManager};
+pub use memory::{InMemoryEventStore, InMemoryViewManager};
 pub use projection::reader::SharedReader;
 pub use projection::{
     ControlError, InstanceReport, Projection, ProjectionError, ProjectionHandle, ProjectionRunner,

@@ -9,8 +9,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
+use crate::bus::CommandOutcome;
 use crate::event::{NewEvent, RecordedEvent};
-use crate::idempotency::{IdempotencyError, IdempotencyRecord, IdempotencyStore};
+use crate::idempotency::{IdempotencyClaim, IdempotencyError, IdempotencyRecord, IdempotencyStore};
 use crate::store::{AppendOutcome, EventStore, StoreError, check_append};
 use crate::stream::{ExpectedVersion, Position, StreamId, Version};
 use crate::table::{self, TableQuery, TableSpec, Value};
@@ -38,6 +39,8 @@ struct Log {
     /// Indexes into `events` per stream, in version order.
     streams: HashMap<StreamId, Vec<usize>>,
     event_ids: std::collections::HashSet<uuid::Uuid>,
+    /// Idempotency records by key, with when each was made.
+    keys: HashMap<String, (IdempotencyRecord, DateTime<Utc>)>,
 }
 
 impl Default for InMemoryEventStore {
@@ -51,17 +54,24 @@ impl InMemoryEventStore {
     pub fn new() -> Self {
         Self::default()
     }
-}
 
-impl EventStore for InMemoryEventStore {
-    async fn append(
+    fn append_with(
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
+        claim: Option<&IdempotencyClaim>,
     ) -> Result<AppendOutcome, StoreError> {
         check_append(stream, &events)?;
         let mut log = locked(&self.log);
+        if let Some(claim) = claim
+            && let Some((record, _)) = log.keys.get(&claim.key)
+        {
+            return Err(StoreError::KeyClaimed {
+                key: claim.key.clone(),
+                record: Box::new(record.clone()),
+            });
+        }
         let actual = Version(log.streams.get(stream).map_or(0, |indexes| indexes.len() as u64));
         if !expected.matches(actual) {
             return Err(StoreError::Conflict { stream: stream.clone(), expected, actual });
@@ -88,8 +98,39 @@ impl EventStore for InMemoryEventStore {
             log.streams.entry(stream.clone()).or_default().push(index);
         }
         let last_position = Position(log.events.len() as u64);
+        if let Some(claim) = claim {
+            let appended =
+                CommandOutcome { stream: stream.clone(), version, position: Some(last_position) };
+            let record = IdempotencyRecord {
+                fingerprint: claim.fingerprint.clone(),
+                appended: Some(appended),
+                answer: None,
+            };
+            log.keys.insert(claim.key.clone(), (record, Utc::now()));
+        }
         self.head.send_replace(last_position);
         Ok(AppendOutcome { version, first_position, last_position })
+    }
+}
+
+impl EventStore for InMemoryEventStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome, StoreError> {
+        self.append_with(stream, expected, events, None)
+    }
+
+    async fn append_claimed(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        claim: &IdempotencyClaim,
+    ) -> Result<AppendOutcome, StoreError> {
+        self.append_with(stream, expected, events, Some(claim))
     }
 
     async fn read_stream(
@@ -466,19 +507,38 @@ fn query_tuple(table: &TableSpec, query: &TableQuery, row: &[Value]) -> Vec<Valu
     query.order_by.iter().filter_map(|name| table.column(name).map(|i| row[i].clone())).collect()
 }
 
-/// An idempotency store held in memory.
-#[derive(Default)]
-pub struct InMemoryIdempotencyStore {
-    records: Mutex<HashMap<String, IdempotencyRecord>>,
-}
-
-impl IdempotencyStore for InMemoryIdempotencyStore {
+impl IdempotencyStore for InMemoryEventStore {
     async fn get(&self, key: &str) -> Result<Option<IdempotencyRecord>, IdempotencyError> {
-        Ok(locked(&self.records).get(key).cloned())
+        Ok(locked(&self.log).keys.get(key).map(|(record, _)| record.clone()))
     }
 
-    async fn put(&self, key: &str, record: IdempotencyRecord) -> Result<(), IdempotencyError> {
-        locked(&self.records).entry(key.to_owned()).or_insert(record);
+    async fn put_answer(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        answer: Vec<u8>,
+    ) -> Result<(), IdempotencyError> {
+        let record = IdempotencyRecord {
+            fingerprint: fingerprint.to_owned(),
+            appended: None,
+            answer: Some(answer),
+        };
+        locked(&self.log).keys.entry(key.to_owned()).or_insert((record, Utc::now()));
         Ok(())
+    }
+
+    async fn expire(&self, before: DateTime<Utc>, limit: usize) -> Result<u64, IdempotencyError> {
+        let mut log = locked(&self.log);
+        let old: Vec<String> = log
+            .keys
+            .iter()
+            .filter(|(_, (_, made))| *made < before)
+            .take(limit)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &old {
+            log.keys.remove(key);
+        }
+        Ok(old.len() as u64)
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::IdempotencyClaim;
 use crate::event::{NewEvent, RecordedEvent};
 use crate::stream::{ExpectedVersion, Position, StreamId, Version};
 
@@ -41,6 +42,14 @@ pub enum StoreError {
     /// The append held no events; stores refuse it so that every append moves the log.
     #[error("append to stream {0} holds no events")]
     EmptyAppend(StreamId),
+    /// The idempotency key of a claimed append has a record already; nothing was written.
+    #[error("idempotency key {key:?} was used before; nothing was written")]
+    KeyClaimed {
+        /// The key.
+        key: String,
+        /// What the key's record holds.
+        record: Box<crate::IdempotencyRecord>,
+    },
     /// An event id already exists in the store; nothing was written.
     #[error("event id {0} is already stored")]
     DuplicateEventId(uuid::Uuid),
@@ -147,6 +156,18 @@ pub trait EventStore: Send + Sync + 'static {
         stream: &StreamId,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
+    ) -> impl Future<Output = Result<AppendOutcome, StoreError>> + Send;
+
+    /// Appends like [`append`](Self::append) and records `claim`'s key, with where the
+    /// events went, in the same transaction: after a crash both exist or neither does. When
+    /// the key has a record already, nothing is written and the error
+    /// [`StoreError::KeyClaimed`] carries that record.
+    fn append_claimed(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        claim: &IdempotencyClaim,
     ) -> impl Future<Output = Result<AppendOutcome, StoreError>> + Send;
 
     /// The events of `stream` with a version above `after`, oldest first.

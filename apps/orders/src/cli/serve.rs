@@ -2,6 +2,7 @@
 //! SIGTERM, then stops accepting, finishes requests in flight and closes the store.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -21,8 +22,37 @@ pub struct ServeArgs {
     /// This node's id, shown by /health and as projection owner [default: HOST:PORT].
     #[arg(long, env = "STRATA_NODE_ID", value_name = "ID")]
     pub node_id: Option<String>,
+    /// How long an Idempotency-Key is remembered: a number with s, m, h or d.
+    #[arg(
+        long,
+        env = "STRATA_IDEMPOTENCY_TTL",
+        default_value = "24h",
+        value_name = "DURATION",
+        value_parser = parse_duration
+    )]
+    pub idempotency_ttl: Duration,
     #[command(flatten)]
     pub store: StoreArgs,
+}
+
+/// `90s`, `15m`, `24h`, `7d`: a whole number and a unit, more than zero.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let refuse = || format!("{text:?} is not a duration like 90s, 15m, 24h or 7d");
+    let split =
+        text.len().checked_sub(1).filter(|&at| text.is_char_boundary(at)).ok_or_else(refuse)?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| refuse())?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(refuse()),
+    };
+    match number.checked_mul(seconds) {
+        Some(seconds) if seconds > 0 => Ok(Duration::from_secs(seconds)),
+        _ => Err(refuse()),
+    }
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -38,18 +68,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let stores = backends::open_sqlite(&dir)
                 .with_context(|| format!("cannot open the SQLite store in {}", dir.display()))?;
             println!("strata: data in {} (SQLite)", dir.display());
-            serve(stores, listener, node_id).await
+            serve(stores, listener, node_id, args.idempotency_ttl).await
         }
         StoreLocation::Postgres(url) => {
             let stores = backends::open_postgres(&url, &node_id)
                 .await
                 .context("cannot open the PostgreSQL store")?;
             println!("strata: data in PostgreSQL ({})", redacted(&url));
-            serve(stores, listener, node_id).await
+            serve(stores, listener, node_id, args.idempotency_ttl).await
         }
         StoreLocation::Memory => {
             println!("strata: data in memory (lost when the process ends)");
-            serve(backends::memory(), listener, node_id).await
+            serve(backends::memory(), listener, node_id, args.idempotency_ttl).await
         }
     }
 }
@@ -58,16 +88,24 @@ async fn serve<B: Backend>(
     stores: Stores<B>,
     listener: TcpListener,
     node_id: String,
+    idempotency_ttl: Duration,
 ) -> anyhow::Result<()> {
     let app = Arc::new(
         App::start(stores, node_id, BusConfig::default())
             .await
             .context("cannot prepare the projections' tables")?,
     );
+    let every = (idempotency_ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let expiry = tokio::spawn(strata::idempotency::expire_keys(
+        app.events().clone(),
+        idempotency_ttl,
+        every,
+    ));
     axum::serve(listener, crate::http::router(app.clone()))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("the HTTP server failed")?;
+    expiry.abort();
     app.stop();
     println!("strata: stopped");
     Ok(())
@@ -121,4 +159,20 @@ fn host_name() -> String {
         .map(|name| name.trim().to_owned())
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "localhost".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_a_whole_number_and_a_unit() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        for bad in ["", "h", "0h", "1.5h", "-1h", "10", "10x", "1é", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
 }

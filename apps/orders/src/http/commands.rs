@@ -9,7 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use strata::{CommandContext, CommandOutcome};
-use strata_http::{CorrelationId, IfMatch, JsonBody, Problem};
+use strata_http::{CorrelationId, Idempotency, IfMatch, JsonBody, Problem};
 
 use super::ids::{self, PathId};
 use crate::app::{App, Backend, LineRequest, PlaceOrder};
@@ -31,9 +31,10 @@ fn accepted(status: StatusCode, outcome: CommandOutcome) -> Response {
     response
 }
 
-fn context(correlation: CorrelationId, if_match: IfMatch) -> CommandContext {
+fn context(correlation: CorrelationId, if_match: IfMatch, key: Idempotency) -> CommandContext {
     let mut context = CommandContext::new(correlation.0);
     context.expected_version = if_match.0;
+    context.idempotency = key.0;
     context
 }
 
@@ -49,10 +50,11 @@ pub async fn register_customer<B: Backend>(
     State(app): State<Arc<App<B>>>,
     correlation: CorrelationId,
     if_match: IfMatch,
+    key: Idempotency,
     JsonBody(body): JsonBody<RegisterCustomer>,
 ) -> Result<Response, Problem> {
     let id = ids::given_or_new("customer_id", body.customer_id)?;
-    let ctx = context(correlation, if_match);
+    let ctx = context(correlation, if_match, key);
     let outcome = app.register_customer(&id, body.name, body.email, &ctx).await?;
     Ok(accepted(StatusCode::CREATED, outcome))
 }
@@ -69,10 +71,11 @@ pub async fn create_product<B: Backend>(
     State(app): State<Arc<App<B>>>,
     correlation: CorrelationId,
     if_match: IfMatch,
+    key: Idempotency,
     JsonBody(body): JsonBody<CreateProduct>,
 ) -> Result<Response, Problem> {
     ids::check("sku", &body.sku)?;
-    let ctx = context(correlation, if_match);
+    let ctx = context(correlation, if_match, key);
     let outcome = app.create_product(&body.sku, body.name, body.price_cents, &ctx).await?;
     Ok(accepted(StatusCode::CREATED, outcome))
 }
@@ -88,9 +91,10 @@ pub async fn restock_product<B: Backend>(
     PathId(sku): PathId,
     correlation: CorrelationId,
     if_match: IfMatch,
+    key: Idempotency,
     JsonBody(body): JsonBody<Restock>,
 ) -> Result<Response, Problem> {
-    let ctx = context(correlation, if_match);
+    let ctx = context(correlation, if_match, key);
     let outcome = app.restock_product(&sku, body.qty, &ctx).await?;
     Ok(accepted(StatusCode::OK, outcome))
 }
@@ -123,6 +127,7 @@ pub async fn place_order<B: Backend>(
     State(app): State<Arc<App<B>>>,
     correlation: CorrelationId,
     if_match: IfMatch,
+    key: Idempotency,
     JsonBody(body): JsonBody<PlaceOrderBody>,
 ) -> Result<Response, Problem> {
     let id = ids::given_or_new("order_id", body.order_id)?;
@@ -139,7 +144,7 @@ pub async fn place_order<B: Backend>(
         payment_method: body.payment_method,
         shipping_address: body.shipping_address,
     };
-    let ctx = context(correlation, if_match);
+    let ctx = context(correlation, if_match, key);
     let outcome = app.place_order(&id, request, &ctx).await?;
     Ok(accepted(StatusCode::CREATED, outcome))
 }
@@ -149,10 +154,11 @@ pub async fn add_line<B: Backend>(
     PathId(id): PathId,
     correlation: CorrelationId,
     if_match: IfMatch,
+    key: Idempotency,
     JsonBody(body): JsonBody<Line>,
 ) -> Result<Response, Problem> {
     let line = body.checked("sku")?;
-    let ctx = context(correlation, if_match);
+    let ctx = context(correlation, if_match, key);
     let outcome = app.add_line(&id, line, &ctx).await?;
     Ok(accepted(StatusCode::OK, outcome))
 }
@@ -174,10 +180,11 @@ pub async fn confirm_order<B: Backend>(
     PathId(id): PathId,
     correlation: CorrelationId,
     if_match: IfMatch,
+    key: Idempotency,
     JsonBody(body): JsonBody<Empty>,
 ) -> Result<Response, Problem> {
     check_empty(&body)?;
-    let ctx = context(correlation, if_match);
+    let ctx = context(correlation, if_match, key);
     let outcome = app.change_order(&id, OrderCommand::Confirm, &ctx).await?;
     Ok(accepted(StatusCode::OK, outcome))
 }
@@ -187,10 +194,11 @@ pub async fn ship_order<B: Backend>(
     PathId(id): PathId,
     correlation: CorrelationId,
     if_match: IfMatch,
+    key: Idempotency,
     JsonBody(body): JsonBody<Empty>,
 ) -> Result<Response, Problem> {
     check_empty(&body)?;
-    let ctx = context(correlation, if_match);
+    let ctx = context(correlation, if_match, key);
     let outcome = app.change_order(&id, OrderCommand::Ship, &ctx).await?;
     Ok(accepted(StatusCode::OK, outcome))
 }
@@ -206,9 +214,10 @@ pub async fn cancel_order<B: Backend>(
     PathId(id): PathId,
     correlation: CorrelationId,
     if_match: IfMatch,
+    key: Idempotency,
     JsonBody(body): JsonBody<Cancel>,
 ) -> Result<Response, Problem> {
-    let ctx = context(correlation, if_match);
+    let ctx = context(correlation, if_match, key);
     let outcome = app.change_order(&id, OrderCommand::Cancel { reason: body.reason }, &ctx).await?;
     Ok(accepted(StatusCode::OK, outcome))
 }

@@ -20,7 +20,7 @@ use crate::app::{AGGREGATE_TYPES, App, AppError, Backend};
 
 /// The whole API over a running service.
 pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
-    let idempotency_state = IdempotencyLayerState::new(app.idempotency.clone());
+    let idempotency_state = IdempotencyLayerState::new(app.events().clone());
     let commands = Router::new()
         .route("/customers", post(commands::register_customer::<B>))
         .route("/products", post(commands::create_product::<B>))
@@ -32,7 +32,7 @@ pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
         .route("/orders/{id}/cancel", post(commands::cancel_order::<B>))
         .route_layer(axum::middleware::from_fn_with_state(
             idempotency_state,
-            idempotency::<B::Idempotency>,
+            idempotency::<B::Events>,
         ));
     let queries = Router::new()
         .route("/customers/{id}", get(queries::customer::<B>))

@@ -198,7 +198,13 @@ async fn idempotency_key_returns_the_first_answer_and_appends_nothing() {
         (first.status, &first.body),
         "the retry gets the first answer"
     );
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.header("etag"), first.header("etag"));
     assert_eq!(service.head(), head, "the retry appended nothing");
+    // If-Match belongs to the request: the same body under another condition is refused.
+    let conditional = [("idempotency-key", "add-cake-1"), ("if-match", "\"2\"")];
+    let other = service.request(Method::POST, "/orders/o1/lines", Some(body), &conditional).await;
+    other.expect_problem(422, "If-Match");
 
     let other = service
         .request(Method::POST, "/orders/o1/lines", Some(r#"{"sku":"cake","qty":2}"#), &key)

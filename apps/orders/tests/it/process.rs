@@ -58,8 +58,22 @@ impl Server {
 
     /// Sends a request; the answer's status and JSON body (`Null` when there is none).
     pub async fn send(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.send_with(method, path, body, &[]).await
+    }
+
+    /// [`send`](Self::send) with extra headers.
+    pub async fn send_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
         let mut request =
             hyper::Request::builder().method(method).uri(format!("{}{path}", self.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         if body.is_some() {
             request = request.header("content-type", "application/json");
         }
@@ -181,6 +195,99 @@ async fn acknowledged_commands_survive_sigkill_and_views_equal_a_rebuild() {
         }
     }
     views_equal_a_replay(events, &live, replayed, &["ada"], &["tea"], &stored).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idempotency_key_retried_after_kill_9_never_acts_twice() {
+    const KEYS: usize = 400;
+    const PRODUCTS: usize = 4;
+    const KILLS: usize = 10;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    for p in 0..PRODUCTS {
+        let product = json!({"sku": format!("p{p}"), "name": "Tea", "price_cents": 450});
+        assert_eq!(server.send("POST", "/products", Some(product)).await.0, 201);
+    }
+    drop(server);
+
+    // Each key restocks one unit: a key that acted twice shows as one unit too many.
+    let restock =
+        |key: usize| (format!("/products/p{}/restock", key % PRODUCTS), format!("restock-{key}"));
+    let answers: Arc<std::sync::Mutex<Vec<Option<Value>>>> =
+        Arc::new(std::sync::Mutex::new(vec![None; KEYS]));
+    let mut round = 0;
+    loop {
+        let pending: Vec<usize> =
+            (0..KEYS).filter(|&key| answers.lock().unwrap()[key].is_none()).collect();
+        let kill = round < KILLS;
+        if !kill && pending.is_empty() {
+            break;
+        }
+        round += 1;
+        let server = Arc::new(Server::start(dir.path()));
+        let pid = server.child.id().to_string();
+        let queue = Arc::new(std::sync::Mutex::new(pending.into_iter()));
+        let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut clients = Vec::new();
+        for _ in 0..8 {
+            let (server, queue, answers) = (server.clone(), queue.clone(), answers.clone());
+            let answered = answered.clone();
+            clients.push(tokio::spawn(async move {
+                loop {
+                    let Some(key) = queue.lock().unwrap().next() else { return };
+                    let (path, name) = restock(key);
+                    let headers = [("idempotency-key", name.as_str())];
+                    let (status, body) =
+                        server.send_with("POST", &path, Some(json!({"qty": 1})), &headers).await;
+                    match status {
+                        0 => return, // killed
+                        200 => {
+                            answers.lock().unwrap()[key] = Some(body);
+                            answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        other => panic!("key {key} answered {other}: {body}"),
+                    }
+                }
+            }));
+        }
+        if kill {
+            // At a random point while requests are in flight: after 1 to 30 answers.
+            let target = fastrand::usize(1..=30);
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+            while answered.load(std::sync::atomic::Ordering::SeqCst) < target {
+                assert!(tokio::time::Instant::now() < deadline, "round {round} made no progress");
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+        }
+        for client in clients {
+            client.await.unwrap();
+        }
+    }
+    assert!(round > KILLS, "every key was answered within the rounds after the kills");
+
+    // Every key once more, against the last server: the first answer, nothing appended.
+    let server = Server::start(dir.path());
+    let (_, before) = server.send("GET", "/admin/projections", None).await;
+    for key in 0..KEYS {
+        let (path, name) = restock(key);
+        let headers = [("idempotency-key", name.as_str())];
+        let (status, body) =
+            server.send_with("POST", &path, Some(json!({"qty": 1})), &headers).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            Some(&body),
+            answers.lock().unwrap()[key].as_ref(),
+            "key {key}: the first answer"
+        );
+    }
+    let (_, after) = server.send("GET", "/admin/projections", None).await;
+    assert_eq!(before[0]["head"], after[0]["head"], "the retries appended nothing");
+    for p in 0..PRODUCTS {
+        let (_, events) = server.send("GET", &format!("/admin/streams/product/p{p}"), None).await;
+        let restocks = events.as_array().unwrap().len() - 1;
+        assert_eq!(restocks, KEYS / PRODUCTS, "product p{p}: every key restocked exactly once");
+    }
 }
 
 #[tokio::test]

@@ -1,14 +1,16 @@
 //! What the PostgreSQL event store promises beyond the contract: a refused append inside a
 //! group commit fails alone, another node's commit wakes this node's subscribers, several
-//! nodes starting at once migrate a schema exactly once, and idempotency records are shared.
+//! nodes starting at once migrate a schema exactly once, and one idempotency key sent to two
+//! nodes at once appends once.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use strata::{
-    EventStore, ExpectedVersion, IdempotencyRecord, IdempotencyStore, Position, StoreError,
+    EventStore, ExpectedVersion, IdempotencyClaim, IdempotencyStore, Position, StoreError,
     StreamId, Version,
 };
-use strata_postgres::{PgDatabase, PgEventStore, PgIdempotencyStore};
+use strata_postgres::{PgDatabase, PgEventStore};
 use strata_testkit::sample_event;
 
 use crate::{database, fixture, raw_client};
@@ -147,18 +149,39 @@ async fn nodes_starting_together_migrate_a_new_schema_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_first_idempotency_record_wins_on_every_node() {
+async fn one_key_sent_to_two_nodes_at_once_appends_once() {
     let Some(fixture) = fixture().await else { return };
-    let database = database(&fixture).await;
-    let node_a = PgIdempotencyStore::new(&database);
+    let node_a = Arc::new(PgEventStore::open(&database(&fixture).await).await.unwrap());
     let node_b =
-        PgIdempotencyStore::connect(fixture.base_url(), Some(fixture.schema())).await.unwrap();
-    assert_eq!(node_a.get("k").await.unwrap(), None);
-    let first = IdempotencyRecord { fingerprint: "f1".to_owned(), answer: b"one".to_vec() };
-    let second = IdempotencyRecord { fingerprint: "f2".to_owned(), answer: b"two".to_vec() };
-    node_a.put("k", first.clone()).await.unwrap();
-    node_b.put("k", second).await.unwrap();
-    assert_eq!(node_b.get("k").await.unwrap(), Some(first));
+        Arc::new(PgEventStore::connect(fixture.base_url(), Some(fixture.schema())).await.unwrap());
+    for round in 0..20 {
+        let key = format!("key-{round}");
+        let claim = IdempotencyClaim { key: key.clone(), fingerprint: "f".into(), recorded: None };
+        let send = |node: Arc<PgEventStore>, side: &str| {
+            let (claim, own) = (claim.clone(), stream(&format!("{side}-{round}")));
+            tokio::spawn(async move {
+                node.append_claimed(
+                    &own,
+                    ExpectedVersion::NoStream,
+                    vec![sample_event(round)],
+                    &claim,
+                )
+                .await
+            })
+        };
+        let (a, b) = (send(node_a.clone(), "a"), send(node_b.clone(), "b"));
+        let outcomes = [a.await.unwrap(), b.await.unwrap()];
+        let won: Vec<_> = outcomes.iter().filter_map(|outcome| outcome.as_ref().ok()).collect();
+        assert_eq!(won.len(), 1, "round {round}: exactly one node appends, got {outcomes:?}");
+        let lost = outcomes.iter().find_map(|outcome| match outcome {
+            Err(StoreError::KeyClaimed { record, .. }) => Some(record.appended.clone()),
+            _ => None,
+        });
+        let appended = lost.flatten().expect("the other node is told where the first appended");
+        assert_eq!(appended.position, Some(won[0].last_position));
+        let record = node_b.get(&key).await.unwrap().expect("both nodes see the record");
+        assert_eq!(record.appended, Some(appended));
+    }
 }
 
 #[tokio::test]

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use strata::{EventStore, IdempotencyRecord, IdempotencyStore, Position, Version};
-use strata_sqlite::{SqliteError, SqliteEventStore, SqliteIdempotencyStore, SqliteViewManager};
+use strata::{EventStore, IdempotencyClaim, IdempotencyStore, Position, Version};
+use strata_sqlite::{SqliteError, SqliteEventStore, SqliteViewManager};
 use tempfile::TempDir;
 
 use crate::{NEW, event, stream};
@@ -21,26 +21,29 @@ async fn reopening_keeps_the_schema_and_the_data() {
         let store = SqliteEventStore::open(dir.path()).unwrap();
         store.append(&stream("s"), NEW, vec![event(1)]).await.unwrap();
     }
-    assert_eq!(user_version(&dir.path().join("events.sqlite")), 1);
+    assert_eq!(user_version(&dir.path().join("events.sqlite")), 2);
     // Running the first migration again would fail: its tables exist.
     for _ in 0..2 {
         let store = SqliteEventStore::open(dir.path()).unwrap();
         assert_eq!(store.read_stream(&stream("s"), Version::NONE).await.unwrap().len(), 1);
     }
-    assert_eq!(user_version(&dir.path().join("events.sqlite")), 1);
+    assert_eq!(user_version(&dir.path().join("events.sqlite")), 2);
 }
 
-#[test]
-fn the_view_manager_and_idempotency_store_can_create_their_shared_file_at_once() {
-    for _ in 0..5 {
-        let dir = TempDir::new().unwrap();
-        let path = dir.path().to_owned();
-        let other = path.clone();
-        let idempotency = std::thread::spawn(move || SqliteIdempotencyStore::open(&other));
-        SqliteViewManager::open(&path).unwrap();
-        idempotency.join().unwrap().unwrap();
-        assert_eq!(user_version(&path.join("views.sqlite")), 2);
+#[tokio::test]
+async fn an_event_log_of_schema_version_1_takes_idempotency_keys_after_migrating() {
+    let dir = TempDir::new().unwrap();
+    {
+        let connection = rusqlite::Connection::open(dir.path().join("events.sqlite")).unwrap();
+        connection.execute_batch(include_str!("../../src/sql/events_0001_create.sql")).unwrap();
+        connection.pragma_update(None, "user_version", 1).unwrap();
     }
+    let store = SqliteEventStore::open(dir.path()).unwrap();
+    assert_eq!(user_version(&dir.path().join("events.sqlite")), 2);
+    let claim = IdempotencyClaim { key: "k".into(), fingerprint: "f".into(), recorded: None };
+    store.append_claimed(&stream("s"), NEW, vec![event(1)], &claim).await.unwrap();
+    let record = store.get("k").await.unwrap().expect("the key is recorded with the append");
+    assert_eq!(record.appended.and_then(|appended| appended.position), Some(Position(1)));
 }
 
 #[test]
@@ -51,15 +54,12 @@ fn a_file_from_a_newer_strata_is_refused_and_left_alone() {
         connection.pragma_update(None, "user_version", 99).unwrap();
     }
 
-    let refusals = [
-        SqliteEventStore::open(dir.path()).err(),
-        SqliteViewManager::open(dir.path()).err(),
-        SqliteIdempotencyStore::open(dir.path()).err(),
-    ];
+    let refusals =
+        [SqliteEventStore::open(dir.path()).err(), SqliteViewManager::open(dir.path()).err()];
     for refusal in refusals {
         let refusal = refusal.expect("a newer schema is refused");
         assert!(
-            matches!(refusal, SqliteError::UnknownSchemaVersion { found: 99, known: 1 | 2, .. }),
+            matches!(refusal, SqliteError::UnknownSchemaVersion { found: 99, known: 2 | 3, .. }),
             "{refusal:?}"
         );
         assert!(refusal.to_string().contains("newer Strata"), "{refusal}");
@@ -75,24 +75,6 @@ fn a_file_from_a_newer_strata_is_refused_and_left_alone() {
     let mode: String =
         connection.pragma_query_value(None, "journal_mode", |row| row.get(0)).unwrap();
     assert_eq!(mode, "delete", "not even the journal mode changed");
-}
-
-#[tokio::test]
-async fn the_first_idempotency_record_wins_and_survives_reopening() {
-    let dir = TempDir::new().unwrap();
-    let first = IdempotencyRecord { fingerprint: "f1".to_owned(), answer: b"one".to_vec() };
-    let second = IdempotencyRecord { fingerprint: "f2".to_owned(), answer: b"two".to_vec() };
-    {
-        let store = SqliteIdempotencyStore::open(dir.path()).unwrap();
-        assert_eq!(store.get("key").await.unwrap(), None);
-        store.put("key", first.clone()).await.unwrap();
-        store.put("key", second).await.unwrap();
-        assert_eq!(store.get("key").await.unwrap(), Some(first.clone()));
-    }
-    let store = SqliteIdempotencyStore::open(dir.path()).unwrap();
-    assert_eq!(store.get("key").await.unwrap(), Some(first));
-    // The idempotency store shares views.sqlite without disturbing the event store.
-    assert_eq!(SqliteEventStore::open(dir.path()).unwrap().head(), Position::START);
 }
 
 #[tokio::test]
@@ -125,7 +107,7 @@ async fn views_written_by_schema_version_1_read_the_same_after_migrating() {
             .unwrap();
     }
     let views = SqliteViewManager::open(dir.path()).unwrap();
-    assert_eq!(user_version(&dir.path().join("views.sqlite")), 2);
+    assert_eq!(user_version(&dir.path().join("views.sqlite")), 3);
     let stored = views.get::<serde_json::Value>("orders", "o1").await.unwrap().unwrap();
     assert_eq!(
         (stored.view, stored.position, stored.parked),

@@ -1,6 +1,7 @@
 //! The command bus: emit/apply, atomic commands, conflicts, If-Match and serialization.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use strata::bus::CommandContext;
 use strata::testing::given;
@@ -118,7 +119,7 @@ async fn if_match_makes_a_command_conditional() {
 async fn concurrent_commands_on_one_aggregate_lose_nothing() {
     let bus = Arc::new(CommandBus::new(
         Arc::new(InMemoryEventStore::new()),
-        BusConfig { max_conflict_retries: 0, cache_capacity: 2 },
+        BusConfig { conflict_budget: Duration::ZERO, cache_capacity: 2 },
     ));
     bus.execute::<Counter>("o.hot", open("o"), &context()).await.unwrap();
     let mut tasks = Vec::new();

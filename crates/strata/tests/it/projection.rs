@@ -359,6 +359,15 @@ impl strata::EventStore for Tampered {
     ) -> Result<strata::AppendOutcome, strata::StoreError> {
         self.inner.append(stream, expected, events).await
     }
+    async fn append_claimed(
+        &self,
+        stream: &strata::StreamId,
+        expected: strata::ExpectedVersion,
+        events: Vec<strata::NewEvent>,
+        claim: &strata::IdempotencyClaim,
+    ) -> Result<strata::AppendOutcome, strata::StoreError> {
+        self.inner.append_claimed(stream, expected, events, claim).await
+    }
     async fn read_stream(
         &self,
         stream: &strata::StreamId,
