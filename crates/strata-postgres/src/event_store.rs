@@ -50,6 +50,8 @@ const READ_POSITIONS: &str = concat!(
     " FROM strata_events WHERE position = ANY($1) ORDER BY position"
 );
 
+const EVENT_TYPES: &str = "SELECT DISTINCT event_type, schema_version FROM strata_events";
+
 /// An [`EventStore`] on PostgreSQL, safe to run on several nodes against one schema.
 ///
 /// Clones share one store: one writer connection, one listener connection and the
@@ -162,6 +164,24 @@ impl EventStore for PgEventStore {
     ) -> Result<AppendOutcome, StoreError> {
         let claim = (claim.key.clone(), claim.fingerprint.clone());
         self.append_with(stream, expected, events, Some(claim)).await
+    }
+
+    async fn event_types(&self) -> Result<Vec<(String, u32)>, StoreError> {
+        let read = async {
+            let client = self.inner.database.pool().get().await?;
+            let statement = client.prepare_cached(EVENT_TYPES).await?;
+            let rows = client.query(&statement, &[]).await?;
+            rows.iter()
+                .map(|row| {
+                    let version: i64 = row.try_get(1)?;
+                    let version = u32::try_from(version).map_err(|_| {
+                        DbError::Corrupt(format!("stored schema version {version} is out of range"))
+                    })?;
+                    Ok((row.try_get(0)?, version))
+                })
+                .collect::<Result<Vec<_>, DbError>>()
+        };
+        read.await.map_err(DbError::into_store_error)
     }
 
     async fn read_stream(

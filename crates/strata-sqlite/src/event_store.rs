@@ -58,6 +58,8 @@ const READ_POSITIONS: &str = concat!(
     " FROM events WHERE position IN (SELECT value FROM json_each(?1)) ORDER BY position"
 );
 
+const EVENT_TYPES: &str = "SELECT DISTINCT event_type, schema_version FROM events";
+
 /// An [`EventStore`] on SQLite: `events.sqlite` in the directory it is opened on.
 ///
 /// Clones share one store. When the last clone is dropped the writer thread finishes the
@@ -243,6 +245,18 @@ impl EventStore for SqliteEventStore {
     ) -> Result<AppendOutcome, StoreError> {
         let claim = claim_row(&claim.key, &claim.fingerprint)?;
         self.append_with(stream, expected, events, Some(claim)).await
+    }
+
+    async fn event_types(&self) -> Result<Vec<(String, u32)>, StoreError> {
+        self.inner
+            .readers
+            .run(|connection| {
+                let mut statement = connection.prepare_cached(EVENT_TYPES)?;
+                let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await
+            .map_err(DbError::into_store_error)
     }
 
     async fn read_stream(

@@ -48,6 +48,7 @@ pub async fn event_store_contract<F: EventStoreFactory>(factory: F) {
     subscribers_hear_of_new_commits(&store).await;
     events_are_read_by_position(&store).await;
     claimed_appends_record_their_key_with_their_events(&store).await;
+    each_stored_type_and_schema_version_is_listed_once(&store).await;
     let store = Arc::new(store);
     concurrent_appenders_lose_nothing(&store).await;
     racing_appends_at_one_version_let_exactly_one_win(&store).await;
@@ -364,6 +365,15 @@ async fn claimed_appends_record_their_key_with_their_events<S: EventStore + Idem
     }
     let again = store.append_claimed(&other, ExpectedVersion::Any, vec![sample_event(7)], &first);
     again.await.expect("an expired key can be used again");
+}
+
+async fn each_stored_type_and_schema_version_is_listed_once<S: EventStore>(store: &S) {
+    let mut newer = sample_event(1);
+    newer.schema_version = 2;
+    store.append(&stream("schemas"), ExpectedVersion::Any, vec![newer]).await.expect("append");
+    let mut types = store.event_types().await.expect("event_types");
+    types.sort_unstable();
+    assert_eq!(types, [("Sample".to_owned(), 1), ("Sample".to_owned(), 2)]);
 }
 
 async fn racing_appends_at_one_version_let_exactly_one_win<S: EventStore>(store: &Arc<S>) {

@@ -82,6 +82,16 @@ pub enum DecodeError {
         /// The stored schema version.
         schema_version: u32,
     },
+    /// A payload of an older schema version could not be brought to the current one.
+    #[error("{event_type:?} schema version {schema_version} cannot be read: {reason}")]
+    Upcast {
+        /// The stored type name.
+        event_type: String,
+        /// The stored schema version.
+        schema_version: u32,
+        /// Why.
+        reason: String,
+    },
     /// The payload does not match the type's schema.
     #[error("payload of {event_type:?} does not decode: {source}")]
     Payload {
@@ -100,7 +110,13 @@ pub trait DomainEvent: Sized + Send + Sync + 'static {
 
     /// The schema version this code writes.
     fn schema_version(&self) -> u32 {
-        1
+        Self::schemas().current(self.event_type())
+    }
+
+    /// The types this domain writes, their schema versions and the upcasters that read
+    /// older ones; checked against the store at start-up.
+    fn schemas() -> &'static crate::upcast::EventSchemas {
+        &crate::upcast::EventSchemas::UNDECLARED
     }
 
     /// Encodes the payload (without the type name, which is stored beside it).

@@ -16,6 +16,7 @@ pub mod store;
 pub mod stream;
 pub mod table;
 pub mod testing;
+pub mod upcast;
 pub mod view;
 pub mod view_manager;
 
@@ -38,6 +39,7 @@ pub use stream::{ExpectedVersion, Position, StreamId, Version};
 pub use table::{
     Column, ColumnType, RowChange, TableKind, TableQuery, TableRows, TableSpec, Value,
 };
+pub use upcast::{EventSchemas, Unreadable, Upcaster};
 pub use view::{
     ApplyError, Parking, RawLocator, StoredView, View, ViewLocator, decode_view, encode_view,
 };

@@ -133,6 +133,15 @@ impl EventStore for InMemoryEventStore {
         self.append_with(stream, expected, events, Some(claim))
     }
 
+    async fn event_types(&self) -> Result<Vec<(String, u32)>, StoreError> {
+        let log = locked(&self.log);
+        let mut types: Vec<(String, u32)> =
+            log.events.iter().map(|e| (e.event_type.clone(), e.schema_version)).collect();
+        types.sort_unstable();
+        types.dedup();
+        Ok(types)
+    }
+
     async fn read_stream(
         &self,
         stream: &StreamId,

@@ -170,6 +170,11 @@ pub trait EventStore: Send + Sync + 'static {
         claim: &IdempotencyClaim,
     ) -> impl Future<Output = Result<AppendOutcome, StoreError>> + Send;
 
+    /// Every (event type, schema version) pair the log holds, once each, in no particular
+    /// order: what a start-up check needs to know the code can read the whole log. It reads
+    /// the whole log on the SQL stores (no index pays for itself on the write path).
+    fn event_types(&self) -> impl Future<Output = Result<Vec<(String, u32)>, StoreError>> + Send;
+
     /// The events of `stream` with a version above `after`, oldest first.
     fn read_stream(
         &self,

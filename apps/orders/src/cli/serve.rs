@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use super::store::{StoreArgs, StoreLocation};
 use crate::app::{App, Backend, Stores};
 use crate::backends;
+use crate::domain::SCHEMAS;
 
 /// Options of `strata serve`.
 #[derive(Debug, Clone, Args)]
@@ -90,6 +91,20 @@ async fn serve<B: Backend>(
     node_id: String,
     idempotency_ttl: Duration,
 ) -> anyhow::Result<()> {
+    // An event this code cannot read would stop the projections at it and refuse every
+    // command on its aggregate: better not to start, and say which.
+    let unreadable = SCHEMAS
+        .unreadable_in(stores.events.as_ref())
+        .await
+        .context("cannot list the event types in the store")?;
+    if !unreadable.is_empty() {
+        let list: Vec<String> = unreadable.iter().map(|u| format!("  {u}")).collect();
+        anyhow::bail!(
+            "the store holds events this version of strata cannot read:\n{}\n\
+             run a version that reads them, or add the missing upcasters",
+            list.join("\n")
+        );
+    }
     let app = Arc::new(
         App::start(stores, node_id, BusConfig::default())
             .await

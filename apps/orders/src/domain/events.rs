@@ -25,6 +25,10 @@ impl DomainEvent for OrdersEvent {
         }
     }
 
+    fn schemas() -> &'static strata::EventSchemas {
+        &super::SCHEMAS
+    }
+
     fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
         match self {
             OrdersEvent::Customer(e) => e.encode(),

@@ -83,15 +83,16 @@ pub enum OrderCommand {
     },
 }
 
-/// An order was placed.
+/// An order was placed. Schema version 2; version 1 had no payment method or address (see
+/// `schemas.rs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderPlaced {
     /// The customer.
     pub customer_id: String,
     /// Its first lines.
     pub lines: Vec<OrderLine>,
-    /// How the customer pays.
-    pub payment_method: Option<String>,
+    /// How the customer pays; `"unknown"` when the order did not say.
+    pub payment_method: String,
     /// Where it goes.
     pub shipping_address: Option<String>,
 }
@@ -247,7 +248,8 @@ impl Aggregate for Order {
                 d.emit(OrderEvent::OrderPlaced(OrderPlaced {
                     customer_id,
                     lines,
-                    payment_method,
+                    payment_method: payment_method
+                        .unwrap_or_else(|| super::schemas::UNKNOWN_PAYMENT_METHOD.to_owned()),
                     shipping_address,
                 }));
             }
@@ -300,7 +302,7 @@ mod tests {
         OrderEvent::OrderPlaced(OrderPlaced {
             customer_id: "c1".into(),
             lines: vec![line("tea", 2)],
-            payment_method: Some("card".into()),
+            payment_method: "card".into(),
             shipping_address: None,
         })
     }

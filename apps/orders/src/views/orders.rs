@@ -65,7 +65,7 @@ impl View<OrdersEvent> for OrderView {
                 self.customer_id = placed.customer_id.clone();
                 self.lines = placed.lines.clone();
                 self.total_cents = total(&placed.lines);
-                self.payment_method = placed.payment_method.clone();
+                self.payment_method = Some(placed.payment_method.clone());
                 self.shipping_address = placed.shipping_address.clone();
                 self.placed_at = event.metadata.recorded_at;
             }
@@ -81,7 +81,10 @@ impl View<OrdersEvent> for OrderView {
     }
 }
 
-/// The orders projection.
+/// The orders projection. Version 2: the payment method is `"unknown"` for orders placed
+/// without one, as `OrderPlaced` version 2 says.
 pub fn orders() -> OrdersProjection<OrderView> {
-    Projection::new("orders", locate_order as Locator).with_raw_locator(order_stream)
+    Projection::new("orders", locate_order as Locator)
+        .with_version(2)
+        .with_raw_locator(order_stream)
 }

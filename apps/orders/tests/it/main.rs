@@ -7,6 +7,7 @@ mod api;
 mod cluster;
 mod concurrency;
 mod errors;
+mod golden;
 mod migrate;
 mod operations;
 mod process;

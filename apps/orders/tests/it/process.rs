@@ -357,7 +357,7 @@ async fn populate(dir: &Path, orders: usize) -> u64 {
                 let placed = OrderPlaced {
                     customer_id: "ada".into(),
                     lines: vec![line(1)],
-                    payment_method: None,
+                    payment_method: "unknown".into(),
                     shipping_address: None,
                 };
                 let mut events = vec![

@@ -368,6 +368,9 @@ impl strata::EventStore for Tampered {
     ) -> Result<strata::AppendOutcome, strata::StoreError> {
         self.inner.append_claimed(stream, expected, events, claim).await
     }
+    async fn event_types(&self) -> Result<Vec<(String, u32)>, strata::StoreError> {
+        self.inner.event_types().await
+    }
     async fn read_stream(
         &self,
         stream: &strata::StreamId,

@@ -17,6 +17,7 @@ use super::{
 };
 use crate::cli::progress::thousands;
 use crate::cli::store::StoreLocation;
+use crate::domain::SCHEMAS;
 
 /// Most events appended in one call. Consecutive events of one stream go together, but a
 /// very long run is split so that no single append (and its memory) grows with the log.
@@ -99,6 +100,10 @@ fn parse(reader: impl BufRead) -> anyhow::Result<Input> {
         }
         if event.version == 0 {
             bail!("line {number}: versions start at 1");
+        }
+        // An event this code could never read would stop every projection at it.
+        if let Err(unreadable) = SCHEMAS.check(&event.event_type, event.schema_version) {
+            bail!("line {number}: {unreadable}");
         }
         // Stores keep times as nanoseconds since 1970 in 64 bits; refusing here, before
         // anything is written, beats a store refusing it halfway through the import.
@@ -418,5 +423,16 @@ mod tests {
             first.replace(r#""position":1"#, r#""position":2"#).replace(r#""o1""#, r#""o2""#);
         let repeat = parse_lines(&[first, again]).err().expect("a repeated id");
         assert!(format!("{repeat:#}").contains("already used on line 1"), "{repeat:#}");
+    }
+
+    #[test]
+    fn versions_this_code_cannot_read_are_refused_by_name() {
+        let newer = line(2, "o2", 1).replace(r#""schema_version":1"#, r#""schema_version":3"#);
+        let refused = parse_lines(&[line(1, "o1", 1), newer]).err().expect("a newer version");
+        let message = format!("{refused:#}");
+        assert!(message.contains("line 2: OrderPlaced schema version 3 is newer"), "{message}");
+        let unknown = line(1, "o1", 1).replace("OrderPlaced", "OrderTeleported");
+        let refused = parse_lines(&[unknown]).err().expect("an unknown type");
+        assert!(format!("{refused:#}").contains("\"OrderTeleported\" is unknown"), "{refused:#}");
     }
 }
