@@ -326,7 +326,7 @@ async fn an_audit_finds_every_event_of_one_request_by_its_correlation_id() {
         (first["stream_type"].as_str(), first["stream_id"].as_str(), first["type"].as_str()),
         (Some("order"), Some("r1"), Some("OrderPlaced"))
     );
-    assert_eq!((first["version"].as_u64(), first["schema_version"].as_u64()), (Some(1), Some(1)));
+    assert_eq!((first["version"].as_u64(), first["schema_version"].as_u64()), (Some(1), Some(2)));
     assert_eq!(first["metadata"]["correlation_id"], "checkout-42");
     assert_eq!(first["data"]["customer_id"], "ada");
 
