@@ -25,6 +25,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("sql/0001_create.sql"),
     include_str!("sql/0002_parking.sql"),
     include_str!("sql/0003_idempotency_in_the_append.sql"),
+    include_str!("sql/0004_snapshots.sql"),
 ];
 
 impl PgDatabase {

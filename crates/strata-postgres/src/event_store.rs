@@ -12,7 +12,7 @@ use chrono::DateTime;
 use strata::{
     AppendOutcome, EventMetadata, EventStore, ExpectedVersion, GroupCommitMetrics,
     IdempotencyClaim, IdempotencyError, IdempotencyRecord, IdempotencyStore, NewEvent, Position,
-    RecordedEvent, StoreError, StreamId, Version,
+    RecordedEvent, Snapshot, StoreError, StreamId, Version,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -50,6 +50,14 @@ const READ_POSITIONS: &str = concat!(
     " FROM strata_events WHERE position = ANY($1) ORDER BY position"
 );
 
+const READ_SNAPSHOT: &str = "SELECT version, format, state FROM strata_snapshots \
+     WHERE aggregate_type = $1 AND aggregate_id = $2";
+// The newer snapshot wins when two nodes write one for the same stream.
+const WRITE_SNAPSHOT: &str = "INSERT INTO strata_snapshots (aggregate_type, aggregate_id, \
+     version, format, state) VALUES ($1, $2, $3, $4, $5) \
+     ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE \
+     SET version = excluded.version, format = excluded.format, state = excluded.state \
+     WHERE strata_snapshots.version < excluded.version";
 const EVENT_TYPES: &str = "SELECT DISTINCT event_type, schema_version FROM strata_events";
 
 /// An [`EventStore`] on PostgreSQL, safe to run on several nodes against one schema.
@@ -164,6 +172,42 @@ impl EventStore for PgEventStore {
     ) -> Result<AppendOutcome, StoreError> {
         let claim = (claim.key.clone(), claim.fingerprint.clone());
         self.append_with(stream, expected, events, Some(claim)).await
+    }
+
+    async fn read_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        let read = async {
+            let client = self.inner.database.pool().get().await?;
+            let statement = client.prepare_cached(READ_SNAPSHOT).await?;
+            let row = client.query_opt(&statement, &[&stream.aggregate_type, &stream.id]).await?;
+            row.map(|row| {
+                let format: i64 = row.try_get(1)?;
+                Ok(Snapshot {
+                    version: Version(from_bigint(row.try_get(0)?, "version")?),
+                    format: u32::try_from(format).unwrap_or(u32::MAX),
+                    state: row.try_get(2)?,
+                })
+            })
+            .transpose()
+        };
+        read.await.map_err(DbError::into_store_error)
+    }
+
+    async fn write_snapshot(
+        &self,
+        stream: &StreamId,
+        snapshot: &Snapshot,
+    ) -> Result<(), StoreError> {
+        let write = async {
+            let client = self.inner.database.pool().get().await?;
+            let statement = client.prepare_cached(WRITE_SNAPSHOT).await?;
+            let version = to_bigint(snapshot.version.0);
+            let format = i64::from(snapshot.format);
+            let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+                [&stream.aggregate_type, &stream.id, &version, &format, &snapshot.state];
+            client.execute(&statement, &parameters).await?;
+            Ok::<_, DbError>(())
+        };
+        write.await.map_err(DbError::into_store_error)
     }
 
     async fn event_types(&self) -> Result<Vec<(String, u32)>, StoreError> {

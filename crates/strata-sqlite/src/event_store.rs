@@ -14,7 +14,7 @@ use rusqlite::{OptionalExtension, Row, params};
 use strata::{
     AppendOutcome, EventMetadata, EventStore, ExpectedVersion, GroupCommitMetrics,
     IdempotencyClaim, IdempotencyError, IdempotencyRecord, IdempotencyStore, NewEvent, Position,
-    RecordedEvent, StoreError, StreamId, Version,
+    RecordedEvent, Snapshot, StoreError, StreamId, Version,
 };
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
@@ -23,7 +23,8 @@ use crate::error::{DbError, SqliteError, from_sql_integer};
 use crate::pool::ReadPool;
 use crate::schema;
 use crate::writer::{
-    self, AnswerRequest, AppendRequest, ClaimRow, EventRow, ExpireRequest, WriteRequest,
+    self, AnswerRequest, AppendRequest, ClaimRow, EventRow, ExpireRequest, SnapshotRequest,
+    WriteRequest,
 };
 
 /// The columns [`decode`] reads, in its order; a macro so that queries can `concat!` it.
@@ -58,6 +59,8 @@ const READ_POSITIONS: &str = concat!(
     " FROM events WHERE position IN (SELECT value FROM json_each(?1)) ORDER BY position"
 );
 
+const READ_SNAPSHOT: &str = "SELECT version, format, state FROM snapshots \
+     WHERE aggregate_type = ?1 AND aggregate_id = ?2";
 const EVENT_TYPES: &str = "SELECT DISTINCT event_type, schema_version FROM events";
 
 /// An [`EventStore`] on SQLite: `events.sqlite` in the directory it is opened on.
@@ -245,6 +248,40 @@ impl EventStore for SqliteEventStore {
     ) -> Result<AppendOutcome, StoreError> {
         let claim = claim_row(&claim.key, &claim.fingerprint)?;
         self.append_with(stream, expected, events, Some(claim)).await
+    }
+
+    async fn read_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        let stream = stream.clone();
+        self.inner
+            .readers
+            .run(move |connection| {
+                let mut statement = connection.prepare_cached(READ_SNAPSHOT)?;
+                let row = statement
+                    .query_row(params![stream.aggregate_type, stream.id], |row| {
+                        Ok((row.get::<_, i64>(0)?, row.get::<_, u32>(1)?, row.get(2)?))
+                    })
+                    .optional()?;
+                row.map(|(version, format, state)| {
+                    Ok(Snapshot {
+                        version: Version(from_sql_integer(version, "version")?),
+                        format,
+                        state,
+                    })
+                })
+                .transpose()
+            })
+            .await
+            .map_err(DbError::into_store_error)
+    }
+
+    async fn write_snapshot(
+        &self,
+        stream: &StreamId,
+        snapshot: &Snapshot,
+    ) -> Result<(), StoreError> {
+        let (reply, replied) = oneshot::channel();
+        let request = SnapshotRequest { stream: stream.clone(), snapshot: snapshot.clone(), reply };
+        self.write(WriteRequest::Snapshot(request), replied).await
     }
 
     async fn event_types(&self) -> Result<Vec<(String, u32)>, StoreError> {

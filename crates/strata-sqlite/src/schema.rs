@@ -33,6 +33,7 @@ pub(crate) const EVENTS: Database = Database {
     migrations: &[
         include_str!("sql/events_0001_create.sql"),
         include_str!("sql/events_0002_idempotency.sql"),
+        include_str!("sql/events_0003_snapshots.sql"),
     ],
 };
 

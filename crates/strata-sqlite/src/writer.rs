@@ -48,6 +48,11 @@ pub(crate) const SELECT_KEY: &str = "SELECT fingerprint, aggregate_type, aggrega
 // The first record for a key wins; a later answer for it is not an error, it just loses.
 const PUT_ANSWER: &str = "INSERT INTO idempotency (key, fingerprint, answer, created_at) \
      VALUES (?1, ?2, ?3, ?4) ON CONFLICT (key) DO NOTHING";
+// The newer snapshot wins, whatever order writes arrive in.
+const WRITE_SNAPSHOT: &str = "INSERT INTO snapshots (aggregate_type, aggregate_id, version, \
+     format, state) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (aggregate_type, aggregate_id) \
+     DO UPDATE SET version = excluded.version, format = excluded.format, state = excluded.state \
+     WHERE snapshots.version < excluded.version";
 const EXPIRE_KEYS: &str = "DELETE FROM idempotency WHERE key IN \
      (SELECT key FROM idempotency WHERE created_at < ?1 LIMIT ?2)";
 
@@ -71,6 +76,14 @@ pub(crate) enum WriteRequest {
     Answer(AnswerRequest),
     /// Forget idempotency keys recorded before a time.
     Expire(ExpireRequest),
+    /// Store an aggregate's snapshot unless a newer one is stored.
+    Snapshot(SnapshotRequest),
+}
+
+pub(crate) struct SnapshotRequest {
+    pub(crate) stream: StreamId,
+    pub(crate) snapshot: strata::Snapshot,
+    pub(crate) reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
 /// One caller's append and where to send its answer.
@@ -110,6 +123,7 @@ enum Done {
     Append(Result<AppendOutcome, StoreError>),
     Answer,
     Expired(u64),
+    Snapshot,
 }
 
 impl WriteRequest {
@@ -125,6 +139,9 @@ impl WriteRequest {
             (Self::Expire(request), Done::Expired(count)) => {
                 let _ = request.reply.send(Ok(count));
             }
+            (Self::Snapshot(request), Done::Snapshot) => {
+                let _ = request.reply.send(Ok(()));
+            }
             (request, _) => request.fail(StoreError::Corrupt("writer mixed up its replies".into())),
         }
     }
@@ -138,6 +155,9 @@ impl WriteRequest {
                 let _ = request.reply.send(Err(error));
             }
             Self::Expire(request) => {
+                let _ = request.reply.send(Err(error));
+            }
+            Self::Snapshot(request) => {
                 let _ = request.reply.send(Err(error));
             }
         }
@@ -287,6 +307,18 @@ impl Writer {
                         claim.created_at
                     ])?;
                     outcomes.push(Done::Answer);
+                    continue;
+                }
+                WriteRequest::Snapshot(request) => {
+                    let (stream, snapshot) = (&request.stream, &request.snapshot);
+                    transaction.prepare_cached(WRITE_SNAPSHOT)?.execute(params![
+                        stream.aggregate_type,
+                        stream.id,
+                        to_sql_integer(snapshot.version.0)?,
+                        snapshot.format,
+                        snapshot.state,
+                    ])?;
+                    outcomes.push(Done::Snapshot);
                     continue;
                 }
                 WriteRequest::Expire(request) => {

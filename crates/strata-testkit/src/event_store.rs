@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use strata::{
     CommandOutcome, EventMetadata, EventStore, ExpectedVersion, IdempotencyClaim,
-    IdempotencyRecord, IdempotencyStore, NewEvent, Position, RecordedEvent, StoreError, StreamId,
-    Version,
+    IdempotencyRecord, IdempotencyStore, NewEvent, Position, RecordedEvent, Snapshot, StoreError,
+    StreamId, Version,
 };
 
 use crate::EventStoreFactory;
@@ -49,6 +49,7 @@ pub async fn event_store_contract<F: EventStoreFactory>(factory: F) {
     events_are_read_by_position(&store).await;
     claimed_appends_record_their_key_with_their_events(&store).await;
     each_stored_type_and_schema_version_is_listed_once(&store).await;
+    the_newest_snapshot_of_a_stream_is_kept(&store).await;
     let store = Arc::new(store);
     concurrent_appenders_lose_nothing(&store).await;
     racing_appends_at_one_version_let_exactly_one_win(&store).await;
@@ -63,6 +64,8 @@ pub async fn event_store_contract<F: EventStoreFactory>(factory: F) {
             kept.is_some_and(|r| r.appended.is_some()),
             "idempotency records survive reopening"
         );
+        let snapshot = reopened.read_snapshot(&stream("snapshotted")).await.expect("read");
+        assert_eq!(snapshot.map(|s| s.version), Some(Version(20)), "snapshots survive reopening");
     }
 }
 
@@ -374,6 +377,27 @@ async fn each_stored_type_and_schema_version_is_listed_once<S: EventStore>(store
     let mut types = store.event_types().await.expect("event_types");
     types.sort_unstable();
     assert_eq!(types, [("Sample".to_owned(), 1), ("Sample".to_owned(), 2)]);
+}
+
+async fn the_newest_snapshot_of_a_stream_is_kept<S: EventStore>(store: &S) {
+    let s = stream("snapshotted");
+    assert_eq!(store.read_snapshot(&s).await.expect("read"), None);
+    let at = |version, state: &[u8]| Snapshot {
+        version: Version(version),
+        format: 3,
+        state: state.to_vec(),
+    };
+    store.write_snapshot(&s, &at(10, b"ten")).await.expect("write");
+    assert_eq!(store.read_snapshot(&s).await.expect("read"), Some(at(10, b"ten")));
+    store.write_snapshot(&s, &at(5, b"five")).await.expect("write an older one");
+    assert_eq!(
+        store.read_snapshot(&s).await.expect("read"),
+        Some(at(10, b"ten")),
+        "the newer stays"
+    );
+    store.write_snapshot(&s, &at(20, b"twenty")).await.expect("write a newer one");
+    assert_eq!(store.read_snapshot(&s).await.expect("read"), Some(at(20, b"twenty")));
+    assert_eq!(store.read_snapshot(&stream("other")).await.expect("read"), None, "per stream");
 }
 
 async fn racing_appends_at_one_version_let_exactly_one_win<S: EventStore>(store: &Arc<S>) {

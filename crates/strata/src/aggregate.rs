@@ -6,6 +6,7 @@ use std::fmt::Debug;
 use std::ops::Deref;
 
 use crate::event::DomainEvent;
+use crate::snapshot::SnapshotPolicy;
 
 /// What kind of refusal an aggregate's error is, so that front ends (HTTP, CLI) can answer
 /// consistently without knowing each domain's errors.
@@ -44,6 +45,20 @@ pub trait Aggregate: Default + Clone + Send + Sync + 'static {
     /// through it. An error discards everything emitted.
     fn handle(decision: &mut Decision<'_, Self>, command: Self::Command)
     -> Result<(), Self::Error>;
+
+    /// Whether the bus snapshots this aggregate, and how often; never by default.
+    const SNAPSHOTS: Option<SnapshotPolicy> = None;
+
+    /// The state as a snapshot of the current [`SnapshotPolicy::format`].
+    fn to_snapshot(&self) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// The state from a snapshot of the current format; `None` when the bytes do not decode,
+    /// and the stream is then replayed in full.
+    fn from_snapshot(_state: &[u8]) -> Option<Self> {
+        None
+    }
 }
 
 /// The state a command decides against plus the events it has emitted so far.

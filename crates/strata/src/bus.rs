@@ -19,6 +19,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use crate::aggregate::{Aggregate, Decision};
 use crate::event::{DecodeError, DomainEvent, EventMetadata};
 use crate::idempotency::IdempotencyClaim;
+use crate::snapshot::Snapshot;
 use crate::store::{EventStore, StoreError};
 use crate::stream::{ExpectedVersion, Position, StreamId, Version};
 
@@ -227,6 +228,9 @@ impl<S: EventStore> CommandBus<S> {
             };
             match appended {
                 Ok(appended) => {
+                    if A::SNAPSHOTS.is_some_and(|p| p.due(loaded.version, appended.version)) {
+                        snapshot(&self.store, &stream, &next_state, appended.version);
+                    }
                     let loaded = Loaded { state: next_state, version: appended.version };
                     *cached = Some(Box::new(loaded));
                     return Ok(CommandOutcome {
@@ -305,18 +309,53 @@ fn take_cached<A: Aggregate>(slot: &mut Option<Box<dyn Any + Send>>) -> Option<L
     boxed.downcast::<Loaded<A>>().ok().map(|loaded| *loaded)
 }
 
+/// Loads an aggregate from the store: from its snapshot and the events after it when it has
+/// a readable one, else from all its events. A long tail past the snapshot (or a long stream
+/// without one) gets a snapshot now, so the next load is short.
 async fn load<A: Aggregate, S: EventStore>(
-    store: &S,
+    store: &Arc<S>,
     stream: &StreamId,
 ) -> Result<Loaded<A>, CommandError<A::Error>> {
-    let records = store.read_stream(stream, Version::NONE).await.map_err(CommandError::Store)?;
     let mut loaded = Loaded { state: A::default(), version: Version::NONE };
+    if let Some(policy) = A::SNAPSHOTS {
+        let stored = store.read_snapshot(stream).await.map_err(CommandError::Store)?;
+        // A snapshot of another format, or one that does not decode, is only a lost
+        // shortcut: the events are the truth, and are all read below.
+        if let Some(snapshot) = stored.filter(|snapshot| snapshot.format == policy.format)
+            && let Some(state) = A::from_snapshot(&snapshot.state)
+        {
+            loaded = Loaded { state, version: snapshot.version };
+        }
+    }
+    let from = loaded.version;
+    let records = store.read_stream(stream, from).await.map_err(CommandError::Store)?;
     for record in &records {
         let event = A::Event::decode(record)?;
         loaded.state.apply(&event);
         loaded.version = record.version;
     }
+    if A::SNAPSHOTS.is_some_and(|policy| policy.due(from, loaded.version)) {
+        snapshot(store, stream, &loaded.state, loaded.version);
+    }
     Ok(loaded)
+}
+
+/// Writes a snapshot of `state` at `version` in the background: the command that made it
+/// due has its answer already, and a lost snapshot only makes one later load longer.
+fn snapshot<A: Aggregate, S: EventStore>(
+    store: &Arc<S>,
+    stream: &StreamId,
+    state: &A,
+    version: Version,
+) {
+    let (Some(policy), Some(state)) = (A::SNAPSHOTS, state.to_snapshot()) else { return };
+    let (store, stream) = (store.clone(), stream.clone());
+    let snapshot = Snapshot { version, format: policy.format, state };
+    tokio::spawn(async move {
+        if let Err(error) = store.write_snapshot(&stream, &snapshot).await {
+            tracing::warn!(%error, %stream, "cannot write a snapshot; loads replay more events");
+        }
+    });
 }
 
 /// A bounded map from stream to a locked slot holding its loaded aggregate.

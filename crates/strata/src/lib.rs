@@ -12,6 +12,7 @@ pub mod idempotency;
 pub mod lease;
 pub mod memory;
 pub mod projection;
+pub mod snapshot;
 pub mod store;
 pub mod stream;
 pub mod table;
@@ -32,6 +33,7 @@ pub use projection::{
     ControlError, InstanceReport, Projection, ProjectionError, ProjectionHandle, ProjectionRunner,
     ProjectionState, ProjectionStatus, Projections, RebuildProgress, status_of,
 };
+pub use snapshot::{Snapshot, SnapshotPolicy};
 pub use store::{
     AppendOutcome, EventStore, GroupCommitCounters, GroupCommitMetrics, StoreError, check_append,
 };

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use crate::bus::CommandOutcome;
 use crate::event::{NewEvent, RecordedEvent};
 use crate::idempotency::{IdempotencyClaim, IdempotencyError, IdempotencyRecord, IdempotencyStore};
+use crate::snapshot::Snapshot;
 use crate::store::{AppendOutcome, EventStore, StoreError, check_append};
 use crate::stream::{ExpectedVersion, Position, StreamId, Version};
 use crate::table::{self, TableQuery, TableSpec, Value};
@@ -41,6 +42,7 @@ struct Log {
     event_ids: std::collections::HashSet<uuid::Uuid>,
     /// Idempotency records by key, with when each was made.
     keys: HashMap<String, (IdempotencyRecord, DateTime<Utc>)>,
+    snapshots: HashMap<StreamId, Snapshot>,
 }
 
 impl Default for InMemoryEventStore {
@@ -131,6 +133,23 @@ impl EventStore for InMemoryEventStore {
         claim: &IdempotencyClaim,
     ) -> Result<AppendOutcome, StoreError> {
         self.append_with(stream, expected, events, Some(claim))
+    }
+
+    async fn read_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        Ok(locked(&self.log).snapshots.get(stream).cloned())
+    }
+
+    async fn write_snapshot(
+        &self,
+        stream: &StreamId,
+        snapshot: &Snapshot,
+    ) -> Result<(), StoreError> {
+        let mut log = locked(&self.log);
+        let stored = log.snapshots.entry(stream.clone()).or_insert_with(|| snapshot.clone());
+        if stored.version < snapshot.version {
+            *stored = snapshot.clone();
+        }
+        Ok(())
     }
 
     async fn event_types(&self) -> Result<Vec<(String, u32)>, StoreError> {

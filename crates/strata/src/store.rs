@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::IdempotencyClaim;
 use crate::event::{NewEvent, RecordedEvent};
+use crate::snapshot::Snapshot;
 use crate::stream::{ExpectedVersion, Position, StreamId, Version};
 
 /// Where an append landed.
@@ -174,6 +175,20 @@ pub trait EventStore: Send + Sync + 'static {
     /// order: what a start-up check needs to know the code can read the whole log. It reads
     /// the whole log on the SQL stores (no index pays for itself on the write path).
     fn event_types(&self) -> impl Future<Output = Result<Vec<(String, u32)>, StoreError>> + Send;
+
+    /// The snapshot stored for `stream`, if any.
+    fn read_snapshot(
+        &self,
+        stream: &StreamId,
+    ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send;
+
+    /// Stores `snapshot` for `stream`, replacing an older one; a stored snapshot of a higher
+    /// version is kept (two writers racing leave the newer).
+    fn write_snapshot(
+        &self,
+        stream: &StreamId,
+        snapshot: &Snapshot,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// The events of `stream` with a version above `after`, oldest first.
     fn read_stream(

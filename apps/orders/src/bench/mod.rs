@@ -5,6 +5,7 @@
 mod histogram;
 mod http;
 mod in_process;
+mod long_stream;
 mod plan;
 mod progress;
 mod report;
@@ -49,6 +50,10 @@ pub struct BenchArgs {
     /// Print the figures as one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Instead of W1: the cost of the first command on an order of N events after a restart,
+    /// with and without its snapshot, against an order of 20 events.
+    #[arg(long, value_name = "N")]
+    pub long_stream: Option<u64>,
 }
 
 /// Why a benchmark could not run as asked; exits with the usage code.
@@ -116,6 +121,9 @@ fn data_dir(given: Option<PathBuf>) -> anyhow::Result<DataDir> {
 
 /// Runs the benchmark and prints the report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(events) = args.long_stream {
+        return run_long_stream(&args, events).await;
+    }
     let plan = args.plan()?;
     let (target, outcome) = match &args.http {
         Some(url) => {
@@ -185,6 +193,47 @@ async fn run_store(
     .await?;
     let target = format!("sqlite in {} (WAL, synchronous=FULL)", dir.path().display());
     Ok((target, outcome))
+}
+
+async fn run_long_stream(args: &BenchArgs, events: u64) -> anyhow::Result<()> {
+    if args.http.is_some() {
+        return Err(BenchUsageError::Invalid(
+            "--long-stream runs in-process, not with --http".into(),
+        )
+        .into());
+    }
+    let (target, figures) = match args.store.as_str() {
+        "memory" => (
+            "memory".to_owned(),
+            long_stream::run(Arc::new(InMemoryEventStore::new()), events).await?,
+        ),
+        "sqlite" => {
+            let dir = data_dir(args.data_dir.clone())?;
+            let store = Arc::new(SqliteEventStore::open(dir.path())?);
+            let target = format!("sqlite in {} (WAL, synchronous=FULL)", dir.path().display());
+            (target, long_stream::run(store, events).await?)
+        }
+        other => {
+            return Err(BenchUsageError::Invalid(format!(
+                "--long-stream runs on --store memory or sqlite, not {other:?}"
+            ))
+            .into());
+        }
+    };
+    if args.json {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        let object = serde_json::json!({
+            "events": figures.events,
+            "short_ms": ms(figures.short),
+            "long_replayed_ms": ms(figures.long_replayed),
+            "long_from_snapshot_ms": ms(figures.long_from_snapshot),
+            "machine": system::machine(),
+        });
+        println!("{object}");
+    } else {
+        print!("{}", long_stream::table(&target, &figures));
+    }
+    Ok(())
 }
 
 /// Where `--store postgres` runs.

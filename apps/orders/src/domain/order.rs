@@ -7,7 +7,7 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use strata::{Aggregate, Decision, Rejection, RejectionKind};
+use strata::{Aggregate, Decision, Rejection, RejectionKind, SnapshotPolicy};
 
 use super::json_events;
 
@@ -47,8 +47,8 @@ pub struct OrderLine {
     pub price_cents: i64,
 }
 
-/// An order's decision state.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// An order's decision state; snapshotted every 100 events (format 1 is this struct as JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Order {
     /// `None` until placed.
     pub status: Option<OrderStatus>,
@@ -222,6 +222,16 @@ impl Aggregate for Order {
     type Command = OrderCommand;
     type Event = OrderEvent;
     type Error = OrderError;
+
+    const SNAPSHOTS: Option<SnapshotPolicy> = Some(SnapshotPolicy { every: 100, format: 1 });
+
+    fn to_snapshot(&self) -> Option<Vec<u8>> {
+        serde_json::to_vec(self).ok()
+    }
+
+    fn from_snapshot(state: &[u8]) -> Option<Self> {
+        serde_json::from_slice(state).ok()
+    }
 
     fn apply(&mut self, event: &OrderEvent) {
         match event {

@@ -13,4 +13,5 @@ mod operations;
 mod process;
 mod reads;
 mod rebuild;
+mod snapshots;
 mod support;

@@ -21,13 +21,13 @@ async fn reopening_keeps_the_schema_and_the_data() {
         let store = SqliteEventStore::open(dir.path()).unwrap();
         store.append(&stream("s"), NEW, vec![event(1)]).await.unwrap();
     }
-    assert_eq!(user_version(&dir.path().join("events.sqlite")), 2);
+    assert_eq!(user_version(&dir.path().join("events.sqlite")), 3);
     // Running the first migration again would fail: its tables exist.
     for _ in 0..2 {
         let store = SqliteEventStore::open(dir.path()).unwrap();
         assert_eq!(store.read_stream(&stream("s"), Version::NONE).await.unwrap().len(), 1);
     }
-    assert_eq!(user_version(&dir.path().join("events.sqlite")), 2);
+    assert_eq!(user_version(&dir.path().join("events.sqlite")), 3);
 }
 
 #[tokio::test]
@@ -39,7 +39,7 @@ async fn an_event_log_of_schema_version_1_takes_idempotency_keys_after_migrating
         connection.pragma_update(None, "user_version", 1).unwrap();
     }
     let store = SqliteEventStore::open(dir.path()).unwrap();
-    assert_eq!(user_version(&dir.path().join("events.sqlite")), 2);
+    assert_eq!(user_version(&dir.path().join("events.sqlite")), 3);
     let claim = IdempotencyClaim { key: "k".into(), fingerprint: "f".into(), recorded: None };
     store.append_claimed(&stream("s"), NEW, vec![event(1)], &claim).await.unwrap();
     let record = store.get("k").await.unwrap().expect("the key is recorded with the append");
@@ -59,7 +59,7 @@ fn a_file_from_a_newer_strata_is_refused_and_left_alone() {
     for refusal in refusals {
         let refusal = refusal.expect("a newer schema is refused");
         assert!(
-            matches!(refusal, SqliteError::UnknownSchemaVersion { found: 99, known: 2 | 3, .. }),
+            matches!(refusal, SqliteError::UnknownSchemaVersion { found: 99, known: 3, .. }),
             "{refusal:?}"
         );
         assert!(refusal.to_string().contains("newer Strata"), "{refusal}");

@@ -368,6 +368,19 @@ impl strata::EventStore for Tampered {
     ) -> Result<strata::AppendOutcome, strata::StoreError> {
         self.inner.append_claimed(stream, expected, events, claim).await
     }
+    async fn read_snapshot(
+        &self,
+        stream: &strata::StreamId,
+    ) -> Result<Option<strata::Snapshot>, strata::StoreError> {
+        self.inner.read_snapshot(stream).await
+    }
+    async fn write_snapshot(
+        &self,
+        stream: &strata::StreamId,
+        snapshot: &strata::Snapshot,
+    ) -> Result<(), strata::StoreError> {
+        self.inner.write_snapshot(stream, snapshot).await
+    }
     async fn event_types(&self) -> Result<Vec<(String, u32)>, strata::StoreError> {
         self.inner.event_types().await
     }
