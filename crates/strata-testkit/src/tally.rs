@@ -66,15 +66,15 @@ impl DomainEvent for TallyEvent {
         "Added"
     }
 
-    fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
+    fn encode(&self, codec: strata::Codec) -> Result<Vec<u8>, strata::CodecError> {
         match self {
-            TallyEvent::Added(added) => serde_json::to_vec(added),
+            TallyEvent::Added(added) => codec.encode(added),
         }
     }
 
     fn decode(record: &RecordedEvent) -> Result<Self, DecodeError> {
         match record.event_type.as_str() {
-            "Added" => strata::event::decode_json(record).map(TallyEvent::Added),
+            "Added" => strata::event::decode_payload(record).map(TallyEvent::Added),
             _ => Err(strata::event::unknown_type(record)),
         }
     }

@@ -31,11 +31,17 @@ pub struct BusConfig {
     pub conflict_budget: Duration,
     /// How many aggregates are kept in memory at most.
     pub cache_capacity: usize,
+    /// How new events' payloads are encoded.
+    pub codec: crate::codec::Codec,
 }
 
 impl Default for BusConfig {
     fn default() -> Self {
-        Self { conflict_budget: Duration::from_secs(2), cache_capacity: 10_000 }
+        Self {
+            conflict_budget: Duration::from_secs(2),
+            cache_capacity: 10_000,
+            codec: crate::codec::Codec::Json,
+        }
     }
 }
 
@@ -107,7 +113,7 @@ pub enum CommandError<E: std::error::Error + 'static> {
     Decode(#[from] DecodeError),
     /// An emitted event could not be encoded.
     #[error("cannot encode event: {0}")]
-    Encode(#[from] serde_json::Error),
+    Encode(#[from] crate::codec::CodecError),
 }
 
 /// An aggregate as loaded: its state and the stream version it reflects.
@@ -216,7 +222,7 @@ impl<S: EventStore> CommandBus<S> {
                         Some(context.command_id.clone()),
                     );
                     metadata.user = context.user.clone();
-                    event.to_new_event(metadata)
+                    event.to_new_event_as(metadata, self.config.codec)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let expected = ExpectedVersion::of(loaded.version);

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::codec::{Codec, CodecError};
 use crate::stream::{Position, StreamId, Version};
 
 /// Who and what caused an event; stored with every event and never interpreted by the store.
@@ -99,7 +100,7 @@ pub enum DecodeError {
         event_type: String,
         /// What the decoder said.
         #[source]
-        source: serde_json::Error,
+        source: CodecError,
     },
 }
 
@@ -119,29 +120,38 @@ pub trait DomainEvent: Sized + Send + Sync + 'static {
         &crate::upcast::EventSchemas::UNDECLARED
     }
 
-    /// Encodes the payload (without the type name, which is stored beside it).
-    fn encode(&self) -> Result<Vec<u8>, serde_json::Error>;
+    /// Encodes the payload (without the type name, which is stored beside it) with `codec`.
+    fn encode(&self, codec: Codec) -> Result<Vec<u8>, CodecError>;
 
     /// Decodes a stored event. The whole record is given so that a type spanning several
     /// aggregates can tell them apart by `record.stream.aggregate_type`.
     fn decode(record: &RecordedEvent) -> Result<Self, DecodeError>;
 
-    /// Encodes this event with `metadata` for appending.
-    fn to_new_event(&self, metadata: EventMetadata) -> Result<NewEvent, serde_json::Error> {
+    /// Encodes this event as JSON with `metadata` for appending.
+    fn to_new_event(&self, metadata: EventMetadata) -> Result<NewEvent, CodecError> {
+        self.to_new_event_as(metadata, Codec::Json)
+    }
+
+    /// Encodes this event with `codec` and `metadata` for appending.
+    fn to_new_event_as(
+        &self,
+        metadata: EventMetadata,
+        codec: Codec,
+    ) -> Result<NewEvent, CodecError> {
         Ok(NewEvent {
             event_type: self.event_type().to_owned(),
             schema_version: self.schema_version(),
-            payload: self.encode()?,
+            payload: self.encode(codec)?,
             metadata,
         })
     }
 }
 
-/// Decodes a JSON payload into `T`, naming the event type in the error.
-pub fn decode_json<T: serde::de::DeserializeOwned>(
+/// Decodes a payload of either codec into `T`, naming the event type in the error.
+pub fn decode_payload<T: serde::de::DeserializeOwned>(
     record: &RecordedEvent,
 ) -> Result<T, DecodeError> {
-    serde_json::from_slice(&record.payload)
+    crate::codec::decode(&record.payload)
         .map_err(|source| DecodeError::Payload { event_type: record.event_type.clone(), source })
 }
 

@@ -7,6 +7,7 @@
 pub mod aggregate;
 pub mod audit;
 pub mod bus;
+pub mod codec;
 pub mod event;
 pub mod idempotency;
 pub mod lease;
@@ -24,6 +25,7 @@ pub mod view_manager;
 pub use aggregate::{Aggregate, Decision, Rejection, RejectionKind};
 pub use audit::{AuditError, AuditQuery, AuditSubject};
 pub use bus::{BusConfig, CommandBus, CommandContext, CommandError, CommandOutcome, Loaded};
+pub use codec::{Codec, CodecError};
 pub use event::{DecodeError, DomainEvent, Envelope, EventMetadata, NewEvent, RecordedEvent};
 pub use idempotency::{IdempotencyClaim, IdempotencyError, IdempotencyRecord, IdempotencyStore};
 pub use lease::{Lease, LeaseError, Leases, LocalLeases};

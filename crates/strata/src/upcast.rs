@@ -117,15 +117,12 @@ impl EventSchemas {
             .collect())
     }
 
-    /// Decodes `record`'s JSON payload as the current version of its type, upcasting a
+    /// Decodes `record`'s payload (either codec) as the current version of its type, upcasting a
     /// payload of an older version first.
-    pub fn decode_json<T: DeserializeOwned>(
-        &self,
-        record: &RecordedEvent,
-    ) -> Result<T, DecodeError> {
+    pub fn decode<T: DeserializeOwned>(&self, record: &RecordedEvent) -> Result<T, DecodeError> {
         let current = self.current(&record.event_type);
         if record.schema_version == current {
-            return crate::event::decode_json(record);
+            return crate::event::decode_payload(record);
         }
         let refuse = |reason: String| DecodeError::Upcast {
             event_type: record.event_type.clone(),
@@ -134,7 +131,7 @@ impl EventSchemas {
         };
         self.check(&record.event_type, record.schema_version)
             .map_err(|unreadable| refuse(unreadable.to_string()))?;
-        let mut value: serde_json::Value = crate::event::decode_json(record)?;
+        let mut value: serde_json::Value = crate::event::decode_payload(record)?;
         for from in record.schema_version..current {
             let upcaster = self
                 .upcaster(&record.event_type, from)
@@ -144,7 +141,7 @@ impl EventSchemas {
         }
         serde_json::from_value(value).map_err(|source| DecodeError::Payload {
             event_type: record.event_type.clone(),
-            source,
+            source: source.into(),
         })
     }
 }
@@ -195,9 +192,9 @@ mod tests {
 
     #[test]
     fn old_payloads_go_through_every_upcaster_up_to_the_current_version() {
-        let v1 = SCHEMAS.decode_json::<Counted>(&stored("Counted", 1, r#"{"n": 5}"#)).unwrap();
-        let v2 = SCHEMAS.decode_json::<Counted>(&stored("Counted", 2, r#"{"count": 5}"#)).unwrap();
-        let v3 = SCHEMAS.decode_json::<Counted>(&stored("Counted", 3, r#"{"count": 5}"#)).unwrap();
+        let v1 = SCHEMAS.decode::<Counted>(&stored("Counted", 1, r#"{"n": 5}"#)).unwrap();
+        let v2 = SCHEMAS.decode::<Counted>(&stored("Counted", 2, r#"{"count": 5}"#)).unwrap();
+        let v3 = SCHEMAS.decode::<Counted>(&stored("Counted", 3, r#"{"count": 5}"#)).unwrap();
         assert_eq!((v1.count, v2.count, v3.count), (10, 10, 5));
     }
 
@@ -207,7 +204,7 @@ mod tests {
         assert!(matches!(SCHEMAS.check("Counted", 4), Err(Unreadable::Newer { current: 3, .. })));
         assert!(matches!(SCHEMAS.check("Other", 0), Err(Unreadable::NoPath { missing: 0, .. })));
         assert!(matches!(SCHEMAS.check("Gone", 1), Err(Unreadable::UnknownType { .. })));
-        let error = SCHEMAS.decode_json::<Counted>(&stored("Counted", 4, "{}")).unwrap_err();
+        let error = SCHEMAS.decode::<Counted>(&stored("Counted", 4, "{}")).unwrap_err();
         assert!(error.to_string().contains("newer than this code's version 3"), "{error}");
         assert_eq!(EventSchemas::UNDECLARED.check("Anything", 1), Ok(()));
     }

@@ -68,7 +68,8 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = anyhow::Result<R>>,
 {
-    let bus = Arc::new(CommandBus::new(events.clone(), BusConfig::default()));
+    let config = BusConfig { codec: plan.codec, ..BusConfig::default() };
+    let bus = Arc::new(CommandBus::new(events.clone(), config));
     let projection =
         ProjectionRunner::new("bench").spawn(order_summary(), events.clone(), views.clone());
     let done = Arc::new(AtomicU64::new(0));

@@ -2,6 +2,7 @@
 //! against a running service, ending with a table (or `--json`) of the figures people compare.
 //! Figures are printed only when every `order_summary` row is correct.
 
+mod codecs;
 mod histogram;
 mod http;
 mod in_process;
@@ -50,10 +51,17 @@ pub struct BenchArgs {
     /// Print the figures as one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// How the workload's events are encoded (in-process runs): json or binary.
+    #[arg(long, default_value = "json", value_name = "CODEC")]
+    pub event_codec: strata::Codec,
     /// Instead of W1: the cost of the first command on an order of N events after a restart,
     /// with and without its snapshot, against an order of 20 events.
     #[arg(long, value_name = "N")]
     pub long_stream: Option<u64>,
+    /// Instead of W1: bytes per event and encode/decode cost of each payload codec, on
+    /// --orders × 10 events of W1.
+    #[arg(long)]
+    pub codecs: bool,
 }
 
 /// Why a benchmark could not run as asked; exits with the usage code.
@@ -79,7 +87,12 @@ impl BenchArgs {
                 "--contended needs --orders of at least 16".into(),
             ));
         }
-        Ok(Plan { orders: self.orders, tasks: self.concurrency, contended: self.contended })
+        Ok(Plan {
+            orders: self.orders,
+            tasks: self.concurrency,
+            contended: self.contended,
+            codec: self.event_codec,
+        })
     }
 }
 
@@ -124,6 +137,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(events) = args.long_stream {
         return run_long_stream(&args, events).await;
     }
+    if args.codecs {
+        let events = usize::try_from(args.orders.saturating_mul(10)).unwrap_or(usize::MAX);
+        let figures = codecs::run(events)?;
+        if args.json {
+            let rows: Vec<_> = figures
+                .iter()
+                .map(|f| {
+                    serde_json::json!({"codec": f.codec, "bytes_per_event": f.bytes_per_event,
+                        "encode_ns": f.encode_ns, "decode_ns": f.decode_ns})
+                })
+                .collect();
+            println!("{}", serde_json::json!({"codecs": rows, "machine": system::machine()}));
+        } else {
+            print!("{}", codecs::table(events, &figures));
+        }
+        return Ok(());
+    }
     let plan = args.plan()?;
     let (target, outcome) = match &args.http {
         Some(url) => {
@@ -132,7 +162,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         None => run_store(&args, plan).await?,
     };
     let setup = Setup {
-        target,
+        target: format!("{target}, {} payloads", plan.codec),
         orders: plan.orders,
         concurrency: plan.tasks,
         contended: plan.contended,

@@ -24,6 +24,8 @@ pub struct Plan {
     pub tasks: usize,
     /// Whether all tasks write to the same 16 orders.
     pub contended: bool,
+    /// How the commands' events are encoded.
+    pub codec: strata::Codec,
 }
 
 impl Plan {
@@ -89,7 +91,7 @@ mod tests {
 
     #[test]
     fn disjoint_tasks_cover_every_order_once_with_nine_lines() {
-        let plan = Plan { orders: 100, tasks: 7, contended: false };
+        let plan = Plan { orders: 100, tasks: 7, contended: false, codec: strata::Codec::Json };
         assert_eq!(plan.total_commands(), 1000);
         let sent: usize = (0..7).map(|t| plan.task(t).count()).sum();
         assert_eq!(sent, 1000, "the tasks send every command once");
@@ -103,7 +105,7 @@ mod tests {
 
     #[test]
     fn contended_tasks_rotate_over_sixteen_orders() {
-        let plan = Plan { orders: 10_000, tasks: 64, contended: true };
+        let plan = Plan { orders: 10_000, tasks: 64, contended: true, codec: strata::Codec::Json };
         assert_eq!(plan.total_commands(), 16 + 64 * 160);
         assert_eq!(plan.orders().count(), 16);
         assert!(plan.orders().all(|n| plan.expected(n) == (640, 640 * 100)));

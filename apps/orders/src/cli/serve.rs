@@ -32,6 +32,10 @@ pub struct ServeArgs {
         value_parser = parse_duration
     )]
     pub idempotency_ttl: Duration,
+    /// How new events' payloads are encoded: json (readable) or binary (MessagePack;
+    /// smaller). A store holds both; switching is safe.
+    #[arg(long, env = "STRATA_EVENT_CODEC", default_value = "json", value_name = "CODEC")]
+    pub event_codec: strata::Codec,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -69,18 +73,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let stores = backends::open_sqlite(&dir)
                 .with_context(|| format!("cannot open the SQLite store in {}", dir.display()))?;
             println!("strata: data in {} (SQLite)", dir.display());
-            serve(stores, listener, node_id, args.idempotency_ttl).await
+            serve(stores, listener, node_id, args.idempotency_ttl, args.event_codec).await
         }
         StoreLocation::Postgres(url) => {
             let stores = backends::open_postgres(&url, &node_id)
                 .await
                 .context("cannot open the PostgreSQL store")?;
             println!("strata: data in PostgreSQL ({})", redacted(&url));
-            serve(stores, listener, node_id, args.idempotency_ttl).await
+            serve(stores, listener, node_id, args.idempotency_ttl, args.event_codec).await
         }
         StoreLocation::Memory => {
             println!("strata: data in memory (lost when the process ends)");
-            serve(backends::memory(), listener, node_id, args.idempotency_ttl).await
+            serve(backends::memory(), listener, node_id, args.idempotency_ttl, args.event_codec)
+                .await
         }
     }
 }
@@ -90,6 +95,7 @@ async fn serve<B: Backend>(
     listener: TcpListener,
     node_id: String,
     idempotency_ttl: Duration,
+    codec: strata::Codec,
 ) -> anyhow::Result<()> {
     // An event this code cannot read would stop the projections at it and refuse every
     // command on its aggregate: better not to start, and say which.
@@ -106,7 +112,7 @@ async fn serve<B: Backend>(
         );
     }
     let app = Arc::new(
-        App::start(stores, node_id, BusConfig::default())
+        App::start(stores, node_id, BusConfig { codec, ..BusConfig::default() })
             .await
             .context("cannot prepare the projections' tables")?,
     );

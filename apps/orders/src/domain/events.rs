@@ -29,11 +29,11 @@ impl DomainEvent for OrdersEvent {
         &super::SCHEMAS
     }
 
-    fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
+    fn encode(&self, codec: strata::Codec) -> Result<Vec<u8>, strata::CodecError> {
         match self {
-            OrdersEvent::Customer(e) => e.encode(),
-            OrdersEvent::Product(e) => e.encode(),
-            OrdersEvent::Order(e) => e.encode(),
+            OrdersEvent::Customer(e) => e.encode(codec),
+            OrdersEvent::Product(e) => e.encode(codec),
+            OrdersEvent::Order(e) => e.encode(codec),
         }
     }
 

@@ -28,13 +28,13 @@ macro_rules! json_events {
                 &$crate::domain::SCHEMAS
             }
 
-            fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
-                match self { $($enum::$variant(payload) => serde_json::to_vec(payload),)+ }
+            fn encode(&self, codec: strata::Codec) -> Result<Vec<u8>, strata::CodecError> {
+                match self { $($enum::$variant(payload) => codec.encode(payload),)+ }
             }
 
             fn decode(record: &strata::RecordedEvent) -> Result<Self, strata::DecodeError> {
                 match record.event_type.as_str() {
-                    $(stringify!($variant) => Ok($enum::$variant(Self::schemas().decode_json(record)?)),)+
+                    $(stringify!($variant) => Ok($enum::$variant(Self::schemas().decode(record)?)),)+
                     _ => Err(strata::event::unknown_type(record)),
                 }
             }

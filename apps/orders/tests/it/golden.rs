@@ -1,7 +1,7 @@
 //! Events that live for years. `tests/golden/events.jsonl` holds, as `strata events export`
 //! writes them, events of every type at every schema version the service has ever written
 //! (`OrderPlaced` version 1 in both of its shapes: without a payment method and address, and
-//! with them as optional fields). Lines are only ever added: a new schema version gets a line
+//! with them as optional fields), in each payload codec. Lines are only ever added: a new schema version gets a line
 //! of its own, and the file stays importable (positions increase, stream versions follow).
 //!
 //! Each line still loads; the file covers every version `SCHEMAS` declares; a version 1
@@ -16,8 +16,8 @@ use chrono::{DateTime, Utc};
 use orders::domain::{OrderEvent, OrdersEvent, SCHEMAS};
 use serde_json::{Value, json};
 use strata::{
-    DomainEvent, EventMetadata, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent,
-    StreamId, Version,
+    Codec, DomainEvent, EventMetadata, EventStore, ExpectedVersion, NewEvent, Position,
+    RecordedEvent, StreamId, Version,
 };
 use strata_sqlite::SqliteEventStore;
 
@@ -44,7 +44,10 @@ fn golden() -> Vec<(Value, RecordedEvent)> {
                 position: Position(line["position"].as_u64().unwrap()),
                 event_type: line["type"].as_str().unwrap().to_owned(),
                 schema_version: u32::try_from(line["schema_version"].as_u64().unwrap()).unwrap(),
-                payload: serde_json::to_vec(&line["data"]).unwrap(),
+                payload: match line["codec"].as_str() {
+                    Some("binary") => Codec::Binary.encode(&line["data"]).unwrap(),
+                    _ => serde_json::to_vec(&line["data"]).unwrap(),
+                },
                 metadata: EventMetadata {
                     event_id: metadata["event_id"].as_str().unwrap().parse().unwrap(),
                     correlation_id: "golden".to_owned(),

@@ -5,6 +5,7 @@
 
 mod api;
 mod cluster;
+mod codecs;
 mod concurrency;
 mod errors;
 mod golden;

@@ -41,7 +41,7 @@ struct MetadataJson {
 impl From<RecordedEvent> for EventJson {
     fn from(event: RecordedEvent) -> Self {
         // Payloads are usually JSON; anything else is shown as text, not dropped.
-        let data = serde_json::from_slice(&event.payload).unwrap_or_else(|_| {
+        let data = strata::codec::decode(&event.payload).unwrap_or_else(|_| {
             serde_json::Value::String(String::from_utf8_lossy(&event.payload).into_owned())
         });
         EventJson {

@@ -119,7 +119,7 @@ async fn if_match_makes_a_command_conditional() {
 async fn concurrent_commands_on_one_aggregate_lose_nothing() {
     let bus = Arc::new(CommandBus::new(
         Arc::new(InMemoryEventStore::new()),
-        BusConfig { conflict_budget: Duration::ZERO, cache_capacity: 2 },
+        BusConfig { conflict_budget: Duration::ZERO, cache_capacity: 2, ..BusConfig::default() },
     ));
     bus.execute::<Counter>("o.hot", open("o"), &context()).await.unwrap();
     let mut tasks = Vec::new();

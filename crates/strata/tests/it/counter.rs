@@ -2,7 +2,7 @@
 //! incremented and closed.
 
 use serde::{Deserialize, Serialize};
-use strata::event::{decode_json, unknown_type};
+use strata::event::{decode_payload, unknown_type};
 use strata::{
     Aggregate, ApplyError, Decision, DecodeError, DomainEvent, Envelope, RecordedEvent, View,
 };
@@ -20,16 +20,16 @@ impl DomainEvent for CounterEvent {
             CounterEvent::Incremented { .. } => "Incremented",
         }
     }
-    fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
+    fn encode(&self, codec: strata::Codec) -> Result<Vec<u8>, strata::CodecError> {
         match self {
-            CounterEvent::Opened { owner } => serde_json::to_vec(owner),
-            CounterEvent::Incremented { by } => serde_json::to_vec(by),
+            CounterEvent::Opened { owner } => codec.encode(owner),
+            CounterEvent::Incremented { by } => codec.encode(by),
         }
     }
     fn decode(record: &RecordedEvent) -> Result<Self, DecodeError> {
         match record.event_type.as_str() {
-            "Opened" => Ok(CounterEvent::Opened { owner: decode_json(record)? }),
-            "Incremented" => Ok(CounterEvent::Incremented { by: decode_json(record)? }),
+            "Opened" => Ok(CounterEvent::Opened { owner: decode_payload(record)? }),
+            "Incremented" => Ok(CounterEvent::Incremented { by: decode_payload(record)? }),
             _ => Err(unknown_type(record)),
         }
     }

@@ -152,7 +152,9 @@ fn parse(reader: impl BufRead) -> anyhow::Result<Input> {
         let joins_last = groups
             .last()
             .is_some_and(|group| group.stream == stream && group.events.len() < IMPORT_BATCH);
-        let event = event.into_new_event();
+        let event = event
+            .into_new_event()
+            .with_context(|| format!("line {number}: the data does not encode as binary"))?;
         match groups.last_mut() {
             Some(group) if joins_last => {
                 group.lines.push(number);

@@ -6,7 +6,7 @@ use anyhow::anyhow;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use strata::{EventMetadata, NewEvent, RecordedEvent, StreamId};
+use strata::{Codec, EventMetadata, NewEvent, RecordedEvent, StreamId};
 use uuid::Uuid;
 
 /// One event as a line of the export. A struct of its own, not `RecordedEvent`, so that the
@@ -23,7 +23,11 @@ pub(super) struct EventLine {
     pub(super) event_type: String,
     pub(super) schema_version: u32,
     /// The payload, kept byte for byte: a raw value is neither re-ordered nor re-formatted.
+    /// A binary payload is shown as the JSON it decodes to.
     pub(super) data: Box<RawValue>,
+    /// The codec the payload is stored with; left out for JSON, so import stores it the same.
+    #[serde(default, skip_serializing_if = "Codec::is_json")]
+    pub(super) codec: Codec,
     pub(super) metadata: MetadataLine,
 }
 
@@ -75,9 +79,19 @@ impl EventLine {
                 event.event_type
             )
         };
-        let text = std::str::from_utf8(&event.payload).map_err(|e| not_json(e.to_string()))?;
-        let mut data: Box<RawValue> =
-            serde_json::from_str(text).map_err(|e| not_json(e.to_string()))?;
+        let codec = Codec::of(&event.payload);
+        let mut data: Box<RawValue> = match codec {
+            Codec::Json => {
+                let text =
+                    std::str::from_utf8(&event.payload).map_err(|e| not_json(e.to_string()))?;
+                serde_json::from_str(text).map_err(|e| not_json(e.to_string()))?
+            }
+            Codec::Binary => {
+                let value: serde_json::Value =
+                    strata::codec::decode(&event.payload).map_err(|e| not_json(e.to_string()))?;
+                RawValue::from_string(value.to_string()).map_err(|e| not_json(e.to_string()))?
+            }
+        };
         // A line break inside the payload (only possible as whitespace between tokens: JSON
         // strings escape theirs) would split the line; such a payload is written compacted.
         if data.get().contains(['\n', '\r']) {
@@ -93,6 +107,7 @@ impl EventLine {
             event_type: event.event_type.clone(),
             schema_version: event.schema_version,
             data,
+            codec,
             metadata: MetadataLine {
                 event_id: metadata.event_id,
                 correlation_id: metadata.correlation_id.clone(),
@@ -107,11 +122,19 @@ impl EventLine {
         StreamId::new(self.aggregate_type.clone(), self.aggregate_id.clone())
     }
 
-    pub(super) fn into_new_event(self) -> NewEvent {
-        NewEvent {
+    /// The event to append; a binary payload is encoded again from its JSON.
+    pub(super) fn into_new_event(self) -> anyhow::Result<NewEvent> {
+        let payload = match self.codec {
+            Codec::Json => self.data.get().as_bytes().to_vec(),
+            Codec::Binary => {
+                let value: serde_json::Value = serde_json::from_str(self.data.get())?;
+                Codec::Binary.encode(&value)?
+            }
+        };
+        Ok(NewEvent {
             event_type: self.event_type,
             schema_version: self.schema_version,
-            payload: self.data.get().as_bytes().to_vec(),
+            payload,
             metadata: EventMetadata {
                 event_id: self.metadata.event_id,
                 correlation_id: self.metadata.correlation_id,
@@ -119,7 +142,7 @@ impl EventLine {
                 user: self.metadata.user,
                 recorded_at: self.metadata.recorded_at,
             },
-        }
+        })
     }
 }
 
