@@ -105,8 +105,10 @@ async fn answer<I: IdempotencyStore>(
         digest.update(parts.method.as_str());
         digest.update(b" ");
         digest.update(parts.uri.path());
-        digest.update(b"\nIf-Match: ");
+        // Only when present, so that a request without If-Match has the digest it had before
+        // If-Match counted: keys recorded by earlier releases keep matching their retries.
         if let Some(if_match) = parts.headers.get(header::IF_MATCH) {
+            digest.update(b"\nIf-Match: ");
             digest.update(if_match.as_bytes());
         }
         digest.update(b"\n");
@@ -148,7 +150,12 @@ async fn answer<I: IdempotencyStore>(
         let _in_flight = guard;
         let mut response = next.run(request).await;
         if replayed {
-            response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+            // Only an answer that is the first one is a replay; a failure now (the store
+            // unreachable while the route read something) is this request's own.
+            if response.status().is_success() {
+                let replayed = HeaderValue::from_static("true");
+                response.headers_mut().insert("idempotent-replayed", replayed);
+            }
             return response;
         }
         let status = response.status();

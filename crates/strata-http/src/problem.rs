@@ -176,7 +176,10 @@ impl<E: Rejection + 'static> From<CommandError<E>> for Problem {
             CommandError::Conflict { stream, expected, actual } => Problem::conflict(format!(
                 "{stream} is at version {actual}, but the request expected {expected}"
             )),
-            CommandError::KeyReused(key) => Problem::conflict(format!(
+            CommandError::KeyReused(key) => Problem::unprocessable(format!(
+                "Idempotency-Key {key:?} was already used with a different route, If-Match or body"
+            )),
+            CommandError::KeyBusy(key) => Problem::conflict(format!(
                 "a request with Idempotency-Key {key:?} was being answered at the same time; \
                  send it again to get that answer"
             )),

@@ -52,12 +52,14 @@ const READ_POSITIONS: &str = concat!(
 
 const READ_SNAPSHOT: &str = "SELECT version, format, state FROM strata_snapshots \
      WHERE aggregate_type = $1 AND aggregate_id = $2";
-// The newer snapshot wins when two nodes write one for the same stream.
+// The newer snapshot wins when two nodes write one for the same stream; at the same version
+// a new format replaces an old one, or a final stream would keep an unreadable one for good.
 const WRITE_SNAPSHOT: &str = "INSERT INTO strata_snapshots (aggregate_type, aggregate_id, \
      version, format, state) VALUES ($1, $2, $3, $4, $5) \
      ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE \
      SET version = excluded.version, format = excluded.format, state = excluded.state \
-     WHERE strata_snapshots.version < excluded.version";
+     WHERE strata_snapshots.version < excluded.version \
+     OR (strata_snapshots.version = excluded.version AND strata_snapshots.format <> excluded.format)";
 const EVENT_TYPES: &str = "SELECT DISTINCT event_type, schema_version FROM strata_events";
 
 /// An [`EventStore`] on PostgreSQL, safe to run on several nodes against one schema.
@@ -172,6 +174,16 @@ impl EventStore for PgEventStore {
     ) -> Result<AppendOutcome, StoreError> {
         let claim = (claim.key.clone(), claim.fingerprint.clone());
         self.append_with(stream, expected, events, Some(claim)).await
+    }
+
+    async fn read_claim(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let read = async {
+            let client = self.inner.database.pool().get().await?;
+            let statement = client.prepare_cached(writer::SELECT_KEY).await?;
+            let row = client.query_opt(&statement, &[&key]).await?;
+            row.as_ref().map(writer::read_record).transpose()
+        };
+        read.await.map_err(DbError::into_store_error)
     }
 
     async fn read_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
@@ -341,13 +353,7 @@ const EXPIRE_KEYS: &str = "DELETE FROM strata_idempotency WHERE key IN \
 /// another node finds them too.
 impl IdempotencyStore for PgEventStore {
     async fn get(&self, key: &str) -> Result<Option<IdempotencyRecord>, IdempotencyError> {
-        let read = async {
-            let client = self.inner.database.pool().get().await?;
-            let statement = client.prepare_cached(writer::SELECT_KEY).await?;
-            let row = client.query_opt(&statement, &[&key]).await?;
-            row.as_ref().map(writer::read_record).transpose()
-        };
-        read.await.map_err(DbError::into_idempotency_error)
+        self.read_claim(key).await.map_err(|error| IdempotencyError(Box::new(error)))
     }
 
     async fn put_answer(

@@ -661,8 +661,17 @@ impl Claims {
 
 /// The caller's error for a request whose key has a record already.
 async fn taken(connection: &Connection, key: &str) -> Result<StoreError, DbError> {
-    let row = connection.client.query_one(&connection.statements.select_key, &[&key]).await?;
-    Ok(StoreError::KeyClaimed { key: key.to_owned(), record: Box::new(read_record(&row)?) })
+    match connection.client.query_opt(&connection.statements.select_key, &[&key]).await? {
+        Some(row) => {
+            Ok(StoreError::KeyClaimed { key: key.to_owned(), record: Box::new(read_record(&row)?) })
+        }
+        // Expired by another node between the insert that found it and this read: this
+        // request alone fails, and its retry finds the key free.
+        None => Ok(StoreError::Backend(
+            format!("idempotency key {key:?} expired while this append claimed it; try again")
+                .into(),
+        )),
+    }
 }
 
 /// An idempotency record from a row of [`SELECT_KEY`].

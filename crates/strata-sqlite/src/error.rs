@@ -1,13 +1,13 @@
 //! Errors of this crate: [`SqliteError`] for opening a database (the only failures a caller
 //! sees from this crate directly), and the internal [`DbError`] that every operation uses
-//! until it is turned into the core's `StoreError`, `ViewError` or `IdempotencyError`.
+//! until it is turned into the core's `StoreError` or `ViewError`.
 //!
 //! Runtime failures are not `SqliteError`s: the traits define their own error types, and
 //! callers (the command bus, `strata-http`) only know those.
 
 use std::path::PathBuf;
 
-use strata::{IdempotencyError, StoreError, ViewError};
+use strata::{StoreError, ViewError};
 
 /// Why a SQLite database could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -144,10 +144,6 @@ impl DbError {
 
     pub(crate) fn into_view_error(self) -> ViewError {
         ViewError::Backend(Box::new(self))
-    }
-
-    pub(crate) fn into_idempotency_error(self) -> IdempotencyError {
-        IdempotencyError(Box::new(self))
     }
 }
 

@@ -250,6 +250,18 @@ impl EventStore for SqliteEventStore {
         self.append_with(stream, expected, events, Some(claim)).await
     }
 
+    async fn read_claim(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let key = key.to_owned();
+        self.inner
+            .readers
+            .run(move |connection| {
+                let mut statement = connection.prepare_cached(writer::SELECT_KEY)?;
+                Ok(statement.query_row([key], writer::read_record).optional()?)
+            })
+            .await
+            .map_err(DbError::into_store_error)
+    }
+
     async fn read_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
         let stream = stream.clone();
         self.inner
@@ -442,15 +454,7 @@ fn nanos(time: DateTime<chrono::Utc>) -> Result<i64, StoreError> {
 
 impl IdempotencyStore for SqliteEventStore {
     async fn get(&self, key: &str) -> Result<Option<IdempotencyRecord>, IdempotencyError> {
-        let key = key.to_owned();
-        self.inner
-            .readers
-            .run(move |connection| {
-                let mut statement = connection.prepare_cached(writer::SELECT_KEY)?;
-                Ok(statement.query_row([key], writer::read_record).optional()?)
-            })
-            .await
-            .map_err(DbError::into_idempotency_error)
+        self.read_claim(key).await.map_err(|error| IdempotencyError(Box::new(error)))
     }
 
     async fn put_answer(

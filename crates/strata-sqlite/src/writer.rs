@@ -48,11 +48,13 @@ pub(crate) const SELECT_KEY: &str = "SELECT fingerprint, aggregate_type, aggrega
 // The first record for a key wins; a later answer for it is not an error, it just loses.
 const PUT_ANSWER: &str = "INSERT INTO idempotency (key, fingerprint, answer, created_at) \
      VALUES (?1, ?2, ?3, ?4) ON CONFLICT (key) DO NOTHING";
-// The newer snapshot wins, whatever order writes arrive in.
+// The newer snapshot wins, whatever order writes arrive in; at the same version a new format
+// replaces an old one, or a final stream would keep an unreadable snapshot for good.
 const WRITE_SNAPSHOT: &str = "INSERT INTO snapshots (aggregate_type, aggregate_id, version, \
      format, state) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (aggregate_type, aggregate_id) \
      DO UPDATE SET version = excluded.version, format = excluded.format, state = excluded.state \
-     WHERE snapshots.version < excluded.version";
+     WHERE snapshots.version < excluded.version \
+     OR (snapshots.version = excluded.version AND snapshots.format <> excluded.format)";
 const EXPIRE_KEYS: &str = "DELETE FROM idempotency WHERE key IN \
      (SELECT key FROM idempotency WHERE created_at < ?1 LIMIT ?2)";
 

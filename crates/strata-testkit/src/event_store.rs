@@ -398,6 +398,10 @@ async fn the_newest_snapshot_of_a_stream_is_kept<S: EventStore>(store: &S) {
     store.write_snapshot(&s, &at(20, b"twenty")).await.expect("write a newer one");
     assert_eq!(store.read_snapshot(&s).await.expect("read"), Some(at(20, b"twenty")));
     assert_eq!(store.read_snapshot(&stream("other")).await.expect("read"), None, "per stream");
+    let reformatted = Snapshot { version: Version(20), format: 4, state: b"new shape".to_vec() };
+    store.write_snapshot(&s, &reformatted).await.expect("write another format");
+    let stored = store.read_snapshot(&s).await.expect("read");
+    assert_eq!(stored, Some(reformatted), "another format replaces one of the same version");
 }
 
 async fn racing_appends_at_one_version_let_exactly_one_win<S: EventStore>(store: &Arc<S>) {

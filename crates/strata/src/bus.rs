@@ -101,10 +101,14 @@ pub enum CommandError<E: std::error::Error + 'static> {
         /// The version found.
         actual: Version,
     },
-    /// The idempotency key was used first by a request that appended nothing, or by another
-    /// request than this one.
+    /// The idempotency key was used first by another request (another route, `If-Match` or
+    /// body).
     #[error("idempotency key {0:?} was used by another request")]
     KeyReused(String),
+    /// The idempotency key's first request appended nothing and its answer was being stored
+    /// while this one ran; sent again, the request gets that answer.
+    #[error("idempotency key {0:?} was being answered at the same time")]
+    KeyBusy(String),
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),
@@ -149,16 +153,44 @@ impl<S: EventStore> CommandBus<S> {
     /// Handles `command` on aggregate `id` of type `A`: loads it (from the cache when
     /// possible), decides, appends what it emitted with the version it decided against, and
     /// decides again after a conflict until [`BusConfig::conflict_budget`] is spent.
+    ///
+    /// With an idempotency claim, a key that appended already is answered with what it
+    /// appended, undecided; and a refusal or conflict is checked against the key's record,
+    /// since the key's first request may have acted on another node meanwhile (its own
+    /// effect, an order already shipped, is then what refused this one).
     pub async fn execute<A: Aggregate>(
         &self,
         id: &str,
         command: A::Command,
         context: &CommandContext,
     ) -> Result<CommandOutcome, CommandError<A::Error>> {
-        let claim = context.idempotency.as_ref();
-        if let Some(recorded) = claim.and_then(|claim| claim.recorded.as_ref()) {
+        let Some(claim) = context.idempotency.as_ref() else {
+            return self.decide_and_append::<A>(id, command, context, None).await;
+        };
+        if let Some(recorded) = &claim.recorded {
             return Ok(recorded.clone());
         }
+        let decided = self.decide_and_append::<A>(id, command, context, Some(claim)).await;
+        match decided {
+            Err(error @ (CommandError::Rejected(_) | CommandError::Conflict { .. })) => {
+                let record =
+                    self.store.read_claim(&claim.key).await.map_err(CommandError::Store)?;
+                match record.map(|record| answered_by(claim, record)) {
+                    Some(Some(answer)) => answer,
+                    _ => Err(error),
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn decide_and_append<A: Aggregate>(
+        &self,
+        id: &str,
+        command: A::Command,
+        context: &CommandContext,
+        claim: Option<&IdempotencyClaim>,
+    ) -> Result<CommandOutcome, CommandError<A::Error>> {
         let stream = StreamId::new(A::TYPE, id);
         let slot = self.cache.slot(&stream);
         let mut cached = slot.lock().await;
@@ -264,11 +296,10 @@ impl<S: EventStore> CommandBus<S> {
                     }
                 }
                 Err(StoreError::KeyClaimed { key, record }) => {
-                    let first = claim.filter(|claim| claim.fingerprint == record.fingerprint);
-                    return match (first, record.appended) {
-                        // Another node's request with the same key appended first.
-                        (Some(_), Some(appended)) => Ok(appended),
-                        _ => Err(CommandError::KeyReused(key)),
+                    // Another request with the same key got there first, on any node.
+                    return match claim.and_then(|claim| answered_by(claim, *record)) {
+                        Some(answer) => answer,
+                        None => Err(CommandError::KeyBusy(key)),
                     };
                 }
                 Err(other) => return Err(CommandError::Store(other)),
@@ -294,6 +325,18 @@ impl<S: EventStore> CommandBus<S> {
         *cached = Some(Box::new(loaded.clone()));
         Ok(loaded)
     }
+}
+
+/// What `record`, found for `claim`'s key, answers: the first request's outcome when it was
+/// this request and appended, a refusal when it was another request, nothing otherwise.
+fn answered_by<E: std::error::Error + 'static>(
+    claim: &IdempotencyClaim,
+    record: crate::idempotency::IdempotencyRecord,
+) -> Option<Result<CommandOutcome, CommandError<E>>> {
+    if record.fingerprint != claim.fingerprint {
+        return Some(Err(CommandError::KeyReused(claim.key.clone())));
+    }
+    record.appended.map(Ok)
 }
 
 /// Applies the events appended to `stream` after `loaded.version`; says whether there were any.

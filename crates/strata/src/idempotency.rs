@@ -84,8 +84,12 @@ pub async fn expire_keys<I: IdempotencyStore>(store: Arc<I>, ttl: Duration, ever
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let Ok(ttl) = chrono::Duration::from_std(ttl) else { return };
-        let before = Utc::now() - ttl;
+        let before =
+            chrono::Duration::from_std(ttl).ok().and_then(|ttl| Utc::now().checked_sub_signed(ttl));
+        let Some(before) = before else {
+            tracing::warn!(?ttl, "the idempotency TTL is too long to compute; keys never expire");
+            return;
+        };
         let mut forgotten = 0;
         loop {
             match store.expire(before, EXPIRY_STEP).await {

@@ -135,6 +135,10 @@ impl EventStore for InMemoryEventStore {
         self.append_with(stream, expected, events, Some(claim))
     }
 
+    async fn read_claim(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        Ok(locked(&self.log).keys.get(key).map(|(record, _)| record.clone()))
+    }
+
     async fn read_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
         Ok(locked(&self.log).snapshots.get(stream).cloned())
     }
@@ -146,7 +150,8 @@ impl EventStore for InMemoryEventStore {
     ) -> Result<(), StoreError> {
         let mut log = locked(&self.log);
         let stored = log.snapshots.entry(stream.clone()).or_insert_with(|| snapshot.clone());
-        if stored.version < snapshot.version {
+        let other_format = stored.version == snapshot.version && stored.format != snapshot.format;
+        if stored.version < snapshot.version || other_format {
             *stored = snapshot.clone();
         }
         Ok(())
@@ -537,7 +542,7 @@ fn query_tuple(table: &TableSpec, query: &TableQuery, row: &[Value]) -> Vec<Valu
 
 impl IdempotencyStore for InMemoryEventStore {
     async fn get(&self, key: &str) -> Result<Option<IdempotencyRecord>, IdempotencyError> {
-        Ok(locked(&self.log).keys.get(key).map(|(record, _)| record.clone()))
+        self.read_claim(key).await.map_err(|error| IdempotencyError(Box::new(error)))
     }
 
     async fn put_answer(

@@ -171,6 +171,13 @@ pub trait EventStore: Send + Sync + 'static {
         claim: &IdempotencyClaim,
     ) -> impl Future<Output = Result<AppendOutcome, StoreError>> + Send;
 
+    /// The idempotency record of `key`, as [`append_claimed`](Self::append_claimed) or an
+    /// answer stored for a refusal left it.
+    fn read_claim(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<crate::IdempotencyRecord>, StoreError>> + Send;
+
     /// Every (event type, schema version) pair the log holds, once each, in no particular
     /// order: what a start-up check needs to know the code can read the whole log. It reads
     /// the whole log on the SQL stores (no index pays for itself on the write path).
@@ -182,8 +189,9 @@ pub trait EventStore: Send + Sync + 'static {
         stream: &StreamId,
     ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send;
 
-    /// Stores `snapshot` for `stream`, replacing an older one; a stored snapshot of a higher
-    /// version is kept (two writers racing leave the newer).
+    /// Stores `snapshot` for `stream`, replacing an older one, or one of the same version in
+    /// another format; a stored snapshot of a higher version is kept (two writers racing
+    /// leave the newer).
     fn write_snapshot(
         &self,
         stream: &StreamId,

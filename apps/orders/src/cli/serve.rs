@@ -40,7 +40,8 @@ pub struct ServeArgs {
     pub store: StoreArgs,
 }
 
-/// `90s`, `15m`, `24h`, `7d`: a whole number and a unit, more than zero.
+/// `90s`, `15m`, `24h`, `7d`: a whole number and a unit, more than zero and at most ten
+/// years.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let refuse = || format!("{text:?} is not a duration like 90s, 15m, 24h or 7d");
     let split =
@@ -54,8 +55,11 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         "d" => 86_400,
         _ => return Err(refuse()),
     };
+    // Ten years bounds it well inside what clocks and dates can subtract.
     match number.checked_mul(seconds) {
-        Some(seconds) if seconds > 0 => Ok(Duration::from_secs(seconds)),
+        Some(seconds) if seconds > 0 && seconds <= 3650 * 86_400 => {
+            Ok(Duration::from_secs(seconds))
+        }
         _ => Err(refuse()),
     }
 }
@@ -192,7 +196,10 @@ mod tests {
         assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
         assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
-        for bad in ["", "h", "0h", "1.5h", "-1h", "10", "10x", "1é", "99999999999999999999d"] {
+        assert_eq!(parse_duration("3650d"), Ok(Duration::from_secs(3650 * 86_400)));
+        for bad in
+            ["", "h", "0h", "1.5h", "-1h", "10", "10x", "1é", "3651d", "99999999999999999999d"]
+        {
             assert!(parse_duration(bad).is_err(), "{bad:?} must be refused");
         }
     }

@@ -161,3 +161,32 @@ async fn a_refusal_decided_on_a_stale_cache_is_checked_against_the_store() {
         .unwrap();
     assert_eq!(ok.version, Version(2));
 }
+
+#[tokio::test]
+async fn a_retry_refused_by_its_own_first_attempt_on_another_node_gets_the_first_answer() {
+    let store = Arc::new(InMemoryEventStore::new());
+    let (node_a, node_b) = (
+        CommandBus::new(store.clone(), BusConfig::default()),
+        CommandBus::new(store.clone(), BusConfig::default()),
+    );
+    let keyed = |fingerprint: &str| {
+        let mut context = context();
+        context.idempotency = Some(strata::IdempotencyClaim {
+            key: "open-1".into(),
+            fingerprint: fingerprint.into(),
+            recorded: None,
+        });
+        context
+    };
+    let first = node_a.execute::<Counter>("o.k", open("o"), &keyed("f")).await.unwrap();
+    // Node B's look-up missed the record (the first attempt had not committed yet), so it
+    // decides: the counter is open already, which the first attempt did.
+    let retry = node_b.execute::<Counter>("o.k", open("o"), &keyed("f")).await.unwrap();
+    assert_eq!(retry, first, "the retry gets the first answer, not a refusal");
+    assert_eq!(
+        store.read_stream(&StreamId::new("counter", "o.k"), Version::NONE).await.unwrap().len(),
+        1
+    );
+    let other = node_b.execute::<Counter>("o.k", open("o"), &keyed("another body")).await;
+    assert!(matches!(other, Err(CommandError::KeyReused(_))), "{other:?}");
+}

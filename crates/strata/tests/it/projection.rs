@@ -368,6 +368,12 @@ impl strata::EventStore for Tampered {
     ) -> Result<strata::AppendOutcome, strata::StoreError> {
         self.inner.append_claimed(stream, expected, events, claim).await
     }
+    async fn read_claim(
+        &self,
+        key: &str,
+    ) -> Result<Option<strata::IdempotencyRecord>, strata::StoreError> {
+        self.inner.read_claim(key).await
+    }
     async fn read_snapshot(
         &self,
         stream: &strata::StreamId,

@@ -71,8 +71,8 @@ impl EventLine {
     pub(super) fn from_recorded(event: &RecordedEvent) -> anyhow::Result<Self> {
         let not_json = |reason: String| {
             anyhow!(
-                "the event at position {} ({} version {}, {}) has a payload that is not JSON \
-                 ({reason}); export writes JSON payloads only",
+                "the event at position {} ({} version {}, {}) has a payload that does not \
+                 decode as JSON or binary ({reason})",
                 event.position,
                 event.stream,
                 event.version,
