@@ -1,9 +1,14 @@
-//! `If-Match: "<version>"` on a command: apply it only if the aggregate is at that version.
+//! Conditional requests. `If-Match: "<version>"` on a command: apply it only if the
+//! aggregate is at that version (412 otherwise). [`not_modified`] on reads: every `GET`
+//! answer gets an `ETag` (a view's version where it has one, else a digest of the body), and
+//! a request whose `If-None-Match` names it is answered 304 without a body.
 
 use axum::extract::FromRequestParts;
 use axum::http::header::IF_MATCH;
 use axum::http::request::Parts;
 use strata::Version;
+
+use axum::response::IntoResponse;
 
 use crate::problem::Problem;
 
@@ -23,6 +28,73 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
             Err(_) => Err(Problem::bad_request(format!(
                 "If-Match must be an entity tag holding a version, like \"3\"; got {text:?}"
             ))),
+        }
+    }
+}
+
+/// Middleware for reads: gives `200` answers to `GET` an `ETag` when the route set none (a
+/// digest of the body), and answers `304 Not Modified` when `If-None-Match` names it.
+pub async fn not_modified(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::{HeaderValue, Method, StatusCode, header};
+    if request.method() != Method::GET {
+        return next.run(request).await;
+    }
+    let if_none_match = request.headers().get(header::IF_NONE_MATCH).cloned();
+    let response = next.run(request).await;
+    if response.status() != StatusCode::OK {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return Problem::internal(&std::io::Error::other("the answer's body failed"))
+            .into_response();
+    };
+    if !parts.headers.contains_key(header::ETAG) {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(&bytes);
+        let tag: String = digest.iter().take(12).map(|byte| format!("{byte:02x}")).collect();
+        if let Ok(etag) = HeaderValue::from_str(&format!("\"{tag}\"")) {
+            parts.headers.insert(header::ETAG, etag);
+        }
+    }
+    let matches = match (&if_none_match, parts.headers.get(header::ETAG)) {
+        (Some(wanted), Some(etag)) => names(wanted, etag),
+        _ => false,
+    };
+    if matches {
+        parts.status = StatusCode::NOT_MODIFIED;
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.remove(header::CONTENT_TYPE);
+        return axum::response::Response::from_parts(parts, axum::body::Body::empty());
+    }
+    axum::response::Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+/// Whether an `If-None-Match` value names `etag`: `*`, or one of its comma-separated tags,
+/// compared weakly (RFC 9110: `W/` prefixes ignored).
+fn names(if_none_match: &axum::http::HeaderValue, etag: &axum::http::HeaderValue) -> bool {
+    let (Ok(wanted), Ok(etag)) = (if_none_match.to_str(), etag.to_str()) else { return false };
+    let weak = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
+    let etag = weak(etag);
+    wanted.split(',').any(|tag| tag.trim() == "*" || weak(tag) == etag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn if_none_match_names_a_tag_weakly_in_a_list_or_with_a_star() {
+        let etag = HeaderValue::from_static("\"3\"");
+        for wanted in ["\"3\"", "W/\"3\"", "\"1\", \"3\"", "*"] {
+            assert!(names(&HeaderValue::from_str(wanted).unwrap(), &etag), "{wanted}");
+        }
+        for wanted in ["\"4\"", "3", "\"33\""] {
+            assert!(!names(&HeaderValue::from_str(wanted).unwrap(), &etag), "{wanted}");
         }
     }
 }

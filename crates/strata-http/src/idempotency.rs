@@ -29,6 +29,9 @@ use crate::problem::Problem;
 /// The header carrying the client's idempotency key.
 pub static IDEMPOTENCY_HEADER: HeaderName = HeaderName::from_static("idempotency-key");
 
+/// Set to `true` on an answer that is the first answer to the request's key, given again.
+pub static REPLAYED_HEADER: HeaderName = HeaderName::from_static("idempotency-replayed");
+
 const MAX_KEY_LEN: usize = 255;
 
 /// What the idempotency middleware needs: where answers are kept, and the keys in flight.
@@ -154,7 +157,7 @@ async fn answer<I: IdempotencyStore>(
             // unreachable while the route read something) is this request's own.
             if response.status().is_success() {
                 let replayed = HeaderValue::from_static("true");
-                response.headers_mut().insert("idempotent-replayed", replayed);
+                response.headers_mut().insert(REPLAYED_HEADER.clone(), replayed);
             }
             return response;
         }
@@ -195,7 +198,7 @@ fn replay(answer: &[u8]) -> Response {
     if let Some(content_type) = stored.content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
         response.headers_mut().insert(header::CONTENT_TYPE, content_type);
     }
-    response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response.headers_mut().insert(REPLAYED_HEADER.clone(), HeaderValue::from_static("true"));
     response
 }
 

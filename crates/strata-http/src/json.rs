@@ -1,11 +1,13 @@
 //! [`JsonBody`]: a JSON request body whose failures are problem+json answers that say what
 //! was wrong, with which field: 415 when the body is not JSON, 413 when it is too large, 400
-//! when it is malformed or a field is missing or mistyped.
+//! when it is empty, malformed, or a field is missing or mistyped. And [`end_with_newline`]:
+//! every JSON answer ends with a line break, as text tools and terminals expect.
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use serde::de::DeserializeOwned;
 
 use crate::problem::Problem;
@@ -35,7 +37,12 @@ fn problem_for(rejection: JsonRejection) -> Problem {
             "the body must be JSON with Content-Type: application/json",
         ),
         JsonRejection::JsonSyntaxError(error) => {
-            Problem::bad_request(format!("the body is not valid JSON: {}", source_text(&error)))
+            let reason = source_text(&error);
+            // serde_json's words for a body with no value at all (empty or only blanks).
+            if reason.starts_with("EOF while parsing a value") {
+                return Problem::bad_request("the body is empty: expected a JSON object");
+            }
+            Problem::bad_request(format!("the body is not valid JSON: {reason}"))
         }
         JsonRejection::JsonDataError(error) => Problem::bad_request(source_text(&error)),
         JsonRejection::BytesRejection(error) if error.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -56,4 +63,36 @@ fn source_text(error: &dyn std::error::Error) -> String {
         innermost = source;
     }
     innermost.to_string()
+}
+
+/// Middleware: appends a line break to every JSON (and problem+json) answer that lacks one.
+pub async fn end_with_newline(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let response = next.run(request).await;
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| {
+            value.starts_with("application/json") || value.starts_with("application/problem+json")
+        });
+    if !is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // JSON answers are views, lists and problems: bounded, and already whole in memory.
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return Problem::internal(&std::io::Error::other("the answer's body failed"))
+            .into_response();
+    };
+    if bytes.ends_with(b"\n") {
+        return axum::response::Response::from_parts(parts, axum::body::Body::from(bytes));
+    }
+    let mut ended = Vec::with_capacity(bytes.len() + 1);
+    ended.extend_from_slice(&bytes);
+    ended.push(b'\n');
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    axum::response::Response::from_parts(parts, axum::body::Body::from(ended))
 }

@@ -16,10 +16,10 @@ pub mod paging;
 pub mod problem;
 pub mod wait;
 
-pub use conditional::IfMatch;
+pub use conditional::{IfMatch, not_modified};
 pub use correlation::{CORRELATION_HEADER, CorrelationId, correlation_id};
 pub use idempotency::{IDEMPOTENCY_HEADER, Idempotency, IdempotencyLayerState, idempotency};
-pub use json::JsonBody;
+pub use json::{JsonBody, end_with_newline};
 pub use problem::Problem;
 pub use wait::{VIEW_POSITION_HEADER, ViewWait};
 

@@ -66,6 +66,16 @@ impl Problem {
         )
     }
 
+    /// 412: the request's `If-Match` names a version the aggregate is no longer at.
+    pub fn precondition_failed(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::PRECONDITION_FAILED,
+            "urn:strata:problem:precondition-failed",
+            "Precondition failed",
+            detail.into(),
+        )
+    }
+
     /// 413: the body is larger than [`crate::MAX_BODY_BYTES`].
     pub fn payload_too_large(detail: impl Into<String>) -> Self {
         Self::new(
@@ -162,9 +172,9 @@ impl IntoResponse for Problem {
     }
 }
 
-/// A refused command: 404, 409 or 422 by the refusal's kind; a lost version race (stale
-/// `If-Match`, or writers that kept winning for the whole conflict budget) and an
-/// idempotency key taken at the same moment are 409; store failures are 503, the rest 500.
+/// A refused command: 404, 409 or 422 by the refusal's kind; a stale `If-Match` is 412; a
+/// version race lost for the whole conflict budget and an idempotency key taken at the same
+/// moment are 409; store failures are 503, the rest 500.
 impl<E: Rejection + 'static> From<CommandError<E>> for Problem {
     fn from(error: CommandError<E>) -> Self {
         match error {
@@ -173,8 +183,14 @@ impl<E: Rejection + 'static> From<CommandError<E>> for Problem {
                 RejectionKind::Conflict => Problem::conflict(rejection.to_string()),
                 RejectionKind::BrokenRule => Problem::unprocessable(rejection.to_string()),
             },
-            CommandError::Conflict { stream, expected, actual } => Problem::conflict(format!(
-                "{stream} is at version {actual}, but the request expected {expected}"
+            CommandError::PreconditionFailed { stream, expected, actual } => {
+                Problem::precondition_failed(format!(
+                    "{stream} is at version {actual}, but If-Match named version {expected}"
+                ))
+            }
+            CommandError::Conflict { stream, actual, .. } => Problem::conflict(format!(
+                "{stream} kept changing under this command (now at version {actual}); \
+                 other writers won every try"
             )),
             CommandError::KeyReused(key) => Problem::unprocessable(format!(
                 "Idempotency-Key {key:?} was already used with a different route, If-Match or body"

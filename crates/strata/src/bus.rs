@@ -90,8 +90,17 @@ pub enum CommandError<E: std::error::Error + 'static> {
     /// The aggregate refused the command.
     #[error(transparent)]
     Rejected(E),
-    /// The aggregate was not at the expected version: either the caller's `If-Match` was
-    /// stale, or other writers kept winning after every retry.
+    /// The aggregate was not at the version the caller's `If-Match` named.
+    #[error("aggregate {stream} is at version {actual}, not {expected}")]
+    PreconditionFailed {
+        /// The aggregate's stream.
+        stream: StreamId,
+        /// The version the caller named.
+        expected: Version,
+        /// The version found.
+        actual: Version,
+    },
+    /// Other writers kept winning the version race for the whole conflict budget.
     #[error("aggregate {stream} is at version {actual}, not {expected}")]
     Conflict {
         /// The aggregate's stream.
@@ -172,7 +181,11 @@ impl<S: EventStore> CommandBus<S> {
         }
         let decided = self.decide_and_append::<A>(id, command, context, Some(claim)).await;
         match decided {
-            Err(error @ (CommandError::Rejected(_) | CommandError::Conflict { .. })) => {
+            Err(
+                error @ (CommandError::Rejected(_)
+                | CommandError::Conflict { .. }
+                | CommandError::PreconditionFailed { .. }),
+            ) => {
                 let record =
                     self.store.read_claim(&claim.key).await.map_err(CommandError::Store)?;
                 match record.map(|record| answered_by(claim, record)) {
@@ -217,11 +230,7 @@ impl<S: EventStore> CommandBus<S> {
                 }
                 let actual = loaded.version;
                 *cached = Some(Box::new(loaded));
-                return Err(CommandError::Conflict {
-                    stream,
-                    expected: ExpectedVersion::Exact(expected),
-                    actual,
-                });
+                return Err(CommandError::PreconditionFailed { stream, expected, actual });
             }
             let mut decision = Decision::new(&loaded.state);
             let decided = A::handle(&mut decision, command.clone());

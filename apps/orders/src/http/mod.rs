@@ -14,7 +14,10 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use strata_http::admin::{self, Admin};
-use strata_http::{IdempotencyLayerState, MAX_BODY_BYTES, Problem, correlation_id, idempotency};
+use strata_http::{
+    IdempotencyLayerState, MAX_BODY_BYTES, Problem, correlation_id, end_with_newline, idempotency,
+    not_modified,
+};
 
 use crate::app::{AGGREGATE_TYPES, App, AppError, Backend};
 
@@ -55,6 +58,8 @@ pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
         .fallback(|| async { Problem::not_found("no such route") })
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(end_with_newline))
+        .layer(axum::middleware::from_fn(not_modified))
         .layer(axum::middleware::from_fn(correlation_id))
 }
 

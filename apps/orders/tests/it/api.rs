@@ -198,7 +198,7 @@ async fn idempotency_key_returns_the_first_answer_and_appends_nothing() {
         (first.status, &first.body),
         "the retry gets the first answer"
     );
-    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.header("idempotency-replayed"), Some("true"));
     assert_eq!(again.header("etag"), first.header("etag"));
     assert_eq!(service.head(), head, "the retry appended nothing");
     // If-Match belongs to the request: the same body under another condition is refused.
@@ -228,7 +228,7 @@ async fn if_match_makes_a_command_conditional_on_the_version() {
     let stale = service
         .request(Method::POST, "/orders/o1/confirm", Some("{}"), &[("if-match", "\"7\"")])
         .await;
-    stale.expect_problem(409, "version 1");
+    stale.expect_problem(412, "version 1");
     let current = service
         .request(Method::POST, "/orders/o1/confirm", Some("{}"), &[("if-match", "\"1\"")])
         .await;
@@ -262,4 +262,36 @@ async fn metrics_export_group_commits_and_projection_progress() {
     assert!(value("strata_group_commit_groups_total") >= 1.0);
     assert_eq!(value("strata_projection_position{projection=\"orders\"}"), 4.0);
     assert_eq!(value("strata_projection_lag_events{projection=\"orders\"}"), 0.0);
+}
+
+#[tokio::test]
+async fn reads_answer_304_to_a_matching_if_none_match_and_bodies_end_with_a_newline() {
+    let service = Service::start().await;
+    service.seed().await;
+    let order = service.view("/orders/o1").await;
+    assert_eq!(order.header("etag"), Some("\"1\""), "an order's tag is its version");
+    let customer = service.view("/customers/ada").await;
+    let tag = customer.header("etag").expect("every read has a tag").to_owned();
+    for (path, tag) in [("/orders/o1", "\"1\""), ("/customers/ada", tag.as_str())] {
+        let again = service.request(Method::GET, path, None, &[("if-none-match", tag)]).await;
+        assert_eq!(again.status, StatusCode::NOT_MODIFIED, "{path}");
+        assert_eq!((again.body.clone(), again.header("etag")), (Value::Null, Some(tag)), "{path}");
+        let changed = service.request(Method::GET, path, None, &[("if-none-match", "\"x\"")]).await;
+        assert_eq!(changed.status, StatusCode::OK, "{path}: another tag gets the view");
+    }
+    // After a change the old tag no longer matches.
+    service.post("/orders/o1/lines", json!({"sku": "cake", "qty": 1})).await;
+    let changed = service
+        .request(
+            Method::GET,
+            &format!("/orders/o1?min_position={}", service.head()),
+            None,
+            &[("if-none-match", "\"1\"")],
+        )
+        .await;
+    assert_eq!((changed.status, changed.header("etag")), (StatusCode::OK, Some("\"2\"")));
+
+    assert!(service.get_text("/customers/ada").await.ends_with("}\n"), "JSON ends with a newline");
+    let empty = service.request(Method::POST, "/orders/o1/confirm", Some(""), &[]).await;
+    empty.expect_problem(400, "expected a JSON object");
 }

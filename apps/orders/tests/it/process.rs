@@ -523,3 +523,31 @@ async fn projections_are_listed_as_a_table_and_rebuilt_offline_with_progress() {
     assert!(err.contains("stop the service first"), "{err}");
     server.kill_9();
 }
+
+/// The first log lines `strata serve` writes on a standard error that is not a terminal.
+fn first_log_lines(format: &str) -> Vec<String> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["serve", "--store", "memory", "--bind", "127.0.0.1:0", "--log-format", format])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let lines: Vec<String> = BufReader::new(stderr).lines().take(3).map(Result::unwrap).collect();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    lines
+}
+
+#[test]
+fn logs_are_json_lines_or_text_without_colour_codes_off_a_terminal() {
+    for line in first_log_lines("json") {
+        let parsed: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert!(parsed["level"].is_string() && parsed["fields"]["message"].is_string(), "{line}");
+    }
+    for line in first_log_lines("text") {
+        assert!(!line.contains('\u{1b}'), "a colour code in {line:?}");
+        assert!(line.contains("INFO"), "{line}");
+    }
+}

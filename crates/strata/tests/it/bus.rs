@@ -103,8 +103,8 @@ async fn if_match_makes_a_command_conditional() {
         .execute::<Counter>("o.c", CounterCommand::Increment { amounts: vec![1] }, &stale)
         .await
     {
-        Err(CommandError::Conflict { actual, .. }) => assert_eq!(actual, Version(1)),
-        other => panic!("a stale If-Match must conflict, got {other:?}"),
+        Err(CommandError::PreconditionFailed { actual, .. }) => assert_eq!(actual, Version(1)),
+        other => panic!("a stale If-Match must fail its precondition, got {other:?}"),
     }
     let mut current = context();
     current.expected_version = Some(Version(1));
