@@ -46,6 +46,8 @@ pub struct App<B: Backend> {
     pub projections: Arc<Projections>,
     /// This node's id, shown by `/health` and as projection owner.
     pub node_id: String,
+    /// Begun when the service stops; ends waiting queries at once.
+    pub shutdown: strata_http::Shutdown,
 }
 
 /// Why a command of the service was refused.
@@ -126,6 +128,7 @@ impl<B: Backend> App<B> {
             views,
             projections: Arc::new(projections),
             node_id,
+            shutdown: strata_http::Shutdown::new(),
         })
     }
 

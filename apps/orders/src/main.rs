@@ -30,7 +30,7 @@ fn main() -> ExitCode {
     match runtime.block_on(cli.run()) {
         Ok(()) => ExitCode::from(exit::SUCCESS),
         Err(error) => {
-            eprintln!("strata: error: {error:#}");
+            eprintln!("strata: error: {}", exit::describe(&error));
             if error.downcast_ref::<StoreUrlError>().is_some()
                 || error.downcast_ref::<BenchUsageError>().is_some()
                 || error.downcast_ref::<UnknownProjection>().is_some()

@@ -14,6 +14,7 @@ pub mod idempotency;
 pub mod json;
 pub mod paging;
 pub mod problem;
+pub mod shutdown;
 pub mod wait;
 
 pub use conditional::{IfMatch, not_modified};
@@ -21,6 +22,7 @@ pub use correlation::{CORRELATION_HEADER, CorrelationId, correlation_id};
 pub use idempotency::{IDEMPOTENCY_HEADER, Idempotency, IdempotencyLayerState, idempotency};
 pub use json::{JsonBody, end_with_newline};
 pub use problem::Problem;
+pub use shutdown::{Shutdown, attach_shutdown};
 pub use wait::{VIEW_POSITION_HEADER, ViewWait};
 
 /// The largest request body accepted, in bytes; larger ones get 413.

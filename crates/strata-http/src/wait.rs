@@ -11,6 +11,7 @@ use serde::Deserialize;
 use strata::{Position, ProjectionHandle};
 
 use crate::problem::Problem;
+use crate::shutdown::Shutdown;
 
 /// The header carrying the position a view answer reflects.
 pub static VIEW_POSITION_HEADER: HeaderName = HeaderName::from_static("x-view-position");
@@ -19,12 +20,14 @@ const DEFAULT_WAIT_MS: u64 = 2_000;
 const MAX_WAIT_MS: u64 = 30_000;
 
 /// What a view query asked to wait for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ViewWait {
     /// The position the view must reach before answering.
     pub min_position: Option<Position>,
     /// How long to wait for it.
     pub wait: Duration,
+    /// Ends the wait early when the service shuts down.
+    pub shutdown: Option<Shutdown>,
 }
 
 #[derive(Deserialize)]
@@ -50,16 +53,33 @@ impl<S: Send + Sync> FromRequestParts<S> for ViewWait {
         Ok(ViewWait {
             min_position: raw.min_position.map(Position),
             wait: Duration::from_millis(wait_ms),
+            shutdown: parts.extensions.get::<Shutdown>().cloned(),
         })
     }
 }
 
 impl ViewWait {
     /// Waits until `projection` has reached the asked position; 503 with `Retry-After` when
-    /// it does not within the wait. Returns the position the view reflects.
+    /// it does not within the wait, or the service begins to shut down meanwhile. Returns
+    /// the position the view reflects.
     pub async fn until_ready(&self, projection: &ProjectionHandle) -> Result<Position, Problem> {
         let Some(target) = self.min_position else { return Ok(projection.position()) };
-        projection.wait_for(target, self.wait).await.map_err(|reached| {
+        let shutdown = async {
+            match &self.shutdown {
+                Some(shutdown) => shutdown.begun().await,
+                None => std::future::pending().await,
+            }
+        };
+        let reached = tokio::select! {
+            reached = projection.wait_for(target, self.wait) => reached,
+            () = shutdown => {
+                return Err(Problem::view_not_ready(
+                    "the service is shutting down; retry on another node or once it is back",
+                    1,
+                ));
+            }
+        };
+        reached.map_err(|reached| {
             Problem::view_not_ready(
                 format!(
                     "view {} is at position {reached}, not yet at {target}; retry shortly",

@@ -85,15 +85,17 @@ impl PgDatabase {
         if !is_plain_identifier(&schema) {
             return Err(PgError::InvalidSchema(schema));
         }
+        // Notices ("relation already exists, skipping" from every idempotent CREATE at
+        // start) are not news; warnings and errors still reach the log.
+        let settings = format!("-c search_path={schema} -c client_min_messages=warning");
         let options = match config.get_options() {
-            Some(existing) if !existing.trim().is_empty() => {
-                format!("{existing} -c search_path={schema}")
-            }
-            _ => format!("-c search_path={schema}"),
+            Some(existing) if !existing.trim().is_empty() => format!("{existing} {settings}"),
+            _ => settings,
         };
         config.options(options);
 
-        let (mut client, driver) = connect(&config).await.map_err(PgError::Connect)?;
+        let (mut client, driver) =
+            connect(&config).await.map_err(|source| PgError::connect(&config, source))?;
         let migrated = migrate(&mut client, &schema).await;
         drop(client);
         // The driver ends once its client is gone; waiting closes the connection cleanly.
@@ -180,7 +182,8 @@ pub(crate) async fn connect(
 
 /// The connection's current schema, for stores opened without a schema name.
 async fn current_schema(config: &Config) -> Result<String, PgError> {
-    let (client, driver) = connect(config).await.map_err(PgError::Connect)?;
+    let (client, driver) =
+        connect(config).await.map_err(|source| PgError::connect(config, source))?;
     let row = client
         .query_one("SELECT current_schema(), current_setting('search_path')", &[])
         .await

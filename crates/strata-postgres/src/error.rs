@@ -8,6 +8,30 @@
 use strata::{IdempotencyError, StoreError, ViewError};
 use tokio_postgres::error::SqlState;
 
+impl PgError {
+    /// A failed connection to what `config` names.
+    pub(crate) fn connect(config: &tokio_postgres::Config, source: tokio_postgres::Error) -> Self {
+        use tokio_postgres::config::Host;
+        let ports = config.get_ports();
+        let target: Vec<String> = config
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(i, host)| {
+                let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+                match host {
+                    Host::Tcp(name) => format!("{name}:{port}"),
+                    #[cfg(unix)]
+                    Host::Unix(path) => format!("{}:{port}", path.display()),
+                }
+            })
+            .collect();
+        let target =
+            if target.is_empty() { "localhost:5432".to_owned() } else { target.join(", ") };
+        PgError::Connect { target, source }
+    }
+}
+
 /// Why a PostgreSQL database could not be opened, or a lease not taken.
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
@@ -25,8 +49,14 @@ pub enum PgError {
     #[error("no schema given and the connection's search_path names no existing schema")]
     NoSchema,
     /// The server could not be reached or refused the connection.
-    #[error("cannot connect to PostgreSQL: {0}")]
-    Connect(#[source] tokio_postgres::Error),
+    #[error("cannot connect to PostgreSQL at {target}")]
+    Connect {
+        /// The host(s) and port(s) tried.
+        target: String,
+        /// What the driver said.
+        #[source]
+        source: tokio_postgres::Error,
+    },
     /// A statement run while opening failed.
     #[error("PostgreSQL failed while opening the store: {0}")]
     Database(#[source] tokio_postgres::Error),

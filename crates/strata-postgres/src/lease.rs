@@ -76,7 +76,8 @@ impl PgLease {
         let mut config = database.config().clone();
         // Shows up in pg_stat_activity, so an operator can tell what the connection is for.
         config.application_name(format!("strata lease {name}"));
-        let (client, driver) = connect(&config).await.map_err(PgError::Connect)?;
+        let (client, driver) =
+            connect(&config).await.map_err(|source| PgError::connect(&config, source))?;
         let key = lock_key("lease", database.schema(), name);
         let row = client.query_one(TRY_LOCK, &[&key]).await.map_err(PgError::Database)?;
         if !row.get::<_, bool>(0) {

@@ -6,3 +6,41 @@ pub const SUCCESS: u8 = 0;
 pub const FAILURE: u8 = 1;
 /// The command line was wrong (clap uses the same code for its own errors).
 pub const USAGE: u8 = 2;
+
+/// An error and its causes on one line, each said once. Many errors repeat their cause in
+/// their own text ("connecting failed: refused", caused by "refused"), which printing the
+/// chain would say twice.
+pub fn describe(error: &anyhow::Error) -> String {
+    let messages: Vec<String> = error.chain().map(ToString::to_string).collect();
+    let mut parts: Vec<&str> = Vec::with_capacity(messages.len());
+    for (i, message) in messages.iter().enumerate() {
+        let mut own = message.as_str();
+        if let Some(next) = messages.get(i + 1)
+            && let Some(before) = own.strip_suffix(next.as_str())
+        {
+            own = before.trim_end_matches([':', ' ']);
+        }
+        if !own.is_empty() && parts.last() != Some(&own) {
+            parts.push(own);
+        }
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::other("Connection refused");
+        let error = anyhow::Error::new(io)
+            .context("error connecting to server: Connection refused")
+            .context("error connecting to server")
+            .context("cannot open the store");
+        assert_eq!(
+            describe(&error),
+            "cannot open the store: error connecting to server: Connection refused"
+        );
+    }
+}

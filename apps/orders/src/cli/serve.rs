@@ -71,7 +71,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.bind))?;
     let address = listener.local_addr().context("cannot read the bound address")?;
     let node_id = args.node_id.unwrap_or_else(|| format!("{}:{}", host_name(), address.port()));
-    println!("strata: listening on http://{address} (node {node_id})");
+    // "listening" is printed by `serve`, once the store is open and the projections started:
+    // a client that waits for it finds a service that answers.
     match location {
         StoreLocation::Sqlite(dir) => {
             let stores = backends::open_sqlite(&dir)
@@ -126,15 +127,37 @@ async fn serve<B: Backend>(
         idempotency_ttl,
         every,
     ));
-    axum::serve(listener, crate::http::router(app.clone()))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("the HTTP server failed")?;
+    let address = listener.local_addr().context("cannot read the bound address")?;
+    println!("strata: listening on http://{address} (node {}, {codec} payloads)", app.node_id);
+    let shutdown = app.shutdown.clone();
+    let server = axum::serve(listener, crate::http::router(app.clone()))
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Waiting queries answer 503 now, so only commands in flight are waited for.
+            shutdown.begin();
+        })
+        .into_future();
+    let give_up = async {
+        app.shutdown.begun().await;
+        tokio::select! {
+            () = tokio::time::sleep(SHUTDOWN_GRACE) => {
+                println!("strata: requests still running after {SHUTDOWN_GRACE:?}; stopping anyway");
+            }
+            () = shutdown_signal() => println!("strata: second signal; stopping at once"),
+        }
+    };
+    tokio::select! {
+        served = server => served.context("the HTTP server failed")?,
+        () = give_up => {}
+    }
     expiry.abort();
     app.stop();
     println!("strata: stopped");
     Ok(())
 }
+
+/// How long a stopping service waits for requests in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 async fn shutdown_signal() {
     let interrupt = async {

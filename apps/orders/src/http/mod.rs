@@ -15,8 +15,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use strata_http::admin::{self, Admin};
 use strata_http::{
-    IdempotencyLayerState, MAX_BODY_BYTES, Problem, correlation_id, end_with_newline, idempotency,
-    not_modified,
+    IdempotencyLayerState, MAX_BODY_BYTES, Problem, attach_shutdown, correlation_id,
+    end_with_newline, idempotency, not_modified,
 };
 
 use crate::app::{AGGREGATE_TYPES, App, AppError, Backend};
@@ -24,6 +24,7 @@ use crate::app::{AGGREGATE_TYPES, App, AppError, Backend};
 /// The whole API over a running service.
 pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
     let idempotency_state = IdempotencyLayerState::new(app.events().clone());
+    let app_shutdown = app.shutdown.clone();
     let commands = Router::new()
         .route("/customers", post(commands::register_customer::<B>))
         .route("/products", post(commands::create_product::<B>))
@@ -60,6 +61,7 @@ pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(end_with_newline))
         .layer(axum::middleware::from_fn(not_modified))
+        .layer(axum::middleware::from_fn_with_state(app_shutdown, attach_shutdown))
         .layer(axum::middleware::from_fn(correlation_id))
 }
 

@@ -293,7 +293,7 @@ async fn an_idempotency_key_retried_after_kill_9_never_acts_twice() {
 #[tokio::test]
 async fn sigterm_stops_the_server_cleanly_and_data_stays() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(dir.path());
+    let server = Server::start(dir.path());
     let (status, _) = server
         .send(
             "POST",
@@ -302,9 +302,29 @@ async fn sigterm_stops_the_server_cleanly_and_data_stays() {
         )
         .await;
     assert_eq!(status, 201);
-    Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
+    // A query waiting for a position the view will not reach for a long time.
+    let server = Arc::new(server);
+    let waiting = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let path = "/customers/ada?min_position=999999&wait_ms=30000";
+            let (status, body) = server.send("GET", path, None).await;
+            (status, body, started.elapsed())
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let pid = server.child.id().to_string();
+    let signalled = std::time::Instant::now();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let (status, body, waited) = waiting.await.unwrap();
+    assert_eq!(status, 503, "the waiting query is answered at once: {body}");
+    assert!(body["detail"].as_str().unwrap_or_default().contains("shutting down"), "{body}");
+    assert!(waited < std::time::Duration::from_secs(5), "it waited {waited:?}");
+    let mut server = Arc::into_inner(server).expect("the query task is done");
     let exit = server.child.wait().unwrap();
     assert!(exit.success(), "SIGTERM ends the server with success, got {exit}");
+    assert!(signalled.elapsed() < std::time::Duration::from_secs(5), "stopped within 5 s");
 
     let server = Server::start(dir.path());
     let (status, customer) = server.send("GET", "/customers/ada?min_position=1", None).await;
@@ -550,4 +570,19 @@ fn logs_are_json_lines_or_text_without_colour_codes_off_a_terminal() {
         assert!(!line.contains('\u{1b}'), "a colour code in {line:?}");
         assert!(line.contains("INFO"), "{line}");
     }
+}
+
+#[test]
+fn an_unreachable_database_ends_serve_with_exit_1_naming_where_it_tried_once() {
+    let output = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["serve", "--bind", "127.0.0.1:0", "--store", "postgres://postgres@127.0.0.1:1/test"])
+        .env_remove("STRATA_STORE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot connect to PostgreSQL at 127.0.0.1:1"), "{stderr}");
+    assert_eq!(stderr.matches("error connecting to server").count(), 1, "said once: {stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!stdout.contains("listening"), "never said it was listening: {stdout}");
 }
