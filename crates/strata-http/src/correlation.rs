@@ -1,12 +1,17 @@
 //! Correlation ids: taken from `X-Correlation-Id` (at most 128 visible ASCII characters) or
 //! generated, handed to handlers as [`CorrelationId`], and echoed on every answer, errors
-//! included, so a client can find the events and log lines its request caused.
+//! included, so a client can find the events and log lines its request caused. The same
+//! middleware opens the request's span (method, route template, correlation id) and logs
+//! each answer with its status and latency; bodies are never logged.
 
-use axum::extract::{FromRequestParts, Request};
+use std::time::Instant;
+
+use axum::extract::{FromRequestParts, MatchedPath, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
 
 use crate::problem::Problem;
 
@@ -40,7 +45,24 @@ pub async fn correlation_id(mut request: Request, next: Next) -> Response {
         },
     };
     request.extensions_mut().insert(CorrelationId(id.clone()));
-    let mut response = next.run(request).await;
+    // One span per request: every log line the request causes carries its correlation id.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("(no route)", MatchedPath::as_str)
+        .to_owned();
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        route = %route,
+        correlation_id = %id,
+    );
+    let started = Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    span.in_scope(|| {
+        tracing::info!(status = response.status().as_u16(), latency_ms, "request answered");
+    });
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(CORRELATION_HEADER.clone(), value);
     }

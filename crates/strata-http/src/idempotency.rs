@@ -149,7 +149,7 @@ async fn answer<I: IdempotencyStore>(
     request.extensions_mut().insert(claim);
     // The command and the storing of a refusal run in a task of their own, so that a client
     // that disconnects does not cut them short.
-    let task = tokio::spawn(async move {
+    let task = tokio::spawn(tracing::Instrument::in_current_span(async move {
         let _in_flight = guard;
         let mut response = next.run(request).await;
         if replayed {
@@ -184,7 +184,7 @@ async fn answer<I: IdempotencyStore>(
             tracing::warn!(%error, key, "could not remember an idempotent answer");
         }
         Response::from_parts(parts, Body::from(body))
-    });
+    }));
     task.await.map_err(|error| Problem::internal(&error).into_response())
 }
 

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex as AsyncMutex;
+use tracing::Instrument;
 
 use crate::aggregate::{Aggregate, Decision};
 use crate::event::{DecodeError, DomainEvent, EventMetadata};
@@ -168,6 +169,21 @@ impl<S: EventStore> CommandBus<S> {
     /// since the key's first request may have acted on another node meanwhile (its own
     /// effect, an order already shipped, is then what refused this one).
     pub async fn execute<A: Aggregate>(
+        &self,
+        id: &str,
+        command: A::Command,
+        context: &CommandContext,
+    ) -> Result<CommandOutcome, CommandError<A::Error>> {
+        let span = tracing::debug_span!("command", aggregate = A::TYPE, id);
+        let outcome = self.execute_claimed::<A>(id, command, context).instrument(span).await;
+        if let Ok(outcome) = &outcome {
+            let position = outcome.position.map(|p| p.0);
+            tracing::debug!(aggregate = A::TYPE, id, version = %outcome.version, ?position, "command handled");
+        }
+        outcome
+    }
+
+    async fn execute_claimed<A: Aggregate>(
         &self,
         id: &str,
         command: A::Command,

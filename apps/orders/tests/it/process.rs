@@ -586,3 +586,65 @@ fn an_unreachable_database_ends_serve_with_exit_1_naming_where_it_tried_once() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(!stdout.contains("listening"), "never said it was listening: {stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_log_line_of_a_request_carries_its_correlation_id() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["serve", "--store", "memory", "--bind", "127.0.0.1:0", "--log-format", "json"])
+        .env("RUST_LOG", "info,strata=debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let base = loop {
+        let line = stdout.next().expect("the server says where it listens").unwrap();
+        if let Some(rest) = line.strip_prefix("strata: listening on ") {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let body = json!({"customer_id": "ada", "name": "Ada Lovelace", "email": "ada@example.com"});
+    let request = hyper::Request::post(format!("{base}/customers"))
+        .header("content-type", "application/json")
+        .header("x-correlation-id", "log-trace-7")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    assert_eq!(client.request(request).await.unwrap().status(), 201);
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut caused = Vec::new();
+    while !caused.iter().any(|line: &Value| line["fields"]["message"] == "request answered") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = lines_rx.recv_timeout(left).expect("the request is logged within 10 s");
+        let line: Value = serde_json::from_str(&line).unwrap();
+        if line.to_string().contains("log-trace-7") {
+            caused.push(line);
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let messages: Vec<&str> =
+        caused.iter().filter_map(|l| l["fields"]["message"].as_str()).collect();
+    assert!(messages.contains(&"command handled"), "the command logs in the request: {messages:?}");
+    for line in &caused {
+        assert_eq!(
+            line["span"]["correlation_id"].as_str().or(line["spans"][0]["correlation_id"].as_str()),
+            Some("log-trace-7"),
+            "{line}"
+        );
+        assert!(!line.to_string().contains("Lovelace"), "no personal data in logs: {line}");
+    }
+    let answered = caused.iter().find(|l| l["fields"]["message"] == "request answered").unwrap();
+    assert_eq!(answered["fields"]["status"], 201);
+    assert_eq!(answered["span"]["route"], "/customers");
+}

@@ -235,6 +235,14 @@ where
         }
         commit.parked_events = parked_events;
         views.commit(self.name, slot, commit).await?;
+        tracing::debug!(
+            projection = self.name,
+            ?slot,
+            from = %from.position,
+            to = %last,
+            events = events.len(),
+            "batch committed"
+        );
         *warm = kept;
         Ok(Pass::Committed { to: last, events: events.len() as u64, parked: newly_parked })
     }
