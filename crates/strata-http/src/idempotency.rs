@@ -87,7 +87,13 @@ async fn answer<I: IdempotencyStore>(
         return Ok(next.run(request).await);
     };
     let key = match key.to_str() {
-        Ok(key) if !key.is_empty() && key.len() <= MAX_KEY_LEN => key.to_owned(),
+        Ok(key)
+            if !key.is_empty()
+                && key.len() <= MAX_KEY_LEN
+                && key.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            key.to_owned()
+        }
         _ => {
             return Err(Problem::bad_request(format!(
                 "Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"

@@ -24,11 +24,31 @@ where
     type Rejection = Problem;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
+        // JSON is UTF-8 (RFC 8259); a body declared in another charset would be misread.
+        if let Some(charset) = declared_charset(&request)
+            && !charset.eq_ignore_ascii_case("utf-8")
+            && !charset.eq_ignore_ascii_case("utf8")
+        {
+            return Err(Problem::unsupported_media_type(format!(
+                "the body must be UTF-8 JSON; charset={charset} is not accepted"
+            )));
+        }
         match Json::<T>::from_request(request, state).await {
             Ok(Json(value)) => Ok(JsonBody(value)),
             Err(rejection) => Err(problem_for(rejection)),
         }
     }
+}
+
+/// The `charset` parameter of the request's `Content-Type`, if it has one.
+fn declared_charset(request: &Request) -> Option<String> {
+    let content_type = request.headers().get(axum::http::header::CONTENT_TYPE)?.to_str().ok()?;
+    content_type.split(';').skip(1).find_map(|parameter| {
+        let (name, value) = parameter.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("charset")
+            .then(|| value.trim().trim_matches('"').to_owned())
+    })
 }
 
 fn problem_for(rejection: JsonRejection) -> Problem {

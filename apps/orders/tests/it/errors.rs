@@ -80,6 +80,15 @@ async fn bodies_that_are_not_json_are_415_and_large_ones_413() {
         .request(Method::POST, "/customers", Some(&huge), &[("idempotency-key", "big")])
         .await;
     keyed.expect_problem(413, "larger than 65536");
+    let latin = [("content-type", "application/json; charset=ISO-8859-1")];
+    service.request(Method::POST, "/customers", None, &latin).await.expect_problem(415, "UTF-8");
+    let utf8 = [("content-type", "application/json; charset=\"utf-8\"")];
+    let accepted = service.request(Method::POST, "/customers", None, &utf8).await;
+    accepted.expect_problem(400, "expected a JSON object");
+    let spaced = [("idempotency-key", "two words")];
+    let body = r#"{"name":"Ada","email":"a@b"}"#;
+    let refused = service.request(Method::POST, "/customers", Some(body), &spaced).await;
+    refused.expect_problem(400, "visible ASCII");
     assert_eq!(service.head(), 0);
 }
 
