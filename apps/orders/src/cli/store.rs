@@ -8,7 +8,7 @@ use clap::Args;
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
     /// The store: `sqlite:DIR` (SQLite files in DIR), `postgres://USER@HOST:PORT/DB`
-    /// (several nodes may share it), or `memory` (nothing kept).
+    /// (several nodes may share it), or `memory` (nothing kept) [default: sqlite:./data].
     #[arg(long, env = "STRATA_STORE", value_name = "URL")]
     pub store: Option<String>,
     /// The data directory; alone it means `--store sqlite:DIR`.
