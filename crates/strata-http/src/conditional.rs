@@ -1,7 +1,8 @@
 //! Conditional requests. `If-Match: "<version>"` on a command: apply it only if the
-//! aggregate is at that version (412 otherwise). [`not_modified`] on reads: every `GET`
-//! answer gets an `ETag` (a view's version where it has one, else a digest of the body), and
-//! a request whose `If-None-Match` names it is answered 304 without a body.
+//! aggregate is at that version (412 otherwise, also for a tag that is no version). And
+//! [`not_modified`] on reads: every successful `GET` or `HEAD` answer gets an `ETag` (a
+//! view's version where it has one, else a digest of the body), and a request whose
+//! `If-None-Match` names it is answered 304 without a body.
 
 use axum::extract::FromRequestParts;
 use axum::http::header::IF_MATCH;
@@ -22,10 +23,15 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Problem> {
         let Some(value) = parts.headers.get(IF_MATCH) else { return Ok(IfMatch(None)) };
         let text = value.to_str().unwrap_or_default().trim();
-        let unquoted = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(text);
-        match unquoted.parse::<u64>() {
-            Ok(version) => Ok(IfMatch(Some(Version(version)))),
-            Err(_) => Err(Problem::bad_request(format!(
+        let quoted = text.strip_prefix('"').and_then(|t| t.strip_suffix('"'));
+        match (quoted, quoted.unwrap_or(text).parse::<u64>()) {
+            (_, Ok(version)) => Ok(IfMatch(Some(Version(version)))),
+            // A well-formed tag that is no version (a read's digest, say) names a state the
+            // aggregate is not in: the precondition fails, as RFC 9110 says.
+            (Some(_), Err(_)) => Err(Problem::precondition_failed(format!(
+                "If-Match {text} is not an aggregate version; send the ETag a command answered with"
+            ))),
+            (None, Err(_)) => Err(Problem::bad_request(format!(
                 "If-Match must be an entity tag holding a version, like \"3\"; got {text:?}"
             ))),
         }
@@ -39,12 +45,12 @@ pub async fn not_modified(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::http::{HeaderValue, Method, StatusCode, header};
-    if request.method() != Method::GET {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
         return next.run(request).await;
     }
     let if_none_match = request.headers().get(header::IF_NONE_MATCH).cloned();
     let response = next.run(request).await;
-    if response.status() != StatusCode::OK {
+    if response.status() != StatusCode::OK || !crate::json::small(&response) {
         return response;
     }
     let (mut parts, body) = response.into_parts();

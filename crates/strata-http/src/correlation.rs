@@ -27,25 +27,21 @@ pub struct CorrelationId(pub String);
 /// Middleware: validates or generates the correlation id and echoes it on the answer.
 pub async fn correlation_id(mut request: Request, next: Next) -> Response {
     let id = match request.headers().get(&CORRELATION_HEADER) {
-        None => uuid::Uuid::now_v7().to_string(),
+        None => Ok(uuid::Uuid::now_v7().to_string()),
         Some(value) => match value.to_str() {
             Ok(text)
                 if !text.is_empty()
                     && text.len() <= MAX_LEN
                     && text.bytes().all(|b| b.is_ascii_graphic()) =>
             {
-                text.to_owned()
+                Ok(text.to_owned())
             }
-            _ => {
-                return Problem::bad_request(format!(
-                    "X-Correlation-Id must be 1 to {MAX_LEN} visible ASCII characters"
-                ))
-                .into_response();
-            }
+            _ => Err(Problem::bad_request(format!(
+                "X-Correlation-Id must be 1 to {MAX_LEN} visible ASCII characters"
+            ))),
         },
     };
-    request.extensions_mut().insert(CorrelationId(id.clone()));
-    // One span per request: every log line the request causes carries its correlation id.
+    // One span per request: every log line its handling writes carries its correlation id.
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -55,15 +51,29 @@ pub async fn correlation_id(mut request: Request, next: Next) -> Response {
         "request",
         method = %request.method(),
         route = %route,
-        correlation_id = %id,
+        correlation_id = %id.as_deref().unwrap_or("(invalid)"),
     );
     let started = Instant::now();
-    let mut response = next.run(request).instrument(span.clone()).await;
+    let mut response = match &id {
+        Ok(id) => {
+            request.extensions_mut().insert(CorrelationId(id.clone()));
+            next.run(request).instrument(span.clone()).await
+        }
+        Err(problem) => problem.clone().into_response(),
+    };
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let status = response.status().as_u16();
     span.in_scope(|| {
-        tracing::info!(status = response.status().as_u16(), latency_ms, "request answered");
+        // Probes come every few seconds; at info they would drown the requests people make.
+        if matches!(route.as_str(), "/health" | "/metrics") {
+            tracing::debug!(status, latency_ms, "request answered");
+        } else {
+            tracing::info!(status, latency_ms, "request answered");
+        }
     });
-    if let Ok(value) = HeaderValue::from_str(&id) {
+    if let Ok(id) = &id
+        && let Ok(value) = HeaderValue::from_str(id)
+    {
         response.headers_mut().insert(CORRELATION_HEADER.clone(), value);
     }
     response

@@ -85,6 +85,16 @@ fn source_text(error: &dyn std::error::Error) -> String {
     innermost.to_string()
 }
 
+/// The most a middleware buffers of an answer to finish it; larger (or unsized) answers pass
+/// untouched. Views, pages and problems are far below it.
+const BUFFERED: u64 = 16 * 1024 * 1024;
+
+/// Whether `response`'s body is known to fit [`BUFFERED`].
+pub(crate) fn small(response: &axum::response::Response) -> bool {
+    use axum::body::HttpBody;
+    response.body().size_hint().upper().is_some_and(|upper| upper <= BUFFERED)
+}
+
 /// Middleware: appends a line break to every JSON (and problem+json) answer that lacks one.
 pub async fn end_with_newline(
     request: axum::extract::Request,
@@ -98,11 +108,10 @@ pub async fn end_with_newline(
         .is_some_and(|value| {
             value.starts_with("application/json") || value.starts_with("application/problem+json")
         });
-    if !is_json {
+    if !is_json || !small(&response) {
         return response;
     }
     let (mut parts, body) = response.into_parts();
-    // JSON answers are views, lists and problems: bounded, and already whole in memory.
     let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
         return Problem::internal(&std::io::Error::other("the answer's body failed"))
             .into_response();

@@ -425,11 +425,12 @@ fn snapshot<A: Aggregate, S: EventStore>(
     let (Some(policy), Some(state)) = (A::SNAPSHOTS, state.to_snapshot()) else { return };
     let (store, stream) = (store.clone(), stream.clone());
     let snapshot = Snapshot { version, format: policy.format, state };
-    tokio::spawn(async move {
+    let write = async move {
         if let Err(error) = store.write_snapshot(&stream, &snapshot).await {
             tracing::warn!(%error, %stream, "cannot write a snapshot; loads replay more events");
         }
-    });
+    };
+    tokio::spawn(write.in_current_span());
 }
 
 /// A bounded map from stream to a locked slot holding its loaded aggregate.

@@ -17,8 +17,9 @@ pub fn describe(error: &anyhow::Error) -> String {
         let mut own = message.as_str();
         if let Some(next) = messages.get(i + 1)
             && let Some(before) = own.strip_suffix(next.as_str())
+            && let Some(before) = before.strip_suffix(": ")
         {
-            own = before.trim_end_matches([':', ' ']);
+            own = before;
         }
         if !own.is_empty() && parts.last() != Some(&own) {
             parts.push(own);
@@ -42,5 +43,8 @@ mod tests {
             describe(&error),
             "cannot open the store: error connecting to server: Connection refused"
         );
+        let error =
+            anyhow::Error::new(std::io::Error::other("timed out")).context("operation timed out");
+        assert_eq!(describe(&error), "operation timed out: timed out", "only whole causes are cut");
     }
 }

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use strata::BusConfig;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use super::store::{StoreArgs, StoreLocation};
 use crate::app::{App, Backend, Stores};
@@ -66,6 +67,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let location = args.store.location()?;
+    let signals = count_signals();
     let listener = TcpListener::bind(&args.bind)
         .await
         .with_context(|| format!("cannot listen on {}", args.bind))?;
@@ -78,19 +80,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let stores = backends::open_sqlite(&dir)
                 .with_context(|| format!("cannot open the SQLite store in {}", dir.display()))?;
             println!("strata: data in {} (SQLite)", dir.display());
-            serve(stores, listener, node_id, args.idempotency_ttl, args.event_codec).await
+            serve(stores, listener, node_id, args.idempotency_ttl, args.event_codec, signals).await
         }
         StoreLocation::Postgres(url) => {
             let stores = backends::open_postgres(&url, &node_id)
                 .await
                 .context("cannot open the PostgreSQL store")?;
             println!("strata: data in PostgreSQL ({})", redacted(&url));
-            serve(stores, listener, node_id, args.idempotency_ttl, args.event_codec).await
+            serve(stores, listener, node_id, args.idempotency_ttl, args.event_codec, signals).await
         }
         StoreLocation::Memory => {
             println!("strata: data in memory (lost when the process ends)");
-            serve(backends::memory(), listener, node_id, args.idempotency_ttl, args.event_codec)
-                .await
+            serve(
+                backends::memory(),
+                listener,
+                node_id,
+                args.idempotency_ttl,
+                args.event_codec,
+                signals,
+            )
+            .await
         }
     }
 }
@@ -101,6 +110,7 @@ async fn serve<B: Backend>(
     node_id: String,
     idempotency_ttl: Duration,
     codec: strata::Codec,
+    signals: watch::Receiver<u32>,
 ) -> anyhow::Result<()> {
     // An event this code cannot read would stop the projections at it and refuse every
     // command on its aggregate: better not to start, and say which.
@@ -130,9 +140,11 @@ async fn serve<B: Backend>(
     let address = listener.local_addr().context("cannot read the bound address")?;
     println!("strata: listening on http://{address} (node {}, {codec} payloads)", app.node_id);
     let shutdown = app.shutdown.clone();
+    let first = signalled(signals.clone(), 1);
     let server = axum::serve(listener, crate::http::router(app.clone()))
         .with_graceful_shutdown(async move {
-            shutdown_signal().await;
+            first.await;
+            println!("strata: shutting down");
             // Waiting queries answer 503 now, so only commands in flight are waited for.
             shutdown.begin();
         })
@@ -143,7 +155,7 @@ async fn serve<B: Backend>(
             () = tokio::time::sleep(SHUTDOWN_GRACE) => {
                 println!("strata: requests still running after {SHUTDOWN_GRACE:?}; stopping anyway");
             }
-            () = shutdown_signal() => println!("strata: second signal; stopping at once"),
+            () = signalled(signals, 2) => println!("strata: second signal; stopping at once"),
         }
     };
     tokio::select! {
@@ -159,32 +171,46 @@ async fn serve<B: Backend>(
 /// How long a stopping service waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-async fn shutdown_signal() {
-    let interrupt = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::warn!(%error, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
+/// Counts SIGINT (Ctrl-C) and SIGTERM from the moment `strata serve` starts, so that a signal
+/// sent while the store opens stops the service cleanly instead of killing it, and a quick
+/// second one is not lost between two listeners.
+fn count_signals() -> watch::Receiver<u32> {
+    let (count, counted) = watch::channel(0);
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+            (Ok(mut interrupt), Ok(mut terminate)) => {
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            _ = interrupt.recv() => {}
+                            _ = terminate.recv() => {}
+                        }
+                        count.send_modify(|n| *n += 1);
+                    }
+                });
             }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::warn!(%error, "cannot listen for signals; stop the service with SIGKILL");
             }
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
     }
-    println!("strata: shutting down");
+    #[cfg(not(unix))]
+    tokio::spawn(async move {
+        while tokio::signal::ctrl_c().await.is_ok() {
+            count.send_modify(|n| *n += 1);
+        }
+    });
+    counted
+}
+
+/// Resolves when `signals` has counted `n` signals.
+async fn signalled(mut signals: watch::Receiver<u32>, n: u32) {
+    // The sender lives as long as the process listens; if it is gone, no signal can come.
+    if signals.wait_for(|count| *count >= n).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// The URL without its password, for printing.

@@ -291,6 +291,20 @@ async fn reads_answer_304_to_a_matching_if_none_match_and_bodies_end_with_a_newl
         .await;
     assert_eq!((changed.status, changed.header("etag")), (StatusCode::OK, Some("\"2\"")));
 
+    let head = service.request(Method::HEAD, "/customers/ada", None, &[]).await;
+    assert_eq!(head.header("etag"), Some(tag.as_str()), "HEAD tags as GET does");
+    // A read's digest is no version: as If-Match it fails the precondition.
+    let product = service.view("/products/tea").await;
+    let digest = product.header("etag").unwrap().to_owned();
+    let restock = service
+        .request(
+            Method::POST,
+            "/products/tea/restock",
+            Some(r#"{"qty":1}"#),
+            &[("if-match", &digest)],
+        )
+        .await;
+    restock.expect_problem(412, "not an aggregate version");
     assert!(service.get_text("/customers/ada").await.ends_with("}\n"), "JSON ends with a newline");
     let empty = service.request(Method::POST, "/orders/o1/confirm", Some(""), &[]).await;
     empty.expect_problem(400, "expected a JSON object");
