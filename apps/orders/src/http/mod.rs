@@ -15,8 +15,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use strata_http::admin::{self, Admin};
 use strata_http::{
-    IdempotencyLayerState, MAX_BODY_BYTES, Problem, attach_shutdown, correlation_id,
-    end_with_newline, idempotency, not_modified,
+    HttpMetrics, IdempotencyLayerState, MAX_BODY_BYTES, Problem, attach_shutdown, correlation_id,
+    count_requests, end_with_newline, idempotency, not_modified,
 };
 
 use crate::app::{AGGREGATE_TYPES, App, AppError, Backend};
@@ -25,6 +25,7 @@ use crate::app::{AGGREGATE_TYPES, App, AppError, Backend};
 pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
     let idempotency_state = IdempotencyLayerState::new(app.events().clone());
     let app_shutdown = app.shutdown.clone();
+    let http_metrics = HttpMetrics::new();
     let commands = Router::new()
         .route("/customers", post(commands::register_customer::<B>))
         .route("/products", post(commands::create_product::<B>))
@@ -51,6 +52,7 @@ pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
         projections: app.projections.clone(),
         node_id: app.node_id.clone(),
         aggregate_types: AGGREGATE_TYPES.to_vec(),
+        http: http_metrics.clone(),
     });
     commands
         .merge(queries)
@@ -62,6 +64,7 @@ pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
         .layer(axum::middleware::from_fn(end_with_newline))
         .layer(axum::middleware::from_fn(not_modified))
         .layer(axum::middleware::from_fn_with_state(app_shutdown, attach_shutdown))
+        .layer(axum::middleware::from_fn_with_state(http_metrics, count_requests))
         .layer(axum::middleware::from_fn(correlation_id))
 }
 

@@ -262,6 +262,86 @@ async fn metrics_export_group_commits_and_projection_progress() {
     assert!(value("strata_group_commit_groups_total") >= 1.0);
     assert_eq!(value("strata_projection_position{projection=\"orders\"}"), 4.0);
     assert_eq!(value("strata_projection_lag_events{projection=\"orders\"}"), 0.0);
+
+    // Through the service's own router, its requests are counted too.
+    let text = service.get_text("/metrics").await;
+    check_exposition(&text);
+    let sample = |prefix: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{prefix}:\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let created = "strata_http_requests_total{route=\"/customers\",method=\"POST\",status=\"201\"}";
+    assert_eq!(sample(created), 1.0, "the seed registered one customer");
+    assert!(sample("strata_http_request_duration_seconds_count{route=\"/orders/{id}\"}") >= 1.0);
+    assert!(
+        text.contains("strata_http_request_duration_seconds_bucket{le=\"+Inf\",route=\"/orders\"}")
+            || text.contains(
+                "strata_http_request_duration_seconds_bucket{route=\"/orders\",le=\"+Inf\"}"
+            )
+    );
+}
+
+/// Checks `text` line by line against the OpenMetrics text format: metadata lines, samples
+/// of a declared family with well-formed labels and a number, and `# EOF` last.
+fn check_exposition(text: &str) {
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.last(), Some(&"# EOF"), "ends with # EOF");
+    let name_ok = |name: &str| {
+        !name.is_empty()
+            && name.chars().enumerate().all(|(i, c)| {
+                c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
+            })
+    };
+    let mut declared: Vec<String> = Vec::new();
+    for line in &lines[..lines.len() - 1] {
+        if let Some(meta) = line.strip_prefix("# ") {
+            let mut words = meta.splitn(3, ' ');
+            let (kind, name) = (words.next().unwrap(), words.next().unwrap_or_default());
+            assert!(matches!(kind, "HELP" | "TYPE" | "UNIT"), "{line}");
+            assert!(name_ok(name), "{line}");
+            if kind == "TYPE" {
+                let family_type = words.next().unwrap_or_default();
+                assert!(matches!(family_type, "counter" | "gauge" | "histogram"), "{line}");
+                declared.push(name.to_owned());
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+        value.parse::<f64>().unwrap_or_else(|_| panic!("not a number: {line}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((name, labels)) => {
+                (name, labels.strip_suffix('}').unwrap_or_else(|| panic!("{line}")))
+            }
+            None => (series, ""),
+        };
+        assert!(name_ok(name), "{line}");
+        assert!(
+            declared.iter().any(|family| name.starts_with(family.as_str())),
+            "undeclared: {line}"
+        );
+        let mut rest = labels;
+        while !rest.is_empty() {
+            let (key, after) = rest.split_once("=\"").unwrap_or_else(|| panic!("label: {line}"));
+            assert!(name_ok(key), "label name in {line}");
+            let mut end = None;
+            let mut escaped = false;
+            for (i, c) in after.char_indices() {
+                match (escaped, c) {
+                    (false, '\\') => escaped = true,
+                    (false, '"') => {
+                        end = Some(i);
+                        break;
+                    }
+                    _ => escaped = false,
+                }
+            }
+            let end = end.unwrap_or_else(|| panic!("unterminated label value: {line}"));
+            rest = after[end + 1..].strip_prefix(',').unwrap_or(&after[end + 1..]);
+        }
+    }
 }
 
 #[tokio::test]

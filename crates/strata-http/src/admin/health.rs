@@ -1,10 +1,14 @@
 //! `/health` and `/metrics`.
 
-use std::fmt::Write;
+use std::sync::atomic::AtomicU64;
 
 use axum::Json;
 use axum::extract::State;
 use axum::response::IntoResponse;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use serde::Serialize;
 use strata::{EventStore, ProjectionState, ViewManager};
 
@@ -43,138 +47,146 @@ pub(super) async fn health<S: EventStore, M: ViewManager>(
     Ok(Json(Health { status, node_id: admin.node_id.clone(), failing }))
 }
 
-/// Writes one metric family: its help, its type and its samples.
-fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+/// A gauge family with one sample per label set, for values read at scrape time.
+fn gauges(registry: &mut Registry, name: &str, help: &str, samples: Vec<(Labels, f64)>) {
+    let family = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     for (labels, value) in samples {
-        let _ = writeln!(out, "{name}{labels} {value}");
+        family.get_or_create(&labels).set(value);
     }
+    registry.register(name, help, family);
 }
 
-/// `GET /metrics`: Prometheus text exposition of the store's group commits and every
-/// projection's progress, lag, parked instances, applies and rebuild.
+/// A counter family read at scrape time from totals kept elsewhere.
+fn counters(registry: &mut Registry, name: &str, help: &str, samples: Vec<(Labels, u64)>) {
+    let family = Family::<Labels, Counter>::default();
+    for (labels, value) in samples {
+        family.get_or_create(&labels).inc_by(value);
+    }
+    registry.register(name, help, family);
+}
+
+type Labels = Vec<(String, String)>;
+
+/// `GET /metrics`: OpenMetrics text (which Prometheus reads) of the HTTP requests, the
+/// store's group commits, and every projection's progress, lag, parked instances, applies
+/// and rebuild.
 pub(super) async fn metrics<S: EventStore, M: ViewManager>(
     State(admin): State<Admin<S, M>>,
 ) -> Result<impl IntoResponse, Problem> {
-    let mut out = String::new();
-    let one = |value: f64| vec![(String::new(), value)];
-    family(
-        &mut out,
+    // A registry per scrape: most values are read from the store and the projections now,
+    // not kept in the registry between scrapes.
+    let mut registry = Registry::default();
+    admin.http.register(&mut registry);
+    let none = || vec![(Labels::new(), 0.0)];
+    let mut one = none();
+    one[0].1 = admin.store.head().0 as f64;
+    gauges(
+        &mut registry,
         "strata_store_head_position",
-        "gauge",
-        "Position of the last committed event.",
-        &one(admin.store.head().0 as f64),
+        "Position of the last committed event",
+        one,
     );
     if let Some(group) = admin.store.group_commit_metrics() {
-        family(
-            &mut out,
-            "strata_group_commit_groups_total",
-            "counter",
-            "Transactions committed, one fsync each.",
-            &one(group.groups as f64),
+        let total = |value: u64| vec![(Labels::new(), value)];
+        counters(
+            &mut registry,
+            "strata_group_commit_groups",
+            "Transactions committed, one fsync each",
+            total(group.groups),
         );
-        family(
-            &mut out,
-            "strata_group_commit_appends_total",
-            "counter",
-            "Appends answered by group commits.",
-            &one(group.appends as f64),
+        counters(
+            &mut registry,
+            "strata_group_commit_appends",
+            "Appends answered by group commits",
+            total(group.appends),
         );
-        family(
-            &mut out,
-            "strata_group_commit_events_total",
-            "counter",
-            "Events written by group commits.",
-            &one(group.events as f64),
+        counters(
+            &mut registry,
+            "strata_group_commit_events",
+            "Events written by group commits",
+            total(group.events),
         );
-        family(
-            &mut out,
-            "strata_group_commit_busy_seconds_total",
-            "counter",
-            "Time spent writing and committing groups.",
-            &one(group.busy_micros as f64 / 1e6),
+        let busy = Family::<Labels, Counter<f64, AtomicU64>>::default();
+        busy.get_or_create(&Labels::new()).inc_by(group.busy_micros as f64 / 1e6);
+        registry.register(
+            "strata_group_commit_busy_seconds",
+            "Time spent writing and committing groups",
+            busy,
         );
-        family(
-            &mut out,
+        gauges(
+            &mut registry,
             "strata_group_commit_largest_group",
-            "gauge",
-            "Most appends committed in one group.",
-            &one(group.largest_group as f64),
+            "Most appends committed in one group",
+            vec![(Labels::new(), group.largest_group as f64)],
         );
     }
     let statuses = admin.projections.statuses().await?;
-    let per = |value: &dyn Fn(&strata::ProjectionStatus) -> f64| -> Vec<(String, f64)> {
-        statuses.iter().map(|s| (format!("{{projection=\"{}\"}}", s.name), value(s))).collect()
+    let label = |name: &str| vec![("projection".to_owned(), name.to_owned())];
+    let per = |value: &dyn Fn(&strata::ProjectionStatus) -> f64| -> Vec<(Labels, f64)> {
+        statuses.iter().map(|s| (label(&s.name), value(s))).collect()
     };
-    family(
-        &mut out,
+    gauges(
+        &mut registry,
         "strata_projection_position",
-        "gauge",
-        "Position each projection's views reflect.",
-        &per(&|s| s.position.0 as f64),
+        "Position each projection's views reflect",
+        per(&|s| s.position.0 as f64),
     );
-    family(
-        &mut out,
+    gauges(
+        &mut registry,
         "strata_projection_lag_events",
-        "gauge",
-        "Events a projection is behind the head.",
-        &per(&|s| s.lag_events as f64),
+        "Events a projection is behind the head",
+        per(&|s| s.lag_events as f64),
     );
-    family(
-        &mut out,
+    gauges(
+        &mut registry,
         "strata_projection_lag_seconds",
-        "gauge",
-        "Age of the oldest event a projection has not applied.",
-        &per(&|s| s.lag_seconds),
+        "Age of the oldest event a projection has not applied",
+        per(&|s| s.lag_seconds),
     );
-    family(
-        &mut out,
+    gauges(
+        &mut registry,
         "strata_projection_parked_instances",
-        "gauge",
-        "View instances parked after failing to apply an event.",
-        &per(&|s| s.parked as f64),
+        "View instances parked after failing to apply an event",
+        per(&|s| s.parked as f64),
     );
-    family(
-        &mut out,
+    gauges(
+        &mut registry,
         "strata_projection_failed",
-        "gauge",
-        "1 while a projection's batches or last rebuild fail.",
-        &per(&|s| f64::from(u8::from(s.status == ProjectionState::Failed))),
+        "1 while a projection's batches or last rebuild fail",
+        per(&|s| f64::from(u8::from(s.status == ProjectionState::Failed))),
     );
-    family(
-        &mut out,
+    gauges(
+        &mut registry,
         "strata_projection_rebuilding",
-        "gauge",
-        "1 while a projection is being rebuilt.",
-        &per(&|s| f64::from(u8::from(s.rebuild.is_some()))),
+        "1 while a projection is being rebuilt",
+        per(&|s| f64::from(u8::from(s.rebuild.is_some()))),
     );
-    family(
-        &mut out,
+    gauges(
+        &mut registry,
         "strata_projection_rebuild_position",
-        "gauge",
-        "Position a running rebuild has reached (0 when none runs).",
-        &per(&|s| s.rebuild.as_ref().map_or(0.0, |r| r.position.0 as f64)),
+        "Position a running rebuild has reached (0 when none runs)",
+        per(&|s| s.rebuild.as_ref().map_or(0.0, |r| r.position.0 as f64)),
     );
-    let counted = |value: &dyn Fn(&strata::ProjectionHandle) -> u64| -> Vec<(String, f64)> {
-        admin
-            .projections
-            .iter()
-            .map(|h| (format!("{{projection=\"{}\"}}", h.name()), value(h) as f64))
-            .collect()
+    let counted = |value: &dyn Fn(&strata::ProjectionHandle) -> u64| -> Vec<(Labels, u64)> {
+        admin.projections.iter().map(|h| (label(h.name()), value(h))).collect()
     };
-    family(
-        &mut out,
-        "strata_projection_events_applied_total",
-        "counter",
-        "Events this node committed into a projection's views.",
-        &counted(&|h| h.events_applied()),
+    counters(
+        &mut registry,
+        "strata_projection_events_applied",
+        "Events this node committed into a projection's views",
+        counted(&|h| h.events_applied()),
     );
-    family(
-        &mut out,
-        "strata_projection_failed_applies_total",
-        "counter",
-        "Tries of an event on a view instance that failed on this node.",
-        &counted(&|h| h.failed_applies()),
+    counters(
+        &mut registry,
+        "strata_projection_failed_applies",
+        "Tries of an event on a view instance that failed on this node",
+        counted(&|h| h.failed_applies()),
     );
-    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)
+        .map_err(|error| Problem::internal(&std::io::Error::other(error.to_string())))?;
+    Ok(([(axum::http::header::CONTENT_TYPE, OPENMETRICS)], out))
 }
+
+/// The content type of the OpenMetrics text format.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -14,7 +14,7 @@
 //! | `GET /admin/streams/{type}/{id}` | the stream's events as stored |
 //! | `GET /audit?correlation_id=…\|stream=TYPE/ID\|user=…` | events of one request, stream or user (the audit projection) |
 //! | `GET /health` | the store answers; which projections fail |
-//! | `GET /metrics` | Prometheus text |
+//! | `GET /metrics` | OpenMetrics text (Prometheus reads it) |
 
 mod events;
 mod health;
@@ -38,6 +38,8 @@ pub struct Admin<S, M> {
     pub node_id: String,
     /// The aggregate types `/admin/streams` accepts.
     pub aggregate_types: Vec<&'static str>,
+    /// The HTTP requests counted by [`crate::count_requests`], for `/metrics`.
+    pub http: Arc<crate::HttpMetrics>,
 }
 
 impl<S, M> Clone for Admin<S, M> {
@@ -48,6 +50,7 @@ impl<S, M> Clone for Admin<S, M> {
             projections: self.projections.clone(),
             node_id: self.node_id.clone(),
             aggregate_types: self.aggregate_types.clone(),
+            http: self.http.clone(),
         }
     }
 }

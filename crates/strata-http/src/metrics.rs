@@ -1,0 +1,89 @@
+//! HTTP request metrics, kept for `/metrics`: requests by route template, method and status,
+//! and a latency histogram per route. Counted by [`count_requests`], a middleware any
+//! Strata application layers over its router with the [`HttpMetrics`] its admin routes
+//! report.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+/// Latency buckets from 0.25 ms to about 4 s, doubling.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
+}
+
+/// The node's HTTP request counters. Clones share them.
+#[derive(Debug, Clone)]
+pub struct HttpMetrics {
+    requests: Family<Labels, Counter>,
+    latency: Family<Labels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+        }
+    }
+}
+
+impl HttpMetrics {
+    /// Empty counters.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn record(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        let labels = vec![
+            ("route".to_owned(), route.to_owned()),
+            ("method".to_owned(), method.to_owned()),
+            ("status".to_owned(), status.to_string()),
+        ];
+        self.requests.get_or_create(&labels).inc();
+        let route = vec![("route".to_owned(), route.to_owned())];
+        self.latency.get_or_create(&route).observe(seconds);
+    }
+
+    /// Adds the families to a registry being encoded.
+    pub(crate) fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "strata_http_requests",
+            "HTTP requests answered, by route template, method and status",
+            self.requests.clone(),
+        );
+        registry.register(
+            "strata_http_request_duration_seconds",
+            "Time from a request's arrival to its answer, by route template",
+            self.latency.clone(),
+        );
+    }
+}
+
+/// Middleware: counts every answered request in `metrics`.
+pub async fn count_requests(
+    State(metrics): State<Arc<HttpMetrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    // Unmatched paths share one label, so a scanner cannot grow the families without bound.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("(no route)", MatchedPath::as_str)
+        .to_owned();
+    let method = request.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    metrics.record(&route, &method, response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
+}
