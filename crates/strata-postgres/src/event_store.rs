@@ -352,10 +352,6 @@ const EXPIRE_KEYS: &str = "DELETE FROM strata_idempotency WHERE key IN \
 /// The records live in `strata_idempotency`, shared by every node, so a retry that lands on
 /// another node finds them too.
 impl IdempotencyStore for PgEventStore {
-    async fn get(&self, key: &str) -> Result<Option<IdempotencyRecord>, IdempotencyError> {
-        self.read_claim(key).await.map_err(|error| IdempotencyError(Box::new(error)))
-    }
-
     async fn put_answer(
         &self,
         key: &str,

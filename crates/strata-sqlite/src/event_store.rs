@@ -453,10 +453,6 @@ fn nanos(time: DateTime<chrono::Utc>) -> Result<i64, StoreError> {
 }
 
 impl IdempotencyStore for SqliteEventStore {
-    async fn get(&self, key: &str) -> Result<Option<IdempotencyRecord>, IdempotencyError> {
-        self.read_claim(key).await.map_err(|error| IdempotencyError(Box::new(error)))
-    }
-
     async fn put_answer(
         &self,
         key: &str,

@@ -18,6 +18,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::bus::CommandOutcome;
+use crate::store::EventStore;
 
 /// What a command carries when its request had an idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,14 +47,16 @@ pub struct IdempotencyRecord {
 #[error("idempotency store failed: {0}")]
 pub struct IdempotencyError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
 
-/// The records of idempotency keys. Event stores implement it: the records that matter most
-/// are written by their appends.
-pub trait IdempotencyStore: Send + Sync + 'static {
+/// The records of idempotency keys, kept by an event store: the records that matter most
+/// are written by its appends ([`EventStore::append_claimed`]).
+pub trait IdempotencyStore: EventStore {
     /// The record stored for `key`, if any.
     fn get(
         &self,
         key: &str,
-    ) -> impl Future<Output = Result<Option<IdempotencyRecord>, IdempotencyError>> + Send;
+    ) -> impl Future<Output = Result<Option<IdempotencyRecord>, IdempotencyError>> + Send {
+        async move { self.read_claim(key).await.map_err(|error| IdempotencyError(Box::new(error))) }
+    }
 
     /// Stores `answer` for `key` unless the key has a record; the first record wins.
     fn put_answer(

@@ -541,10 +541,6 @@ fn query_tuple(table: &TableSpec, query: &TableQuery, row: &[Value]) -> Vec<Valu
 }
 
 impl IdempotencyStore for InMemoryEventStore {
-    async fn get(&self, key: &str) -> Result<Option<IdempotencyRecord>, IdempotencyError> {
-        self.read_claim(key).await.map_err(|error| IdempotencyError(Box::new(error)))
-    }
-
     async fn put_answer(
         &self,
         key: &str,
