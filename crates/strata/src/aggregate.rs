@@ -46,6 +46,11 @@ pub trait Aggregate: Default + Clone + Send + Sync + 'static {
     fn handle(decision: &mut Decision<'_, Self>, command: Self::Command)
     -> Result<(), Self::Error>;
 
+    /// A short name of `command` for metrics, such as `AddLine`; one name for all by default.
+    fn command_name(_command: &Self::Command) -> &'static str {
+        "command"
+    }
+
     /// Whether the bus snapshots this aggregate, and how often; never by default.
     const SNAPSHOTS: Option<SnapshotPolicy> = None;
 

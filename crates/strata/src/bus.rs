@@ -18,6 +18,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use tracing::Instrument;
 
 use crate::aggregate::{Aggregate, Decision};
+use crate::command_counts::{CommandCounts, CommandResult};
 use crate::event::{DecodeError, DomainEvent, EventMetadata};
 use crate::idempotency::IdempotencyClaim;
 use crate::snapshot::Snapshot;
@@ -146,13 +147,19 @@ pub struct CommandBus<S> {
     store: Arc<S>,
     config: BusConfig,
     cache: AggregateCache,
+    counts: Arc<CommandCounts>,
 }
 
 impl<S: EventStore> CommandBus<S> {
     /// A bus over `store`.
     pub fn new(store: Arc<S>, config: BusConfig) -> Self {
         let cache = AggregateCache::new(config.cache_capacity);
-        Self { store, config, cache }
+        Self { store, config, cache, counts: Arc::default() }
+    }
+
+    /// How many commands this bus handled, by aggregate type, command and outcome.
+    pub fn counts(&self) -> &Arc<CommandCounts> {
+        &self.counts
     }
 
     /// The store this bus appends to.
@@ -175,7 +182,19 @@ impl<S: EventStore> CommandBus<S> {
         context: &CommandContext,
     ) -> Result<CommandOutcome, CommandError<A::Error>> {
         let span = tracing::debug_span!("command", aggregate = A::TYPE, id);
+        let name = A::command_name(&command);
         let outcome = self.execute_claimed::<A>(id, command, context).instrument(span).await;
+        let result = match &outcome {
+            Ok(_) => CommandResult::Ok,
+            Err(CommandError::Rejected(_) | CommandError::KeyReused(_)) => CommandResult::Rejected,
+            Err(
+                CommandError::Conflict { .. }
+                | CommandError::PreconditionFailed { .. }
+                | CommandError::KeyBusy(_),
+            ) => CommandResult::Conflict,
+            Err(_) => CommandResult::Error,
+        };
+        self.counts.count(A::TYPE, name, result);
         if let Ok(outcome) = &outcome {
             let position = outcome.position.map(|p| p.0);
             tracing::debug!(aggregate = A::TYPE, id, version = %outcome.version, ?position, "command handled");

@@ -70,6 +70,12 @@ impl Aggregate for Customer {
     type Event = CustomerEvent;
     type Error = CustomerError;
 
+    fn command_name(command: &CustomerCommand) -> &'static str {
+        match command {
+            CustomerCommand::Register { .. } => "Register",
+        }
+    }
+
     fn apply(&mut self, event: &CustomerEvent) {
         match event {
             CustomerEvent::CustomerRegistered(_) => self.registered = true,

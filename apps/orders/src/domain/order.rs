@@ -223,6 +223,16 @@ impl Aggregate for Order {
     type Event = OrderEvent;
     type Error = OrderError;
 
+    fn command_name(command: &OrderCommand) -> &'static str {
+        match command {
+            OrderCommand::Place { .. } => "Place",
+            OrderCommand::AddLine(_) => "AddLine",
+            OrderCommand::Confirm => "Confirm",
+            OrderCommand::Ship => "Ship",
+            OrderCommand::Cancel { .. } => "Cancel",
+        }
+    }
+
     const SNAPSHOTS: Option<SnapshotPolicy> = Some(SnapshotPolicy { every: 100, format: 1 });
 
     fn to_snapshot(&self) -> Option<Vec<u8>> {

@@ -111,6 +111,13 @@ impl Aggregate for Product {
     type Event = ProductEvent;
     type Error = ProductError;
 
+    fn command_name(command: &ProductCommand) -> &'static str {
+        match command {
+            ProductCommand::Create { .. } => "Create",
+            ProductCommand::Restock { .. } => "Restock",
+        }
+    }
+
     fn apply(&mut self, event: &ProductEvent) {
         match event {
             ProductEvent::ProductCreated(created) => {

@@ -53,6 +53,7 @@ pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
         node_id: app.node_id.clone(),
         aggregate_types: AGGREGATE_TYPES.to_vec(),
         http: http_metrics.clone(),
+        commands: app.bus.counts().clone(),
     });
     commands
         .merge(queries)

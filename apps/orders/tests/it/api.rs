@@ -264,6 +264,7 @@ async fn metrics_export_group_commits_and_projection_progress() {
     assert_eq!(value("strata_projection_lag_events{projection=\"orders\"}"), 0.0);
 
     // Through the service's own router, its requests are counted too.
+    service.post("/products/tea/restock", json!({"qty": 0})).await.expect_problem(422, "qty");
     let text = service.get_text("/metrics").await;
     check_exposition(&text);
     let sample = |prefix: &str| -> f64 {
@@ -276,6 +277,11 @@ async fn metrics_export_group_commits_and_projection_progress() {
     let created = "strata_http_requests_total{route=\"/customers\",method=\"POST\",status=\"201\"}";
     assert_eq!(sample(created), 1.0, "the seed registered one customer");
     assert!(sample("strata_http_request_duration_seconds_count{route=\"/orders/{id}\"}") >= 1.0);
+    let placed = "strata_commands_total{aggregate=\"order\",command=\"Place\",outcome=\"ok\"}";
+    assert_eq!(sample(placed), 1.0);
+    let refused =
+        "strata_commands_total{aggregate=\"product\",command=\"Restock\",outcome=\"rejected\"}";
+    assert_eq!(sample(refused), 1.0);
     assert!(
         text.contains("strata_http_request_duration_seconds_bucket{le=\"+Inf\",route=\"/orders\"}")
             || text.contains(

@@ -77,6 +77,25 @@ pub(super) async fn metrics<S: EventStore, M: ViewManager>(
     // not kept in the registry between scrapes.
     let mut registry = Registry::default();
     admin.http.register(&mut registry);
+    let commands = admin
+        .commands
+        .snapshot()
+        .into_iter()
+        .map(|((aggregate, command, result), count)| {
+            let labels = vec![
+                ("aggregate".to_owned(), aggregate.to_owned()),
+                ("command".to_owned(), command.to_owned()),
+                ("outcome".to_owned(), result.as_str().to_owned()),
+            ];
+            (labels, count)
+        })
+        .collect();
+    counters(
+        &mut registry,
+        "strata_commands",
+        "Commands handled, by aggregate type, command and outcome (ok, rejected, conflict, error)",
+        commands,
+    );
     let none = || vec![(Labels::new(), 0.0)];
     let mut one = none();
     one[0].1 = admin.store.head().0 as f64;

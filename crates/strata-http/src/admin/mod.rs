@@ -40,6 +40,8 @@ pub struct Admin<S, M> {
     pub aggregate_types: Vec<&'static str>,
     /// The HTTP requests counted by [`crate::count_requests`], for `/metrics`.
     pub http: Arc<crate::HttpMetrics>,
+    /// The commands the application's bus handled ([`strata::CommandBus::counts`]).
+    pub commands: Arc<strata::CommandCounts>,
 }
 
 impl<S, M> Clone for Admin<S, M> {
@@ -51,6 +53,7 @@ impl<S, M> Clone for Admin<S, M> {
             node_id: self.node_id.clone(),
             aggregate_types: self.aggregate_types.clone(),
             http: self.http.clone(),
+            commands: self.commands.clone(),
         }
     }
 }
