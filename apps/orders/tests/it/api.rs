@@ -179,7 +179,11 @@ async fn admin_lists_projections_and_health_names_the_node() {
     let health = service.get("/health").await;
     assert_eq!(
         (health.status, health.body.clone()),
-        (StatusCode::OK, json!({"status": "ok", "node_id": "test-node", "failing": []}))
+        (
+            StatusCode::OK,
+            json!({"status": "ok", "node_id": "test-node",
+                   "checks": {"store": "ok", "projections": "ok"}, "failing": []})
+        )
     );
 }
 

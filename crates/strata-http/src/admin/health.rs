@@ -1,10 +1,12 @@
 //! `/health` and `/metrics`.
 
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::response::IntoResponse;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -17,11 +19,19 @@ use crate::Problem;
 
 #[derive(Serialize)]
 pub(super) struct Health {
-    /// `ok`, or `degraded` while a projection fails.
+    /// `ok`; `degraded` while a projection fails or a dependency does not answer.
     status: &'static str,
     node_id: String,
+    /// Each dependency and what it said: `ok`, or why not.
+    checks: Checks,
     /// Projections whose batches or last rebuild failed, with why.
     failing: Vec<Failing>,
+}
+
+#[derive(Serialize)]
+struct Checks {
+    store: String,
+    projections: String,
 }
 
 #[derive(Serialize)]
@@ -30,11 +40,22 @@ struct Failing {
     error: String,
 }
 
+/// How long `/health` gives the store: a hung database must show here, not hang the probe.
+const STORE_CHECK: Duration = Duration::from_millis(800);
+
+/// `GET /health`: 200 while the store answers (`degraded` if a projection fails, since
+/// commands and the other views still work), 503 when the store does not answer in time.
 pub(super) async fn health<S: EventStore, M: ViewManager>(
     State(admin): State<Admin<S, M>>,
-) -> Result<Json<Health>, Problem> {
+) -> Result<Response, Problem> {
     // A read that touches the store proves it answers, not just that the process is up.
-    admin.store.read_all(admin.store.head(), 1).await?;
+    let store = match tokio::time::timeout(STORE_CHECK, admin.store.read_all(admin.store.head(), 1))
+        .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(format!("failing: {error}")),
+        Err(_) => Err(format!("no answer within {} ms", STORE_CHECK.as_millis())),
+    };
     let failing: Vec<Failing> = admin
         .projections
         .statuses()
@@ -43,8 +64,15 @@ pub(super) async fn health<S: EventStore, M: ViewManager>(
         .filter(|status| status.status == ProjectionState::Failed)
         .map(|status| Failing { projection: status.name, error: status.error.unwrap_or_default() })
         .collect();
-    let status = if failing.is_empty() { "ok" } else { "degraded" };
-    Ok(Json(Health { status, node_id: admin.node_id.clone(), failing }))
+    let projections = match failing.len() {
+        0 => "ok".to_owned(),
+        n => format!("{n} failing"),
+    };
+    let status = if store.is_ok() && failing.is_empty() { "ok" } else { "degraded" };
+    let code = if store.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let checks = Checks { store: store.err().unwrap_or_else(|| "ok".to_owned()), projections };
+    let health = Health { status, node_id: admin.node_id.clone(), checks, failing };
+    Ok((code, Json(health)).into_response())
 }
 
 /// A gauge family with one sample per label set, for values read at scrape time.

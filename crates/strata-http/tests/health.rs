@@ -1,0 +1,122 @@
+//! `/health` with a store that stops answering: it says so within a second, with 503.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use strata::{
+    AppendOutcome, EventStore, ExpectedVersion, IdempotencyClaim, IdempotencyRecord,
+    InMemoryEventStore, InMemoryViewManager, NewEvent, Position, Projections, RecordedEvent,
+    Snapshot, StoreError, StreamId, Version,
+};
+use strata_http::HttpMetrics;
+use strata_http::admin::{self, Admin};
+use tower::ServiceExt;
+
+/// An in-memory store whose reads of the log hang while `hung` is set, as a frozen database's
+/// would.
+#[derive(Default)]
+struct Freezable {
+    inner: InMemoryEventStore,
+    hung: AtomicBool,
+}
+
+impl EventStore for Freezable {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome, StoreError> {
+        self.inner.append(stream, expected, events).await
+    }
+    async fn append_claimed(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        claim: &IdempotencyClaim,
+    ) -> Result<AppendOutcome, StoreError> {
+        self.inner.append_claimed(stream, expected, events, claim).await
+    }
+    async fn read_claim(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        self.inner.read_claim(key).await
+    }
+    async fn read_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        self.inner.read_snapshot(stream).await
+    }
+    async fn write_snapshot(
+        &self,
+        stream: &StreamId,
+        snapshot: &Snapshot,
+    ) -> Result<(), StoreError> {
+        self.inner.write_snapshot(stream, snapshot).await
+    }
+    async fn event_types(&self) -> Result<Vec<(String, u32)>, StoreError> {
+        self.inner.event_types().await
+    }
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        after: Version,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.inner.read_stream(stream, after).await
+    }
+    async fn read_all(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        if self.hung.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        self.inner.read_all(after, limit).await
+    }
+    async fn read_positions(
+        &self,
+        positions: &[Position],
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.inner.read_positions(positions).await
+    }
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<Position> {
+        self.inner.subscribe()
+    }
+}
+
+async fn health(store: &Arc<Freezable>) -> (StatusCode, serde_json::Value, Duration) {
+    let router = admin::routes(Admin {
+        store: store.clone(),
+        views: Arc::new(InMemoryViewManager::new()),
+        projections: Arc::new(Projections::new()),
+        node_id: "n1".into(),
+        aggregate_types: vec![],
+        http: HttpMetrics::new(),
+        commands: Arc::default(),
+    });
+    let started = Instant::now();
+    let request = Request::builder().uri("/health").body(Body::empty()).unwrap();
+    let response = router.oneshot(request).await.unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap(), started.elapsed())
+}
+
+#[tokio::test]
+async fn a_store_that_stops_answering_shows_in_health_within_a_second() {
+    let store = Arc::new(Freezable::default());
+    let (status, body, _) = health(&store).await;
+    assert_eq!(
+        (status, &body["status"], &body["checks"]["store"]),
+        (StatusCode::OK, &"ok".into(), &"ok".into())
+    );
+
+    store.hung.store(true, Ordering::SeqCst);
+    let (status, body, took) = health(&store).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["status"], "degraded");
+    assert!(body["checks"]["store"].as_str().unwrap().contains("no answer"), "{body}");
+    assert!(took < Duration::from_secs(1), "answered in {took:?}");
+}
