@@ -1,5 +1,7 @@
 //! `/health` with a store that stops answering: it says so within a second, with 503.
 
+#![expect(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
