@@ -255,7 +255,9 @@ async fn migrate(client: &mut Client, schema: &str) -> Result<(), PgError> {
             .await
             .map_err(failed)?;
     }
-    transaction.commit().await.map_err(PgError::Database)
+    transaction.commit().await.map_err(PgError::Database)?;
+    tracing::info!(schema, version = known, "PostgreSQL schema open");
+    Ok(())
 }
 
 #[cfg(test)]

@@ -74,6 +74,8 @@ pub(crate) fn open_writer(
     // cut (invariant 5). NORMAL would only survive a crash of the process.
     connection.pragma_update(None, "synchronous", "FULL").map_err(open_error)?;
     migrate(&mut connection, &path, database.migrations)?;
+    let version = database.migrations.len();
+    tracing::info!(path = %path.display(), version, "SQLite schema open");
     Ok((connection, path))
 }
 
