@@ -27,20 +27,12 @@ struct Freezable {
 }
 
 impl EventStore for Freezable {
-    async fn append(
-        &self,
-        stream: &StreamId,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Result<AppendOutcome, StoreError> {
-        self.inner.append(stream, expected, events).await
-    }
     async fn append_claimed(
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
-        claim: &IdempotencyClaim,
+        claim: Option<&IdempotencyClaim>,
     ) -> Result<AppendOutcome, StoreError> {
         self.inner.append_claimed(stream, expected, events, claim).await
     }

@@ -134,46 +134,24 @@ impl PgEventStore {
     }
 }
 
-impl PgEventStore {
-    async fn append_with(
-        &self,
-        stream: &StreamId,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-        claim: Option<(String, String)>,
-    ) -> Result<AppendOutcome, StoreError> {
-        // Checks that need no database run here, in the caller's task, so that the writer
-        // spends its time writing.
-        strata::check_append(stream, &events)?;
-        let events = events.into_iter().map(encode).collect::<Result<Vec<_>, _>>()?;
-
-        let (answer, answered) = oneshot::channel();
-        let request = AppendRequest { stream: stream.clone(), expected, events, claim, answer };
-        self.inner.requests.send(request).map_err(|_| StoreError::Closed)?;
-        // The writer answers every request it takes; a dropped answer means it is gone.
-        answered.await.map_err(|_| StoreError::Closed)?
-    }
-}
-
 impl EventStore for PgEventStore {
-    async fn append(
-        &self,
-        stream: &StreamId,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Result<AppendOutcome, StoreError> {
-        self.append_with(stream, expected, events, None).await
-    }
-
     async fn append_claimed(
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
-        claim: &IdempotencyClaim,
+        claim: Option<&IdempotencyClaim>,
     ) -> Result<AppendOutcome, StoreError> {
-        let claim = (claim.key.clone(), claim.fingerprint.clone());
-        self.append_with(stream, expected, events, Some(claim)).await
+        // Checks that need no database run here, in the caller's task, so that the writer
+        // spends its time writing.
+        strata::check_append(stream, &events)?;
+        let events = events.into_iter().map(encode).collect::<Result<Vec<_>, _>>()?;
+        let claim = claim.map(|claim| (claim.key.clone(), claim.fingerprint.clone()));
+        let (answer, answered) = oneshot::channel();
+        let request = AppendRequest { stream: stream.clone(), expected, events, claim, answer };
+        self.inner.requests.send(request).map_err(|_| StoreError::Closed)?;
+        // The writer answers every request it takes; a dropped answer means it is gone.
+        answered.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn read_claim(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {

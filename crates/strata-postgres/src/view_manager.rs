@@ -123,7 +123,6 @@ fn decode<V: DeserializeOwned>(
     Ok((id, StoredView { view, position, parked }))
 }
 
-/// A checkpoint row: the checkpoint, and for rebuilds when it began and why it failed.
 /// A checkpoint row: the slot's checkpoint, and for a rebuild when it began and why it failed;
 /// the definition version that wrote it.
 struct CheckpointRow {

@@ -169,7 +169,6 @@ fn decode<V: DeserializeOwned>(
     Ok(StoredView { view: decode_view(projection, id, &data)?, position, parked })
 }
 
-/// A checkpoint row: the checkpoint, and for rebuilds when it began and why it failed.
 /// A checkpoint row: the slot's checkpoint, and for a rebuild when it began and why it failed;
 /// the definition version that wrote it.
 struct CheckpointRow {

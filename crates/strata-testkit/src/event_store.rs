@@ -288,7 +288,7 @@ async fn claimed_appends_record_their_key_with_their_events<S: EventStore + Idem
     let first = claim("claim-1", "digest-1");
     let events = vec![sample_event(1), sample_event(2)];
     let outcome = store
-        .append_claimed(&s, ExpectedVersion::NoStream, events, &first)
+        .append_claimed(&s, ExpectedVersion::NoStream, events, Some(&first))
         .await
         .expect("a claimed append");
     let recorded = IdempotencyRecord {
@@ -305,7 +305,10 @@ async fn claimed_appends_record_their_key_with_their_events<S: EventStore + Idem
     // The key is taken: another append under it, even to another stream, writes nothing.
     let head = store.head();
     let other = stream("claimed-again");
-    match store.append_claimed(&other, ExpectedVersion::Any, vec![sample_event(3)], &first).await {
+    match store
+        .append_claimed(&other, ExpectedVersion::Any, vec![sample_event(3)], Some(&first))
+        .await
+    {
         Err(StoreError::KeyClaimed { key, record }) => {
             assert_eq!(key, "claim-1");
             assert_eq!(*record, recorded, "a taken key answers with its record");
@@ -318,13 +321,14 @@ async fn claimed_appends_record_their_key_with_their_events<S: EventStore + Idem
     // A claimed append that is refused records no key: events and key go together.
     let stale = claim("claim-stale", "digest-2");
     let refused =
-        store.append_claimed(&s, ExpectedVersion::NoStream, vec![sample_event(4)], &stale);
+        store.append_claimed(&s, ExpectedVersion::NoStream, vec![sample_event(4)], Some(&stale));
     assert!(matches!(refused.await, Err(StoreError::Conflict { .. })));
     let repeated = sample_event(5);
     let duplicate = claim("claim-duplicate", "digest-3");
     let events = vec![repeated.clone()];
     store.append(&stream("taken-id"), ExpectedVersion::Any, events).await.expect("append");
-    let refused = store.append_claimed(&other, ExpectedVersion::Any, vec![repeated], &duplicate);
+    let refused =
+        store.append_claimed(&other, ExpectedVersion::Any, vec![repeated], Some(&duplicate));
     assert!(matches!(refused.await, Err(StoreError::DuplicateEventId(_))));
     for key in ["claim-stale", "claim-duplicate"] {
         assert_eq!(store.get(key).await.expect("get"), None, "{key}: no events, no record");
@@ -340,8 +344,12 @@ async fn claimed_appends_record_their_key_with_their_events<S: EventStore + Idem
         ("digest-4", Some(&b"first"[..]))
     );
     let refused_key = claim("refused", "digest-4");
-    let late =
-        store.append_claimed(&other, ExpectedVersion::Any, vec![sample_event(6)], &refused_key);
+    let late = store.append_claimed(
+        &other,
+        ExpectedVersion::Any,
+        vec![sample_event(6)],
+        Some(&refused_key),
+    );
     match late.await {
         Err(StoreError::KeyClaimed { record, .. }) => assert_eq!(record.appended, None),
         other => panic!("a key with a stored answer must be refused, got {other:?}"),
@@ -366,7 +374,8 @@ async fn claimed_appends_record_their_key_with_their_events<S: EventStore + Idem
     for key in ["claim-1", "refused", "expiring-1", "expiring-2"] {
         assert_eq!(store.get(key).await.expect("get"), None, "{key} expired");
     }
-    let again = store.append_claimed(&other, ExpectedVersion::Any, vec![sample_event(7)], &first);
+    let again =
+        store.append_claimed(&other, ExpectedVersion::Any, vec![sample_event(7)], Some(&first));
     again.await.expect("an expired key can be used again");
 }
 
@@ -441,7 +450,12 @@ async fn one_key_claimed_at_once_acts_once<S: EventStore + IdempotencyStore>(sto
             start.wait().await;
             let events = vec![sample_event(racer)];
             store
-                .append_claimed(&own, ExpectedVersion::NoStream, events, &claim("shared", "d"))
+                .append_claimed(
+                    &own,
+                    ExpectedVersion::NoStream,
+                    events,
+                    Some(&claim("shared", "d")),
+                )
                 .await
         }));
     }

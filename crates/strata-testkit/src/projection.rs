@@ -415,6 +415,7 @@ pub(crate) async fn operator_actions_during_a_rebuild_are_kept<M: ViewManager>(v
             while !done.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(1));
             }
+            assert!(done.load(Ordering::SeqCst), "the operator's skip came during the rebuild");
         }
     };
     let rebuilt = tally::projection(name, false)

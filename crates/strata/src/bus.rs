@@ -302,13 +302,7 @@ impl<S: EventStore> CommandBus<S> {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let expected = ExpectedVersion::of(loaded.version);
-            let appended = match claim {
-                Some(claim) => {
-                    self.store.append_claimed(&stream, expected, new_events, claim).await
-                }
-                None => self.store.append(&stream, expected, new_events).await,
-            };
-            match appended {
+            match self.store.append_claimed(&stream, expected, new_events, claim).await {
                 Ok(appended) => {
                     if A::SNAPSHOTS.is_some_and(|p| p.due(loaded.version, appended.version)) {
                         snapshot(&self.store, &stream, &next_state, appended.version);

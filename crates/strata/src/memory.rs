@@ -56,8 +56,10 @@ impl InMemoryEventStore {
     pub fn new() -> Self {
         Self::default()
     }
+}
 
-    fn append_with(
+impl EventStore for InMemoryEventStore {
+    async fn append_claimed(
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
@@ -112,27 +114,6 @@ impl InMemoryEventStore {
         }
         self.head.send_replace(last_position);
         Ok(AppendOutcome { version, first_position, last_position })
-    }
-}
-
-impl EventStore for InMemoryEventStore {
-    async fn append(
-        &self,
-        stream: &StreamId,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Result<AppendOutcome, StoreError> {
-        self.append_with(stream, expected, events, None)
-    }
-
-    async fn append_claimed(
-        &self,
-        stream: &StreamId,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-        claim: &IdempotencyClaim,
-    ) -> Result<AppendOutcome, StoreError> {
-        self.append_with(stream, expected, events, Some(claim))
     }
 
     async fn read_claim(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {

@@ -157,18 +157,20 @@ pub trait EventStore: Send + Sync + 'static {
         stream: &StreamId,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
-    ) -> impl Future<Output = Result<AppendOutcome, StoreError>> + Send;
+    ) -> impl Future<Output = Result<AppendOutcome, StoreError>> + Send {
+        self.append_claimed(stream, expected, events, None)
+    }
 
-    /// Appends like [`append`](Self::append) and records `claim`'s key, with where the
-    /// events went, in the same transaction: after a crash both exist or neither does. When
-    /// the key has a record already, nothing is written and the error
+    /// Appends like [`append`](Self::append) and, with a `claim`, records its key, with where
+    /// the events went, in the same transaction: after a crash both exist or neither does.
+    /// When the key has a record already, nothing is written and the error
     /// [`StoreError::KeyClaimed`] carries that record.
     fn append_claimed(
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
-        claim: &IdempotencyClaim,
+        claim: Option<&IdempotencyClaim>,
     ) -> impl Future<Output = Result<AppendOutcome, StoreError>> + Send;
 
     /// The idempotency record of `key`, as [`append_claimed`](Self::append_claimed) or an

@@ -124,9 +124,7 @@ pub(super) async fn metrics<S: EventStore, M: ViewManager>(
         "Commands handled, by aggregate type, command and outcome (ok, rejected, conflict, error)",
         commands,
     );
-    let none = || vec![(Labels::new(), 0.0)];
-    let mut one = none();
-    one[0].1 = admin.store.head().0 as f64;
+    let one = vec![(Labels::new(), admin.store.head().0 as f64)];
     gauges(
         &mut registry,
         "strata_store_head_position",

@@ -164,7 +164,7 @@ async fn one_key_sent_to_two_nodes_at_once_appends_once() {
                     &own,
                     ExpectedVersion::NoStream,
                     vec![sample_event(round)],
-                    &claim,
+                    Some(&claim),
                 )
                 .await
             })

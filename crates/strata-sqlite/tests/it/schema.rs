@@ -41,7 +41,7 @@ async fn an_event_log_of_schema_version_1_takes_idempotency_keys_after_migrating
     let store = SqliteEventStore::open(dir.path()).unwrap();
     assert_eq!(user_version(&dir.path().join("events.sqlite")), 3);
     let claim = IdempotencyClaim { key: "k".into(), fingerprint: "f".into(), recorded: None };
-    store.append_claimed(&stream("s"), NEW, vec![event(1)], &claim).await.unwrap();
+    store.append_claimed(&stream("s"), NEW, vec![event(1)], Some(&claim)).await.unwrap();
     let record = store.get("k").await.unwrap().expect("the key is recorded with the append");
     assert_eq!(record.appended.and_then(|appended| appended.position), Some(Position(1)));
 }

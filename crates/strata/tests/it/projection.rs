@@ -351,20 +351,12 @@ impl Tampered {
 }
 
 impl strata::EventStore for Tampered {
-    async fn append(
-        &self,
-        stream: &strata::StreamId,
-        expected: strata::ExpectedVersion,
-        events: Vec<strata::NewEvent>,
-    ) -> Result<strata::AppendOutcome, strata::StoreError> {
-        self.inner.append(stream, expected, events).await
-    }
     async fn append_claimed(
         &self,
         stream: &strata::StreamId,
         expected: strata::ExpectedVersion,
         events: Vec<strata::NewEvent>,
-        claim: &strata::IdempotencyClaim,
+        claim: Option<&strata::IdempotencyClaim>,
     ) -> Result<strata::AppendOutcome, strata::StoreError> {
         self.inner.append_claimed(stream, expected, events, claim).await
     }

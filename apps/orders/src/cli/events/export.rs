@@ -96,7 +96,7 @@ pub(super) async fn export(args: ExportArgs) -> anyhow::Result<()> {
 async fn export_from<S: EventStore>(store: &S, out: &mut dyn Write) -> anyhow::Result<u64> {
     let end = store.head();
     // Positions are dense from 1 in every store, so the head is also the number of events.
-    let mut progress = Progress::new("exported", Some(end.0));
+    let mut progress = Progress::new("exported", end.0);
     let mut after = Position::START;
     while after < end {
         let batch = store

@@ -221,7 +221,7 @@ async fn import_into<S: EventStore>(store: &S, input: Input, target: &str) -> an
     // lookup by id, and finding them would mean reading the target's whole log. The store
     // refuses them on append (`DuplicateEventId`), which stops the import with a clear
     // message, but after the groups before it were written.
-    let mut progress = Progress::new("imported", Some(input.events));
+    let mut progress = Progress::new("imported", input.events);
     let mut first_position = None;
     let mut last_position = Position::START;
     for group in input.groups {

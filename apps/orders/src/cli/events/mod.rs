@@ -98,12 +98,12 @@ pub(super) async fn connect_postgres(url: &str) -> anyhow::Result<PgEventStore> 
 /// Counts events and says so on stderr every [`PROGRESS_EVERY`] and at the end.
 pub(super) struct Progress {
     verb: &'static str,
-    total: Option<u64>,
+    total: u64,
     done: u64,
 }
 
 impl Progress {
-    pub(super) fn new(verb: &'static str, total: Option<u64>) -> Self {
+    pub(super) fn new(verb: &'static str, total: u64) -> Self {
         Self { verb, total, done: 0 }
     }
 
@@ -116,12 +116,7 @@ impl Progress {
     }
 
     pub(super) fn report(&self) {
-        match self.total {
-            Some(total) => {
-                eprintln!("{} {} of {} events", self.verb, thousands(self.done), thousands(total));
-            }
-            None => eprintln!("{} {} events", self.verb, thousands(self.done)),
-        }
+        eprintln!("{} {} of {} events", self.verb, thousands(self.done), thousands(self.total));
     }
 }
 
