@@ -1,20 +1,23 @@
-//! The application: one store, the command bus over it, the running projections, and the
-//! commands that need more than one aggregate (an order line reads its product's price, an
-//! order checks its customer exists).
+//! The application: one store, the command bus over it, the running projections and sagas,
+//! and the commands that need more than one aggregate (an order line reads its product's
+//! price, an order checks its customer exists, confirming waits for the fulfilment saga).
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use strata::saga::Sagas;
 use strata::{
     Aggregate, CommandBus, CommandContext, CommandError, CommandOutcome, EventStore,
-    IdempotencyStore, Leases, ProjectionHandle, ProjectionRunner, Projections, SharedReader,
-    ViewError, ViewManager,
+    IdempotencyStore, Leases, Position, ProjectionHandle, ProjectionRunner, Projections,
+    SharedReader, ViewError, ViewManager,
 };
 
 use crate::domain::{
     Customer, CustomerCommand, CustomerError, Order, OrderCommand, OrderError, OrderLine,
-    OrdersEvent, Product, ProductCommand, ProductError,
+    OrderStatus, OrdersEvent, Product, ProductCommand, ProductError,
 };
-use crate::views;
+use crate::sagas::{FULFILMENT_TABLES, FulfilmentSaga, FulfilmentSettings};
+use crate::views::{self, OrderView};
 
 /// The storage a service runs on, chosen once at start.
 pub trait Backend: Send + Sync + 'static {
@@ -38,12 +41,14 @@ pub struct Stores<B: Backend> {
 
 /// A running orders service.
 pub struct App<B: Backend> {
-    /// Routes commands to aggregates.
-    pub bus: CommandBus<B::Events>,
+    /// Routes commands to aggregates (shared with the sagas, which send commands too).
+    pub bus: Arc<CommandBus<B::Events>>,
     /// Reads views.
     pub views: Arc<B::Views>,
-    /// The projections this node runs.
+    /// The projections this node runs, sagas included.
     pub projections: Arc<Projections>,
+    /// The sagas this node runs.
+    pub sagas: Arc<Sagas>,
     /// This node's id, shown by `/health` and as projection owner.
     pub node_id: String,
     /// Begun when the service stops; ends waiting queries at once.
@@ -93,12 +98,23 @@ pub struct PlaceOrder {
 }
 
 impl<B: Backend> App<B> {
-    /// Creates the projections' tables, starts the projections over `stores` (all of them
-    /// reading the log through one shared reader) and returns the running service.
+    /// Creates the projections' tables, starts the projections and the fulfilment saga with
+    /// its default settings over `stores` (all of them reading the log through one shared
+    /// reader) and returns the running service.
     pub async fn start(
         stores: Stores<B>,
         node_id: impl Into<String>,
         bus: strata::BusConfig,
+    ) -> Result<Self, ViewError> {
+        Self::start_with(stores, node_id, bus, FulfilmentSettings::default()).await
+    }
+
+    /// [`App::start`] with the fulfilment saga's settings.
+    pub async fn start_with(
+        stores: Stores<B>,
+        node_id: impl Into<String>,
+        bus: strata::BusConfig,
+        fulfilment: FulfilmentSettings,
     ) -> Result<Self, ViewError> {
         let node_id = node_id.into();
         let runner = ProjectionRunner::new(node_id.clone());
@@ -123,10 +139,19 @@ impl<B: Backend> App<B> {
         start!(views::orders());
         start!(views::sales_daily());
         start!(strata::audit::projection::<OrdersEvent>());
+        let bus = Arc::new(CommandBus::new(events, bus));
+        let saga = Arc::new(FulfilmentSaga::new(bus.clone(), fulfilment));
+        let (projection, saga) =
+            strata::saga::spawn(&runner, saga, &FULFILMENT_TABLES, reader, views.clone(), leases)
+                .await?;
+        projections.push(projection);
+        let mut sagas = Sagas::new();
+        sagas.push(saga);
         Ok(Self {
-            bus: CommandBus::new(events, bus),
+            bus,
             views,
             projections: Arc::new(projections),
+            sagas: Arc::new(sagas),
             node_id,
             shutdown: strata_http::Shutdown::new(),
         })
@@ -215,6 +240,44 @@ impl<B: Backend> App<B> {
         Ok(self.bus.execute::<Order>(id, OrderCommand::AddLine(line), context).await?)
     }
 
+    /// Asks to confirm order `id`, then waits up to `wait` for the fulfilment saga to
+    /// confirm or cancel it. Returns the confirmation request's outcome and the order's
+    /// view once decided (`None` if it was not decided in time).
+    pub async fn confirm_order(
+        &self,
+        id: &str,
+        context: &CommandContext,
+        wait: Duration,
+    ) -> Result<(CommandOutcome, Option<(OrderView, Position)>), AppError> {
+        let outcome = self.bus.execute::<Order>(id, OrderCommand::Confirm, context).await?;
+        let Some(asked) = outcome.position else { return Ok((outcome, None)) };
+        let decided = tokio::time::timeout(wait, self.decided(id, asked)).await.ok().flatten();
+        Ok((outcome, decided))
+    }
+
+    /// Order `id` once its view shows the confirmation asked at `asked` decided, with the
+    /// position of the last event the view applied; `None` if the view cannot say.
+    async fn decided(&self, id: &str, asked: Position) -> Option<(OrderView, Position)> {
+        let orders = self.projection("orders")?;
+        let mut target = asked;
+        loop {
+            // Every wait is bounded by the caller's timeout.
+            orders.wait_for(target, Duration::from_secs(3600)).await.ok()?;
+            // Read after noting the position: the view reflects at least `seen`, so a
+            // decision applied later moves the position past it.
+            let seen = orders.position();
+            let stored = self.views.get::<OrderView>("orders", id).await.ok()??;
+            let decided = matches!(
+                stored.view.status,
+                OrderStatus::Confirmed | OrderStatus::Shipped | OrderStatus::Cancelled
+            );
+            if decided && stored.parked.is_none() && stored.position >= asked {
+                return Some((stored.view, stored.position));
+            }
+            target = Position(seen.0.max(target.0) + 1);
+        }
+    }
+
     /// Confirms, ships or cancels an order.
     pub async fn change_order(
         &self,
@@ -233,8 +296,9 @@ impl<B: Backend> App<B> {
         Ok(OrderLine { sku: line.sku, qty: line.qty, price_cents: product.state.price_cents })
     }
 
-    /// Stops the projections; committed batches stay committed.
+    /// Stops the projections and sagas; committed batches stay committed.
     pub fn stop(&self) {
+        self.sagas.stop();
         self.projections.stop();
     }
 }

@@ -8,4 +8,5 @@ pub mod bench;
 pub mod cli;
 pub mod domain;
 pub mod http;
+pub mod sagas;
 pub mod views;

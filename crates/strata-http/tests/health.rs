@@ -85,6 +85,7 @@ async fn health(store: &Arc<Freezable>) -> (StatusCode, serde_json::Value, Durat
         store: store.clone(),
         views: Arc::new(InMemoryViewManager::new()),
         projections: Arc::new(Projections::new()),
+        sagas: Arc::default(),
         node_id: "n1".into(),
         aggregate_types: vec![],
         http: HttpMetrics::new(),

@@ -14,6 +14,7 @@ pub mod idempotency;
 pub mod lease;
 pub mod memory;
 pub mod projection;
+pub mod saga;
 pub mod snapshot;
 pub mod store;
 pub mod stream;

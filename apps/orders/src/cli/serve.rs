@@ -14,6 +14,7 @@ use super::store::{StoreArgs, StoreLocation};
 use crate::app::{App, Backend, Stores};
 use crate::backends;
 use crate::domain::SCHEMAS;
+use crate::sagas::FulfilmentSettings;
 
 /// Options of `strata serve`.
 #[derive(Debug, Clone, Args)]
@@ -24,7 +25,7 @@ pub struct ServeArgs {
     /// This node's id, shown by /health and as projection owner [default: HOST:PORT].
     #[arg(long, env = "STRATA_NODE_ID", value_name = "ID")]
     pub node_id: Option<String>,
-    /// How long an Idempotency-Key is remembered: a number with s, m, h or d.
+    /// How long an Idempotency-Key is remembered: a number with ms, s, m, h or d.
     #[arg(
         long,
         env = "STRATA_IDEMPOTENCY_TTL",
@@ -33,6 +34,24 @@ pub struct ServeArgs {
         value_parser = parse_duration
     )]
     pub idempotency_ttl: Duration,
+    /// How long an order may stay placed before it is cancelled as expired.
+    #[arg(
+        long,
+        env = "STRATA_ORDER_TTL",
+        default_value = "15m",
+        value_name = "DURATION",
+        value_parser = parse_duration
+    )]
+    pub order_ttl: Duration,
+    /// How long reserving a confirmed order's stock may take before it is cancelled.
+    #[arg(
+        long,
+        env = "STRATA_CONFIRM_TIMEOUT",
+        default_value = "60s",
+        value_name = "DURATION",
+        value_parser = parse_duration
+    )]
+    pub confirm_timeout: Duration,
     /// How new events' payloads are encoded: json (readable) or binary (MessagePack;
     /// smaller). A store holds both; switching is safe.
     #[arg(long, env = "STRATA_EVENT_CODEC", default_value = "json", value_name = "CODEC")]
@@ -41,25 +60,25 @@ pub struct ServeArgs {
     pub store: StoreArgs,
 }
 
-/// `90s`, `15m`, `24h`, `7d`: a whole number and a unit, more than zero and at most ten
-/// years.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let refuse = || format!("{text:?} is not a duration like 90s, 15m, 24h or 7d");
-    let split =
-        text.len().checked_sub(1).filter(|&at| text.is_char_boundary(at)).ok_or_else(refuse)?;
-    let (number, unit) = text.split_at(split);
+/// `500ms`, `90s`, `15m`, `24h`, `7d`: a whole number and a unit, more than zero and at
+/// most ten years.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let refuse = || format!("{text:?} is not a duration like 500ms, 90s, 15m, 24h or 7d");
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
     let number: u64 = number.parse().map_err(|_| refuse())?;
-    let seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
+    let millis = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
         _ => return Err(refuse()),
     };
     // Ten years bounds it well inside what clocks and dates can subtract.
-    match number.checked_mul(seconds) {
-        Some(seconds) if seconds > 0 && seconds <= 3650 * 86_400 => {
-            Ok(Duration::from_secs(seconds))
+    match number.checked_mul(millis) {
+        Some(millis) if millis > 0 && millis <= 3650 * 86_400_000 => {
+            Ok(Duration::from_millis(millis))
         }
         _ => Err(refuse()),
     }
@@ -72,7 +91,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.bind))?;
     let address = listener.local_addr().context("cannot read the bound address")?;
-    let node_id = args.node_id.unwrap_or_else(|| format!("{}:{}", host_name(), address.port()));
+    let node_id =
+        args.node_id.clone().unwrap_or_else(|| format!("{}:{}", host_name(), address.port()));
     // "listening" is printed by `serve`, once the store is open and the projections started:
     // a client that waits for it finds a service that answers.
     match location {
@@ -80,26 +100,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let stores = backends::open_sqlite(&dir)
                 .with_context(|| format!("cannot open the SQLite store in {}", dir.display()))?;
             println!("strata: data in {} (SQLite)", dir.display());
-            serve(stores, listener, node_id, args.idempotency_ttl, args.event_codec, signals).await
+            serve(stores, listener, node_id, &args, signals).await
         }
         StoreLocation::Postgres(url) => {
             let stores = backends::open_postgres(&url, &node_id)
                 .await
                 .context("cannot open the PostgreSQL store")?;
             println!("strata: data in PostgreSQL ({})", redacted(&url));
-            serve(stores, listener, node_id, args.idempotency_ttl, args.event_codec, signals).await
+            serve(stores, listener, node_id, &args, signals).await
         }
         StoreLocation::Memory => {
             println!("strata: data in memory (lost when the process ends)");
-            serve(
-                backends::memory(),
-                listener,
-                node_id,
-                args.idempotency_ttl,
-                args.event_codec,
-                signals,
-            )
-            .await
+            serve(backends::memory(), listener, node_id, &args, signals).await
         }
     }
 }
@@ -108,10 +120,12 @@ async fn serve<B: Backend>(
     stores: Stores<B>,
     listener: TcpListener,
     node_id: String,
-    idempotency_ttl: Duration,
-    codec: strata::Codec,
+    args: &ServeArgs,
     signals: watch::Receiver<u32>,
 ) -> anyhow::Result<()> {
+    let (idempotency_ttl, codec) = (args.idempotency_ttl, args.event_codec);
+    let fulfilment =
+        FulfilmentSettings { order_ttl: args.order_ttl, confirm_timeout: args.confirm_timeout };
     // An event this code cannot read would stop the projections at it and refuse every
     // command on its aggregate: better not to start, and say which.
     let unreadable = SCHEMAS
@@ -127,7 +141,7 @@ async fn serve<B: Backend>(
         );
     }
     let app = Arc::new(
-        App::start(stores, node_id, BusConfig { codec, ..BusConfig::default() })
+        App::start_with(stores, node_id, BusConfig { codec, ..BusConfig::default() }, fulfilment)
             .await
             .context("cannot prepare the projections' tables")?,
     );
@@ -241,14 +255,26 @@ mod tests {
 
     #[test]
     fn durations_take_a_whole_number_and_a_unit() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
         assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
         assert_eq!(parse_duration("3650d"), Ok(Duration::from_secs(3650 * 86_400)));
-        for bad in
-            ["", "h", "0h", "1.5h", "-1h", "10", "10x", "1é", "3651d", "99999999999999999999d"]
-        {
+        for bad in [
+            "",
+            "h",
+            "0h",
+            "0ms",
+            "1.5h",
+            "-1h",
+            "10",
+            "10x",
+            "1é",
+            "5 s",
+            "3651d",
+            "99999999999999999999d",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} must be refused");
         }
     }

@@ -1,5 +1,11 @@
-//! An order: placed with lines, then confirmed and shipped, or cancelled while placed or
-//! confirmed. Lines are added only while the order is placed.
+//! An order: placed with lines; confirming once asked to confirm, while the fulfilment saga
+//! reserves its stock; then confirmed and shipped, or cancelled (by the customer while
+//! placed, confirming or confirmed; by the saga when stock is short, the order expires or
+//! the confirmation times out). Lines are added only while the order is placed.
+//!
+//! The saga's commands (`CompleteConfirmation`, `RecordShortage`, `CancelForShortage`,
+//! `Expire`, `TimeOut`) do nothing when the order has moved on meanwhile, instead of being
+//! refused: the saga decided on an older state, and the newer one already says what happened.
 //!
 //! Every order event carries the customer id, so that views keyed by customer can be located
 //! from the event alone (a locator holds no state).
@@ -17,6 +23,8 @@ use super::json_events;
 pub enum OrderStatus {
     /// Placed; lines may still be added.
     Placed,
+    /// Asked to confirm; its stock is being reserved.
+    Confirming,
     /// Confirmed; waiting to ship.
     Confirmed,
     /// Shipped; final.
@@ -29,6 +37,7 @@ impl fmt::Display for OrderStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             OrderStatus::Placed => "placed",
+            OrderStatus::Confirming => "confirming",
             OrderStatus::Confirmed => "confirmed",
             OrderStatus::Shipped => "shipped",
             OrderStatus::Cancelled => "cancelled",
@@ -72,8 +81,25 @@ pub enum OrderCommand {
     },
     /// Adds a line to a placed order.
     AddLine(OrderLine),
-    /// Confirms a placed order.
+    /// Asks to confirm a placed order: its stock is reserved next.
     Confirm,
+    /// Confirms an order whose stock is reserved (sent by the fulfilment saga).
+    CompleteConfirmation,
+    /// Records that a line's stock could not be reserved (sent by the saga).
+    RecordShortage {
+        /// The line's product.
+        sku: String,
+    },
+    /// Cancels a confirming order whose stock ran short (sent by the saga, after it
+    /// released what it had reserved).
+    CancelForShortage {
+        /// The products short.
+        skus: Vec<String>,
+    },
+    /// Cancels an order still placed when its time to be confirmed ran out.
+    Expire,
+    /// Cancels an order still confirming when its time to be reserved ran out.
+    TimeOut,
     /// Ships a confirmed order.
     Ship,
     /// Cancels a placed or confirmed order.
@@ -118,9 +144,28 @@ pub struct OrderStatusChanged {
 pub struct OrderCancelled {
     /// The customer.
     pub customer_id: String,
-    /// Why.
+    /// Why: the customer's words, or `out_of_stock`, `expired` or `timeout`.
     pub reason: String,
+    /// The products whose stock ran short, when that is why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub out_of_stock_skus: Vec<String>,
 }
+
+/// A line's stock could not be reserved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineUnavailable {
+    /// The customer.
+    pub customer_id: String,
+    /// The product.
+    pub sku: String,
+}
+
+/// Why the saga cancels an order whose stock ran short.
+pub const OUT_OF_STOCK: &str = "out_of_stock";
+/// Why the saga cancels an order left placed too long.
+pub const EXPIRED: &str = "expired";
+/// Why the saga cancels an order whose stock was not reserved in time.
+pub const TIMEOUT: &str = "timeout";
 
 /// What happened to an order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +174,10 @@ pub enum OrderEvent {
     OrderPlaced(OrderPlaced),
     /// See [`LineAdded`].
     LineAdded(LineAdded),
+    /// Confirmation was asked for; the order is confirming.
+    OrderConfirmationRequested(OrderStatusChanged),
+    /// See [`LineUnavailable`].
+    LineUnavailable(LineUnavailable),
     /// The order was confirmed.
     OrderConfirmed(OrderStatusChanged),
     /// The order was shipped.
@@ -136,7 +185,15 @@ pub enum OrderEvent {
     /// See [`OrderCancelled`].
     OrderCancelled(OrderCancelled),
 }
-json_events!(OrderEvent { OrderPlaced, LineAdded, OrderConfirmed, OrderShipped, OrderCancelled });
+json_events!(OrderEvent {
+    OrderPlaced,
+    LineAdded,
+    OrderConfirmationRequested,
+    LineUnavailable,
+    OrderConfirmed,
+    OrderShipped,
+    OrderCancelled
+});
 
 impl OrderEvent {
     /// The customer the order belongs to.
@@ -144,7 +201,10 @@ impl OrderEvent {
         match self {
             OrderEvent::OrderPlaced(e) => &e.customer_id,
             OrderEvent::LineAdded(e) => &e.customer_id,
-            OrderEvent::OrderConfirmed(e) | OrderEvent::OrderShipped(e) => &e.customer_id,
+            OrderEvent::LineUnavailable(e) => &e.customer_id,
+            OrderEvent::OrderConfirmationRequested(e)
+            | OrderEvent::OrderConfirmed(e)
+            | OrderEvent::OrderShipped(e) => &e.customer_id,
             OrderEvent::OrderCancelled(e) => &e.customer_id,
         }
     }
@@ -228,6 +288,11 @@ impl Aggregate for Order {
             OrderCommand::Place { .. } => "Place",
             OrderCommand::AddLine(_) => "AddLine",
             OrderCommand::Confirm => "Confirm",
+            OrderCommand::CompleteConfirmation => "CompleteConfirmation",
+            OrderCommand::RecordShortage { .. } => "RecordShortage",
+            OrderCommand::CancelForShortage { .. } => "CancelForShortage",
+            OrderCommand::Expire => "Expire",
+            OrderCommand::TimeOut => "TimeOut",
             OrderCommand::Ship => "Ship",
             OrderCommand::Cancel { .. } => "Cancel",
         }
@@ -249,7 +314,10 @@ impl Aggregate for Order {
                 self.status = Some(OrderStatus::Placed);
                 self.customer_id = placed.customer_id.clone();
             }
-            OrderEvent::LineAdded(_) => {}
+            OrderEvent::LineAdded(_) | OrderEvent::LineUnavailable(_) => {}
+            OrderEvent::OrderConfirmationRequested(_) => {
+                self.status = Some(OrderStatus::Confirming)
+            }
             OrderEvent::OrderConfirmed(_) => self.status = Some(OrderStatus::Confirmed),
             OrderEvent::OrderShipped(_) => self.status = Some(OrderStatus::Shipped),
             OrderEvent::OrderCancelled(_) => self.status = Some(OrderStatus::Cancelled),
@@ -257,8 +325,15 @@ impl Aggregate for Order {
     }
 
     fn handle(d: &mut Decision<'_, Self>, command: OrderCommand) -> Result<(), OrderError> {
-        use OrderStatus::{Confirmed, Placed};
+        use OrderStatus::{Confirmed, Confirming, Placed};
         let customer_id = d.customer_id.clone();
+        let cancelled = |reason: &str, out_of_stock_skus: Vec<String>| {
+            OrderEvent::OrderCancelled(OrderCancelled {
+                customer_id: customer_id.clone(),
+                reason: reason.to_owned(),
+                out_of_stock_skus,
+            })
+        };
         match command {
             OrderCommand::Place { customer_id, lines, payment_method, shipping_address } => {
                 if d.status.is_some() {
@@ -280,18 +355,43 @@ impl Aggregate for Order {
             }
             OrderCommand::Confirm => {
                 d.require("confirm", &[Placed])?;
-                d.emit(OrderEvent::OrderConfirmed(OrderStatusChanged { customer_id }));
+                d.emit(OrderEvent::OrderConfirmationRequested(OrderStatusChanged { customer_id }));
+            }
+            OrderCommand::CompleteConfirmation => {
+                if d.status == Some(Confirming) {
+                    d.emit(OrderEvent::OrderConfirmed(OrderStatusChanged { customer_id }));
+                }
+            }
+            OrderCommand::RecordShortage { sku } => {
+                if d.status == Some(Confirming) {
+                    d.emit(OrderEvent::LineUnavailable(LineUnavailable { customer_id, sku }));
+                }
+            }
+            OrderCommand::CancelForShortage { skus } => {
+                if d.status == Some(Confirming) {
+                    d.emit(cancelled(OUT_OF_STOCK, skus));
+                }
+            }
+            OrderCommand::Expire => {
+                if d.status == Some(Placed) {
+                    d.emit(cancelled(EXPIRED, Vec::new()));
+                }
+            }
+            OrderCommand::TimeOut => {
+                if d.status == Some(Confirming) {
+                    d.emit(cancelled(TIMEOUT, Vec::new()));
+                }
             }
             OrderCommand::Ship => {
                 d.require("ship", &[Confirmed])?;
                 d.emit(OrderEvent::OrderShipped(OrderStatusChanged { customer_id }));
             }
             OrderCommand::Cancel { reason } => {
-                d.require("cancel", &[Placed, Confirmed])?;
+                d.require("cancel", &[Placed, Confirming, Confirmed])?;
                 if reason.trim().is_empty() {
                     return Err(OrderError::EmptyReason);
                 }
-                d.emit(OrderEvent::OrderCancelled(OrderCancelled { customer_id, reason }));
+                d.emit(cancelled(&reason, Vec::new()));
             }
         }
         Ok(())
@@ -331,6 +431,10 @@ mod tests {
         OrderStatusChanged { customer_id: "c1".into() }
     }
 
+    fn confirming() -> OrderEvent {
+        OrderEvent::OrderConfirmationRequested(changed())
+    }
+
     fn confirmed() -> OrderEvent {
         OrderEvent::OrderConfirmed(changed())
     }
@@ -343,6 +447,15 @@ mod tests {
         OrderEvent::OrderCancelled(OrderCancelled {
             customer_id: "c1".into(),
             reason: "changed mind".into(),
+            out_of_stock_skus: Vec::new(),
+        })
+    }
+
+    fn cancelled_by_saga(reason: &str, skus: &[&str]) -> OrderEvent {
+        OrderEvent::OrderCancelled(OrderCancelled {
+            customer_id: "c1".into(),
+            reason: reason.into(),
+            out_of_stock_skus: skus.iter().map(|sku| (*sku).to_owned()).collect(),
         })
     }
 
@@ -381,8 +494,14 @@ mod tests {
     }
 
     #[test]
-    fn placed_then_confirmed_then_shipped() {
-        given::<Order>([placed()]).when(OrderCommand::Confirm).then([confirmed()]);
+    fn placed_then_confirming_then_confirmed_then_shipped() {
+        given::<Order>([placed()]).when(OrderCommand::Confirm).then([confirming()]);
+        given::<Order>([placed(), confirming()])
+            .when(OrderCommand::CompleteConfirmation)
+            .then([confirmed()]);
+        given::<Order>([placed(), confirming()])
+            .when(OrderCommand::Ship)
+            .then_error(OrderError::WrongStatus { action: "ship", status: Confirming });
         given::<Order>([placed(), confirmed()]).when(OrderCommand::Ship).then([shipped()]);
         given::<Order>([placed()])
             .when(OrderCommand::Ship)
@@ -394,7 +513,34 @@ mod tests {
     }
 
     #[test]
+    fn the_sagas_commands_act_only_on_the_state_they_were_decided_for() {
+        let shortage = OrderEvent::LineUnavailable(LineUnavailable {
+            customer_id: "c1".into(),
+            sku: "tea".into(),
+        });
+        given::<Order>([placed(), confirming()])
+            .when(OrderCommand::RecordShortage { sku: "tea".into() })
+            .then([shortage]);
+        given::<Order>([placed(), confirming()])
+            .when(OrderCommand::CancelForShortage { skus: vec!["tea".into()] })
+            .then([cancelled_by_saga(OUT_OF_STOCK, &["tea"])]);
+        given::<Order>([placed()])
+            .when(OrderCommand::Expire)
+            .then([cancelled_by_saga(EXPIRED, &[])]);
+        given::<Order>([placed(), confirming()])
+            .when(OrderCommand::TimeOut)
+            .then([cancelled_by_saga(TIMEOUT, &[])]);
+        // Moved on meanwhile: nothing happens, and nothing is refused.
+        given::<Order>([placed(), confirming()]).when(OrderCommand::Expire).then([]);
+        given::<Order>([placed(), confirming(), confirmed()]).when(OrderCommand::TimeOut).then([]);
+        given::<Order>([placed(), confirming(), cancelled()])
+            .when(OrderCommand::CompleteConfirmation)
+            .then([]);
+    }
+
+    #[test]
     fn placed_or_confirmed_orders_can_be_cancelled_with_a_reason() {
+        given::<Order>([placed(), confirming()]).when(cancel()).then([cancelled()]);
         given::<Order>([placed()]).when(cancel()).then([cancelled()]);
         given::<Order>([placed(), confirmed()]).when(cancel()).then([cancelled()]);
         given::<Order>([placed(), confirmed(), shipped()])

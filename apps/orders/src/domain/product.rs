@@ -1,7 +1,14 @@
-//! A product: created once with a name and a price, restocked any number of times.
+//! A product: created once with a name and a price, restocked any number of times; its
+//! stock is reserved by orders being confirmed, released when they are cancelled and taken
+//! out when they ship.
+//!
+//! Reservations are kept per order, so that releasing or shipping an order's reservation
+//! is exact and doing it twice changes nothing.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use strata::{Aggregate, Decision, Rejection, RejectionKind};
+use strata::{Aggregate, Decision, Rejection, RejectionKind, SnapshotPolicy};
 
 use super::json_events;
 
@@ -11,15 +18,30 @@ pub const MAX_PRICE_CENTS: i64 = 1_000_000_000;
 /// The most units one restock or one order line may carry.
 pub const MAX_QTY: i64 = 1_000_000;
 
-/// A product in the catalogue.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A product in the catalogue; snapshotted every 100 events (format 1 is this struct as
+/// JSON), since every order confirmed on it adds to its stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Product {
     /// Whether the product exists.
     pub created: bool,
     /// The current price in cents; order lines copy it when they are added.
     pub price_cents: i64,
-    /// Units in stock.
+    /// Units in stock, reserved or not.
     pub on_hand: i64,
+    /// Units reserved, by order.
+    pub reservations: BTreeMap<String, i64>,
+}
+
+impl Product {
+    /// Units reserved by all orders.
+    pub fn reserved(&self) -> i64 {
+        self.reservations.values().fold(0_i64, |sum, qty| sum.saturating_add(*qty))
+    }
+
+    /// Units that may still be reserved.
+    pub fn available(&self) -> i64 {
+        self.on_hand.saturating_sub(self.reserved())
+    }
 }
 
 /// What can be asked of a product.
@@ -36,6 +58,23 @@ pub enum ProductCommand {
     Restock {
         /// Units added, positive.
         qty: i64,
+    },
+    /// Sets `qty` units aside for an order; refused when fewer are available.
+    ReserveStock {
+        /// The order.
+        order_id: String,
+        /// Units, positive.
+        qty: i64,
+    },
+    /// Gives an order's reservation back; nothing when it has none.
+    ReleaseStock {
+        /// The order.
+        order_id: String,
+    },
+    /// Takes an order's reservation out of the stock, as it ships; nothing when it has none.
+    ShipReserved {
+        /// The order.
+        order_id: String,
     },
 }
 
@@ -55,6 +94,15 @@ pub struct ProductRestocked {
     pub qty: i64,
 }
 
+/// Units of a product were reserved for, released by, or shipped to an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockMoved {
+    /// The order.
+    pub order_id: String,
+    /// Units.
+    pub qty: i64,
+}
+
 /// What happened to a product.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProductEvent {
@@ -62,8 +110,32 @@ pub enum ProductEvent {
     ProductCreated(ProductCreated),
     /// See [`ProductRestocked`].
     ProductRestocked(ProductRestocked),
+    /// Units were set aside for an order.
+    StockReserved(StockMoved),
+    /// An order's reservation was given back.
+    StockReleased(StockMoved),
+    /// An order's reservation left the stock with the order.
+    ReservedStockShipped(StockMoved),
 }
-json_events!(ProductEvent { ProductCreated, ProductRestocked });
+json_events!(ProductEvent {
+    ProductCreated,
+    ProductRestocked,
+    StockReserved,
+    StockReleased,
+    ReservedStockShipped
+});
+
+impl ProductEvent {
+    /// The order a stock event is about.
+    pub fn order_id(&self) -> Option<&str> {
+        match self {
+            ProductEvent::StockReserved(moved)
+            | ProductEvent::StockReleased(moved)
+            | ProductEvent::ReservedStockShipped(moved) => Some(&moved.order_id),
+            ProductEvent::ProductCreated(_) | ProductEvent::ProductRestocked(_) => None,
+        }
+    }
+}
 
 /// Why a product command was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -89,12 +161,22 @@ pub enum ProductError {
     /// The quantity is above [`MAX_QTY`].
     #[error("qty must be at most {MAX_QTY}")]
     QtyTooLarge,
+    /// Fewer units are available than a reservation asks for.
+    #[error("only {available} available, {requested} requested")]
+    OutOfStock {
+        /// Units available.
+        available: i64,
+        /// Units asked for.
+        requested: i64,
+    },
 }
 
 impl Rejection for ProductError {
     fn kind(&self) -> RejectionKind {
         match self {
-            ProductError::AlreadyExists => RejectionKind::Conflict,
+            ProductError::AlreadyExists | ProductError::OutOfStock { .. } => {
+                RejectionKind::Conflict
+            }
             ProductError::NotFound => RejectionKind::NotFound,
             ProductError::EmptyName
             | ProductError::NegativePrice
@@ -115,7 +197,20 @@ impl Aggregate for Product {
         match command {
             ProductCommand::Create { .. } => "Create",
             ProductCommand::Restock { .. } => "Restock",
+            ProductCommand::ReserveStock { .. } => "ReserveStock",
+            ProductCommand::ReleaseStock { .. } => "ReleaseStock",
+            ProductCommand::ShipReserved { .. } => "ShipReserved",
         }
+    }
+
+    const SNAPSHOTS: Option<SnapshotPolicy> = Some(SnapshotPolicy { every: 100, format: 1 });
+
+    fn to_snapshot(&self) -> Option<Vec<u8>> {
+        serde_json::to_vec(self).ok()
+    }
+
+    fn from_snapshot(state: &[u8]) -> Option<Self> {
+        serde_json::from_slice(state).ok()
     }
 
     fn apply(&mut self, event: &ProductEvent) {
@@ -126,6 +221,17 @@ impl Aggregate for Product {
             }
             ProductEvent::ProductRestocked(restocked) => {
                 self.on_hand = self.on_hand.saturating_add(restocked.qty);
+            }
+            ProductEvent::StockReserved(moved) => {
+                let reserved = self.reservations.entry(moved.order_id.clone()).or_default();
+                *reserved = reserved.saturating_add(moved.qty);
+            }
+            ProductEvent::StockReleased(moved) => {
+                self.reservations.remove(&moved.order_id);
+            }
+            ProductEvent::ReservedStockShipped(moved) => {
+                self.reservations.remove(&moved.order_id);
+                self.on_hand = self.on_hand.saturating_sub(moved.qty);
             }
         }
     }
@@ -158,6 +264,29 @@ impl Aggregate for Product {
                     return Err(ProductError::QtyTooLarge);
                 }
                 d.emit(ProductEvent::ProductRestocked(ProductRestocked { qty }));
+            }
+            ProductCommand::ReserveStock { order_id, qty } => {
+                if !d.created {
+                    return Err(ProductError::NotFound);
+                }
+                if qty <= 0 {
+                    return Err(ProductError::NonPositiveQty);
+                }
+                let available = d.available();
+                if available < qty {
+                    return Err(ProductError::OutOfStock { available, requested: qty });
+                }
+                d.emit(ProductEvent::StockReserved(StockMoved { order_id, qty }));
+            }
+            ProductCommand::ReleaseStock { order_id } => {
+                if let Some(&qty) = d.reservations.get(&order_id) {
+                    d.emit(ProductEvent::StockReleased(StockMoved { order_id, qty }));
+                }
+            }
+            ProductCommand::ShipReserved { order_id } => {
+                if let Some(&qty) = d.reservations.get(&order_id) {
+                    d.emit(ProductEvent::ReservedStockShipped(StockMoved { order_id, qty }));
+                }
             }
         }
         Ok(())
@@ -193,6 +322,57 @@ mod tests {
         given::<Product>([]).when(create("Free sample", 0)).then([ProductEvent::ProductCreated(
             ProductCreated { name: "Free sample".into(), price_cents: 0 },
         )]);
+    }
+
+    fn moved(order_id: &str, qty: i64) -> StockMoved {
+        StockMoved { order_id: order_id.into(), qty }
+    }
+
+    fn restocked(qty: i64) -> ProductEvent {
+        ProductEvent::ProductRestocked(ProductRestocked { qty })
+    }
+
+    fn reserve(order_id: &str, qty: i64) -> ProductCommand {
+        ProductCommand::ReserveStock { order_id: order_id.into(), qty }
+    }
+
+    #[test]
+    fn a_reservation_takes_only_what_is_available() {
+        given::<Product>([created(), restocked(5)])
+            .when(reserve("o1", 5))
+            .then([ProductEvent::StockReserved(moved("o1", 5))]);
+        given::<Product>([created(), restocked(5), ProductEvent::StockReserved(moved("o1", 4))])
+            .when(reserve("o2", 2))
+            .then_error(ProductError::OutOfStock { available: 1, requested: 2 });
+        given::<Product>([created(), restocked(5), ProductEvent::StockReserved(moved("o1", 4))])
+            .when(reserve("o2", 1))
+            .then([ProductEvent::StockReserved(moved("o2", 1))]);
+        given::<Product>([]).when(reserve("o1", 1)).then_error(ProductError::NotFound);
+    }
+
+    #[test]
+    fn releasing_gives_back_and_shipping_takes_out_the_orders_reservation_once() {
+        let reserved = [created(), restocked(5), ProductEvent::StockReserved(moved("o1", 3))];
+        given::<Product>(reserved.clone())
+            .when(ProductCommand::ReleaseStock { order_id: "o1".into() })
+            .then([ProductEvent::StockReleased(moved("o1", 3))]);
+        given::<Product>(reserved.clone())
+            .when(ProductCommand::ShipReserved { order_id: "o1".into() })
+            .then([ProductEvent::ReservedStockShipped(moved("o1", 3))]);
+        let mut released = reserved.to_vec();
+        released.push(ProductEvent::StockReleased(moved("o1", 3)));
+        given::<Product>(released.clone())
+            .when(ProductCommand::ReleaseStock { order_id: "o1".into() })
+            .then([]);
+        let shipped = strata::aggregate::replay::<Product>(&[
+            created(),
+            restocked(5),
+            ProductEvent::StockReserved(moved("o1", 3)),
+            ProductEvent::ReservedStockShipped(moved("o1", 3)),
+        ]);
+        assert_eq!((shipped.on_hand, shipped.reserved(), shipped.available()), (2, 0, 2));
+        let after_release = strata::aggregate::replay::<Product>(&released);
+        assert_eq!((after_release.on_hand, after_release.available()), (5, 5));
     }
 
     #[test]

@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -13,7 +16,7 @@ use strata_http::{CorrelationId, Idempotency, IfMatch, JsonBody, Problem};
 
 use super::ids::{self, PathId};
 use crate::app::{App, Backend, LineRequest, PlaceOrder};
-use crate::domain::OrderCommand;
+use crate::domain::{OrderCommand, OrderStatus};
 
 /// The answer to every successful command.
 #[derive(Serialize)]
@@ -175,18 +178,63 @@ fn check_empty(body: &Empty) -> Result<(), Problem> {
     }
 }
 
+const DEFAULT_CONFIRM_WAIT_MS: u64 = 2_000;
+const MAX_CONFIRM_WAIT_MS: u64 = 30_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmWait {
+    wait_ms: Option<u64>,
+}
+
+/// What confirming answers: where the order ended up, and the position of the event that
+/// decided it (or of the request, while still confirming).
+#[derive(Serialize)]
+struct Confirmation {
+    id: String,
+    position: u64,
+    status: OrderStatus,
+}
+
+/// Asks to confirm, and waits for the fulfilment saga's outcome: 200 with `confirmed` or
+/// `cancelled`, or 202 with `confirming` when it takes longer than `wait_ms`.
 pub async fn confirm_order<B: Backend>(
     State(app): State<Arc<App<B>>>,
     PathId(id): PathId,
+    wait: Result<Query<ConfirmWait>, QueryRejection>,
     correlation: CorrelationId,
     if_match: IfMatch,
     key: Idempotency,
     JsonBody(body): JsonBody<Empty>,
 ) -> Result<Response, Problem> {
+    let Query(wait) = wait.map_err(|_| {
+        Problem::bad_request("wait_ms must be a non-negative integer; no other parameter is known")
+    })?;
+    let wait_ms = wait.wait_ms.unwrap_or(DEFAULT_CONFIRM_WAIT_MS);
+    if wait_ms > MAX_CONFIRM_WAIT_MS {
+        return Err(Problem::bad_request(format!(
+            "wait_ms must be at most {MAX_CONFIRM_WAIT_MS}; got {wait_ms}"
+        )));
+    }
     check_empty(&body)?;
     let ctx = context(correlation, if_match, key);
-    let outcome = app.change_order(&id, OrderCommand::Confirm, &ctx).await?;
-    Ok(accepted(StatusCode::OK, outcome))
+    let wait = Duration::from_millis(wait_ms);
+    let (asked, decided) = app.confirm_order(&id, &ctx, wait).await?;
+    let (status, position, version, answer) = match decided {
+        Some((order, position)) => (StatusCode::OK, position.0, order.version, order.status),
+        None => (
+            StatusCode::ACCEPTED,
+            asked.position.map_or(0, |p| p.0),
+            asked.version.0,
+            OrderStatus::Confirming,
+        ),
+    };
+    let body = Confirmation { id: asked.stream.id, position, status: answer };
+    let mut response = (status, Json(body)).into_response();
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    Ok(response)
 }
 
 pub async fn ship_order<B: Backend>(

@@ -47,14 +47,20 @@ struct Page {
 }
 
 fn status(raw: &str) -> Result<OrderStatus, Problem> {
-    [OrderStatus::Placed, OrderStatus::Confirmed, OrderStatus::Shipped, OrderStatus::Cancelled]
-        .into_iter()
-        .find(|status| status.to_string() == raw)
-        .ok_or_else(|| {
-            Problem::bad_request(format!(
-                "status must be placed, confirmed, shipped or cancelled; got {raw:?}"
-            ))
-        })
+    [
+        OrderStatus::Placed,
+        OrderStatus::Confirming,
+        OrderStatus::Confirmed,
+        OrderStatus::Shipped,
+        OrderStatus::Cancelled,
+    ]
+    .into_iter()
+    .find(|status| status.to_string() == raw)
+    .ok_or_else(|| {
+        Problem::bad_request(format!(
+            "status must be placed, confirming, confirmed, shipped or cancelled; got {raw:?}"
+        ))
+    })
 }
 
 /// The `(placed_at, order_id)` a cursor holds.

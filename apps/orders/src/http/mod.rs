@@ -50,6 +50,7 @@ pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
         store: app.events().clone(),
         views: app.views.clone(),
         projections: app.projections.clone(),
+        sagas: app.sagas.clone(),
         node_id: app.node_id.clone(),
         aggregate_types: AGGREGATE_TYPES.to_vec(),
         http: http_metrics.clone(),

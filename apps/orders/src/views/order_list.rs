@@ -64,13 +64,14 @@ impl View<OrdersEvent> for ListedOrder {
     }
 }
 
-/// The customer-orders projection. Version 3: as version 2, with the payment method
+/// The customer-orders projection. Version 4: as version 3, with why a cancelled order was
+/// cancelled. Version 3: as version 2, with the payment method
 /// `"unknown"` for orders placed without one (as `OrderPlaced` version 2 says); version 2
 /// made one instance per order with a row each, where version 1 kept one growing document
 /// per customer.
 pub fn customer_orders() -> OrdersProjection<ListedOrder> {
     Projection::new("customer_orders", locate_order as Locator)
-        .with_version(3)
+        .with_version(4)
         .with_raw_locator(order_stream)
         .with_tables(&TABLES)
 }

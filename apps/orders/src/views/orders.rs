@@ -27,6 +27,13 @@ pub struct OrderView {
     pub shipping_address: Option<String>,
     /// When it was placed.
     pub placed_at: DateTime<Utc>,
+    /// Why it was cancelled, once it is: the customer's words, or `out_of_stock`,
+    /// `expired` or `timeout`.
+    #[serde(default)]
+    pub cancel_reason: Option<String>,
+    /// The products whose stock ran short, when that cancelled it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub out_of_stock_skus: Vec<String>,
     /// The order stream's version this view reflects; also the `ETag`.
     pub version: u64,
 }
@@ -42,6 +49,8 @@ impl Default for OrderView {
             payment_method: None,
             shipping_address: None,
             placed_at: DateTime::<Utc>::UNIX_EPOCH,
+            cancel_reason: None,
+            out_of_stock_skus: Vec::new(),
             version: 0,
         }
     }
@@ -73,18 +82,24 @@ impl View<OrdersEvent> for OrderView {
                 self.total_cents = self.total_cents.saturating_add(line_total(&added.line));
                 self.lines.push(added.line.clone());
             }
+            OrderEvent::OrderConfirmationRequested(_) => self.status = OrderStatus::Confirming,
+            OrderEvent::LineUnavailable(_) => {}
             OrderEvent::OrderConfirmed(_) => self.status = OrderStatus::Confirmed,
             OrderEvent::OrderShipped(_) => self.status = OrderStatus::Shipped,
-            OrderEvent::OrderCancelled(_) => self.status = OrderStatus::Cancelled,
+            OrderEvent::OrderCancelled(cancelled) => {
+                self.status = OrderStatus::Cancelled;
+                self.cancel_reason = Some(cancelled.reason.clone());
+                self.out_of_stock_skus = cancelled.out_of_stock_skus.clone();
+            }
         }
         Ok(())
     }
 }
 
 /// The orders projection. Version 2: the payment method is `"unknown"` for orders placed
-/// without one, as `OrderPlaced` version 2 says.
+/// without one, as `OrderPlaced` version 2 says. Version 3: cancelled orders say why.
 pub fn orders() -> OrdersProjection<OrderView> {
     Projection::new("orders", locate_order as Locator)
-        .with_version(2)
+        .with_version(3)
         .with_raw_locator(order_stream)
 }

@@ -15,8 +15,12 @@ pub struct ProductView {
     pub name: String,
     /// Current price in cents.
     pub price_cents: i64,
-    /// Units in stock.
+    /// Units in stock, reserved or not.
     pub on_hand: i64,
+    /// Units reserved by orders being confirmed or waiting to ship.
+    pub reserved: i64,
+    /// Units that may still be reserved: `on_hand - reserved`.
+    pub available: i64,
 }
 
 impl View<OrdersEvent> for ProductView {
@@ -31,8 +35,19 @@ impl View<OrdersEvent> for ProductView {
                 // Saturating: a view must never panic on a stored event.
                 self.on_hand = self.on_hand.saturating_add(restocked.qty);
             }
+            OrdersEvent::Product(ProductEvent::StockReserved(moved)) => {
+                self.reserved = self.reserved.saturating_add(moved.qty);
+            }
+            OrdersEvent::Product(ProductEvent::StockReleased(moved)) => {
+                self.reserved = self.reserved.saturating_sub(moved.qty);
+            }
+            OrdersEvent::Product(ProductEvent::ReservedStockShipped(moved)) => {
+                self.reserved = self.reserved.saturating_sub(moved.qty);
+                self.on_hand = self.on_hand.saturating_sub(moved.qty);
+            }
             _ => {}
         }
+        self.available = self.on_hand.saturating_sub(self.reserved);
         Ok(())
     }
 }
@@ -43,7 +58,9 @@ fn locate_product(event: &Envelope<OrdersEvent>, ids: &mut Vec<String>) {
     }
 }
 
-/// The products projection.
+/// The products projection. Version 2: reserved and available stock.
 pub fn products() -> OrdersProjection<ProductView> {
-    Projection::new("products", locate_product as Locator).with_raw_locator(product_stream)
+    Projection::new("products", locate_product as Locator)
+        .with_version(2)
+        .with_raw_locator(product_stream)
 }

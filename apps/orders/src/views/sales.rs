@@ -63,6 +63,10 @@ impl View<OrdersEvent> for OrderSales {
                 self.status = Some(OrderStatus::Placed);
             }
             OrderEvent::LineAdded(added) => self.lines.push(added.line.clone()),
+            OrderEvent::OrderConfirmationRequested(_) => {
+                self.status = Some(OrderStatus::Confirming);
+            }
+            OrderEvent::LineUnavailable(_) => {}
             OrderEvent::OrderConfirmed(_) => {
                 self.status = Some(OrderStatus::Confirmed);
                 self.confirmed_on = Some(event.metadata.recorded_at.date_naive());

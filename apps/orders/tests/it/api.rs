@@ -53,7 +53,10 @@ async fn products_are_created_restocked_and_read_back() {
     );
     service.post("/products/tea/restock", json!({"qty": 5})).await;
     let view = service.view("/products/tea").await;
-    assert_eq!(view.body, json!({"sku": "tea", "name": "Tea", "price_cents": 450, "on_hand": 15}));
+    assert_eq!(
+        view.body,
+        json!({"sku": "tea", "name": "Tea", "price_cents": 450, "on_hand": 15, "reserved": 0, "available": 15})
+    );
 }
 
 #[tokio::test]
@@ -77,14 +80,29 @@ async fn an_order_goes_from_placed_to_shipped_with_lines_priced_when_added() {
     assert_eq!(order.header("etag"), Some("\"2\""));
     assert!(order.body["placed_at"].as_str().is_some_and(|t| t.starts_with("20")));
 
-    assert_eq!(service.post("/orders/o1/confirm", json!({})).await.status, StatusCode::OK);
+    // Confirming waits for the fulfilment saga, which reserves every line's stock.
+    let confirmed = service.post("/orders/o1/confirm", json!({})).await;
+    assert_eq!(confirmed.status, StatusCode::OK);
+    assert_eq!(
+        (&confirmed.body["id"], &confirmed.body["status"]),
+        (&json!("o1"), &json!("confirmed"))
+    );
+    let tea = service.get(&format!("/products/tea?min_position={}", confirmed.position())).await;
+    assert_eq!(
+        (&tea.body["on_hand"], &tea.body["reserved"], &tea.body["available"]),
+        (&json!(100), &json!(2), &json!(98))
+    );
     let shipped = service.post("/orders/o1/ship", json!({})).await;
     assert_eq!(shipped.status, StatusCode::OK);
     let order = service.get(&format!("/orders/o1?min_position={}", shipped.position())).await;
     assert_eq!(
         (order.body["status"].as_str(), order.body["version"].as_u64()),
-        (Some("shipped"), Some(4))
+        (Some("shipped"), Some(5))
     );
+    // Shipping takes the reservations out of the stock (the saga does it after the ship).
+    service.saga_reaches("o1", "completed").await;
+    let tea = service.view("/products/tea").await;
+    assert_eq!((&tea.body["on_hand"], &tea.body["reserved"]), (&json!(98), &json!(0)));
 
     let mine = service.view("/customers/ada/orders").await;
     let listed = &mine.body["orders"][0];
@@ -156,13 +174,22 @@ async fn admin_lists_projections_and_health_names_the_node() {
     service.view("/customers/ada/orders").await;
     service.view("/products/cake").await;
     service.view("/reports/sales?from=2026-01-01&to=2026-12-31").await;
+    service.settled().await;
     let projections = service.get("/admin/projections").await;
     assert_eq!(projections.status, StatusCode::OK);
     let list = projections.body.as_array().unwrap();
     let names: Vec<&str> = list.iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["customers", "customer_orders", "products", "orders", "sales_daily", "audit"]
+        [
+            "customers",
+            "customer_orders",
+            "products",
+            "orders",
+            "sales_daily",
+            "audit",
+            "fulfilment"
+        ]
     );
     for projection in list {
         assert_eq!(projection["head"].as_u64(), Some(service.head()));
@@ -237,7 +264,8 @@ async fn if_match_makes_a_command_conditional_on_the_version() {
         .request(Method::POST, "/orders/o1/confirm", Some("{}"), &[("if-match", "\"1\"")])
         .await;
     assert_eq!(current.status, StatusCode::OK);
-    assert_eq!(current.header("etag"), Some("\"2\""));
+    // The answer is the decided order: requested at version 2, confirmed at 3.
+    assert_eq!(current.header("etag"), Some("\"3\""));
 }
 
 #[tokio::test]
@@ -260,11 +288,11 @@ async fn metrics_export_group_commits_and_projection_progress() {
             .unwrap_or_else(|| panic!("{name} missing:\n{text}"));
         line.rsplit(' ').next().unwrap().parse().unwrap()
     };
-    assert_eq!(value("strata_store_head_position"), 4.0);
-    assert_eq!(value("strata_group_commit_appends_total"), 4.0, "one append per command");
-    assert_eq!(value("strata_group_commit_events_total"), 4.0);
+    assert_eq!(value("strata_store_head_position"), 6.0);
+    assert_eq!(value("strata_group_commit_appends_total"), 6.0, "one append per command");
+    assert_eq!(value("strata_group_commit_events_total"), 6.0);
     assert!(value("strata_group_commit_groups_total") >= 1.0);
-    assert_eq!(value("strata_projection_position{projection=\"orders\"}"), 4.0);
+    assert_eq!(value("strata_projection_position{projection=\"orders\"}"), 6.0);
     assert_eq!(value("strata_projection_lag_events{projection=\"orders\"}"), 0.0);
 
     // Through the service's own router, its requests are counted too.

@@ -3,8 +3,10 @@
 //! with each payload's codec kept.
 
 use orders::domain::customer::CustomerRegistered;
-use orders::domain::order::{LineAdded, OrderCancelled, OrderPlaced, OrderStatusChanged};
-use orders::domain::product::{ProductCreated, ProductRestocked};
+use orders::domain::order::{
+    LineAdded, LineUnavailable, OrderCancelled, OrderPlaced, OrderStatusChanged,
+};
+use orders::domain::product::{ProductCreated, ProductRestocked, StockMoved};
 use orders::domain::{CustomerEvent, OrderEvent, OrderLine, OrdersEvent, ProductEvent};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -68,10 +70,35 @@ fn any_event() -> impl Strategy<Value = (StreamId, OrdersEvent)> {
             StreamId::new("order", "o"),
             OrdersEvent::Order(OrderEvent::OrderShipped(OrderStatusChanged { customer_id }))
         )),
-        (customer, ".*").prop_map(|(customer_id, reason)| (
+        (customer, ".*", prop::collection::vec(".*", 0..3)).prop_map(
+            |(customer_id, reason, out_of_stock_skus)| (
+                StreamId::new("order", "o"),
+                OrdersEvent::Order(OrderEvent::OrderCancelled(OrderCancelled {
+                    customer_id,
+                    reason,
+                    out_of_stock_skus
+                }))
+            )
+        ),
+        customer.prop_map(|customer_id| (
             StreamId::new("order", "o"),
-            OrdersEvent::Order(OrderEvent::OrderCancelled(OrderCancelled { customer_id, reason }))
+            OrdersEvent::Order(OrderEvent::OrderConfirmationRequested(OrderStatusChanged {
+                customer_id
+            }))
         )),
+        (customer, ".*").prop_map(|(customer_id, sku)| (
+            StreamId::new("order", "o"),
+            OrdersEvent::Order(OrderEvent::LineUnavailable(LineUnavailable { customer_id, sku }))
+        )),
+        (".*", any::<i64>(), 0..3_u8).prop_map(|(order_id, qty, kind)| {
+            let moved = StockMoved { order_id, qty };
+            let event = match kind {
+                0 => ProductEvent::StockReserved(moved),
+                1 => ProductEvent::StockReleased(moved),
+                _ => ProductEvent::ReservedStockShipped(moved),
+            };
+            (StreamId::new("product", "p"), OrdersEvent::Product(event))
+        }),
     ]
 }
 

@@ -21,6 +21,8 @@ use strata::{
 };
 use strata_sqlite::SqliteEventStore;
 
+use orders::sagas::FulfilmentSettings;
+
 use crate::support::Service;
 
 fn golden_file() -> PathBuf {
@@ -97,13 +99,21 @@ async fn a_version_1_order_placed_is_served_as_version_2_and_kept_as_stored() {
         .unwrap();
     assert!(import.status.success(), "{}", String::from_utf8_lossy(&import.stderr));
 
-    let service = Service::start_in_path(dir.path()).await;
+    // Orders placed in 2024 would expire at once under the default TTL.
+    let patient = FulfilmentSettings {
+        order_ttl: std::time::Duration::from_secs(3650 * 86_400),
+        ..FulfilmentSettings::default()
+    };
+    let service = Service::start_in_path_with(dir.path(), patient).await;
     let head = service.head();
     for (id, payment_method, address, status) in [
         ("o1", json!("unknown"), Value::Null, "shipped"),
         ("o2", json!("card"), json!("1 Main St"), "cancelled"),
         ("o3", json!("card"), Value::Null, "placed"),
         ("o4", json!("unknown"), Value::Null, "placed"),
+        ("o6", json!("card"), Value::Null, "shipped"),
+        ("o7", json!("card"), Value::Null, "cancelled"),
+        ("o8", json!("card"), Value::Null, "cancelled"),
     ] {
         let order = service.get(&format!("/orders/{id}?min_position={head}&wait_ms=10000")).await;
         assert_eq!(order.body["payment_method"], payment_method, "{id}: {}", order.body);
@@ -115,9 +125,20 @@ async fn a_version_1_order_placed_is_served_as_version_2_and_kept_as_stored() {
     let listed = listed.body["orders"].as_array().unwrap().clone();
     assert!(listed.iter().all(|order| order["payment_method"].is_string()), "{listed:?}");
 
-    // The command side decides on the upcast event: o4 was placed by version 1.
+    let short = service.get(&format!("/orders/o8?min_position={head}")).await;
+    assert_eq!(short.body["cancel_reason"], "out_of_stock");
+    assert_eq!(short.body["out_of_stock_skus"], json!(["tea"]));
+    // Reservations of the imported history are settled: 100 restocked, 1 shipped.
+    let tea = service.get(&format!("/products/tea?min_position={head}")).await;
+    assert_eq!((&tea.body["on_hand"], &tea.body["reserved"]), (&json!(99), &json!(0)));
+
+    // The command side decides on the upcast event: o4 was placed by version 1. The saga,
+    // which acts only on what follows the imported history, reserves its 3 units.
     let confirmed = service.post("/orders/o4/confirm", json!({})).await;
     assert_eq!(confirmed.status, 200, "{:?}", confirmed.body);
+    assert_eq!(confirmed.body["status"], "confirmed", "{:?}", confirmed.body);
+    let tea = service.get(&format!("/products/tea?min_position={}", service.head())).await;
+    assert_eq!((&tea.body["reserved"], &tea.body["available"]), (&json!(3), &json!(96)));
 
     // The log keeps what was stored.
     let stream = service.get("/admin/streams/order/o1").await;

@@ -14,5 +14,6 @@ mod operations;
 mod process;
 mod reads;
 mod rebuild;
+mod sagas;
 mod snapshots;
 mod support;

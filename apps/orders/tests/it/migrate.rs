@@ -80,7 +80,9 @@ fn populated_sqlite() -> TempDir {
             }
             app.add_line("o1", LineRequest { sku: "cake".into(), qty: 1 }, &context).await.unwrap();
             app.restock_product("cake", 5, &context).await.unwrap();
-            app.change_order("o1", OrderCommand::Confirm, &context).await.unwrap();
+            let wait = std::time::Duration::from_secs(10);
+            let (_, decided) = app.confirm_order("o1", &context, wait).await.unwrap();
+            assert!(decided.is_some(), "the saga confirms o1");
             app.change_order(
                 "o2",
                 OrderCommand::Cancel { reason: "changed mind".into() },
@@ -89,6 +91,13 @@ fn populated_sqlite() -> TempDir {
             .await
             .unwrap();
             app.change_order("o1", OrderCommand::Ship, &context).await.unwrap();
+            // The saga takes o1's reservations out of the stock after the ship.
+            let saga = app.sagas.get("fulfilment").unwrap();
+            let deadline = std::time::Instant::now() + wait;
+            while saga.instance("o1").await.unwrap().unwrap()["status"] != "completed" {
+                assert!(std::time::Instant::now() < deadline, "the saga never settled o1");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
             app.stop();
         });
     })

@@ -76,6 +76,7 @@ async fn a_poison_event_parks_only_its_order_until_an_operator_skips_it() {
     let o1 = listed.body["orders"].as_array().unwrap().iter().find(|o| o["id"] == "o1").unwrap();
     assert_eq!(o1["parked_at_position"], poison.0, "a list says which of its orders are stale");
 
+    service.settled().await;
     let statuses = service.get("/admin/projections").await.body;
     for status in statuses.as_array().unwrap() {
         let unparked = ["customers", "products", "audit"];
@@ -258,7 +259,7 @@ async fn write_until(service: Arc<Service>, writer: usize, stop: Arc<AtomicBool>
 }
 
 async fn continue_after(service: &Service, id: &str) -> crate::support::Answer {
-    service.post(&format!("/orders/{id}/confirm"), json!({})).await;
+    service.post(&format!("/orders/{id}/confirm?wait_ms=30000"), json!({})).await;
     service.post(&format!("/orders/{id}/ship"), json!({})).await
 }
 
@@ -268,7 +269,10 @@ async fn a_rebuild_under_load_answers_every_query_and_swaps_in_views_equal_to_a_
     let dir = tempfile::tempdir().unwrap();
     let service = Arc::new(Service::start_in_path(dir.path()).await);
     service.seed().await;
-    service.post("/products/tea/restock", json!({"qty": 10})).await;
+    // Enough stock that every confirmation reserves.
+    for sku in ["tea", "cake"] {
+        service.post(&format!("/products/{sku}/restock"), json!({"qty": 1_000_000})).await;
+    }
     for n in 0..150 {
         service.post("/orders", json!({"order_id": format!("pre{n}"), "customer_id": "ada", "lines": [{"sku": "cake", "qty": 1}]})).await;
     }

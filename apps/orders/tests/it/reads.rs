@@ -346,9 +346,15 @@ async fn an_audit_finds_every_event_of_one_request_by_its_correlation_id() {
     let stream = service.view("/audit?stream=order/r1").await;
     assert_eq!(
         stream.body["events"].as_array().map(Vec::len),
-        Some(4),
-        "the stream: placed, two lines, confirmed"
+        Some(5),
+        "the stream: placed, two lines, confirming, confirmed"
     );
+    // What the fulfilment saga did for the confirmation is audited under its request, as
+    // the saga's doing.
+    let by_saga = service.view("/audit?user=saga:fulfilment").await;
+    let by_saga = by_saga.body["events"].as_array().unwrap().clone();
+    let types: Vec<&str> = by_saga.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(types, ["OrderConfirmed", "StockReserved", "StockReserved"], "{by_saga:?}");
     let future = service.view("/audit?correlation_id=checkout-42&from=2100-01-01T00:00:00Z").await;
     assert_eq!(future.body["events"], json!([]));
     let head = service.app.events().head();

@@ -26,7 +26,11 @@ fn event(kind: u8, n: i64) -> OrderEvent {
         1 => OrderEvent::LineAdded(LineAdded { customer_id, line }),
         2 => OrderEvent::OrderConfirmed(OrderStatusChanged { customer_id }),
         3 => OrderEvent::OrderShipped(OrderStatusChanged { customer_id }),
-        _ => OrderEvent::OrderCancelled(OrderCancelled { customer_id, reason: "r".into() }),
+        _ => OrderEvent::OrderCancelled(OrderCancelled {
+            customer_id,
+            reason: "r".into(),
+            out_of_stock_skus: Vec::new(),
+        }),
     }
 }
 

@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use orders::app::App;
 use orders::backends::{SqliteBackend, open_sqlite};
+use orders::sagas::FulfilmentSettings;
 use serde_json::Value;
 use strata::{BusConfig, EventStore};
 use strata_sqlite::SqliteError;
@@ -67,6 +68,11 @@ impl Service {
     /// A service on `path`, which outlives it. A service on the same path that was just
     /// dropped may still be releasing the store's lock; opening waits for that, a while.
     pub async fn start_in_path(path: &Path) -> Self {
+        Self::start_in_path_with(path, FulfilmentSettings::default()).await
+    }
+
+    /// [`Service::start_in_path`] with the fulfilment saga's settings.
+    pub async fn start_in_path_with(path: &Path, fulfilment: FulfilmentSettings) -> Self {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let stores = loop {
             match open_sqlite(path) {
@@ -77,7 +83,8 @@ impl Service {
                 Err(error) => panic!("cannot open {}: {error}", path.display()),
             }
         };
-        let app = Arc::new(App::start(stores, "test-node", BusConfig::default()).await.unwrap());
+        let app = App::start_with(stores, "test-node", BusConfig::default(), fulfilment);
+        let app = Arc::new(app.await.unwrap());
         let router = orders::http::router(app.clone());
         Self { app, router, _dir: None }
     }
@@ -151,7 +158,39 @@ impl Service {
         self.get(&format!("{path}{separator}min_position={}", self.head())).await
     }
 
-    /// A customer `ada`, products `tea` (450) and `cake` (300), and order `o1` with 2 tea.
+    /// Waits until every projection, the sagas' included, has caught up with the log (the
+    /// sagas have no query to wait with), for at most ten seconds.
+    pub async fn settled(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let statuses = self.get("/admin/projections").await.body;
+            let caught_up = statuses
+                .as_array()
+                .is_some_and(|all| all.iter().all(|p| p["position"].as_u64() == Some(self.head())));
+            if caught_up {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "projections lag: {statuses}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until the fulfilment saga of `order_id` has `status`, for at most ten seconds;
+    /// returns the instance as `/admin/sagas` shows it.
+    pub async fn saga_reaches(&self, order_id: &str, status: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let saga = self.get(&format!("/admin/sagas/fulfilment/{order_id}")).await.body;
+            if saga["status"] == status {
+                return saga;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the saga is not {status}: {saga}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A customer `ada`, products `tea` (450) and `cake` (300) with 100 units each in stock,
+    /// and order `o1` with 2 tea.
     pub async fn seed(&self) {
         let ok = |a: Answer| assert!(a.status.is_success(), "seed failed: {}", a.body);
         ok(self.post("/customers", serde_json::json!({"customer_id": "ada", "name": "Ada", "email": "ada@example.com"})).await);
@@ -164,6 +203,11 @@ impl Service {
                 serde_json::json!({"sku": "cake", "name": "Cake", "price_cents": 300}),
             )
             .await);
+        for sku in ["tea", "cake"] {
+            ok(self
+                .post(&format!("/products/{sku}/restock"), serde_json::json!({"qty": 100}))
+                .await);
+        }
         ok(self.post("/orders", serde_json::json!({"order_id": "o1", "customer_id": "ada", "lines": [{"sku": "tea", "qty": 2}]})).await);
     }
 }

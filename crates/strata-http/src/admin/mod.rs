@@ -11,6 +11,8 @@
 //! | `POST /admin/projections/{name}/parked/{view_id}/skip` `{"reason"}` | the same, without its failing event |
 //! | `GET /admin/projections/{name}/skipped` | every event skipped for good |
 //! | `POST /admin/projections/{name}/rebuild` | 202: a rebuild began |
+//! | `GET /admin/sagas` | every saga's instances by state: active, completed, failed, parked |
+//! | `GET /admin/sagas/{name}/{id}` | one instance: its state, next deadline and history |
 //! | `GET /admin/streams/{type}/{id}` | the stream's events as stored |
 //! | `GET /audit?correlation_id=…\|stream=TYPE/ID\|user=…` | events of one request, stream or user (the audit projection) |
 //! | `GET /health` | the store answers; which projections fail |
@@ -19,6 +21,7 @@
 mod events;
 mod health;
 mod projections;
+mod sagas;
 
 use std::sync::Arc;
 
@@ -34,6 +37,8 @@ pub struct Admin<S, M> {
     pub views: Arc<M>,
     /// The projections this node runs.
     pub projections: Arc<Projections>,
+    /// The sagas this node runs (their projections are among `projections`).
+    pub sagas: Arc<strata::saga::Sagas>,
     /// This node's id, shown by `/health`.
     pub node_id: String,
     /// The aggregate types `/admin/streams` accepts.
@@ -50,6 +55,7 @@ impl<S, M> Clone for Admin<S, M> {
             store: self.store.clone(),
             views: self.views.clone(),
             projections: self.projections.clone(),
+            sagas: self.sagas.clone(),
             node_id: self.node_id.clone(),
             aggregate_types: self.aggregate_types.clone(),
             http: self.http.clone(),
@@ -68,6 +74,8 @@ pub fn routes<S: EventStore, M: ViewManager>(admin: Admin<S, M>) -> Router {
         .route("/admin/projections/{name}/parked/{view_id}/skip", post(projections::skip::<S, M>))
         .route("/admin/projections/{name}/skipped", get(projections::skipped::<S, M>))
         .route("/admin/projections/{name}/rebuild", post(projections::rebuild::<S, M>))
+        .route("/admin/sagas", get(sagas::list::<S, M>))
+        .route("/admin/sagas/{name}/{id}", get(sagas::instance::<S, M>))
         .route("/admin/streams/{aggregate_type}/{id}", get(events::stream::<S, M>))
         .route("/audit", get(events::audit::<S, M>))
         .route("/health", get(health::health::<S, M>))

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use chrono::Utc;
 
 use super::reader::ReadEvent;
-use super::{Projection, ProjectionError};
+use super::{Projection, ProjectionError, ReactionFailed};
 use crate::event::DomainEvent;
 use crate::stream::Position;
 use crate::table::{self, RowChange, TableRows, Value};
@@ -77,6 +77,8 @@ struct Working<V> {
     /// Failed in this pass: later events of the batch are not applied to it.
     broken: bool,
     last_applied: Option<Position>,
+    /// The indexes of the batch's events applied to it, when the projection reacts to them.
+    applied: Vec<usize>,
 }
 
 /// The state an operator's retry or skip left an instance in.
@@ -134,8 +136,14 @@ where
             // Rows stored by an earlier version of the view that no longer fit are simply
             // not subtracted; the new rows are checked below.
             let old_rows = self.rows_of(&id, &stored).unwrap_or_default();
-            let working =
-                Working { stored, old_rows, changed: false, broken: false, last_applied: None };
+            let working = Working {
+                stored,
+                old_rows,
+                changed: false,
+                broken: false,
+                last_applied: None,
+                applied: Vec::new(),
+            };
             instances.insert(id, working);
         }
 
@@ -183,6 +191,9 @@ where
                         working.stored.position = position;
                         working.changed = true;
                         working.last_applied = Some(position);
+                        if self.reactor.is_some() {
+                            working.applied.push(index);
+                        }
                     }
                     Err(error) => {
                         working.broken = true;
@@ -191,6 +202,10 @@ where
                 }
             }
         }
+        if !failures.is_empty() {
+            return Ok(Pass::Failed(failures));
+        }
+        self.react(slot, events, &mut instances, &mut failures).await?;
         if !failures.is_empty() {
             return Ok(Pass::Failed(failures));
         }
@@ -245,6 +260,46 @@ where
         );
         *warm = kept;
         Ok(Pass::Committed { to: last, events: events.len() as u64, parked: newly_parked })
+    }
+
+    /// Runs the projection's reactor, if it has one, over the events each instance took:
+    /// instances at once (a saga's commands then share the store's group commits), each
+    /// instance's events in order. A failing instance is added to `failures`.
+    async fn react(
+        &self,
+        slot: Slot,
+        events: &[Arc<ReadEvent<E>>],
+        instances: &mut HashMap<String, Working<V>>,
+        failures: &mut Vec<InstanceFailure>,
+    ) -> Result<(), ProjectionError> {
+        let Some(reactor) = self.reactor.as_deref() else { return Ok(()) };
+        let acting = slot == Slot::Live;
+        let reactions = instances
+            .iter_mut()
+            .filter(|(_, working)| !working.applied.is_empty())
+            .map(|(id, working)| async move {
+                for &index in &working.applied {
+                    let event = &events[index];
+                    // Only events that decode were applied.
+                    let Ok(envelope) = event.envelope() else { continue };
+                    let reacted =
+                        reactor.react(id, &mut working.stored.view, envelope, acting).await;
+                    if let Err(failed) = reacted {
+                        return Err((id.clone(), event.position, failed));
+                    }
+                }
+                Ok(())
+            });
+        for reaction in futures_util::future::join_all(reactions).await {
+            match reaction {
+                Ok(()) => {}
+                Err((view_id, position, ReactionFailed::Instance(error))) => {
+                    failures.push(InstanceFailure { view_id, position, error });
+                }
+                Err((_, _, ReactionFailed::Batch(error))) => return Err(error),
+            }
+        }
+        Ok(())
     }
 
     /// Which instances each event touches: for each event its index and a range of `ids`.
@@ -357,7 +412,19 @@ where
             }
             let event = ReadEvent::<E>::new(record.clone());
             let mut attempt = state.view.clone();
-            match apply(&mut attempt, &event) {
+            let mut applied = apply(&mut attempt, &event);
+            if applied.is_ok()
+                && let Some(reactor) = self.reactor.as_deref()
+                && let Ok(envelope) = event.envelope()
+            {
+                let acting = slot == Slot::Live;
+                match reactor.react(id, &mut attempt, envelope, acting).await {
+                    Ok(()) => {}
+                    Err(ReactionFailed::Instance(error)) => applied = Err(error),
+                    Err(ReactionFailed::Batch(error)) => return Err(error),
+                }
+            }
+            match applied {
                 Ok(()) => {
                     state.view = attempt;
                     state.position = position;

@@ -7,8 +7,6 @@
 //! node of a cluster answers for every projection; a retry or a skip runs where it is asked
 //! and is fenced against the owner's batches like a batch is against another runner.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -28,7 +26,7 @@ use crate::view_manager::{
     ParkedInstance, RebuildRecord, SkippedEvent, Slot, ViewError, ViewManager,
 };
 
-type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+use super::BoxFuture;
 
 /// How many times a retry or skip is tried again when a batch commits in between.
 const REPLAY_TRIES: usize = 5;
@@ -345,6 +343,11 @@ impl ProjectionHandle {
     /// The projection's name.
     pub fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// The node running the projection, as it changes.
+    pub(crate) fn owner_changes(&self) -> watch::Receiver<Option<String>> {
+        self.shared.owner.subscribe()
     }
 
     /// The position its live views reflect now, as this node knows it.

@@ -20,9 +20,12 @@ pub mod control;
 pub mod reader;
 pub mod runner;
 
+use std::future::Future;
 use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
 
-use crate::event::DomainEvent;
+use crate::event::{DomainEvent, Envelope};
 use crate::store::StoreError;
 use crate::stream::Position;
 use crate::table::TableSpec;
@@ -111,6 +114,39 @@ pub enum ProjectionError {
     /// A locator panicked; no instance can be blamed, so the batch cannot go on.
     #[error("the view locator panicked at position {0}")]
     LocatorPanicked(Position),
+    /// A command a saga sent could not be delivered (the store failed); the batch is
+    /// tried again, and the command with it, under the same idempotency key.
+    #[error("a command sent at position {position} could not be delivered: {error}")]
+    Dispatch {
+        /// The event that caused the command.
+        position: Position,
+        /// Why.
+        error: String,
+    },
+}
+
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a projection does with an event beyond folding it into an instance: a saga decides
+/// on it and sends commands. Called after the batch's events are applied and before its
+/// commit, once per applied event and instance, in order; never for an event passed over.
+/// `acting` is false while rebuilding, where only the instance's state may change.
+pub(crate) trait Reactor<E, V>: Send + Sync + 'static {
+    fn react<'a>(
+        &'a self,
+        id: &'a str,
+        view: &'a mut V,
+        event: &'a Envelope<E>,
+        acting: bool,
+    ) -> BoxFuture<'a, Result<(), ReactionFailed>>;
+}
+
+/// Why a reaction failed.
+pub(crate) enum ReactionFailed {
+    /// The instance cannot take the event: retried, then parked like a view's refusal.
+    Instance(String),
+    /// The batch cannot go on (a store failed): retried with backoff.
+    Batch(ProjectionError),
 }
 
 /// A named projection: which view type it keeps, how events map to its instances, and the
@@ -124,6 +160,7 @@ pub struct Projection<E, V, L> {
     batch_size: usize,
     rebuild_batch_size: usize,
     version: u32,
+    reactor: Option<Arc<dyn Reactor<E, V>>>,
     _types: PhantomData<fn() -> (E, V)>,
 }
 
@@ -151,6 +188,7 @@ where
             batch_size: DEFAULT_BATCH_SIZE,
             rebuild_batch_size: DEFAULT_REBUILD_BATCH_SIZE,
             version: 1,
+            reactor: None,
             _types: PhantomData,
         }
     }
@@ -193,6 +231,12 @@ where
     /// ones, and swaps them in.
     pub fn with_version(mut self, version: u32) -> Self {
         self.version = version;
+        self
+    }
+
+    /// Reacts to every event applied to an instance (see [`Reactor`]).
+    pub(crate) fn with_reactor(mut self, reactor: Arc<dyn Reactor<E, V>>) -> Self {
+        self.reactor = Some(reactor);
         self
     }
 

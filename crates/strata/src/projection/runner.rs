@@ -130,6 +130,11 @@ impl ProjectionRunner {
         Self { node_id: node_id.into() }
     }
 
+    /// The node this runner runs projections for.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
     /// Runs `projection` on this node alone (no other node competes for it), reading the
     /// store on its own, until the handle is stopped or dropped.
     pub fn spawn<S, M, E, V, L>(

@@ -1,0 +1,32 @@
+//! `/admin/sagas…`: how many instances of each saga are in each state, and one instance.
+
+use axum::Json;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use strata::saga::SagaCounts;
+use strata::{EventStore, ViewManager};
+
+use super::Admin;
+use crate::Problem;
+
+pub(super) async fn list<S: EventStore, M: ViewManager>(
+    State(admin): State<Admin<S, M>>,
+) -> Result<Json<Vec<SagaCounts>>, Problem> {
+    Ok(Json(admin.sagas.counts().await?))
+}
+
+pub(super) async fn instance<S: EventStore, M: ViewManager>(
+    State(admin): State<Admin<S, M>>,
+    names: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    let (name, id) = names
+        .map(|Path(names)| names)
+        .map_err(|rejection| Problem::bad_request(rejection.body_text()))?;
+    let Some(saga) = admin.sagas.get(&name) else {
+        return Err(Problem::not_found(format!("no saga {name:?}")));
+    };
+    match saga.instance(&id).await? {
+        Some(instance) => Ok(Json(instance)),
+        None => Err(Problem::not_found(format!("saga {name} has no instance {id:?}"))),
+    }
+}
