@@ -286,6 +286,18 @@ impl<S: EventStore> CommandBus<S> {
                 return Err(CommandError::Rejected(rejection));
             }
             let Some(next_state) = next_state else {
+                // Deciding to do nothing appends nothing either: like a refusal, it must not
+                // rest on a cached state that another process has moved on from.
+                let loaded = if from_cache {
+                    let (fresh, grew) = catch_up::<A, S>(&self.store, &stream, loaded).await?;
+                    if grew {
+                        *cached = Some(Box::new(fresh));
+                        continue;
+                    }
+                    fresh
+                } else {
+                    loaded
+                };
                 let version = loaded.version;
                 *cached = Some(Box::new(loaded));
                 return Ok(CommandOutcome { stream, version, position: None });

@@ -163,6 +163,25 @@ async fn a_refusal_decided_on_a_stale_cache_is_checked_against_the_store() {
 }
 
 #[tokio::test]
+async fn doing_nothing_decided_on_a_stale_cache_is_checked_against_the_store() {
+    let bus = bus();
+    bus.execute::<Counter>("o.c", open("o"), &context()).await.unwrap();
+    bus.execute::<Counter>("o.c", CounterCommand::Increment { amounts: vec![4] }, &context())
+        .await
+        .unwrap();
+    // Another process makes the value odd behind the bus's back. Deciding to do nothing on
+    // the cached (even) value appends nothing, so no version check would catch it.
+    let incremented = CounterEvent::Incremented { by: 1 };
+    let new_event =
+        strata::DomainEvent::to_new_event(&incremented, sample_event(0).metadata).unwrap();
+    let stream = StreamId::new("counter", "o.c");
+    bus.store().append(&stream, ExpectedVersion::Exact(Version(2)), vec![new_event]).await.unwrap();
+    let evened = bus.execute::<Counter>("o.c", CounterCommand::MakeEven, &context()).await.unwrap();
+    assert_eq!(evened.version, Version(4), "decided on the stored value, 5");
+    assert_eq!(bus.load::<Counter>("o.c").await.unwrap().state.value, 6);
+}
+
+#[tokio::test]
 async fn a_retry_refused_by_its_own_first_attempt_on_another_node_gets_the_first_answer() {
     let store = Arc::new(InMemoryEventStore::new());
     let (node_a, node_b) = (

@@ -44,6 +44,8 @@ pub enum CounterCommand {
     Increment {
         amounts: Vec<u64>,
     },
+    /// Adds one if the value is odd; does nothing if it is even.
+    MakeEven,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -95,6 +97,11 @@ impl Aggregate for Counter {
                         return Err(CounterError::OverLimit);
                     }
                     d.emit(CounterEvent::Incremented { by });
+                }
+            }
+            CounterCommand::MakeEven => {
+                if d.value % 2 == 1 {
+                    d.emit(CounterEvent::Incremented { by: 1 });
                 }
             }
         }
