@@ -17,7 +17,7 @@ use crate::domain::{
     OrderStatus, OrdersEvent, Product, ProductCommand, ProductError,
 };
 use crate::sagas::{FULFILMENT_TABLES, FulfilmentSaga, FulfilmentSettings};
-use crate::views::{self, OrderView};
+use crate::views;
 
 /// The storage a service runs on, chosen once at start.
 pub trait Backend: Send + Sync + 'static {
@@ -73,6 +73,17 @@ pub enum AppError {
     /// The body names a product that does not exist.
     #[error("product {0:?} does not exist")]
     UnknownProduct(String),
+}
+
+/// The event that decided a confirmation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decided {
+    /// `confirmed` or `cancelled`.
+    pub status: OrderStatus,
+    /// The deciding event's position.
+    pub position: Position,
+    /// The order's version after it.
+    pub version: strata::Version,
 }
 
 /// A requested order line before it is priced.
@@ -241,40 +252,47 @@ impl<B: Backend> App<B> {
     }
 
     /// Asks to confirm order `id`, then waits up to `wait` for the fulfilment saga to
-    /// confirm or cancel it. Returns the confirmation request's outcome and the order's
-    /// view once decided (`None` if it was not decided in time).
+    /// confirm or cancel it (less if the service begins to stop). Returns the confirmation
+    /// request's outcome and, once decided, the deciding event: `None` if it was not decided
+    /// in time.
     pub async fn confirm_order(
         &self,
         id: &str,
         context: &CommandContext,
         wait: Duration,
-    ) -> Result<(CommandOutcome, Option<(OrderView, Position)>), AppError> {
+    ) -> Result<(CommandOutcome, Option<Decided>), AppError> {
         let outcome = self.bus.execute::<Order>(id, OrderCommand::Confirm, context).await?;
-        let Some(asked) = outcome.position else { return Ok((outcome, None)) };
-        let decided = tokio::time::timeout(wait, self.decided(id, asked)).await.ok().flatten();
+        let decided = tokio::select! {
+            decided = tokio::time::timeout(wait, self.decided(&outcome)) => decided.ok().flatten(),
+            () = self.shutdown.begun() => None,
+        };
         Ok((outcome, decided))
     }
 
-    /// Order `id` once its view shows the confirmation asked at `asked` decided, with the
-    /// position of the last event the view applied; `None` if the view cannot say.
-    async fn decided(&self, id: &str, asked: Position) -> Option<(OrderView, Position)> {
+    /// The event that decided the confirmation asked by `asked`: the first `OrderConfirmed`
+    /// or `OrderCancelled` after it in the order's stream. Waits on the orders projection,
+    /// which moves whenever the stream may have; `None` if the stream cannot be read.
+    async fn decided(&self, asked: &CommandOutcome) -> Option<Decided> {
         let orders = self.projection("orders")?;
-        let mut target = asked;
         loop {
-            // Every wait is bounded by the caller's timeout.
-            orders.wait_for(target, Duration::from_secs(3600)).await.ok()?;
-            // Read after noting the position: the view reflects at least `seen`, so a
-            // decision applied later moves the position past it.
-            let seen = orders.position();
-            let stored = self.views.get::<OrderView>("orders", id).await.ok()??;
-            let decided = matches!(
-                stored.view.status,
-                OrderStatus::Confirmed | OrderStatus::Shipped | OrderStatus::Cancelled
-            );
-            if decided && stored.parked.is_none() && stored.position >= asked {
-                return Some((stored.view, stored.position));
+            // Noted before the read: an event appended after the read lies beyond it, so the
+            // projection passing it wakes the wait below.
+            let before = orders.position();
+            let tail = self.events().read_stream(&asked.stream, asked.version).await.ok()?;
+            for record in &tail {
+                let status = match record.event_type.as_str() {
+                    "OrderConfirmed" => OrderStatus::Confirmed,
+                    "OrderCancelled" => OrderStatus::Cancelled,
+                    _ => continue,
+                };
+                return Some(Decided {
+                    status,
+                    position: record.position,
+                    version: record.version,
+                });
             }
-            target = Position(seen.0.max(target.0) + 1);
+            // Every wait is bounded by the caller's timeout.
+            orders.wait_for(Position(before.0 + 1), Duration::from_secs(3600)).await.ok()?;
         }
     }
 

@@ -10,6 +10,7 @@ mod long_stream;
 mod plan;
 mod progress;
 mod report;
+mod saga;
 mod system;
 pub mod workload;
 
@@ -62,6 +63,11 @@ pub struct BenchArgs {
     /// --orders × 10 events of W1.
     #[arg(long)]
     pub codecs: bool,
+    /// Instead of W1: --orders orders placed and confirmed through the fulfilment saga by
+    /// --concurrency clients on --store; orders confirmed per second and the confirmation's
+    /// latency.
+    #[arg(long)]
+    pub saga: bool,
 }
 
 /// Why a benchmark could not run as asked; exits with the usage code.
@@ -155,6 +161,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let plan = args.plan()?;
+    if args.saga {
+        return run_saga(&args, plan).await;
+    }
     let (target, outcome) = match &args.http {
         Some(url) => {
             (format!("{url} over HTTP, {} connections", plan.tasks), http::run(plan, url).await?)
@@ -262,6 +271,67 @@ async fn run_long_stream(args: &BenchArgs, events: u64) -> anyhow::Result<()> {
         println!("{object}");
     } else {
         print!("{}", long_stream::table(&target, &figures));
+    }
+    Ok(())
+}
+
+async fn run_saga(args: &BenchArgs, plan: Plan) -> anyhow::Result<()> {
+    if args.http.is_some() || args.contended {
+        return Err(BenchUsageError::Invalid(
+            "--saga runs in-process, without --http or --contended".into(),
+        )
+        .into());
+    }
+    let (orders, tasks) = (plan.orders, plan.tasks);
+    let store = args.store.as_str();
+    let (target, figures) = if store == "memory" {
+        (
+            "memory (not durable)".to_owned(),
+            saga::run(crate::backends::memory(), orders, tasks).await?,
+        )
+    } else if store == "postgres" || store.starts_with("postgres://") {
+        let url = if store == "postgres" { DEFAULT_POSTGRES_URL } else { store };
+        let schema = format!("strata_bench_saga_{}", std::process::id());
+        let database = strata_postgres::PgDatabase::connect(url, Some(&schema))
+            .await
+            .context("cannot connect to PostgreSQL")?;
+        let stores = crate::app::Stores::<crate::backends::PostgresBackend> {
+            events: Arc::new(strata_postgres::PgEventStore::open(&database).await?),
+            views: Arc::new(strata_postgres::PgViewManager::new(&database)),
+            leases: Arc::new(strata_postgres::PgLeases::new(&database, "bench")),
+        };
+        let figures = saga::run(stores, orders, tasks).await;
+        let client = database.pool().get().await?;
+        if let Err(error) = client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await {
+            eprintln!("bench: could not drop schema {schema}: {error}");
+        }
+        (format!("postgres {url}, schema {schema}"), figures?)
+    } else if store == "sqlite" {
+        let dir = data_dir(args.data_dir.clone())?;
+        let stores = crate::backends::open_sqlite(dir.path())?;
+        let target = format!("sqlite in {} (WAL, synchronous=FULL)", dir.path().display());
+        (target, saga::run(stores, orders, tasks).await?)
+    } else {
+        return Err(BenchUsageError::Invalid(format!(
+            "--saga runs on --store memory, sqlite or postgres, not {store:?}"
+        ))
+        .into());
+    };
+    if args.json {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        let object = serde_json::json!({
+            "orders": figures.orders,
+            "concurrency": tasks,
+            "orders_per_s": figures.orders_per_s(),
+            "events": figures.events,
+            "latency_p50_ms": ms(figures.latency.quantile(0.5)),
+            "latency_p99_ms": ms(figures.latency.quantile(0.99)),
+            "target": target,
+            "machine": system::machine(),
+        });
+        println!("{object}");
+    } else {
+        print!("{}", saga::table(&target, tasks, &figures));
     }
     Ok(())
 }

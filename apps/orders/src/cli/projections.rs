@@ -51,10 +51,24 @@ pub struct RebuildArgs {
     store: StoreArgs,
 }
 
-/// A projection name this service does not have; exits with the usage code.
+/// A projection name this service cannot rebuild offline; exits with the usage code.
 #[derive(Debug, thiserror::Error)]
-#[error("no projection {0:?}; the projections are {names}", names = views::PROJECTIONS.join(", "))]
-pub struct UnknownProjection(String);
+pub enum UnknownProjection {
+    /// No such projection.
+    #[error("no projection {0:?}; the projections are {names}", names = views::PROJECTIONS.join(", "))]
+    Unknown(String),
+    /// A saga: its rebuild must be swapped in where it runs, never past events it has not
+    /// acted on, which only a serving node can see to.
+    #[error(
+        "{0} is a saga; it is rebuilt by the service that runs it: POST /admin/projections/{0}/rebuild"
+    )]
+    Saga(String),
+}
+
+/// Every projection `strata projections list` shows: the views, then the sagas.
+fn listed() -> impl Iterator<Item = &'static str> {
+    views::PROJECTIONS.into_iter().chain(crate::sagas::NAMES)
+}
 
 /// Runs `strata projections …`.
 pub async fn run(args: ProjectionsArgs) -> anyhow::Result<()> {
@@ -89,7 +103,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
             let views = PgViewManager::new(&database);
             let leases = PgLeases::new(&database, "strata projections list");
             let mut owners = Vec::new();
-            for name in views::PROJECTIONS {
+            for name in listed() {
                 owners
                     .push(leases.owner(name).await.context("cannot read the projections' owners")?);
             }
@@ -107,7 +121,7 @@ async fn statuses<S: EventStore, M: ViewManager>(
     owner: impl Fn(usize) -> Option<String>,
 ) -> anyhow::Result<Vec<ProjectionStatus>> {
     let mut statuses = Vec::new();
-    for (i, name) in views::PROJECTIONS.iter().enumerate() {
+    for (i, name) in listed().enumerate() {
         let status = status_of(name, events, views, owner(i), None, Position::START).await?;
         statuses.push(status);
     }
@@ -176,10 +190,13 @@ fn table(statuses: &[ProjectionStatus]) -> String {
 }
 
 async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
+    if crate::sagas::NAMES.contains(&args.name.as_str()) {
+        return Err(UnknownProjection::Saga(args.name).into());
+    }
     let name = views::PROJECTIONS
         .into_iter()
         .find(|known| *known == args.name)
-        .ok_or_else(|| UnknownProjection(args.name.clone()))?;
+        .ok_or_else(|| UnknownProjection::Unknown(args.name.clone()))?;
     let counter = Arc::new(Counter::default());
     let line = ProgressLine::start(format!("rebuilding {name}"), "events", counter.clone());
     let report = |position: Position, head: Position| counter.set(position.0, head.0);

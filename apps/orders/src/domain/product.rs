@@ -59,7 +59,8 @@ pub enum ProductCommand {
         /// Units added, positive.
         qty: i64,
     },
-    /// Sets `qty` units aside for an order; refused when fewer are available.
+    /// Sets `qty` units aside for an order; refused when fewer are available, nothing when
+    /// the order holds a reservation already.
     ReserveStock {
         /// The order.
         order_id: String,
@@ -272,6 +273,11 @@ impl Aggregate for Product {
                 if qty <= 0 {
                     return Err(ProductError::NonPositiveQty);
                 }
+                // An order reserves a product once (its lines of one sku are summed): one
+                // sent again, long after its idempotency key expired, holds nothing twice.
+                if d.reservations.contains_key(&order_id) {
+                    return Ok(());
+                }
                 let available = d.available();
                 if available < qty {
                     return Err(ProductError::OutOfStock { available, requested: qty });
@@ -348,6 +354,9 @@ mod tests {
             .when(reserve("o2", 1))
             .then([ProductEvent::StockReserved(moved("o2", 1))]);
         given::<Product>([]).when(reserve("o1", 1)).then_error(ProductError::NotFound);
+        given::<Product>([created(), restocked(5), ProductEvent::StockReserved(moved("o1", 2))])
+            .when(reserve("o1", 2))
+            .then([]);
     }
 
     #[test]

@@ -182,7 +182,6 @@ const DEFAULT_CONFIRM_WAIT_MS: u64 = 2_000;
 const MAX_CONFIRM_WAIT_MS: u64 = 30_000;
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ConfirmWait {
     wait_ms: Option<u64>,
 }
@@ -207,9 +206,8 @@ pub async fn confirm_order<B: Backend>(
     key: Idempotency,
     JsonBody(body): JsonBody<Empty>,
 ) -> Result<Response, Problem> {
-    let Query(wait) = wait.map_err(|_| {
-        Problem::bad_request("wait_ms must be a non-negative integer; no other parameter is known")
-    })?;
+    let Query(wait) =
+        wait.map_err(|_| Problem::bad_request("wait_ms must be a non-negative integer"))?;
     let wait_ms = wait.wait_ms.unwrap_or(DEFAULT_CONFIRM_WAIT_MS);
     if wait_ms > MAX_CONFIRM_WAIT_MS {
         return Err(Problem::bad_request(format!(
@@ -221,7 +219,7 @@ pub async fn confirm_order<B: Backend>(
     let wait = Duration::from_millis(wait_ms);
     let (asked, decided) = app.confirm_order(&id, &ctx, wait).await?;
     let (status, position, version, answer) = match decided {
-        Some((order, position)) => (StatusCode::OK, position.0, order.version, order.status),
+        Some(decided) => (StatusCode::OK, decided.position.0, decided.version.0, decided.status),
         None => (
             StatusCode::ACCEPTED,
             asked.position.map_or(0, |p| p.0),

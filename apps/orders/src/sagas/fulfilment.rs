@@ -112,8 +112,12 @@ pub enum FulfilmentCommand {
     },
     /// Cancels the order if it is still placed.
     Expire,
-    /// Cancels the order if it is still confirming.
-    TimeOut,
+    /// Cancels the order if it is still confirming, and then gives back whatever it holds
+    /// of `skus` (its lines): the saga may be stuck and unable to release them itself.
+    TimeOut {
+        /// The order's products.
+        skus: Vec<String>,
+    },
 }
 
 const EXPIRY: &str = "expiry";
@@ -189,7 +193,8 @@ impl Fulfilment {
                 self.stage = Stage::Confirming;
                 actions.cancel(EXPIRY);
                 let due = after(envelope, settings.confirm_timeout);
-                actions.schedule(CONFIRMATION, due, FulfilmentCommand::TimeOut);
+                let skus = self.lines.keys().cloned().collect();
+                actions.schedule(CONFIRMATION, due, FulfilmentCommand::TimeOut { skus });
                 for (sku, qty) in &self.lines {
                     self.awaiting.insert(sku.clone());
                     actions.send(FulfilmentCommand::Reserve { sku: sku.clone(), qty: *qty });
@@ -203,11 +208,15 @@ impl Fulfilment {
                 self.decide(actions);
             }
             OrderEvent::OrderConfirmed(_) => {
+                // Orders confirmed before the saga existed were never confirming.
                 self.stage = Stage::Confirmed;
+                actions.cancel(EXPIRY);
                 actions.cancel(CONFIRMATION);
             }
             OrderEvent::OrderShipped(_) => {
                 self.stage = Stage::Shipped;
+                actions.cancel(EXPIRY);
+                actions.cancel(CONFIRMATION);
                 for sku in self.reserved.keys() {
                     if self.settling.insert(sku.clone()) {
                         actions.send(FulfilmentCommand::ShipReserved { sku: sku.clone() });
@@ -307,7 +316,7 @@ impl<S: EventStore> Saga<OrdersEvent> for FulfilmentSaga<S> {
                 format!("CancelForShortage {}", skus.join(","))
             }
             FulfilmentCommand::Expire => "Expire".to_owned(),
-            FulfilmentCommand::TimeOut => "TimeOut".to_owned(),
+            FulfilmentCommand::TimeOut { .. } => "TimeOut".to_owned(),
         }
     }
 
@@ -348,7 +357,23 @@ impl<S: EventStore> Saga<OrdersEvent> for FulfilmentSaga<S> {
                 order(OrderCommand::CancelForShortage { skus }).await
             }
             FulfilmentCommand::Expire => order(OrderCommand::Expire).await,
-            FulfilmentCommand::TimeOut => order(OrderCommand::TimeOut).await,
+            FulfilmentCommand::TimeOut { skus } => {
+                let timed_out = bus.execute::<Order>(order_id, OrderCommand::TimeOut, context);
+                if timed_out.await.map_err(undelivered)?.position.is_none() {
+                    // Confirmed or cancelled meanwhile: the saga settles what it holds.
+                    return Ok(());
+                }
+                for sku in skus {
+                    let mut release = context.clone();
+                    if let Some(claim) = release.idempotency.as_mut() {
+                        claim.key = format!("{} release {sku}", claim.key);
+                        claim.fingerprint.clone_from(&claim.key);
+                    }
+                    let command = ProductCommand::ReleaseStock { order_id: order_id_owned.clone() };
+                    bus.execute::<Product>(&sku, command, &release).await.map_err(undelivered)?;
+                }
+                Ok(())
+            }
         }
     }
 

@@ -531,13 +531,21 @@ async fn projections_are_listed_as_a_table_and_rebuilt_offline_with_progress() {
     let (code, _, err) = strata(&["projections", "rebuild", "nope", "--store", &store]);
     assert_eq!(code, 2);
     assert!(err.contains("no projection \"nope\"") && err.contains("sales_daily"), "{err}");
+    // The saga is listed, but rebuilt only where it runs.
+    assert!(listed.lines().any(|line| line.starts_with("| fulfilment ")), "{listed}");
+    let (code, _, err) = strata(&["projections", "rebuild", "fulfilment", "--store", &store]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("is a saga") && err.contains("/admin/projections/fulfilment/rebuild"),
+        "{err}"
+    );
 
     // Beside a running service: listed as running; a rebuild is refused with what to do.
     let server = Server::start(dir.path());
     server.send("GET", &format!("/orders/p1?min_position={head}&wait_ms=10000"), None).await;
     let (code, listed, err) = strata(&["projections", "list", "--store", &store]);
     assert_eq!(code, 0, "{err}");
-    assert!(listed.lines().filter(|line| line.contains("| running |")).count() == 6, "{listed}");
+    assert!(listed.lines().filter(|line| line.contains("| running |")).count() == 7, "{listed}");
     let (code, _, err) = strata(&["projections", "rebuild", "orders", "--store", &store]);
     assert_eq!(code, 1);
     assert!(err.contains("stop the service first"), "{err}");

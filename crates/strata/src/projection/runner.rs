@@ -382,13 +382,19 @@ where
             Slot::Rebuild => self.projection.rebuild_batch_size,
             Slot::Live => self.projection.batch_size,
         };
-        let events = match cursor.ahead.pop_front() {
+        let mut events = match cursor.ahead.pop_front() {
             Some(ahead) if ahead.after() == after => ahead.events().await?,
             _ => {
                 cursor.ahead.clear();
                 self.reader.read_past(after, limit).await?
             }
         };
+        if cursor.slot == Slot::Rebuild && self.projection.reactor.is_some() {
+            // A projection that acts (a saga) sends nothing while rebuilding, so its rebuild
+            // must not pass live: the swap would move live past events nobody acted on.
+            let live = *self.shared.position.borrow();
+            events.retain(|event| event.position <= live);
+        }
         // Keep reads of the next batches running while this one is applied. Positions are
         // dense in every store, so the batch after next starts `limit` later; were they not,
         // its read would not match and would simply be done again.

@@ -17,9 +17,9 @@ use futures_util::future::join_all;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::Saga;
 use super::instance::SagaInstance;
 use super::reactor::{command_key, context};
+use super::{DispatchError, Saga};
 use crate::event::DomainEvent;
 use crate::table::{Comparison, Filter, TableQuery, Value};
 use crate::view_manager::{Slot, ViewError, ViewManager};
@@ -27,8 +27,20 @@ use crate::view_manager::{Slot, ViewError, ViewManager};
 /// How often the owner looks for deadlines that fell due.
 pub const TICK: Duration = Duration::from_millis(250);
 
-/// How long a sent deadline is not sent again while its instance still shows it.
-const RESEND_AFTER: Duration = Duration::from_secs(30);
+/// How long after a failed send a deadline is sent again.
+const RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// How long one send may take before it counts as failed.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What this node did with a due deadline, by its command's key.
+enum Sent {
+    /// Sent and answered: not sent again while the instance still shows it (the saga has
+    /// not yet decided on what it caused, or it caused nothing).
+    Answered,
+    /// Failed at this instant: sent again after [`RETRY_AFTER`].
+    Failed(Instant),
+}
 
 /// How many due instances one look reads at most.
 const PAGE: usize = 200;
@@ -44,7 +56,7 @@ pub(crate) async fn run<E, G, M>(
     G: Saga<E>,
     M: ViewManager,
 {
-    let mut sent: HashMap<String, Instant> = HashMap::new();
+    let mut sent: HashMap<String, Sent> = HashMap::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -53,7 +65,6 @@ pub(crate) async fn run<E, G, M>(
             sent.clear();
             continue;
         }
-        sent.retain(|_, at| at.elapsed() < RESEND_AFTER);
         if let Err(error) = send_due::<E, G, M>(&saga, &views, &mut sent).await {
             tracing::warn!(saga = G::NAME, %error, "cannot read the saga's deadlines; trying again");
         }
@@ -63,7 +74,7 @@ pub(crate) async fn run<E, G, M>(
 async fn send_due<E, G, M>(
     saga: &G,
     views: &M,
-    sent: &mut HashMap<String, Instant>,
+    sent: &mut HashMap<String, Sent>,
 ) -> Result<(), ViewError>
 where
     E: DomainEvent,
@@ -81,6 +92,8 @@ where
         limit: Some(PAGE),
         ..TableQuery::default()
     };
+    // Keys of deadlines still due; what this node remembers of any other is dropped.
+    let mut due_keys = std::collections::HashSet::new();
     loop {
         let rows = views.select(&G::TABLES.deadlines, &query).await?;
         let ids: Vec<String> =
@@ -92,30 +105,44 @@ where
             for deadline in stored.view.deadlines.iter().filter(|deadline| deadline.due <= now) {
                 let which = format!("deadline {}", deadline.name);
                 let key = command_key(G::NAME, id, deadline.scheduled_at, &which);
-                if !sent.contains_key(&key) {
+                due_keys.insert(key.clone());
+                let wanted = match sent.get(&key) {
+                    None => true,
+                    Some(Sent::Answered) => false,
+                    Some(Sent::Failed(at)) => at.elapsed() >= RETRY_AFTER,
+                };
+                if wanted {
                     due.push((id.clone(), deadline.name.clone(), deadline.command.clone(), key));
                 }
             }
         }
         let sends = due.into_iter().map(|(id, name, command, key)| async move {
             let context = context(G::NAME, &key, key.clone());
-            let result = saga.dispatch(&id, command, &context).await;
+            let result = tokio::time::timeout(SEND_TIMEOUT, saga.dispatch(&id, command, &context))
+                .await
+                .unwrap_or_else(|_| Err(DispatchError::Unavailable("timed out".to_owned())));
             (id, name, key, result)
         });
         for (id, name, key, result) in join_all(sends).await {
             match result {
                 Ok(()) => {
                     tracing::debug!(saga = G::NAME, %id, deadline = %name, "deadline sent");
-                    sent.insert(key, Instant::now());
+                    sent.insert(key, Sent::Answered);
                 }
                 Err(error) => {
-                    tracing::warn!(saga = G::NAME, %id, deadline = %name, %error, "deadline not sent; trying again");
+                    tracing::warn!(saga = G::NAME, %id, deadline = %name, %error, "deadline not sent; trying again in {RETRY_AFTER:?}");
+                    sent.insert(key, Sent::Failed(Instant::now()));
                 }
             }
         }
         if rows.len() < PAGE {
+            sent.retain(|key, _| due_keys.contains(key));
             return Ok(());
         }
-        query.after = rows.last().cloned();
+        // The cursor is the last row's (due, id), in the query's order.
+        query.after = match rows.last().map(Vec::as_slice) {
+            Some([id, due]) => Some(vec![due.clone(), id.clone()]),
+            _ => return Ok(()),
+        };
     }
 }

@@ -88,7 +88,15 @@ async fn send<E: DomainEvent, G: Saga<E>>(
     context: &CommandContext,
     cause: Position,
 ) -> Result<(), ReactionFailed> {
-    match saga.dispatch(id, command, context).await {
+    let sent =
+        tokio::time::timeout(super::deadlines::SEND_TIMEOUT, saga.dispatch(id, command, context));
+    let sent = sent.await.unwrap_or_else(|_| {
+        Err(DispatchError::Unavailable(format!(
+            "no answer within {:?}",
+            super::deadlines::SEND_TIMEOUT
+        )))
+    });
+    match sent {
         Ok(()) => Ok(()),
         Err(DispatchError::Refused(why)) => Err(ReactionFailed::Instance(why)),
         Err(DispatchError::Unavailable(error)) => {
