@@ -379,7 +379,8 @@ impl Tally {
 /// head found under the lock equals the head this writer left after its last commit,
 /// nobody else has committed since (positions are dense, so any commit moves the head),
 /// and the remembered versions are exact: only streams not remembered are read. When
-/// another node has written, everything is read again.
+/// another node has written, the group's streams are read again and everything else
+/// remembered is forgotten (it would otherwise pass for current at the new head).
 #[derive(Default)]
 struct VersionCache {
     head: Option<u64>,
@@ -480,7 +481,8 @@ async fn attempt_group(
     let head = from_bigint(head.get(0), "position")?;
     let mut versions = HashMap::with_capacity(hits.len() + misses.len());
     collect_versions(&read, &mut versions)?;
-    if cache.head == Some(head) {
+    let current = cache.head == Some(head);
+    if current {
         for stream in hits {
             if let Some(version) = cache.versions.get(stream) {
                 versions.insert(stream.clone(), *version);
@@ -543,7 +545,9 @@ async fn attempt_group(
         None => client.batch_execute("ROLLBACK").await?,
     }
 
-    if cache.versions.len() > CACHED_STREAMS {
+    // Versions remembered from before another node's commit may be stale, and the new head
+    // would vouch for them: only this group's streams, read under the lock, are kept.
+    if !current || cache.versions.len() > CACHED_STREAMS {
         cache.versions.clear();
     }
     cache.head = Some(tally.head);

@@ -1,7 +1,8 @@
 //! What the PostgreSQL event store promises beyond the contract: a refused append inside a
 //! group commit fails alone, another node's commit wakes this node's subscribers, several
-//! nodes starting at once migrate a schema exactly once, and one idempotency key sent to two
-//! nodes at once appends once.
+//! nodes starting at once migrate a schema exactly once, one idempotency key sent to two
+//! nodes at once appends once, and a node's remembered stream versions never outlive
+//! another node's commit.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -146,6 +147,36 @@ async fn nodes_starting_together_migrate_a_new_schema_once() {
     client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
     let known = PgDatabase::SCHEMA_VERSION as i64;
     assert_eq!((rows, versions), (known, known), "each migration ran exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_another_node_appended_to_is_not_judged_by_a_remembered_version() {
+    let Some(fixture) = fixture().await else { return };
+    let node_a = PgEventStore::open(&database(&fixture).await).await.unwrap();
+    let node_b = PgEventStore::connect(fixture.base_url(), Some(fixture.schema())).await.unwrap();
+    // Node A writes the order and remembers its version, 1.
+    node_a
+        .append(&stream("order"), ExpectedVersion::NoStream, vec![sample_event(0)])
+        .await
+        .unwrap();
+    // Node B appends to it behind A's back.
+    node_b
+        .append(&stream("order"), ExpectedVersion::Exact(Version(1)), vec![sample_event(1)])
+        .await
+        .unwrap();
+    // A commits something else, seeing (and passing) B's commit...
+    node_a
+        .append(&stream("other"), ExpectedVersion::NoStream, vec![sample_event(2)])
+        .await
+        .unwrap();
+    // ...and must not take the order to be still at version 1 afterwards.
+    let appended = node_a
+        .append(&stream("order"), ExpectedVersion::Exact(Version(2)), vec![sample_event(3)])
+        .await;
+    match appended {
+        Ok(appended) => assert_eq!(appended.version, Version(3)),
+        Err(error) => panic!("judged by a stale version: {error}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
