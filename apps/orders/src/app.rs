@@ -270,29 +270,37 @@ impl<B: Backend> App<B> {
     }
 
     /// The event that decided the confirmation asked by `asked`: the first `OrderConfirmed`
-    /// or `OrderCancelled` after it in the order's stream. Waits on the orders projection,
-    /// which moves whenever the stream may have; `None` if the stream cannot be read.
+    /// or `OrderCancelled` after it in the order's stream. Waits until the order's view has
+    /// moved past the request and is no longer confirming (a read of the view store per
+    /// move of the orders projection), then reads the stream once; `None` if either store
+    /// cannot be read.
     async fn decided(&self, asked: &CommandOutcome) -> Option<Decided> {
         let orders = self.projection("orders")?;
+        let requested = asked.position?;
+        let mut target = requested;
         loop {
-            // Noted before the read: an event appended after the read lies beyond it, so the
-            // projection passing it wakes the wait below.
-            let before = orders.position();
-            let tail = self.events().read_stream(&asked.stream, asked.version).await.ok()?;
-            for record in &tail {
-                let status = match record.event_type.as_str() {
-                    "OrderConfirmed" => OrderStatus::Confirmed,
-                    "OrderCancelled" => OrderStatus::Cancelled,
-                    _ => continue,
-                };
-                return Some(Decided {
-                    status,
-                    position: record.position,
-                    version: record.version,
-                });
-            }
             // Every wait is bounded by the caller's timeout.
-            orders.wait_for(Position(before.0 + 1), Duration::from_secs(3600)).await.ok()?;
+            orders.wait_for(target, Duration::from_secs(3600)).await.ok()?;
+            // Noted before the read: the view reflects at least `seen`, so a decision
+            // applied later moves the projection past it.
+            let seen = orders.position();
+            let id = &asked.stream.id;
+            let stored = self.views.get::<views::OrderView>("orders", id).await.ok()??;
+            if stored.position >= requested && stored.view.status != OrderStatus::Confirming {
+                let tail = self.events().read_stream(&asked.stream, asked.version).await.ok()?;
+                let decided = tail.iter().find_map(|record| {
+                    let status = match record.event_type.as_str() {
+                        "OrderConfirmed" => OrderStatus::Confirmed,
+                        "OrderCancelled" => OrderStatus::Cancelled,
+                        _ => return None,
+                    };
+                    Some(Decided { status, position: record.position, version: record.version })
+                });
+                if decided.is_some() {
+                    return decided;
+                }
+            }
+            target = Position(seen.0.max(target.0) + 1);
         }
     }
 

@@ -273,6 +273,7 @@ async fn metrics_export_group_commits_and_projection_progress() {
     let service = Service::start().await;
     service.seed().await;
     service.view("/orders/o1").await;
+    service.saga_reaches("o1", "active").await;
     let request =
         axum::http::Request::builder().uri("/metrics").body(axum::body::Body::empty()).unwrap();
     let response = tower::ServiceExt::oneshot(orders::http::router(service.app.clone()), request)
@@ -294,6 +295,8 @@ async fn metrics_export_group_commits_and_projection_progress() {
     assert!(value("strata_group_commit_groups_total") >= 1.0);
     assert_eq!(value("strata_projection_position{projection=\"orders\"}"), 6.0);
     assert_eq!(value("strata_projection_lag_events{projection=\"orders\"}"), 0.0);
+    assert_eq!(value("strata_saga_instances{saga=\"fulfilment\",state=\"active\"}"), 1.0);
+    assert_eq!(value("strata_saga_instances{saga=\"fulfilment\",state=\"failed\"}"), 0.0);
 
     // Through the service's own router, its requests are counted too.
     service.post("/products/tea/restock", json!({"qty": 0})).await.expect_problem(422, "qty");

@@ -227,6 +227,28 @@ pub(super) async fn metrics<S: EventStore, M: ViewManager>(
         "Tries of an event on a view instance that failed on this node",
         counted(&|h| h.failed_applies()),
     );
+    let mut sagas = Vec::new();
+    for counts in admin.sagas.counts().await? {
+        let parked = i64::try_from(counts.parked).unwrap_or(i64::MAX);
+        for (state, instances) in [
+            ("active", counts.active),
+            ("completed", counts.completed),
+            ("failed", counts.failed),
+            ("parked", parked),
+        ] {
+            let labels = vec![
+                ("saga".to_owned(), counts.name.clone()),
+                ("state".to_owned(), state.to_owned()),
+            ];
+            sagas.push((labels, instances as f64));
+        }
+    }
+    gauges(
+        &mut registry,
+        "strata_saga_instances",
+        "Saga instances by state: active, completed, failed, parked",
+        sagas,
+    );
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)
         .map_err(|error| Problem::internal(&std::io::Error::other(error.to_string())))?;
