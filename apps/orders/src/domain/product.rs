@@ -6,6 +6,7 @@
 //! is exact and doing it twice changes nothing.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use strata::{Aggregate, Decision, Rejection, RejectionKind, SnapshotPolicy};
@@ -18,9 +19,12 @@ pub const MAX_PRICE_CENTS: i64 = 1_000_000_000;
 /// The most units one restock or one order line may carry.
 pub const MAX_QTY: i64 = 1_000_000;
 
-/// A product in the catalogue; snapshotted every 100 events (format 1 is this struct as
-/// JSON), since every order confirmed on it adds to its stream.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A product in the catalogue; snapshotted every 100 events (format 1 is [`ProductSnapshot`]
+/// as JSON), since every order confirmed on it adds to its stream.
+///
+/// The reservations are shared, not copied, between the states the bus hands out (every
+/// order line reads its product's price), and copied only when a reservation changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Product {
     /// Whether the product exists.
     pub created: bool,
@@ -29,19 +33,36 @@ pub struct Product {
     /// Units in stock, reserved or not.
     pub on_hand: i64,
     /// Units reserved, by order.
-    pub reservations: BTreeMap<String, i64>,
+    pub reservations: Arc<BTreeMap<String, i64>>,
+    /// Units reserved by all orders: the sum of `reservations`.
+    reserved: i64,
 }
 
 impl Product {
     /// Units reserved by all orders.
     pub fn reserved(&self) -> i64 {
-        self.reservations.values().fold(0_i64, |sum, qty| sum.saturating_add(*qty))
+        self.reserved
     }
 
     /// Units that may still be reserved.
     pub fn available(&self) -> i64 {
-        self.on_hand.saturating_sub(self.reserved())
+        self.on_hand.saturating_sub(self.reserved)
     }
+
+    fn settle(&mut self, order_id: &str) -> i64 {
+        let qty = Arc::make_mut(&mut self.reservations).remove(order_id).unwrap_or(0);
+        self.reserved = self.reserved.saturating_sub(qty);
+        qty
+    }
+}
+
+/// A product's snapshot, format 1.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProductSnapshot {
+    created: bool,
+    price_cents: i64,
+    on_hand: i64,
+    reservations: BTreeMap<String, i64>,
 }
 
 /// What can be asked of a product.
@@ -207,11 +228,25 @@ impl Aggregate for Product {
     const SNAPSHOTS: Option<SnapshotPolicy> = Some(SnapshotPolicy { every: 100, format: 1 });
 
     fn to_snapshot(&self) -> Option<Vec<u8>> {
-        serde_json::to_vec(self).ok()
+        let snapshot = ProductSnapshot {
+            created: self.created,
+            price_cents: self.price_cents,
+            on_hand: self.on_hand,
+            reservations: self.reservations.as_ref().clone(),
+        };
+        serde_json::to_vec(&snapshot).ok()
     }
 
     fn from_snapshot(state: &[u8]) -> Option<Self> {
-        serde_json::from_slice(state).ok()
+        let snapshot: ProductSnapshot = serde_json::from_slice(state).ok()?;
+        let reserved = snapshot.reservations.values().fold(0_i64, |sum, q| sum.saturating_add(*q));
+        Some(Product {
+            created: snapshot.created,
+            price_cents: snapshot.price_cents,
+            on_hand: snapshot.on_hand,
+            reservations: Arc::new(snapshot.reservations),
+            reserved,
+        })
     }
 
     fn apply(&mut self, event: &ProductEvent) {
@@ -224,14 +259,16 @@ impl Aggregate for Product {
                 self.on_hand = self.on_hand.saturating_add(restocked.qty);
             }
             ProductEvent::StockReserved(moved) => {
-                let reserved = self.reservations.entry(moved.order_id.clone()).or_default();
+                let reservations = Arc::make_mut(&mut self.reservations);
+                let reserved = reservations.entry(moved.order_id.clone()).or_default();
                 *reserved = reserved.saturating_add(moved.qty);
+                self.reserved = self.reserved.saturating_add(moved.qty);
             }
             ProductEvent::StockReleased(moved) => {
-                self.reservations.remove(&moved.order_id);
+                self.settle(&moved.order_id);
             }
             ProductEvent::ReservedStockShipped(moved) => {
-                self.reservations.remove(&moved.order_id);
+                self.settle(&moved.order_id);
                 self.on_hand = self.on_hand.saturating_sub(moved.qty);
             }
         }

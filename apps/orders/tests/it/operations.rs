@@ -350,6 +350,9 @@ async fn a_rebuild_under_load_answers_every_query_and_swaps_in_views_equal_to_a_
         names.len()
     );
 
+    // The saga goes on after the writers stop (shipments leave the stock); once it has
+    // caught up with the log it has nothing more to send.
+    service.settled().await;
     let head = service.head();
     for name in names {
         let handle = service.app.projection(name).unwrap();

@@ -608,6 +608,10 @@ async fn a_crash_between_reserving_and_saving_the_saga_reserves_once() {
     let (_, decided) = app.confirm_order("o1", &context, Duration::from_secs(10)).await.unwrap();
     let decided = decided.expect("the saga confirms o1");
     assert_eq!(decided.status, orders::domain::OrderStatus::Confirmed);
+    // The confirmation may be sent by a pass whose save then fails; wait for the saga to
+    // have saved everything.
+    let head = app.events().head();
+    saga.wait_for(head, Duration::from_secs(10)).await.unwrap();
     assert_eq!(
         views.failing.load(std::sync::atomic::Ordering::SeqCst),
         0,
