@@ -342,3 +342,62 @@ async fn a_thousand_orders_on_three_nodes_never_oversell_when_the_sagas_owner_is
     let summary = oversell::check(&placed, &send).await;
     eprintln!("oversell, three PostgreSQL nodes, {victim} killed: {summary}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deadline_fires_once_on_the_node_that_takes_the_saga_over() {
+    let Some(database) = services::postgres().await else { return };
+    let url = database.url();
+    let nodes: Vec<Arc<Server>> = (0..2)
+        .map(|n| {
+            let id = format!("ttl{n}");
+            Arc::new(Server::spawn(&["--node-id", &id, "--store", &url, "--order-ttl", "3s"]))
+        })
+        .collect();
+    let setup = [
+        ("/customers", json!({"customer_id": "ada", "name": "Ada", "email": "ada@example.com"})),
+        ("/products", json!({"sku": "tea", "name": "Tea", "price_cents": 450})),
+        (
+            "/orders",
+            json!({"order_id": "o1", "customer_id": "ada", "lines": [{"sku": "tea", "qty": 1}]}),
+        ),
+    ];
+    for (path, body) in setup {
+        let (status, answer) = nodes[0].send("POST", path, Some(body)).await;
+        assert!(status < 300, "{path}: {status} {answer}");
+    }
+    // The saga's owner schedules the expiry, then dies before it is due.
+    let owner = |node: Arc<Server>| async move {
+        let (_, saga) = node.send("GET", "/admin/sagas/fulfilment/o1", None).await;
+        let list = projections(&node).await;
+        let saga_owner =
+            list.iter().find(|p| p["name"] == "fulfilment").map(|p| p["owner"].clone());
+        saga_owner
+            .and_then(|o| o.as_str().map(str::to_owned))
+            .filter(|_| saga["deadline"].is_string())
+    };
+    within(Duration::from_secs(10), "the saga schedules the expiry", || async {
+        owner(nodes[1].clone()).await.is_some()
+    })
+    .await;
+    let owner = owner(nodes[1].clone()).await;
+    let owner = owner.unwrap();
+    let victim = owner.trim_start_matches("ttl").parse::<usize>().unwrap();
+    let pid = nodes[victim].child.id().to_string();
+    std::process::Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+    let survivor = &nodes[1 - victim];
+
+    within(Duration::from_secs(20), "the survivor expires the order", || async {
+        let (_, order) = survivor.send("GET", "/orders/o1", None).await;
+        order["cancel_reason"] == "expired"
+    })
+    .await;
+    within(Duration::from_secs(10), "the saga has nothing left to fire", || async {
+        let (_, saga) = survivor.send("GET", "/admin/sagas/fulfilment/o1", None).await;
+        saga["status"] == "failed" && saga["deadline"].is_null()
+    })
+    .await;
+    let (_, events) = survivor.send("GET", "/admin/streams/order/o1", None).await;
+    let types: Vec<&str> =
+        events.as_array().unwrap().iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(types, ["OrderPlaced", "OrderCancelled"]);
+}
