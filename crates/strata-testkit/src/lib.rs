@@ -16,6 +16,7 @@
 //! Backend tests that need a server get a fresh schema or database from [`services`], which
 //! skips them (or, with `STRATA_REQUIRE_SERVICES=1`, fails them) when the server is down.
 
+mod dying;
 mod event_store;
 pub mod leases;
 mod projection;
@@ -27,6 +28,7 @@ use std::future::Future;
 
 use strata::{EventStore, IdempotencyStore, ViewManager};
 
+pub use dying::DyingViews;
 pub use event_store::{event_store_contract, sample_event};
 pub use view_manager::view_manager_contract;
 

@@ -432,13 +432,9 @@ async fn orders_confirmed_while_the_saga_rebuilds_are_all_decided() {
     }
 }
 
-/// Views in memory whose saga commits fail while `failing` is above zero: the saga has
-/// sent its commands and then cannot save its state, as if it had crashed right there.
-#[derive(Default)]
-struct CrashingViews {
-    inner: strata::InMemoryViewManager,
-    failing: std::sync::atomic::AtomicU32,
-}
+/// Views in memory whose commits fail when told to: the saga has sent its commands and
+/// then cannot save its state, as if it had crashed right there.
+type CrashingViews = strata_testkit::DyingViews<strata::InMemoryViewManager>;
 
 struct CrashingBackend;
 
@@ -448,140 +444,13 @@ impl orders::app::Backend for CrashingBackend {
     type Leases = strata::LocalLeases;
 }
 
-mod crashing_views {
-    use std::collections::HashMap;
-    use std::sync::atomic::Ordering;
-
-    use chrono::{DateTime, Utc};
-    use serde::Serialize;
-    use serde::de::DeserializeOwned;
-    use strata::table::{TableQuery, TableSpec, Value};
-    use strata::{
-        Checkpoint, Commit, ParkedInstance, ProjectionRecord, RecordedEvent, SkippedEvent, Slot,
-        StoredView, ViewError, ViewManager,
-    };
-
-    use super::CrashingViews;
-
-    impl ViewManager for CrashingViews {
-        async fn prepare(
-            &self,
-            projection: &str,
-            tables: &[&'static TableSpec],
-            version: u32,
-        ) -> Result<u32, ViewError> {
-            self.inner.prepare(projection, tables, version).await
-        }
-
-        async fn load<V: DeserializeOwned + Send + 'static>(
-            &self,
-            projection: &str,
-            slot: Slot,
-            ids: &[String],
-        ) -> Result<HashMap<String, StoredView<V>>, ViewError> {
-            self.inner.load(projection, slot, ids).await
-        }
-
-        async fn get<V: DeserializeOwned + Send + 'static>(
-            &self,
-            projection: &str,
-            id: &str,
-        ) -> Result<Option<StoredView<V>>, ViewError> {
-            self.inner.get(projection, id).await
-        }
-
-        async fn checkpoint(&self, projection: &str, slot: Slot) -> Result<Checkpoint, ViewError> {
-            self.inner.checkpoint(projection, slot).await
-        }
-
-        async fn commit<V: Serialize + Send + Sync + 'static>(
-            &self,
-            projection: &str,
-            slot: Slot,
-            commit: Commit<V>,
-        ) -> Result<(), ViewError> {
-            let crash = projection == "fulfilment"
-                && self
-                    .failing
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                    .is_ok();
-            if crash {
-                return Err(ViewError::Backend("the process died before saving".into()));
-            }
-            self.inner.commit(projection, slot, commit).await
-        }
-
-        async fn parked(
-            &self,
-            projection: &str,
-            slot: Slot,
-        ) -> Result<Vec<ParkedInstance>, ViewError> {
-            self.inner.parked(projection, slot).await
-        }
-
-        async fn parked_events(
-            &self,
-            projection: &str,
-            slot: Slot,
-            id: &str,
-        ) -> Result<Vec<RecordedEvent>, ViewError> {
-            self.inner.parked_events(projection, slot, id).await
-        }
-
-        async fn skipped(&self, projection: &str) -> Result<Vec<SkippedEvent>, ViewError> {
-            self.inner.skipped(projection).await
-        }
-
-        async fn record(&self, projection: &str) -> Result<ProjectionRecord, ViewError> {
-            self.inner.record(projection).await
-        }
-
-        async fn select(
-            &self,
-            table: &'static TableSpec,
-            query: &TableQuery,
-        ) -> Result<Vec<Vec<Value>>, ViewError> {
-            self.inner.select(table, query).await
-        }
-
-        async fn begin_rebuild(
-            &self,
-            projection: &str,
-            tables: &[&'static TableSpec],
-            version: u32,
-            started_at: DateTime<Utc>,
-        ) -> Result<Checkpoint, ViewError> {
-            self.inner.begin_rebuild(projection, tables, version, started_at).await
-        }
-
-        async fn fail_rebuild(
-            &self,
-            projection: &str,
-            at: Checkpoint,
-            error: &str,
-        ) -> Result<(), ViewError> {
-            self.inner.fail_rebuild(projection, at, error).await
-        }
-
-        async fn finish_rebuild(
-            &self,
-            projection: &str,
-            tables: &[&'static TableSpec],
-            rebuilt: Checkpoint,
-            live: Checkpoint,
-        ) -> Result<Checkpoint, ViewError> {
-            self.inner.finish_rebuild(projection, tables, rebuilt, live).await
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_reserving_and_saving_the_saga_reserves_once() {
     use orders::app::{App, LineRequest, PlaceOrder, Stores};
 
     let stores: Stores<CrashingBackend> = Stores {
         events: Arc::new(strata::InMemoryEventStore::new()),
-        views: Arc::new(CrashingViews::default()),
+        views: Arc::new(CrashingViews::new(Arc::new(strata::InMemoryViewManager::new()))),
         leases: Arc::new(strata::LocalLeases),
     };
     let views = stores.views.clone();
@@ -604,7 +473,7 @@ async fn a_crash_between_reserving_and_saving_the_saga_reserves_once() {
     saga.wait_for(app.events().head(), Duration::from_secs(10)).await.unwrap();
 
     // The batch that reserves fails to save twice; each retry sends the reservations again.
-    views.failing.store(2, std::sync::atomic::Ordering::SeqCst);
+    views.fail_next("fulfilment", 2);
     let (_, decided) = app.confirm_order("o1", &context, Duration::from_secs(10)).await.unwrap();
     let decided = decided.expect("the saga confirms o1");
     assert_eq!(decided.status, orders::domain::OrderStatus::Confirmed);
@@ -612,11 +481,7 @@ async fn a_crash_between_reserving_and_saving_the_saga_reserves_once() {
     // have saved everything.
     let head = app.events().head();
     saga.wait_for(head, Duration::from_secs(10)).await.unwrap();
-    assert_eq!(
-        views.failing.load(std::sync::atomic::Ordering::SeqCst),
-        0,
-        "the saga crashed twice"
-    );
+    assert_eq!(views.failures_left(), 0, "the saga crashed twice");
     for sku in ["tea", "cake"] {
         let stream = app
             .events()

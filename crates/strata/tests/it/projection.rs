@@ -1,22 +1,17 @@
 //! The projection runner: catch-up, live following, read-your-writes waits, exactly-once
 //! effect when the runner dies between batches, and a handover between nodes.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use strata::bus::CommandContext;
 use strata::projection::Projection;
-use strata::table::{TableQuery, TableSpec, Value};
 use strata::{
-    BusConfig, Checkpoint, CommandBus, Commit, InMemoryEventStore, InMemoryViewManager,
-    ParkedInstance, Position, ProjectionRecord, ProjectionRunner, RecordedEvent, SkippedEvent,
-    Slot, StoredView, ViewError, ViewManager,
+    BusConfig, CommandBus, InMemoryEventStore, InMemoryViewManager, Position, ProjectionRunner,
+    RecordedEvent, Slot, StoredView, ViewManager,
 };
+use strata_testkit::DyingViews;
 use strata_testkit::leases::SharedLeases;
 
 use crate::counter::{Counter, CounterCommand, CounterEvent, OwnerTotal, locate_owner};
@@ -45,105 +40,6 @@ async fn view_of<M: ViewManager>(views: &M, owner: &str) -> StoredView<OwnerTota
     views.get::<OwnerTotal>("owner_totals", owner).await.unwrap().unwrap()
 }
 
-/// A view manager that dies (refuses every commit) after a number of commits, as a process
-/// killed between batches would. Everything else goes to the real manager.
-struct DiesAfter {
-    inner: Arc<InMemoryViewManager>,
-    commits_left: AtomicUsize,
-}
-
-impl ViewManager for DiesAfter {
-    async fn prepare(
-        &self,
-        projection: &str,
-        tables: &[&'static TableSpec],
-        version: u32,
-    ) -> Result<u32, ViewError> {
-        self.inner.prepare(projection, tables, version).await
-    }
-    async fn load<V: DeserializeOwned + Send + 'static>(
-        &self,
-        projection: &str,
-        slot: Slot,
-        ids: &[String],
-    ) -> Result<HashMap<String, StoredView<V>>, ViewError> {
-        self.inner.load(projection, slot, ids).await
-    }
-    async fn get<V: DeserializeOwned + Send + 'static>(
-        &self,
-        projection: &str,
-        id: &str,
-    ) -> Result<Option<StoredView<V>>, ViewError> {
-        self.inner.get(projection, id).await
-    }
-    async fn checkpoint(&self, projection: &str, slot: Slot) -> Result<Checkpoint, ViewError> {
-        self.inner.checkpoint(projection, slot).await
-    }
-    async fn commit<V: Serialize + Send + Sync + 'static>(
-        &self,
-        projection: &str,
-        slot: Slot,
-        commit: Commit<V>,
-    ) -> Result<(), ViewError> {
-        let left = self.commits_left.load(Ordering::SeqCst);
-        if left == 0 {
-            return Err(ViewError::Backend("the process died".into()));
-        }
-        self.commits_left.store(left - 1, Ordering::SeqCst);
-        self.inner.commit(projection, slot, commit).await
-    }
-    async fn parked(&self, projection: &str, slot: Slot) -> Result<Vec<ParkedInstance>, ViewError> {
-        self.inner.parked(projection, slot).await
-    }
-    async fn parked_events(
-        &self,
-        projection: &str,
-        slot: Slot,
-        id: &str,
-    ) -> Result<Vec<RecordedEvent>, ViewError> {
-        self.inner.parked_events(projection, slot, id).await
-    }
-    async fn skipped(&self, projection: &str) -> Result<Vec<SkippedEvent>, ViewError> {
-        self.inner.skipped(projection).await
-    }
-    async fn record(&self, projection: &str) -> Result<ProjectionRecord, ViewError> {
-        self.inner.record(projection).await
-    }
-    async fn select(
-        &self,
-        table: &'static TableSpec,
-        query: &TableQuery,
-    ) -> Result<Vec<Vec<Value>>, ViewError> {
-        self.inner.select(table, query).await
-    }
-    async fn begin_rebuild(
-        &self,
-        projection: &str,
-        tables: &[&'static TableSpec],
-        version: u32,
-        started_at: DateTime<Utc>,
-    ) -> Result<Checkpoint, ViewError> {
-        self.inner.begin_rebuild(projection, tables, version, started_at).await
-    }
-    async fn fail_rebuild(
-        &self,
-        projection: &str,
-        at: Checkpoint,
-        error: &str,
-    ) -> Result<(), ViewError> {
-        self.inner.fail_rebuild(projection, at, error).await
-    }
-    async fn finish_rebuild(
-        &self,
-        projection: &str,
-        tables: &[&'static TableSpec],
-        rebuilt: Checkpoint,
-        live: Checkpoint,
-    ) -> Result<Checkpoint, ViewError> {
-        self.inner.finish_rebuild(projection, tables, rebuilt, live).await
-    }
-}
-
 #[tokio::test]
 async fn a_runner_that_dies_between_batches_resumes_without_repeating_or_skipping() {
     let store = Arc::new(InMemoryEventStore::new());
@@ -151,7 +47,8 @@ async fn a_runner_that_dies_between_batches_resumes_without_repeating_or_skippin
     fill(&bus, 3, 10).await; // 3 owners x 10 counters x 4 events = 120 events
 
     let survived = Arc::new(InMemoryViewManager::new());
-    let dying = Arc::new(DiesAfter { inner: survived.clone(), commits_left: AtomicUsize::new(4) });
+    let dying = Arc::new(DyingViews::new(survived.clone()));
+    dying.die_after(4);
     let died = owners().with_batch_size(7).catch_up(store.clone(), dying).await;
     assert!(died.is_err(), "the runner dies before the end");
     let survived_at = survived.checkpoint("owner_totals", Slot::Live).await.unwrap();
