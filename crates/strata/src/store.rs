@@ -83,7 +83,14 @@ pub struct GroupCommitMetrics {
     pub largest_group: u64,
     /// Time spent writing and committing groups, in microseconds.
     pub busy_micros: u64,
+    /// Groups by their number of appends: `group_sizes[i]` counts the groups of at most
+    /// [`GROUP_SIZE_BOUNDS`]`[i]` appends (and more than the bound before); the last counts
+    /// the larger ones.
+    pub group_sizes: [u64; GROUP_SIZE_BOUNDS.len() + 1],
 }
+
+/// The upper bounds of the group-size buckets of [`GroupCommitMetrics::group_sizes`].
+pub const GROUP_SIZE_BOUNDS: [u64; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512];
 
 impl GroupCommitMetrics {
     /// Appends per group on average.
@@ -106,6 +113,7 @@ pub struct GroupCommitCounters {
     events: AtomicU64,
     largest_group: AtomicU64,
     busy_micros: AtomicU64,
+    group_sizes: [AtomicU64; GROUP_SIZE_BOUNDS.len() + 1],
 }
 
 impl GroupCommitCounters {
@@ -117,6 +125,11 @@ impl GroupCommitCounters {
         self.events.fetch_add(events, Ordering::Relaxed);
         self.largest_group.fetch_max(appends as u64, Ordering::Relaxed);
         self.busy_micros.fetch_add(micros, Ordering::Relaxed);
+        let bucket = GROUP_SIZE_BOUNDS
+            .iter()
+            .position(|bound| appends as u64 <= *bound)
+            .unwrap_or(GROUP_SIZE_BOUNDS.len());
+        self.group_sizes[bucket].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The counters now.
@@ -127,6 +140,7 @@ impl GroupCommitCounters {
             events: self.events.load(Ordering::Relaxed),
             largest_group: self.largest_group.load(Ordering::Relaxed),
             busy_micros: self.busy_micros.load(Ordering::Relaxed),
+            group_sizes: std::array::from_fn(|i| self.group_sizes[i].load(Ordering::Relaxed)),
         }
     }
 }

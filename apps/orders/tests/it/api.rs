@@ -293,6 +293,12 @@ async fn metrics_export_group_commits_and_projection_progress() {
     assert_eq!(value("strata_group_commit_appends_total"), 6.0, "one append per command");
     assert_eq!(value("strata_group_commit_events_total"), 6.0);
     assert!(value("strata_group_commit_groups_total") >= 1.0);
+    // Group sizes as a histogram: every group in a bucket, and the appends they held.
+    let groups = value("strata_group_commit_groups_total");
+    assert_eq!(value("strata_group_commit_group_size_count"), groups);
+    assert_eq!(value("strata_group_commit_group_size_bucket{le=\"+Inf\"}"), groups);
+    assert_eq!(value("strata_group_commit_group_size_sum"), 6.0);
+    assert!(value("strata_group_commit_group_size_bucket{le=\"1.0\"}") >= 1.0);
     assert_eq!(value("strata_projection_position{projection=\"orders\"}"), 6.0);
     assert_eq!(value("strata_projection_lag_events{projection=\"orders\"}"), 0.0);
     assert_eq!(value("strata_saga_instances{saga=\"fulfilment\",state=\"active\"}"), 1.0);

@@ -164,6 +164,11 @@ pub(super) async fn metrics<S: EventStore, M: ViewManager>(
             "Most appends committed in one group",
             vec![(Labels::new(), group.largest_group as f64)],
         );
+        registry.register(
+            "strata_group_commit_group_size",
+            "Appends per committed group",
+            GroupSizes::of(&group),
+        );
     }
     let statuses = admin.projections.statuses().await?;
     let label = |name: &str| vec![("projection".to_owned(), name.to_owned())];
@@ -253,6 +258,41 @@ pub(super) async fn metrics<S: EventStore, M: ViewManager>(
     prometheus_client::encoding::text::encode(&mut out, &registry)
         .map_err(|error| Problem::internal(&std::io::Error::other(error.to_string())))?;
     Ok(([(axum::http::header::CONTENT_TYPE, OPENMETRICS)], out))
+}
+
+/// The group-size histogram, from the store's bucket counts (the store counts groups into
+/// buckets as it commits them; there is nothing to observe again here).
+#[derive(Debug)]
+struct GroupSizes {
+    sum: f64,
+    count: u64,
+    buckets: Vec<(f64, u64)>,
+}
+
+impl GroupSizes {
+    fn of(group: &strata::GroupCommitMetrics) -> Self {
+        let bounds = strata::store::GROUP_SIZE_BOUNDS.iter().map(|bound| *bound as f64);
+        let buckets = bounds.chain([f64::MAX]).zip(group.group_sizes).collect();
+        Self { sum: group.appends as f64, count: group.groups, buckets }
+    }
+}
+
+impl prometheus_client::encoding::EncodeMetric for GroupSizes {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.sum,
+            self.count,
+            &self.buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
 }
 
 /// The content type of the OpenMetrics text format.
