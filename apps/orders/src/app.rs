@@ -272,8 +272,9 @@ impl<B: Backend> App<B> {
     /// The event that decided the confirmation asked by `asked`: the first `OrderConfirmed`
     /// or `OrderCancelled` after it in the order's stream. Waits until the order's view has
     /// moved past the request and is no longer confirming (a read of the view store per
-    /// move of the orders projection), then reads the stream once; `None` if either store
-    /// cannot be read.
+    /// move of the orders projection), then reads the stream once. A view that cannot say
+    /// (parked, or missing) is passed over: the stream is read on every move instead.
+    /// `None` if a store cannot be read.
     async fn decided(&self, asked: &CommandOutcome) -> Option<Decided> {
         let orders = self.projection("orders")?;
         let requested = asked.position?;
@@ -281,27 +282,36 @@ impl<B: Backend> App<B> {
         loop {
             // Every wait is bounded by the caller's timeout.
             orders.wait_for(target, Duration::from_secs(3600)).await.ok()?;
-            // Noted before the read: the view reflects at least `seen`, so a decision
-            // applied later moves the projection past it.
+            // Noted before the reads: they reflect at least `seen`, so a decision applied
+            // later moves the projection past it.
             let seen = orders.position();
-            let id = &asked.stream.id;
-            let stored = self.views.get::<views::OrderView>("orders", id).await.ok()??;
-            if stored.position >= requested && stored.view.status != OrderStatus::Confirming {
-                let tail = self.events().read_stream(&asked.stream, asked.version).await.ok()?;
-                let decided = tail.iter().find_map(|record| {
-                    let status = match record.event_type.as_str() {
-                        "OrderConfirmed" => OrderStatus::Confirmed,
-                        "OrderCancelled" => OrderStatus::Cancelled,
-                        _ => return None,
-                    };
-                    Some(Decided { status, position: record.position, version: record.version })
-                });
-                if decided.is_some() {
-                    return decided;
+            let stored =
+                self.views.get::<views::OrderView>("orders", &asked.stream.id).await.ok()?;
+            let moved_on = match &stored {
+                Some(stored) if stored.parked.is_none() => {
+                    stored.position >= requested && stored.view.status != OrderStatus::Confirming
                 }
+                _ => true,
+            };
+            if moved_on && let Some(decided) = self.deciding_event(asked).await? {
+                return Some(decided);
             }
             target = Position(seen.0.max(target.0) + 1);
         }
+    }
+
+    /// The first `OrderConfirmed` or `OrderCancelled` after `asked` in the order's stream;
+    /// `None` when the store cannot be read.
+    async fn deciding_event(&self, asked: &CommandOutcome) -> Option<Option<Decided>> {
+        let tail = self.events().read_stream(&asked.stream, asked.version).await.ok()?;
+        Some(tail.iter().find_map(|record| {
+            let status = match record.event_type.as_str() {
+                "OrderConfirmed" => OrderStatus::Confirmed,
+                "OrderCancelled" => OrderStatus::Cancelled,
+                _ => return None,
+            };
+            Some(Decided { status, position: record.position, version: record.version })
+        }))
     }
 
     /// Confirms, ships or cancels an order.

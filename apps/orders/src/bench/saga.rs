@@ -103,10 +103,22 @@ pub async fn run<B: Backend>(
         }));
     }
     let (mut latency, mut asked) = (Histogram::default(), 0);
+    let mut failed = None;
     for client in clients {
-        let (client_latency, units) = client.await.context("a client task failed")??;
-        latency.merge(&client_latency);
-        asked += units;
+        match client.await.context("a client task failed") {
+            Ok(Ok((client_latency, units))) => {
+                latency.merge(&client_latency);
+                asked += units;
+            }
+            Ok(Err(error)) | Err(error) => {
+                failed.get_or_insert(error);
+            }
+        }
+    }
+    if let Some(error) = failed {
+        // Every client has ended; stop the service before the store is dropped.
+        app.stop();
+        return Err(error);
     }
     let elapsed = started.elapsed();
     progress.finish();

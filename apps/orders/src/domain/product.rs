@@ -33,12 +33,17 @@ pub struct Product {
     /// Units in stock, reserved or not.
     pub on_hand: i64,
     /// Units reserved, by order.
-    pub reservations: Arc<BTreeMap<String, i64>>,
+    reservations: Arc<BTreeMap<String, i64>>,
     /// Units reserved by all orders: the sum of `reservations`.
     reserved: i64,
 }
 
 impl Product {
+    /// Units reserved, by order.
+    pub fn reservations(&self) -> &BTreeMap<String, i64> {
+        &self.reservations
+    }
+
     /// Units reserved by all orders.
     pub fn reserved(&self) -> i64 {
         self.reserved
@@ -419,6 +424,21 @@ mod tests {
         assert_eq!((shipped.on_hand, shipped.reserved(), shipped.available()), (2, 0, 2));
         let after_release = strata::aggregate::replay::<Product>(&released);
         assert_eq!((after_release.on_hand, after_release.available()), (5, 5));
+    }
+
+    #[test]
+    fn a_snapshot_gives_back_the_same_product() {
+        let product = strata::aggregate::replay::<Product>(&[
+            created(),
+            restocked(9),
+            ProductEvent::StockReserved(moved("o1", 3)),
+            ProductEvent::StockReserved(moved("o2", 4)),
+            ProductEvent::StockReleased(moved("o1", 3)),
+        ]);
+        let snapshot = product.to_snapshot().unwrap();
+        let restored = Product::from_snapshot(&snapshot).unwrap();
+        assert_eq!(restored, product);
+        assert_eq!((restored.reserved(), restored.available()), (4, 5));
     }
 
     #[test]

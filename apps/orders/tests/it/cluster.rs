@@ -379,12 +379,13 @@ async fn a_deadline_fires_once_on_the_node_that_takes_the_saga_over() {
         owner(nodes[1].clone()).await.is_some()
     })
     .await;
-    let owner = owner(nodes[1].clone()).await;
-    let owner = owner.unwrap();
+    let owner = owner(nodes[1].clone()).await.expect("the expiry is still pending");
     let victim = owner.trim_start_matches("ttl").parse::<usize>().unwrap();
     let pid = nodes[victim].child.id().to_string();
     std::process::Command::new("kill").args(["-KILL", &pid]).status().unwrap();
     let survivor = &nodes[1 - victim];
+    let (_, order) = survivor.send("GET", "/orders/o1", None).await;
+    assert_eq!(order["status"], "placed", "the owner died before the expiry was due");
 
     within(Duration::from_secs(20), "the survivor expires the order", || async {
         let (_, order) = survivor.send("GET", "/orders/o1", None).await;
@@ -400,4 +401,11 @@ async fn a_deadline_fires_once_on_the_node_that_takes_the_saga_over() {
     let types: Vec<&str> =
         events.as_array().unwrap().iter().filter_map(|e| e["type"].as_str()).collect();
     assert_eq!(types, ["OrderPlaced", "OrderCancelled"]);
+    // Sent once: a second send would count again, though the order could not expire twice.
+    let text = survivor.text("/metrics").await;
+    let sent = text
+        .lines()
+        .find(|l| l.starts_with("strata_commands_total{aggregate=\"order\",command=\"Expire\""))
+        .unwrap_or_else(|| panic!("no Expire counted:\n{text}"));
+    assert!(sent.ends_with(" 1"), "{sent}");
 }

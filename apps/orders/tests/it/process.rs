@@ -89,6 +89,18 @@ impl Server {
         (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
 
+    /// A `GET` whose answer is text, such as `/metrics`; empty when there is no answer.
+    pub async fn text(&self, path: &str) -> String {
+        let request = hyper::Request::builder().uri(format!("{}{path}", self.base));
+        let Ok(response) =
+            self.client.request(request.body(Full::new(Bytes::new())).unwrap()).await
+        else {
+            return String::new();
+        };
+        let Ok(collected) = response.into_body().collect().await else { return String::new() };
+        String::from_utf8_lossy(&collected.to_bytes()).into_owned()
+    }
+
     pub fn kill_9(mut self) {
         self.child.kill().unwrap(); // SIGKILL on Unix
         self.child.wait().unwrap();
