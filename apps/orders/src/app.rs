@@ -53,6 +53,8 @@ pub struct App<B: Backend> {
     pub node_id: String,
     /// Begun when the service stops; ends waiting queries at once.
     pub shutdown: strata_http::Shutdown,
+    /// The bearer tokens the HTTP API accepts; `None` (the default) checks none.
+    pub tokens: Option<Arc<strata_http::Tokens>>,
 }
 
 /// Why a command of the service was refused.
@@ -165,6 +167,7 @@ impl<B: Backend> App<B> {
             sagas: Arc::new(sagas),
             node_id,
             shutdown: strata_http::Shutdown::new(),
+            tokens: None,
         })
     }
 

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use orders::bench::BenchUsageError;
+use orders::cli::auth::AuthUsageError;
 use orders::cli::projections::UnknownProjection;
 use orders::cli::store::StoreUrlError;
 use orders::cli::{Cli, LogFormat, exit};
@@ -34,6 +35,7 @@ fn main() -> ExitCode {
             if error.downcast_ref::<StoreUrlError>().is_some()
                 || error.downcast_ref::<BenchUsageError>().is_some()
                 || error.downcast_ref::<UnknownProjection>().is_some()
+                || error.downcast_ref::<AuthUsageError>().is_some()
             {
                 ExitCode::from(exit::USAGE)
             } else {

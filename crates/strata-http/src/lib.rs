@@ -8,6 +8,7 @@
 //! and become responses in exactly one place, [`Problem`]'s conversions.
 
 pub mod admin;
+pub mod auth;
 pub mod conditional;
 pub mod correlation;
 pub mod idempotency;
@@ -18,6 +19,7 @@ pub mod problem;
 pub mod shutdown;
 pub mod wait;
 
+pub use auth::{Required, Role, Tokens, User, require};
 pub use conditional::{IfMatch, not_modified};
 pub use correlation::{CORRELATION_HEADER, CorrelationId, correlation_id};
 pub use idempotency::{IDEMPOTENCY_HEADER, Idempotency, IdempotencyLayerState, idempotency};

@@ -41,6 +41,21 @@ impl Problem {
         )
     }
 
+    /// 401: the route needs a bearer token and the request has none that is known.
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "urn:strata:problem:unauthorized",
+            "Authentication required",
+            detail.into(),
+        )
+    }
+
+    /// 403: the request's token has a role too low for the route.
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "urn:strata:problem:forbidden", "Forbidden", detail.into())
+    }
+
     /// 404: the addressed aggregate or view does not exist.
     pub fn not_found(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "urn:strata:problem:not-found", "Not found", detail.into())

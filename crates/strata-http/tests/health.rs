@@ -90,6 +90,7 @@ async fn health(store: &Arc<Freezable>) -> (StatusCode, serde_json::Value, Durat
         aggregate_types: vec![],
         http: HttpMetrics::new(),
         commands: Arc::default(),
+        tokens: None,
     });
     let started = Instant::now();
     let request = Request::builder().uri("/health").body(Body::empty()).unwrap();

@@ -1,6 +1,7 @@
 //! The `strata` command line. Arguments are parsed in two stages: what the user typed
 //! ([`Cli`]) and the validated settings a command runs with ([`store::StoreLocation`]).
 
+pub mod auth;
 pub mod events;
 pub mod exit;
 mod progress;
@@ -51,6 +52,8 @@ enum Command {
     Events(events::EventsArgs),
     /// Lists the projections (position, lag, status, parked instances) or rebuilds one.
     Projections(projections::ProjectionsArgs),
+    /// Manages the bearer tokens of the auth file that `serve --auth-file` reads.
+    Auth(auth::AuthArgs),
 }
 
 impl Cli {
@@ -61,6 +64,7 @@ impl Cli {
             Some(Command::Bench(args)) => crate::bench::run(args).await,
             Some(Command::Events(args)) => events::run(args).await,
             Some(Command::Projections(args)) => projections::run(args).await,
+            Some(Command::Auth(args)) => auth::run(args),
             None => serve::run(self.serve).await,
         }
     }

@@ -56,6 +56,15 @@ pub struct ServeArgs {
     /// smaller). A store holds both; switching is safe.
     #[arg(long, env = "STRATA_EVENT_CODEC", default_value = "json", value_name = "CODEC")]
     pub event_codec: strata::Codec,
+    /// Bearer tokens (see `strata auth add-token`): queries need read, commands write, the
+    /// operator's routes and /metrics admin; /health stays open [default: no checks, and
+    /// the service listens on loopback only].
+    #[arg(long, env = "STRATA_AUTH_FILE", value_name = "FILE")]
+    pub auth_file: Option<std::path::PathBuf>,
+    /// Listen beyond loopback without --auth-file, when something in front of the service
+    /// checks who calls.
+    #[arg(long, env = "STRATA_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -91,6 +100,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.bind))?;
     let address = listener.local_addr().context("cannot read the bound address")?;
+    let tokens = match &args.auth_file {
+        Some(path) => Some(super::auth::load(path)?),
+        None if address.ip().is_loopback() || args.insecure_no_auth => None,
+        None => return Err(super::auth::AuthUsageError::InsecureBind(address.to_string()).into()),
+    };
     let node_id =
         args.node_id.clone().unwrap_or_else(|| format!("{}:{}", host_name(), address.port()));
     // "listening" is printed by `serve`, once the store is open and the projections started:
@@ -100,18 +114,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let stores = backends::open_sqlite(&dir)
                 .with_context(|| format!("cannot open the SQLite store in {}", dir.display()))?;
             println!("strata: data in {} (SQLite)", dir.display());
-            serve(stores, listener, node_id, &args, signals).await
+            serve(stores, listener, node_id, &args, tokens, signals).await
         }
         StoreLocation::Postgres(url) => {
             let stores = backends::open_postgres(&url, &node_id)
                 .await
                 .context("cannot open the PostgreSQL store")?;
             println!("strata: data in PostgreSQL ({})", redacted(&url));
-            serve(stores, listener, node_id, &args, signals).await
+            serve(stores, listener, node_id, &args, tokens, signals).await
         }
         StoreLocation::Memory => {
             println!("strata: data in memory (lost when the process ends)");
-            serve(backends::memory(), listener, node_id, &args, signals).await
+            serve(backends::memory(), listener, node_id, &args, tokens, signals).await
         }
     }
 }
@@ -121,9 +135,11 @@ async fn serve<B: Backend>(
     listener: TcpListener,
     node_id: String,
     args: &ServeArgs,
+    tokens: Option<Arc<strata_http::Tokens>>,
     signals: watch::Receiver<u32>,
 ) -> anyhow::Result<()> {
     let (idempotency_ttl, codec) = (args.idempotency_ttl, args.event_codec);
+
     let fulfilment =
         FulfilmentSettings { order_ttl: args.order_ttl, confirm_timeout: args.confirm_timeout };
     // An event this code cannot read would stop the projections at it and refuse every
@@ -140,11 +156,12 @@ async fn serve<B: Backend>(
             list.join("\n")
         );
     }
-    let app = Arc::new(
+    let mut app =
         App::start_with(stores, node_id, BusConfig { codec, ..BusConfig::default() }, fulfilment)
             .await
-            .context("cannot prepare the projections' tables")?,
-    );
+            .context("cannot prepare the projections' tables")?;
+    app.tokens = tokens;
+    let app = Arc::new(app);
     let every = (idempotency_ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
     let expiry = tokio::spawn(strata::idempotency::expire_keys(
         app.events().clone(),

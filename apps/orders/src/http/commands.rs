@@ -6,13 +6,15 @@ use std::sync::Arc;
 use axum::Json;
 use std::time::Duration;
 
+use axum::extract::FromRequestParts;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use strata::{CommandContext, CommandOutcome};
-use strata_http::{CorrelationId, Idempotency, IfMatch, JsonBody, Problem};
+use strata_http::{CorrelationId, Idempotency, IfMatch, JsonBody, Problem, User};
 
 use super::ids::{self, PathId};
 use crate::app::{App, Backend, LineRequest, PlaceOrder};
@@ -34,11 +36,24 @@ fn accepted(status: StatusCode, outcome: CommandOutcome) -> Response {
     response
 }
 
-fn context(correlation: CorrelationId, if_match: IfMatch, key: Idempotency) -> CommandContext {
-    let mut context = CommandContext::new(correlation.0);
-    context.expected_version = if_match.0;
-    context.idempotency = key.0;
-    context
+/// What every command takes from its request's headers: the correlation id, `If-Match`,
+/// the idempotency claim, and the token's subject as the user of every event it causes.
+pub struct Context(CommandContext);
+
+impl<S: Send + Sync> FromRequestParts<S> for Context {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        let correlation = CorrelationId::from_request_parts(parts, state).await?;
+        let if_match = IfMatch::from_request_parts(parts, state).await?;
+        let key = Idempotency::from_request_parts(parts, state).await?;
+        let Ok(user) = User::from_request_parts(parts, state).await;
+        let mut context = CommandContext::new(correlation.0);
+        context.user = user.0;
+        context.expected_version = if_match.0;
+        context.idempotency = key.0;
+        Ok(Context(context))
+    }
 }
 
 #[derive(Deserialize)]
@@ -51,13 +66,10 @@ pub struct RegisterCustomer {
 
 pub async fn register_customer<B: Backend>(
     State(app): State<Arc<App<B>>>,
-    correlation: CorrelationId,
-    if_match: IfMatch,
-    key: Idempotency,
+    Context(ctx): Context,
     JsonBody(body): JsonBody<RegisterCustomer>,
 ) -> Result<Response, Problem> {
     let id = ids::given_or_new("customer_id", body.customer_id)?;
-    let ctx = context(correlation, if_match, key);
     let outcome = app.register_customer(&id, body.name, body.email, &ctx).await?;
     Ok(accepted(StatusCode::CREATED, outcome))
 }
@@ -72,13 +84,10 @@ pub struct CreateProduct {
 
 pub async fn create_product<B: Backend>(
     State(app): State<Arc<App<B>>>,
-    correlation: CorrelationId,
-    if_match: IfMatch,
-    key: Idempotency,
+    Context(ctx): Context,
     JsonBody(body): JsonBody<CreateProduct>,
 ) -> Result<Response, Problem> {
     ids::check("sku", &body.sku)?;
-    let ctx = context(correlation, if_match, key);
     let outcome = app.create_product(&body.sku, body.name, body.price_cents, &ctx).await?;
     Ok(accepted(StatusCode::CREATED, outcome))
 }
@@ -92,12 +101,9 @@ pub struct Restock {
 pub async fn restock_product<B: Backend>(
     State(app): State<Arc<App<B>>>,
     PathId(sku): PathId,
-    correlation: CorrelationId,
-    if_match: IfMatch,
-    key: Idempotency,
+    Context(ctx): Context,
     JsonBody(body): JsonBody<Restock>,
 ) -> Result<Response, Problem> {
-    let ctx = context(correlation, if_match, key);
     let outcome = app.restock_product(&sku, body.qty, &ctx).await?;
     Ok(accepted(StatusCode::OK, outcome))
 }
@@ -128,9 +134,7 @@ pub struct PlaceOrderBody {
 
 pub async fn place_order<B: Backend>(
     State(app): State<Arc<App<B>>>,
-    correlation: CorrelationId,
-    if_match: IfMatch,
-    key: Idempotency,
+    Context(ctx): Context,
     JsonBody(body): JsonBody<PlaceOrderBody>,
 ) -> Result<Response, Problem> {
     let id = ids::given_or_new("order_id", body.order_id)?;
@@ -147,7 +151,6 @@ pub async fn place_order<B: Backend>(
         payment_method: body.payment_method,
         shipping_address: body.shipping_address,
     };
-    let ctx = context(correlation, if_match, key);
     let outcome = app.place_order(&id, request, &ctx).await?;
     Ok(accepted(StatusCode::CREATED, outcome))
 }
@@ -155,13 +158,10 @@ pub async fn place_order<B: Backend>(
 pub async fn add_line<B: Backend>(
     State(app): State<Arc<App<B>>>,
     PathId(id): PathId,
-    correlation: CorrelationId,
-    if_match: IfMatch,
-    key: Idempotency,
+    Context(ctx): Context,
     JsonBody(body): JsonBody<Line>,
 ) -> Result<Response, Problem> {
     let line = body.checked("sku")?;
-    let ctx = context(correlation, if_match, key);
     let outcome = app.add_line(&id, line, &ctx).await?;
     Ok(accepted(StatusCode::OK, outcome))
 }
@@ -201,9 +201,7 @@ pub async fn confirm_order<B: Backend>(
     State(app): State<Arc<App<B>>>,
     PathId(id): PathId,
     wait: Result<Query<ConfirmWait>, QueryRejection>,
-    correlation: CorrelationId,
-    if_match: IfMatch,
-    key: Idempotency,
+    Context(ctx): Context,
     JsonBody(body): JsonBody<Empty>,
 ) -> Result<Response, Problem> {
     let Query(wait) =
@@ -215,7 +213,6 @@ pub async fn confirm_order<B: Backend>(
         )));
     }
     check_empty(&body)?;
-    let ctx = context(correlation, if_match, key);
     let wait = Duration::from_millis(wait_ms);
     let (asked, decided) = app.confirm_order(&id, &ctx, wait).await?;
     let (status, position, version, answer) = match decided {
@@ -238,13 +235,10 @@ pub async fn confirm_order<B: Backend>(
 pub async fn ship_order<B: Backend>(
     State(app): State<Arc<App<B>>>,
     PathId(id): PathId,
-    correlation: CorrelationId,
-    if_match: IfMatch,
-    key: Idempotency,
+    Context(ctx): Context,
     JsonBody(body): JsonBody<Empty>,
 ) -> Result<Response, Problem> {
     check_empty(&body)?;
-    let ctx = context(correlation, if_match, key);
     let outcome = app.change_order(&id, OrderCommand::Ship, &ctx).await?;
     Ok(accepted(StatusCode::OK, outcome))
 }
@@ -258,12 +252,9 @@ pub struct Cancel {
 pub async fn cancel_order<B: Backend>(
     State(app): State<Arc<App<B>>>,
     PathId(id): PathId,
-    correlation: CorrelationId,
-    if_match: IfMatch,
-    key: Idempotency,
+    Context(ctx): Context,
     JsonBody(body): JsonBody<Cancel>,
 ) -> Result<Response, Problem> {
-    let ctx = context(correlation, if_match, key);
     let outcome = app.change_order(&id, OrderCommand::Cancel { reason: body.reason }, &ctx).await?;
     Ok(accepted(StatusCode::OK, outcome))
 }

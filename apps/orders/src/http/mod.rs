@@ -15,8 +15,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use strata_http::admin::{self, Admin};
 use strata_http::{
-    HttpMetrics, IdempotencyLayerState, MAX_BODY_BYTES, Problem, attach_shutdown, correlation_id,
-    count_requests, end_with_newline, idempotency, not_modified,
+    HttpMetrics, IdempotencyLayerState, MAX_BODY_BYTES, Problem, Required, Role, attach_shutdown,
+    correlation_id, count_requests, end_with_newline, idempotency, not_modified, require,
 };
 
 use crate::app::{AGGREGATE_TYPES, App, AppError, Backend};
@@ -38,6 +38,11 @@ pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(
             idempotency_state,
             idempotency::<B::Events>,
+        ))
+        // Outermost: an unauthenticated request never reaches the idempotency records.
+        .route_layer(axum::middleware::from_fn_with_state(
+            Required { tokens: app.tokens.clone(), role: Role::Write },
+            require,
         ));
     let queries = Router::new()
         .route("/customers/{id}", get(queries::customer::<B>))
@@ -45,7 +50,11 @@ pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
         .route("/products/{sku}", get(queries::product::<B>))
         .route("/orders", get(lists::orders::<B>))
         .route("/orders/{id}", get(queries::order::<B>))
-        .route("/reports/sales", get(reports::sales::<B>));
+        .route("/reports/sales", get(reports::sales::<B>))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Required { tokens: app.tokens.clone(), role: Role::Read },
+            require,
+        ));
     let operations = admin::routes(Admin {
         store: app.events().clone(),
         views: app.views.clone(),
@@ -55,6 +64,7 @@ pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
         aggregate_types: AGGREGATE_TYPES.to_vec(),
         http: http_metrics.clone(),
         commands: app.bus.counts().clone(),
+        tokens: app.tokens.clone(),
     });
     commands
         .merge(queries)

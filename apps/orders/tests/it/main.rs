@@ -4,6 +4,7 @@
 #![expect(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
 
 mod api;
+mod auth;
 mod cluster;
 mod codecs;
 mod concurrency;

@@ -683,3 +683,70 @@ async fn every_log_line_of_a_request_carries_its_correlation_id() {
     assert_eq!(answered["fields"]["status"], 201);
     assert_eq!(answered["span"]["route"], "/customers");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_added_once_kept_as_hashes_and_checked_by_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("auth.toml");
+    let file_arg = file.to_str().unwrap();
+    let add = |subject: &str, role: &str| {
+        strata(&[
+            "auth",
+            "add-token",
+            "--subject",
+            subject,
+            "--role",
+            role,
+            "--auth-file",
+            file_arg,
+        ])
+    };
+    let (code, out, err) = add("alice", "write");
+    assert_eq!(code, 0, "{err}");
+    let token = out.lines().last().unwrap().to_owned();
+    assert!(token.starts_with("st_") && token.len() > 40, "{out}");
+    let (code, out, _) = add("ops", "admin");
+    assert_eq!(code, 0);
+    let admin = out.lines().last().unwrap().to_owned();
+    let stored = std::fs::read_to_string(&file).unwrap();
+    assert!(!stored.contains(&token) && !stored.contains(&admin), "only hashes are kept");
+    assert!(stored.contains("alice") && stored.contains(&strata_http::auth::token_hash(&token)));
+    for (args, says) in [
+        (vec!["--subject", " ", "--role", "read"], "--subject"),
+        (vec!["--subject", "bob", "--role", "root"], "role"),
+    ] {
+        let mut all = vec!["auth", "add-token", "--auth-file", file_arg];
+        all.extend(args);
+        let (code, _, err) = strata(&all);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(says), "{err}");
+    }
+
+    let server = Server::spawn(&["--store", "memory", "--auth-file", file_arg]);
+    let customer = json!({"customer_id": "ada", "name": "Ada", "email": "ada@example.com"});
+    let (status, _) = server.send("POST", "/customers", Some(customer.clone())).await;
+    assert_eq!(status, 401);
+    let bearer = format!("Bearer {token}");
+    let (status, _) =
+        server.send_with("POST", "/customers", Some(customer), &[("authorization", &bearer)]).await;
+    assert_eq!(status, 201);
+    let bearer = format!("Bearer {admin}");
+    let (_, events) = server
+        .send_with("GET", "/admin/streams/customer/ada", None, &[("authorization", &bearer)])
+        .await;
+    assert_eq!(events[0]["metadata"]["user"], "alice");
+    let (status, _) = server.send("GET", "/health", None).await;
+    assert_eq!(status, 200);
+    server.kill_9();
+}
+
+#[test]
+fn listening_beyond_loopback_without_tokens_is_refused() {
+    let (code, _, err) = strata(&["serve", "--bind", "0.0.0.0:0", "--store", "memory"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--auth-file") && err.contains("--insecure-no-auth"), "{err}");
+    let (code, _, err) =
+        strata(&["serve", "--store", "memory", "--auth-file", "/nonexistent/auth.toml"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no such file"), "{err}");
+}

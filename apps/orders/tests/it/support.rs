@@ -59,6 +59,25 @@ impl Service {
         Self::start_in(dir).await
     }
 
+    /// A service whose HTTP API accepts only `tokens`.
+    pub async fn start_with_tokens(tokens: Arc<strata_http::Tokens>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = open_sqlite(dir.path()).unwrap();
+        let mut app = App::start(stores, "test-node", BusConfig::default()).await.unwrap();
+        app.tokens = Some(tokens);
+        let app = Arc::new(app);
+        let router = orders::http::router(app.clone());
+        Self { app, router, _dir: Some(dir) }
+    }
+
+    /// The status, headers and raw body of a request, whatever its body is.
+    pub async fn raw(&self, request: Request<Body>) -> (StatusCode, HeaderMap, Vec<u8>) {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let (status, headers) = (response.status(), response.headers().clone());
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, bytes.to_vec())
+    }
+
     pub async fn start_in(dir: TempDir) -> Self {
         let mut service = Self::start_in_path(dir.path()).await;
         service._dir = Some(dir);

@@ -1,7 +1,8 @@
 //! The operator's API, for any Strata application: where projections stand and what to do
 //! about them (parked instances, retries, skips, rebuilds), a stream's raw events, audits
 //! of the log, health and metrics. An application mounts it with [`routes`] beside its own
-//! routes; it needs only the event store and the node's [`Projections`].
+//! routes; it needs only the event store and the node's [`Projections`]. With bearer
+//! tokens configured, every route but `/health` needs the `admin` role.
 //!
 //! | route | answer |
 //! | --- | --- |
@@ -47,6 +48,9 @@ pub struct Admin<S, M> {
     pub http: Arc<crate::HttpMetrics>,
     /// The commands the application's bus handled ([`strata::CommandBus::counts`]).
     pub commands: Arc<strata::CommandCounts>,
+    /// The bearer tokens accepted; with them, every route here but `/health` needs the
+    /// `admin` role. `None` runs without authentication.
+    pub tokens: Option<Arc<crate::Tokens>>,
 }
 
 impl<S, M> Clone for Admin<S, M> {
@@ -60,6 +64,7 @@ impl<S, M> Clone for Admin<S, M> {
             aggregate_types: self.aggregate_types.clone(),
             http: self.http.clone(),
             commands: self.commands.clone(),
+            tokens: self.tokens.clone(),
         }
     }
 }
@@ -67,7 +72,8 @@ impl<S, M> Clone for Admin<S, M> {
 /// The operator's routes over `admin`, ready to merge into an application's router.
 /// `/audit` answers when the application runs [`strata::audit::projection`].
 pub fn routes<S: EventStore, M: ViewManager>(admin: Admin<S, M>) -> Router {
-    Router::new()
+    let required = crate::Required { tokens: admin.tokens.clone(), role: crate::Role::Admin };
+    let operator = Router::new()
         .route("/admin/projections", get(projections::list::<S, M>))
         .route("/admin/projections/{name}/parked", get(projections::parked::<S, M>))
         .route("/admin/projections/{name}/parked/{view_id}/retry", post(projections::retry::<S, M>))
@@ -78,7 +84,9 @@ pub fn routes<S: EventStore, M: ViewManager>(admin: Admin<S, M>) -> Router {
         .route("/admin/sagas/{name}/{id}", get(sagas::instance::<S, M>))
         .route("/admin/streams/{aggregate_type}/{id}", get(events::stream::<S, M>))
         .route("/audit", get(events::audit::<S, M>))
-        .route("/health", get(health::health::<S, M>))
         .route("/metrics", get(health::metrics::<S, M>))
-        .with_state(admin)
+        .route_layer(axum::middleware::from_fn_with_state(required, crate::require));
+    // Load balancers and orchestrators ask without a token.
+    let open = Router::new().route("/health", get(health::health::<S, M>));
+    operator.merge(open).with_state(admin)
 }

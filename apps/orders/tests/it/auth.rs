@@ -1,0 +1,104 @@
+//! Bearer tokens with roles: every role on every route group, the subject recorded as the
+//! user of the events a request causes, `strata auth add-token`, and no open port beyond
+//! loopback without tokens.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use serde_json::Value;
+use strata::CommandContext;
+use strata_http::Role;
+use strata_http::auth::{AuthFile, TokenEntry, token_hash};
+
+use crate::support::Service;
+
+fn tokens() -> Arc<strata_http::Tokens> {
+    let entry = |subject: &str, role, token: &str| TokenEntry {
+        subject: subject.into(),
+        role,
+        sha256: token_hash(token),
+    };
+    let file = AuthFile {
+        tokens: vec![
+            entry("reader", Role::Read, "t-read"),
+            entry("writer", Role::Write, "t-write"),
+            entry("operator", Role::Admin, "t-admin"),
+        ],
+    };
+    Arc::new(strata_http::Tokens::new(&file))
+}
+
+async fn status(service: &Service, method: Method, path: &str, token: Option<&str>) -> StatusCode {
+    let mut request = Request::builder().method(method.clone()).uri(path);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let body = if method == Method::POST {
+        request = request.header("content-type", "application/json");
+        Body::from(r#"{"qty":1}"#)
+    } else {
+        Body::empty()
+    };
+    let (status, headers, bytes) = service.raw(request.body(body).unwrap()).await;
+    if status == StatusCode::UNAUTHORIZED {
+        assert_eq!(headers.get("www-authenticate").unwrap(), "Bearer");
+    }
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        assert_eq!(headers.get("content-type").unwrap(), "application/problem+json");
+        let problem: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(problem["status"], status.as_u16());
+    }
+    status
+}
+
+#[tokio::test]
+async fn every_role_on_every_route_group() {
+    let service = Service::start_with_tokens(tokens()).await;
+    let context = CommandContext::new("setup");
+    service
+        .app
+        .register_customer("ada", "Ada".into(), "ada@example.com".into(), &context)
+        .await
+        .unwrap();
+    service.app.create_product("tea", "Tea".into(), 450, &context).await.unwrap();
+
+    let groups: [(&str, Method, &str); 5] = [
+        ("query", Method::GET, "/products/tea"),
+        ("command", Method::POST, "/products/tea/restock"),
+        ("operator", Method::GET, "/admin/projections"),
+        ("metrics", Method::GET, "/metrics"),
+        ("health", Method::GET, "/health"),
+    ];
+    use StatusCode as S;
+    let expected: [(Option<&str>, [StatusCode; 5]); 5] = [
+        (None, [S::UNAUTHORIZED, S::UNAUTHORIZED, S::UNAUTHORIZED, S::UNAUTHORIZED, S::OK]),
+        (
+            Some("t-guess"),
+            [S::UNAUTHORIZED, S::UNAUTHORIZED, S::UNAUTHORIZED, S::UNAUTHORIZED, S::OK],
+        ),
+        (Some("t-read"), [S::OK, S::FORBIDDEN, S::FORBIDDEN, S::FORBIDDEN, S::OK]),
+        (Some("t-write"), [S::OK, S::OK, S::FORBIDDEN, S::FORBIDDEN, S::OK]),
+        (Some("t-admin"), [S::OK, S::OK, S::OK, S::OK, S::OK]),
+    ];
+    for (token, statuses) in expected {
+        for ((group, method, path), want) in groups.iter().zip(statuses) {
+            let got = status(&service, method.clone(), path, token).await;
+            assert_eq!(got, want, "{group} {path} with {token:?}");
+        }
+    }
+
+    // The writer's restock carries its subject as the event's user.
+    let request = Request::builder()
+        .uri("/admin/streams/product/tea")
+        .header("authorization", "Bearer t-admin")
+        .body(Body::empty())
+        .unwrap();
+    let (_, _, bytes) = service.raw(request).await;
+    let events: Value = serde_json::from_slice(&bytes).unwrap();
+    let users: Vec<&Value> =
+        events.as_array().unwrap().iter().map(|e| &e["metadata"]["user"]).collect();
+    assert_eq!(users.first(), Some(&&Value::Null), "created in-process, by nobody");
+    assert!(users[1..].iter().all(|user| *user == "writer" || *user == "operator"), "{users:?}");
+    assert_eq!(users.len(), 3, "the writer's and the operator's restocks");
+}
