@@ -89,6 +89,8 @@ impl AuthFile {
         for (index, entry) in file.tokens.iter().enumerate() {
             let why = if entry.subject.trim().is_empty() {
                 Some("the subject is empty")
+            } else if entry.subject.starts_with(SAGA_PREFIX) {
+                Some("subjects starting with \"saga:\" name sagas")
             } else if decode_hash(&entry.sha256).is_none() {
                 Some("sha256 is not 64 hexadecimal digits")
             } else {
@@ -102,10 +104,13 @@ impl AuthFile {
     }
 
     /// The file as TOML text.
-    pub fn to_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_default()
+    pub fn to_toml(&self) -> Result<String, AuthFileError> {
+        toml::to_string(self).map_err(|error| AuthFileError::Invalid(error.to_string()))
     }
 }
+
+/// How the users of sagas' own commands begin (`saga:fulfilment`); no token's subject may.
+pub const SAGA_PREFIX: &str = "saga:";
 
 /// The SHA-256 of `token`, as an auth file writes it.
 pub fn token_hash(token: &str) -> String {
@@ -193,7 +198,9 @@ pub async fn require(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
+        .and_then(|value| value.split_once(' '))
+        // The scheme's name is case-insensitive (RFC 9110).
+        .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then_some(token))
         .map(str::trim);
     let Some((subject, role)) = presented.and_then(|token| tokens.find(token)) else {
         let detail = if presented.is_some() {
@@ -230,7 +237,7 @@ mod tests {
                 sha256: token_hash("secret-1"),
             }],
         };
-        let parsed = AuthFile::parse(&file.to_toml()).unwrap();
+        let parsed = AuthFile::parse(&file.to_toml().unwrap()).unwrap();
         assert_eq!(parsed, file);
         let tokens = Tokens::new(&parsed);
         assert_eq!(tokens.find("secret-1"), Some(("alice", Role::Write)));

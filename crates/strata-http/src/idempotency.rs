@@ -120,6 +120,12 @@ async fn answer<I: IdempotencyStore>(
             digest.update(b"\nIf-Match: ");
             digest.update(if_match.as_bytes());
         }
+        // The token's subject, likewise only when there is one: one caller's key is not
+        // another's to replay.
+        if let Some(subject) = parts.extensions.get::<crate::auth::Subject>() {
+            digest.update(b"\nSubject: ");
+            digest.update(subject.0.as_bytes());
+        }
         digest.update(b"\n");
         digest.update(&bytes);
         format!("{:x}", digest.finalize())

@@ -49,8 +49,8 @@ pub enum AuthUsageError {
         /// What went wrong.
         error: String,
     },
-    /// A subject that is empty or not printable.
-    #[error("--subject must be 1 to 128 visible characters")]
+    /// A subject that is empty, not printable, or a saga's.
+    #[error("--subject must be 1 to 128 visible characters, not starting with \"saga:\"")]
     Subject,
     /// Listening beyond this machine with nobody checked.
     #[error(
@@ -88,7 +88,11 @@ fn read(path: &Path) -> Result<Option<AuthFile>, AuthUsageError> {
 
 fn add_token(args: AddTokenArgs) -> anyhow::Result<()> {
     let subject = args.subject.trim();
-    if subject.is_empty() || subject.len() > 128 || subject.chars().any(char::is_control) {
+    if subject.is_empty()
+        || subject.len() > 128
+        || subject.chars().any(char::is_control)
+        || subject.starts_with(strata_http::auth::SAGA_PREFIX)
+    {
         return Err(AuthUsageError::Subject.into());
     }
     let mut file = read(&args.auth_file)?.unwrap_or_default();
@@ -99,7 +103,11 @@ fn add_token(args: AddTokenArgs) -> anyhow::Result<()> {
         role: args.role,
         sha256: token_hash(&token),
     });
-    write(&args.auth_file, &file.to_toml())?;
+    let text = file.to_toml().map_err(|error| AuthUsageError::File {
+        path: args.auth_file.display().to_string(),
+        error: error.to_string(),
+    })?;
+    write(&args.auth_file, &text)?;
     let role = match args.role {
         Role::Read => "read",
         Role::Write => "write",
@@ -115,21 +123,23 @@ fn add_token(args: AddTokenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes `text` to `path` through a file beside it and a rename, so that a crash leaves
-/// the old file or the new one, readable by its owner only.
+/// Writes `text` to `path` through a new file beside it (created exclusively, readable by
+/// its owner only) and a rename, so that a crash leaves the old file or the new one. Two
+/// `add-token` runs at once on one file may lose one token: run them one at a time.
 fn write(path: &Path, text: &str) -> Result<(), AuthUsageError> {
-    let failed = |error: std::io::Error| AuthUsageError::File {
-        path: path.display().to_string(),
-        error: error.to_string(),
+    let failed = |error: String| AuthUsageError::File { path: path.display().to_string(), error };
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
     };
-    let mut partial = path.as_os_str().to_owned();
-    partial.push(".partial");
-    let partial = PathBuf::from(partial);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut out = options.open(&partial).map_err(failed)?;
-    out.write_all(text.as_bytes()).and_then(|()| out.sync_all()).map_err(failed)?;
-    std::fs::rename(&partial, path).map_err(failed)
+    let mut partial =
+        tempfile::NamedTempFile::new_in(&dir).map_err(|error| failed(error.to_string()))?;
+    partial.write_all(text.as_bytes()).map_err(|error| failed(error.to_string()))?;
+    partial.as_file().sync_all().map_err(|error| failed(error.to_string()))?;
+    partial.persist(path).map_err(|error| failed(error.error.to_string()))?;
+    // The rename is durable once the directory is.
+    if let Ok(directory) = std::fs::File::open(&dir) {
+        let _ = directory.sync_all();
+    }
+    Ok(())
 }

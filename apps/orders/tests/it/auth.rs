@@ -88,17 +88,41 @@ async fn every_role_on_every_route_group() {
         }
     }
 
-    // The writer's restock carries its subject as the event's user.
-    let request = Request::builder()
-        .uri("/admin/streams/product/tea")
-        .header("authorization", "Bearer t-admin")
+    // The scheme's name is case-insensitive.
+    let upper = Request::builder()
+        .uri("/products/tea")
+        .header("authorization", "BEARER t-read")
         .body(Body::empty())
         .unwrap();
-    let (_, _, bytes) = service.raw(request).await;
-    let events: Value = serde_json::from_slice(&bytes).unwrap();
-    let users: Vec<&Value> =
-        events.as_array().unwrap().iter().map(|e| &e["metadata"]["user"]).collect();
-    assert_eq!(users.first(), Some(&&Value::Null), "created in-process, by nobody");
-    assert!(users[1..].iter().all(|user| *user == "writer" || *user == "operator"), "{users:?}");
-    assert_eq!(users.len(), 3, "the writer's and the operator's restocks");
+    assert_eq!(service.raw(upper).await.0, StatusCode::OK);
+
+    // Each restock carries its token's subject as the event's user.
+    let users = |events: Value| -> Vec<Value> {
+        events.as_array().unwrap().iter().map(|e| e["metadata"]["user"].clone()).collect()
+    };
+    let tea = send(&service, "/admin/streams/product/tea", "t-admin", None).await;
+    assert_eq!(users(tea), [Value::Null, "writer".into(), "operator".into()]);
+
+    // So does everything the fulfilment saga does for the writer's confirmation.
+    let order = serde_json::json!({"order_id": "o1", "customer_id": "ada", "lines": [{"sku": "tea", "qty": 1}]});
+    send(&service, "/orders", "t-write", Some(order)).await;
+    let confirmed =
+        send(&service, "/orders/o1/confirm", "t-write", Some(serde_json::json!({}))).await;
+    assert_eq!(confirmed["status"], "confirmed", "{confirmed}");
+    let o1 = send(&service, "/admin/streams/order/o1", "t-admin", None).await;
+    assert_eq!(users(o1), ["writer", "writer", "writer"]);
+    let tea = send(&service, "/admin/streams/product/tea", "t-admin", None).await;
+    assert_eq!(users(tea).last(), Some(&"writer".into()), "the saga's reservation");
+}
+
+async fn send(service: &Service, path: &str, token: &str, body: Option<Value>) -> Value {
+    let request = Request::builder()
+        .method(if body.is_some() { Method::POST } else { Method::GET })
+        .uri(path)
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json");
+    let body = body.map_or_else(Body::empty, |body| Body::from(body.to_string()));
+    let (status, _, bytes) = service.raw(request.body(body).unwrap()).await;
+    assert!(status.is_success(), "{path}: {status}");
+    serde_json::from_slice(&bytes).unwrap()
 }

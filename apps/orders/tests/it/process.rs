@@ -492,6 +492,8 @@ fn strata(args: &[&str]) -> (i32, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_strata"))
         .args(args)
         .env("RUST_LOG", "warn")
+        .env_remove("STRATA_AUTH_FILE")
+        .env_remove("STRATA_INSECURE_NO_AUTH")
         .output()
         .unwrap();
     let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();

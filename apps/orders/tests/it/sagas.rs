@@ -342,9 +342,13 @@ async fn a_stuck_confirmation_times_out_and_gives_its_stock_back() {
     assert_eq!(order["cancel_reason"], "timeout");
     let parked = service.get("/admin/sagas").await.body;
     assert_eq!(parked[0]["parked"], 1, "{parked}");
-    // The saga is parked and cannot release; the timeout gave the tea back itself.
-    let tea = service.get(&format!("/products/tea?min_position={}", service.head())).await;
-    assert_eq!((&tea.body["reserved"], &tea.body["available"]), (&json!(0), &json!(100)));
+    // The saga is parked and cannot release; the timeout gives the tea back itself, right
+    // after cancelling.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while product(&service, "tea").await != (100, 0, 100) {
+        assert!(tokio::time::Instant::now() < deadline, "the tea stays reserved");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let skipped = service
         .post("/admin/projections/fulfilment/parked/o1/skip", json!({"reason": "junk"}))

@@ -57,7 +57,11 @@ impl<E: DomainEvent, G: Saga<E>> Reactor<E, SagaInstance<G, E>> for SagaReactor<
             }
             for (index, command) in actions.sent.into_iter().enumerate() {
                 let key = command_key(G::NAME, id, event.position, &index.to_string());
-                let context = context(G::NAME, &event.metadata.correlation_id, key);
+                let mut context = context(G::NAME, &event.metadata.correlation_id, key);
+                // The request that caused the event is the user of what the saga does for it.
+                if let Some(user) = &event.metadata.user {
+                    context.user = Some(user.clone());
+                }
                 send(saga, id, command, &context, event.position).await?;
             }
             Ok(())
@@ -72,7 +76,8 @@ pub(crate) fn command_key(saga: &str, id: &str, cause: Position, which: &str) ->
 }
 
 /// The context of a command `saga` sends: the correlation id of what caused it, so that an
-/// audit of a request finds what its sagas did, and the saga as the user.
+/// audit of a request finds what its sagas did, and the saga as the user (the reactor puts
+/// the causing event's user instead, when it has one).
 pub(crate) fn context(saga: &str, correlation_id: &str, key: String) -> CommandContext {
     let mut context = CommandContext::new(correlation_id);
     context.user = Some(format!("saga:{saga}"));
