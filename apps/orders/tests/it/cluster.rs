@@ -350,7 +350,7 @@ async fn a_deadline_fires_once_on_the_node_that_takes_the_saga_over() {
     let nodes: Vec<Arc<Server>> = (0..2)
         .map(|n| {
             let id = format!("ttl{n}");
-            Arc::new(Server::spawn(&["--node-id", &id, "--store", &url, "--order-ttl", "3s"]))
+            Arc::new(Server::spawn(&["--node-id", &id, "--store", &url, "--order-ttl", "5s"]))
         })
         .collect();
     let setup = [
