@@ -43,10 +43,18 @@ impl Backend for PostgresBackend {
 /// are taken in the name of `node_id`.
 pub async fn open_postgres(url: &str, node_id: &str) -> Result<Stores<PostgresBackend>, PgError> {
     let database = PgDatabase::connect(url, None).await?;
+    postgres_stores(&database, node_id).await
+}
+
+/// The stores of one opened schema, with leases in the name of `node_id`.
+pub async fn postgres_stores(
+    database: &PgDatabase,
+    node_id: &str,
+) -> Result<Stores<PostgresBackend>, PgError> {
     Ok(Stores {
-        events: Arc::new(PgEventStore::open(&database).await?),
-        views: Arc::new(PgViewManager::new(&database)),
-        leases: Arc::new(PgLeases::new(&database, node_id)),
+        events: Arc::new(PgEventStore::open(database).await?),
+        views: Arc::new(PgViewManager::new(database)),
+        leases: Arc::new(PgLeases::new(database, node_id)),
     })
 }
 

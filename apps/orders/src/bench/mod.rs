@@ -295,11 +295,7 @@ async fn run_saga(args: &BenchArgs, plan: Plan) -> anyhow::Result<()> {
         let database = strata_postgres::PgDatabase::connect(url, Some(&schema))
             .await
             .context("cannot connect to PostgreSQL")?;
-        let stores = crate::app::Stores::<crate::backends::PostgresBackend> {
-            events: Arc::new(strata_postgres::PgEventStore::open(&database).await?),
-            views: Arc::new(strata_postgres::PgViewManager::new(&database)),
-            leases: Arc::new(strata_postgres::PgLeases::new(&database, "bench")),
-        };
+        let stores = crate::backends::postgres_stores(&database, "bench").await?;
         let figures = saga::run(stores, orders, tasks).await;
         let client = database.pool().get().await?;
         if let Err(error) = client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await {

@@ -421,3 +421,75 @@ fn undelivered<E: std::error::Error>(error: CommandError<E>) -> DispatchError {
         | CommandError::Store(_) => DispatchError::Unavailable(error.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use strata::{EventMetadata, InMemoryEventStore, Position, StreamId, Version};
+
+    use super::*;
+    use crate::domain::order::{LineUnavailable, OrderPlaced, OrderStatusChanged};
+    use crate::domain::product::StockMoved;
+    use crate::domain::{OrderLine, ProductEvent};
+
+    fn envelope(stream: StreamId, position: u64, event: OrdersEvent) -> Envelope<OrdersEvent> {
+        let metadata = EventMetadata::new("test", None);
+        Envelope { stream, version: Version(1), position: Position(position), metadata, event }
+    }
+
+    fn order(position: u64, event: OrderEvent) -> Envelope<OrdersEvent> {
+        envelope(StreamId::new("order", "o1"), position, OrdersEvent::Order(event))
+    }
+
+    fn reserved(sku: &str, position: u64) -> Envelope<OrdersEvent> {
+        let moved = StockMoved { order_id: "o1".into(), qty: 2 };
+        let event = OrdersEvent::Product(ProductEvent::StockReserved(moved));
+        envelope(StreamId::new("product", sku), position, event)
+    }
+
+    #[test]
+    fn a_short_line_gives_back_what_was_reserved_and_then_cancels() {
+        let bus = Arc::new(CommandBus::new(
+            Arc::new(InMemoryEventStore::new()),
+            strata::BusConfig::default(),
+        ));
+        let saga = FulfilmentSaga::new(bus, FulfilmentSettings::default());
+        let mut state = Fulfilment::default();
+        let line = |sku: &str| OrderLine { sku: sku.into(), qty: 2, price_cents: 1 };
+        let placed = OrderEvent::OrderPlaced(OrderPlaced {
+            customer_id: "ada".into(),
+            lines: vec![line("tea"), line("cake")],
+            payment_method: "card".into(),
+            shipping_address: None,
+        });
+        let mut decide = |event: Envelope<OrdersEvent>| {
+            let mut actions = Actions::default();
+            saga.react(&mut state, &event, &mut actions).unwrap();
+            actions
+        };
+        let actions = decide(order(1, placed));
+        assert_eq!(actions.scheduled()[0].0, EXPIRY);
+
+        let asked = OrderEvent::OrderConfirmationRequested(OrderStatusChanged {
+            customer_id: "ada".into(),
+        });
+        let actions = decide(order(2, asked));
+        let reserve = |sku: &str| FulfilmentCommand::Reserve { sku: sku.into(), qty: 2 };
+        assert_eq!(actions.sent(), [reserve("cake"), reserve("tea")]);
+        assert_eq!(actions.cancelled(), [EXPIRY]);
+        assert_eq!(actions.scheduled()[0].0, CONFIRMATION);
+
+        assert!(decide(reserved("tea", 3)).sent().is_empty(), "cake has not answered yet");
+        let short = OrderEvent::LineUnavailable(LineUnavailable {
+            customer_id: "ada".into(),
+            sku: "cake".into(),
+        });
+        let actions = decide(order(4, short));
+        assert_eq!(
+            actions.sent(),
+            [
+                FulfilmentCommand::Release { sku: "tea".into() },
+                FulfilmentCommand::CancelForShortage { skus: vec!["cake".into()] },
+            ]
+        );
+    }
+}

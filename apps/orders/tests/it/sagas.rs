@@ -292,6 +292,8 @@ async fn an_order_left_placed_expires_once_across_restarts() {
     assert_eq!(order["cancel_reason"], "expired");
     let saga = service.saga_reaches("o1", "failed").await;
     assert_eq!(saga["deadline"], Value::Null);
+    // Sent once: a second send would be counted, though it could not expire the order again.
+    assert_eq!(expiries_sent(&service), 1);
     service.stop_and_wait().await;
 
     let service = Service::start_in_path_with(dir.path(), ttl).await;
@@ -299,6 +301,13 @@ async fn an_order_left_placed_expires_once_across_restarts() {
     assert_eq!(stream_types(&service, "order/o1").await, ["OrderPlaced", "OrderCancelled"]);
     let saga = service.get("/admin/sagas/fulfilment/o1").await.body;
     assert_eq!(saga["deadline"], Value::Null, "nothing is left to fire");
+    assert_eq!(expiries_sent(&service), 0);
+}
+
+/// How many `Expire` commands this service's bus handled.
+fn expiries_sent(service: &Service) -> u64 {
+    let counts = service.app.bus.counts().snapshot();
+    counts.iter().filter(|((_, command, _), _)| *command == "Expire").map(|(_, n)| n).sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,7 +27,7 @@ fn projection<'a, S, M>(
     })
 }
 
-fn path<T>(path: Result<Path<T>, PathRejection>) -> Result<T, Problem> {
+pub(super) fn path<T>(path: Result<Path<T>, PathRejection>) -> Result<T, Problem> {
     path.map(|Path(value)| value).map_err(|rejection| Problem::bad_request(rejection.body_text()))
 }
 

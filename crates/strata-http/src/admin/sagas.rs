@@ -19,9 +19,7 @@ pub(super) async fn instance<S: EventStore, M: ViewManager>(
     State(admin): State<Admin<S, M>>,
     names: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, Problem> {
-    let (name, id) = names
-        .map(|Path(names)| names)
-        .map_err(|rejection| Problem::bad_request(rejection.body_text()))?;
+    let (name, id) = super::projections::path(names)?;
     let Some(saga) = admin.sagas.get(&name) else {
         return Err(Problem::not_found(format!("no saga {name:?}")));
     };

@@ -1,6 +1,7 @@
 //! What operators see of a saga, with its types erased: how many instances are in each
 //! state, and one instance's state, deadline and history.
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -33,18 +34,20 @@ trait Operations: Send + Sync {
     fn instance(&self, id: String) -> BoxFuture<'_, Result<Option<serde_json::Value>, ViewError>>;
 }
 
-struct Control<G, M> {
-    saga: Arc<G>,
+/// [`Operations`] of saga `G` on view store `M`: the saga's type says where its instances
+/// and tables are; nothing of the running saga is needed.
+struct Control<G, M, E> {
     views: Arc<M>,
+    _types: PhantomData<fn() -> (G, E)>,
 }
 
-impl<G, M> Control<G, M> {
-    async fn counts_now<E>(&self) -> Result<SagaCounts, ViewError>
-    where
-        E: DomainEvent,
-        G: Saga<E>,
-        M: ViewManager,
-    {
+impl<G, M, E> Control<G, M, E>
+where
+    E: DomainEvent,
+    G: Saga<E>,
+    M: ViewManager,
+{
+    async fn counts_now(&self) -> Result<SagaCounts, ViewError> {
         let rows = self.views.select(&G::TABLES.states, &TableQuery::default()).await?;
         let mut counts = SagaCounts { name: G::NAME.to_owned(), ..SagaCounts::default() };
         for row in rows {
@@ -64,13 +67,7 @@ impl<G, M> Control<G, M> {
         Ok(counts)
     }
 
-    async fn instance_now<E>(&self, id: String) -> Result<Option<serde_json::Value>, ViewError>
-    where
-        E: DomainEvent,
-        G: Saga<E>,
-        M: ViewManager,
-    {
-        let _ = &self.saga;
+    async fn instance_now(&self, id: String) -> Result<Option<serde_json::Value>, ViewError> {
         let Some(stored) = self.views.get::<SagaInstance<G, E>>(G::NAME, &id).await? else {
             return Ok(None);
         };
@@ -91,23 +88,18 @@ impl<G, M> Control<G, M> {
     }
 }
 
-struct Erased<G, M, E> {
-    control: Control<G, M>,
-    _event: std::marker::PhantomData<fn() -> E>,
-}
-
-impl<G, M, E> Operations for Erased<G, M, E>
+impl<G, M, E> Operations for Control<G, M, E>
 where
     E: DomainEvent,
     G: Saga<E>,
     M: ViewManager,
 {
     fn counts(&self) -> BoxFuture<'_, Result<SagaCounts, ViewError>> {
-        Box::pin(self.control.counts_now::<E>())
+        Box::pin(self.counts_now())
     }
 
     fn instance(&self, id: String) -> BoxFuture<'_, Result<Option<serde_json::Value>, ViewError>> {
-        Box::pin(self.control.instance_now::<E>(id))
+        Box::pin(self.instance_now(id))
     }
 }
 
@@ -133,9 +125,8 @@ impl SagaHandle {
     {
         let owner = projection.owner_changes();
         let deadlines =
-            tokio::spawn(deadlines::run::<E, G, M>(saga.clone(), views.clone(), owner, node_id));
-        let control = Control { saga, views };
-        let operations = Arc::new(Erased { control, _event: std::marker::PhantomData });
+            tokio::spawn(deadlines::run::<E, G, M>(saga, views.clone(), owner, node_id));
+        let operations = Arc::new(Control::<G, M, E> { views, _types: PhantomData });
         Self { name: G::NAME, operations, deadlines }
     }
 
