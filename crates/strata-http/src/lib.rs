@@ -14,6 +14,7 @@ pub mod correlation;
 pub mod idempotency;
 pub mod json;
 pub mod metrics;
+pub mod openapi;
 pub mod paging;
 pub mod problem;
 pub mod shutdown;
@@ -27,7 +28,7 @@ pub use json::{JsonBody, end_with_newline};
 pub use metrics::{HttpMetrics, count_requests};
 pub use problem::Problem;
 pub use shutdown::{Shutdown, attach_shutdown};
-pub use wait::{VIEW_POSITION_HEADER, ViewWait};
+pub use wait::{VIEW_POSITION_HEADER, ViewWait, WaitParams};
 
 /// The largest request body accepted, in bytes; larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

@@ -8,7 +8,7 @@ use axum::extract::{FromRequestParts, Query};
 use axum::http::HeaderName;
 use axum::http::request::Parts;
 use serde::Deserialize;
-use strata::{Position, ProjectionHandle};
+use strata::{EventStore, Position, ProjectionHandle};
 
 use crate::problem::Problem;
 use crate::shutdown::Shutdown;
@@ -30,9 +30,15 @@ pub struct ViewWait {
     pub shutdown: Option<Shutdown>,
 }
 
-#[derive(Deserialize)]
-struct RawWait {
+/// The query parameters of a wait, as the API describes them.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WaitParams {
+    /// Answer only once the view reflects this position (a command's `position`).
     min_position: Option<u64>,
+    /// How long to wait for `min_position`, in milliseconds: default 2000, at most 30000;
+    /// then 503 with `Retry-After`.
+    #[param(maximum = 30000)]
     wait_ms: Option<u64>,
 }
 
@@ -41,7 +47,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ViewWait {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
         let Query(raw) =
-            Query::<RawWait>::from_request_parts(parts, state).await.map_err(|_| {
+            Query::<WaitParams>::from_request_parts(parts, state).await.map_err(|_| {
                 Problem::bad_request("min_position and wait_ms must be non-negative integers")
             })?;
         let wait_ms = raw.wait_ms.unwrap_or(DEFAULT_WAIT_MS);
@@ -60,9 +66,14 @@ impl<S: Send + Sync> FromRequestParts<S> for ViewWait {
 
 impl ViewWait {
     /// Waits until `projection` has reached the asked position; 503 with `Retry-After` when
-    /// it does not within the wait, or the service begins to shut down meanwhile. Returns
-    /// the position the view reflects.
-    pub async fn until_ready(&self, projection: &ProjectionHandle) -> Result<Position, Problem> {
+    /// it does not within the wait, or the service begins to shut down meanwhile, and 400 when
+    /// the position is in no log at all (`store` holds no event there: no command answered
+    /// with it). Returns the position the view reflects.
+    pub async fn until_ready<S: EventStore>(
+        &self,
+        projection: &ProjectionHandle,
+        store: &S,
+    ) -> Result<Position, Problem> {
         let Some(target) = self.min_position else { return Ok(projection.position()) };
         let shutdown = async {
             match &self.shutdown {
@@ -79,14 +90,27 @@ impl ViewWait {
                 ));
             }
         };
-        reached.map_err(|reached| {
-            Problem::view_not_ready(
-                format!(
-                    "view {} is at position {reached}, not yet at {target}; retry shortly",
-                    projection.name()
-                ),
-                1,
-            )
-        })
+        let reached = match reached {
+            Ok(position) => return Ok(position),
+            Err(reached) => reached,
+        };
+        // The store itself, not this node's idea of its head: on a cluster another node may
+        // have written the position a moment ago.
+        let before = Position(target.0.saturating_sub(1));
+        if let Ok(events) = store.read_all(before, 1).await
+            && events.is_empty()
+        {
+            return Err(Problem::bad_request(format!(
+                "min_position {target} is beyond the last event in the log; pass the position \
+                 a command answered with"
+            )));
+        }
+        Err(Problem::view_not_ready(
+            format!(
+                "view {} is at position {reached}, not yet at {target}; retry shortly",
+                projection.name()
+            ),
+            1,
+        ))
     }
 }

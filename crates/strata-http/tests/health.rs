@@ -94,7 +94,7 @@ async fn health(store: &Arc<Freezable>) -> (StatusCode, serde_json::Value, Durat
     });
     let started = Instant::now();
     let request = Request::builder().uri("/health").body(Body::empty()).unwrap();
-    let response = router.oneshot(request).await.unwrap();
+    let response = axum::Router::from(router).oneshot(request).await.unwrap();
     let status = response.status();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, serde_json::from_slice(&body).unwrap(), started.elapsed())

@@ -52,6 +52,7 @@ impl fmt::Display for Version {
 
 /// A place in the global order of the store. Positions strictly increase in commit order;
 /// `Position(0)` is "before the first event", so reading after it reads everything.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
 )]

@@ -146,6 +146,7 @@ pub enum ViewError {
 }
 
 /// A parked instance, as `GET /admin/projections/{name}/parked` lists it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ParkedInstance {
     /// The instance.
@@ -163,6 +164,7 @@ pub struct ParkedInstance {
 }
 
 /// An event an operator chose to drop from one instance, kept for good.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SkippedEvent {
     /// The instance it was dropped from.

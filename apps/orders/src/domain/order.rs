@@ -18,7 +18,7 @@ use strata::{Aggregate, Decision, Rejection, RejectionKind, SnapshotPolicy};
 use super::json_events;
 
 /// Where an order is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     /// Placed; lines may still be added.
@@ -46,7 +46,7 @@ impl fmt::Display for OrderStatus {
 }
 
 /// One line of an order, priced when it was added.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderLine {
     /// The product.
     pub sku: String,

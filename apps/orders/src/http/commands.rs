@@ -21,9 +21,11 @@ use crate::app::{App, Backend, LineRequest, PlaceOrder};
 use crate::domain::{OrderCommand, OrderStatus};
 
 /// The answer to every successful command.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Accepted {
+    /// The aggregate's id.
     id: String,
+    /// The position of the command's last event: pass it as `min_position` to read it.
     position: u64,
 }
 
@@ -39,6 +41,20 @@ fn accepted(status: StatusCode, outcome: CommandOutcome) -> Response {
 /// What every command takes from its request's headers: the correlation id, `If-Match`,
 /// the idempotency claim, and the token's subject as the user of every event it causes.
 pub struct Context(CommandContext);
+
+/// The headers every command takes, as the API describes them.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // read by `Context`; this type only describes them
+pub struct CommandHeaders {
+    /// Makes a retry safe: the same key and request answer as the first did, without acting
+    /// again (`Idempotency-Replayed: true`).
+    #[param(rename = "Idempotency-Key")]
+    idempotency_key: Option<String>,
+    /// The aggregate version the client decided on (an ETag, like "3"): 412 when it moved.
+    #[param(rename = "If-Match")]
+    if_match: Option<String>,
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for Context {
     type Rejection = Problem;
@@ -56,7 +72,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Context {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterCustomer {
     customer_id: Option<String>,
@@ -64,6 +80,11 @@ pub struct RegisterCustomer {
     email: String,
 }
 
+/// Registers a customer.
+#[utoipa::path(post, path = "/customers", tag = "commands", params(CommandHeaders),
+    request_body = RegisterCustomer,
+    responses((status = 201, body = Accepted, headers(("ETag" = String, description = "The aggregate's version after the command; send it as If-Match."))),
+        (status = 412, description = "If-Match names another version than the aggregate's.", body = Problem, content_type = "application/problem+json")))]
 pub async fn register_customer<B: Backend>(
     State(app): State<Arc<App<B>>>,
     Context(ctx): Context,
@@ -74,7 +95,7 @@ pub async fn register_customer<B: Backend>(
     Ok(accepted(StatusCode::CREATED, outcome))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProduct {
     sku: String,
@@ -82,6 +103,11 @@ pub struct CreateProduct {
     price_cents: i64,
 }
 
+/// Creates a product.
+#[utoipa::path(post, path = "/products", tag = "commands", params(CommandHeaders),
+    request_body = CreateProduct,
+    responses((status = 201, body = Accepted, headers(("ETag" = String, description = "The aggregate's version after the command; send it as If-Match."))),
+        (status = 412, description = "If-Match names another version than the aggregate's.", body = Problem, content_type = "application/problem+json")))]
 pub async fn create_product<B: Backend>(
     State(app): State<Arc<App<B>>>,
     Context(ctx): Context,
@@ -92,12 +118,17 @@ pub async fn create_product<B: Backend>(
     Ok(accepted(StatusCode::CREATED, outcome))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Restock {
     qty: i64,
 }
 
+/// Adds units to a product's stock.
+#[utoipa::path(post, path = "/products/{sku}/restock", tag = "commands", params(("sku" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The product's sku."), CommandHeaders),
+    request_body = Restock,
+    responses((status = 200, body = Accepted, headers(("ETag" = String, description = "The aggregate's version after the command; send it as If-Match."))),
+        (status = 412, description = "If-Match names another version than the aggregate's.", body = Problem, content_type = "application/problem+json")))]
 pub async fn restock_product<B: Backend>(
     State(app): State<Arc<App<B>>>,
     PathId(sku): PathId,
@@ -108,7 +139,7 @@ pub async fn restock_product<B: Backend>(
     Ok(accepted(StatusCode::OK, outcome))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Line {
     sku: String,
@@ -122,7 +153,7 @@ impl Line {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrderBody {
     order_id: Option<String>,
@@ -132,6 +163,11 @@ pub struct PlaceOrderBody {
     shipping_address: Option<String>,
 }
 
+/// Places an order for a registered customer.
+#[utoipa::path(post, path = "/orders", tag = "commands", params(CommandHeaders),
+    request_body = PlaceOrderBody,
+    responses((status = 201, body = Accepted, headers(("ETag" = String, description = "The aggregate's version after the command; send it as If-Match."))),
+        (status = 412, description = "If-Match names another version than the aggregate's.", body = Problem, content_type = "application/problem+json")))]
 pub async fn place_order<B: Backend>(
     State(app): State<Arc<App<B>>>,
     Context(ctx): Context,
@@ -155,6 +191,11 @@ pub async fn place_order<B: Backend>(
     Ok(accepted(StatusCode::CREATED, outcome))
 }
 
+/// Adds a line to a placed order, priced now.
+#[utoipa::path(post, path = "/orders/{id}/lines", tag = "commands", params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The order id."), CommandHeaders),
+    request_body = Line,
+    responses((status = 200, body = Accepted, headers(("ETag" = String, description = "The aggregate's version after the command; send it as If-Match."))),
+        (status = 412, description = "If-Match names another version than the aggregate's.", body = Problem, content_type = "application/problem+json")))]
 pub async fn add_line<B: Backend>(
     State(app): State<Arc<App<B>>>,
     PathId(id): PathId,
@@ -181,14 +222,17 @@ fn check_empty(body: &Empty) -> Result<(), Problem> {
 const DEFAULT_CONFIRM_WAIT_MS: u64 = 2_000;
 const MAX_CONFIRM_WAIT_MS: u64 = 30_000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ConfirmWait {
+    /// How long to wait for the decision, in milliseconds: default 2000, at most 30000.
+    #[param(maximum = 30000)]
     wait_ms: Option<u64>,
 }
 
 /// What confirming answers: where the order ended up, and the position of the event that
 /// decided it (or of the request, while still confirming).
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Confirmation {
     id: String,
     position: u64,
@@ -197,6 +241,11 @@ struct Confirmation {
 
 /// Asks to confirm, and waits for the fulfilment saga's outcome: 200 with `confirmed` or
 /// `cancelled`, or 202 with `confirming` when it takes longer than `wait_ms`.
+#[utoipa::path(post, path = "/orders/{id}/confirm", tag = "commands", params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The order id."), ConfirmWait, CommandHeaders),
+    request_body = Object,
+    responses((status = 200, description = "Decided: confirmed, or cancelled when stock ran short.", body = Confirmation, headers(("ETag" = String, description = "The aggregate's version after the command; send it as If-Match."))),
+        (status = 202, description = "Still confirming after wait_ms.", body = Confirmation, headers(("ETag" = String, description = "The aggregate's version after the command; send it as If-Match."))),
+        (status = 412, description = "If-Match names another version than the order's.", body = Problem, content_type = "application/problem+json")))]
 pub async fn confirm_order<B: Backend>(
     State(app): State<Arc<App<B>>>,
     PathId(id): PathId,
@@ -232,6 +281,11 @@ pub async fn confirm_order<B: Backend>(
     Ok(response)
 }
 
+/// Ships a confirmed order. The body is `{}`.
+#[utoipa::path(post, path = "/orders/{id}/ship", tag = "commands", params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The order id."), CommandHeaders),
+    request_body = Object,
+    responses((status = 200, body = Accepted, headers(("ETag" = String, description = "The aggregate's version after the command; send it as If-Match."))),
+        (status = 412, description = "If-Match names another version than the aggregate's.", body = Problem, content_type = "application/problem+json")))]
 pub async fn ship_order<B: Backend>(
     State(app): State<Arc<App<B>>>,
     PathId(id): PathId,
@@ -243,12 +297,17 @@ pub async fn ship_order<B: Backend>(
     Ok(accepted(StatusCode::OK, outcome))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Cancel {
     reason: String,
 }
 
+/// Cancels an order that has not shipped.
+#[utoipa::path(post, path = "/orders/{id}/cancel", tag = "commands", params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The order id."), CommandHeaders),
+    request_body = Cancel,
+    responses((status = 200, body = Accepted, headers(("ETag" = String, description = "The aggregate's version after the command; send it as If-Match."))),
+        (status = 412, description = "If-Match names another version than the aggregate's.", body = Problem, content_type = "application/problem+json")))]
 pub async fn cancel_order<B: Backend>(
     State(app): State<Arc<App<B>>>,
     PathId(id): PathId,

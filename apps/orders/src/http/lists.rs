@@ -27,22 +27,33 @@ use crate::views::{CUSTOMER_ORDERS, CustomerView};
 const LIST: &str = "customer_orders";
 
 /// The query string of a list; `min_position` and `wait_ms` are read by [`ViewWait`].
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// Only this customer's orders (not taken by `/customers/{id}/orders`).
     customer_id: Option<String>,
+    /// Only orders in this status.
+    #[param(value_type = Option<OrderStatus>)]
     status: Option<String>,
+    /// Only orders placed at or after this RFC 3339 instant.
     placed_from: Option<String>,
+    /// Only orders placed before this RFC 3339 instant.
     placed_to: Option<String>,
+    /// Orders per page: 1 to 1000, default 100.
     limit: Option<String>,
+    /// The `next` cursor of the previous page.
     after: Option<String>,
 }
 
 /// A page of orders.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Page {
     #[serde(skip_serializing_if = "Option::is_none")]
     customer_id: Option<String>,
+    /// Newest first; a parked order carries `parked_at_position`.
+    #[schema(value_type = Vec<crate::views::OrderView>)]
     orders: Vec<serde_json::Value>,
+    /// The cursor of the next page, if there is one.
     next: Option<String>,
 }
 
@@ -181,6 +192,9 @@ fn query<T>(params: Result<Query<T>, QueryRejection>) -> Result<T, Problem> {
         .map_err(|rejection| Problem::bad_request(rejection.body_text()))
 }
 
+/// Orders, newest first, paged by cursor.
+#[utoipa::path(get, path = "/orders", tag = "queries", params(ListParams, strata_http::WaitParams),
+    responses((status = 200, body = Page, headers(("X-View-Position" = u64, description = "The position the view reflects.")))))]
 pub async fn orders<B: Backend>(
     State(app): State<Arc<App<B>>>,
     params: Result<Query<ListParams>, QueryRejection>,
@@ -188,11 +202,14 @@ pub async fn orders<B: Backend>(
 ) -> Result<Response, Problem> {
     let params = query(params)?;
     let (query, limit) = list_query(params.customer_id.clone(), &params)?;
-    let position = wait.until_ready(projection(&app, LIST)?).await?;
+    let position = wait.until_ready(projection(&app, LIST)?, app.events().as_ref()).await?;
     let (orders, next) = page(&app, query, limit).await?;
     Ok(answer(Page { customer_id: None, orders, next }, position))
 }
 
+/// A customer's orders, newest first, paged by cursor.
+#[utoipa::path(get, path = "/customers/{id}/orders", tag = "queries", params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The customer id."), ListParams, strata_http::WaitParams),
+    responses((status = 200, body = Page, headers(("X-View-Position" = u64, description = "The position the view reflects.")))))]
 pub async fn customer_orders<B: Backend>(
     State(app): State<Arc<App<B>>>,
     PathId(customer): PathId,
@@ -206,8 +223,8 @@ pub async fn customer_orders<B: Backend>(
         ));
     }
     let (query, limit) = list_query(Some(customer.clone()), &params)?;
-    let customers = wait.until_ready(projection(&app, "customers")?).await?;
-    let listed = wait.until_ready(projection(&app, LIST)?).await?;
+    let customers = wait.until_ready(projection(&app, "customers")?, app.events().as_ref()).await?;
+    let listed = wait.until_ready(projection(&app, LIST)?, app.events().as_ref()).await?;
     match app.views.get::<CustomerView>("customers", &customer).await? {
         Some(stored) => drop(current("customers", "customer", &customer, stored)?),
         None => return Err(Problem::not_found(format!("customer {customer:?} does not exist"))),

@@ -12,12 +12,13 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
 use strata_http::admin::{self, Admin};
+use strata_http::openapi::{self, route};
 use strata_http::{
     HttpMetrics, IdempotencyLayerState, MAX_BODY_BYTES, Problem, Required, Role, attach_shutdown,
     correlation_id, count_requests, end_with_newline, idempotency, not_modified, require,
 };
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::{AGGREGATE_TYPES, App, AppError, Backend};
 
@@ -26,15 +27,17 @@ pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
     let idempotency_state = IdempotencyLayerState::new(app.events().clone());
     let app_shutdown = app.shutdown.clone();
     let http_metrics = HttpMetrics::new();
-    let commands = Router::new()
-        .route("/customers", post(commands::register_customer::<B>))
-        .route("/products", post(commands::create_product::<B>))
-        .route("/products/{sku}/restock", post(commands::restock_product::<B>))
-        .route("/orders", post(commands::place_order::<B>))
-        .route("/orders/{id}/lines", post(commands::add_line::<B>))
-        .route("/orders/{id}/confirm", post(commands::confirm_order::<B>))
-        .route("/orders/{id}/ship", post(commands::ship_order::<B>))
-        .route("/orders/{id}/cancel", post(commands::cancel_order::<B>))
+    let commands = OpenApiRouter::new()
+        .routes(route::<commands::__path_register_customer, _, _, _>(
+            commands::register_customer::<B>,
+        ))
+        .routes(route::<commands::__path_create_product, _, _, _>(commands::create_product::<B>))
+        .routes(route::<commands::__path_restock_product, _, _, _>(commands::restock_product::<B>))
+        .routes(route::<commands::__path_place_order, _, _, _>(commands::place_order::<B>))
+        .routes(route::<commands::__path_add_line, _, _, _>(commands::add_line::<B>))
+        .routes(route::<commands::__path_confirm_order, _, _, _>(commands::confirm_order::<B>))
+        .routes(route::<commands::__path_ship_order, _, _, _>(commands::ship_order::<B>))
+        .routes(route::<commands::__path_cancel_order, _, _, _>(commands::cancel_order::<B>))
         .route_layer(axum::middleware::from_fn_with_state(
             idempotency_state,
             idempotency::<B::Events>,
@@ -44,13 +47,13 @@ pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
             Required { tokens: app.tokens.clone(), role: Role::Write },
             require,
         ));
-    let queries = Router::new()
-        .route("/customers/{id}", get(queries::customer::<B>))
-        .route("/customers/{id}/orders", get(lists::customer_orders::<B>))
-        .route("/products/{sku}", get(queries::product::<B>))
-        .route("/orders", get(lists::orders::<B>))
-        .route("/orders/{id}", get(queries::order::<B>))
-        .route("/reports/sales", get(reports::sales::<B>))
+    let queries = OpenApiRouter::new()
+        .routes(route::<queries::__path_customer, _, _, _>(queries::customer::<B>))
+        .routes(route::<lists::__path_customer_orders, _, _, _>(lists::customer_orders::<B>))
+        .routes(route::<queries::__path_product, _, _, _>(queries::product::<B>))
+        .routes(route::<lists::__path_orders, _, _, _>(lists::orders::<B>))
+        .routes(route::<queries::__path_order, _, _, _>(queries::order::<B>))
+        .routes(route::<reports::__path_sales, _, _, _>(reports::sales::<B>))
         .route_layer(axum::middleware::from_fn_with_state(
             Required { tokens: app.tokens.clone(), role: Role::Read },
             require,
@@ -66,10 +69,8 @@ pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
         commands: app.bus.counts().clone(),
         tokens: app.tokens.clone(),
     });
-    commands
-        .merge(queries)
-        .with_state(app)
-        .merge(operations)
+    let api = commands.merge(queries).with_state(app).merge(operations);
+    openapi::serve_document(api, "Strata orders", env!("CARGO_PKG_VERSION"))
         .fallback(|| async { Problem::not_found("no such route") })
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

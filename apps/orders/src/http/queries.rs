@@ -55,7 +55,7 @@ async fn read_view<B: Backend, V: DeserializeOwned + Send + 'static>(
     what: &str,
 ) -> Result<(V, Position), Problem> {
     let handle = projection(app, name)?;
-    let position = wait.until_ready(handle).await?;
+    let position = wait.until_ready(handle, app.events().as_ref()).await?;
     match app.views.get::<V>(name, id).await? {
         Some(stored) => Ok((current(name, what, id, stored)?, position)),
         None => Err(Problem::not_found(format!("{what} {id:?} does not exist"))),
@@ -69,6 +69,9 @@ pub(super) fn answer<V: Serialize>(view: V, position: Position) -> Response {
     response
 }
 
+/// A customer.
+#[utoipa::path(get, path = "/customers/{id}", tag = "queries", params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The customer id."), strata_http::WaitParams),
+    responses((status = 200, body = CustomerView, headers(("X-View-Position" = u64, description = "The position the view reflects.")))))]
 pub async fn customer<B: Backend>(
     State(app): State<Arc<App<B>>>,
     PathId(id): PathId,
@@ -79,6 +82,9 @@ pub async fn customer<B: Backend>(
     Ok(answer(view, position))
 }
 
+/// A product with its stock: on hand, reserved for orders, available.
+#[utoipa::path(get, path = "/products/{sku}", tag = "queries", params(("sku" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The product's sku."), strata_http::WaitParams),
+    responses((status = 200, body = ProductView, headers(("X-View-Position" = u64, description = "The position the view reflects.")))))]
 pub async fn product<B: Backend>(
     State(app): State<Arc<App<B>>>,
     PathId(sku): PathId,
@@ -89,6 +95,9 @@ pub async fn product<B: Backend>(
     Ok(answer(view, position))
 }
 
+/// An order; its ETag is its version.
+#[utoipa::path(get, path = "/orders/{id}", tag = "queries", params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The order id."), strata_http::WaitParams),
+    responses((status = 200, body = OrderView, headers(("X-View-Position" = u64, description = "The position the view reflects.")))))]
 pub async fn order<B: Backend>(
     State(app): State<Arc<App<B>>>,
     PathId(id): PathId,

@@ -22,21 +22,25 @@ use crate::views::{SALES_DAILY, SALES_DAILY_ORDERS};
 
 const SALES: &str = "sales_daily";
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ReportParams {
+    /// The first day, as YYYY-MM-DD (required).
     from: Option<String>,
+    /// The last day, inclusive, as YYYY-MM-DD (required).
     to: Option<String>,
+    /// Only this product.
     sku: Option<String>,
 }
 
-#[derive(Serialize, Default, PartialEq, Eq, Debug)]
+#[derive(Serialize, Default, PartialEq, Eq, Debug, utoipa::ToSchema)]
 struct Totals {
     orders: i64,
     units: i64,
     revenue_cents: i64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Row {
     day: NaiveDate,
     sku: String,
@@ -45,7 +49,7 @@ struct Row {
     revenue_cents: i64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Report {
     from: NaiveDate,
     to: NaiveDate,
@@ -64,6 +68,9 @@ fn day(name: &str, raw: Option<&str>) -> Result<NaiveDate, Problem> {
     })
 }
 
+/// Sales per day and product between two days, with totals.
+#[utoipa::path(get, path = "/reports/sales", tag = "queries", params(ReportParams, strata_http::WaitParams),
+    responses((status = 200, body = Report, headers(("X-View-Position" = u64, description = "The position the view reflects.")))))]
 pub async fn sales<B: Backend>(
     State(app): State<Arc<App<B>>>,
     params: Result<Query<ReportParams>, QueryRejection>,
@@ -85,7 +92,7 @@ pub async fn sales<B: Backend>(
         filters.push(Filter { column: "sku", comparison: Comparison::Eq, value: Value::Text(sku) });
     }
     let handle = projection(&app, SALES)?;
-    let position = wait.until_ready(handle).await?;
+    let position = wait.until_ready(handle, app.events().as_ref()).await?;
     let query = TableQuery { filters, order_by: vec!["day", "sku"], ..TableQuery::default() };
     let mut rows = Vec::new();
     let mut totals = Totals::default();

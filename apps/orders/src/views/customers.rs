@@ -7,7 +7,7 @@ use super::{Locator, OrdersProjection, customer_stream};
 use crate::domain::{CustomerEvent, OrdersEvent};
 
 /// A customer as queries show it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CustomerView {
     /// The customer id.
     pub id: String,

@@ -9,7 +9,7 @@ use super::{Locator, OrdersProjection, line_total, locate_order, order_stream, t
 use crate::domain::{OrderEvent, OrderLine, OrderStatus, OrdersEvent};
 
 /// An order as queries show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderView {
     /// The order id.
     pub id: String,

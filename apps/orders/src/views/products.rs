@@ -7,7 +7,7 @@ use super::{Locator, OrdersProjection, product_stream};
 use crate::domain::{OrdersEvent, ProductEvent};
 
 /// A product as queries show it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProductView {
     /// The product's sku.
     pub sku: String,

@@ -243,12 +243,31 @@ async fn broken_rules_are_422() {
 async fn a_view_that_does_not_reach_min_position_in_time_is_503_with_retry_after() {
     let service = Service::start().await;
     service.seed().await;
+    // The customers projection stops here, so the view stays behind a position that exists.
+    service.app.projection("customers").expect("customers runs").stop();
+    let bob = service
+        .post(
+            "/customers",
+            json!({"customer_id": "bob", "name": "Bob", "email": "bob@example.com"}),
+        )
+        .await;
     let answer =
-        service.get(&format!("/orders/o1?min_position={}&wait_ms=50", service.head() + 100)).await;
+        service.get(&format!("/customers/bob?min_position={}&wait_ms=50", bob.position())).await;
     answer.expect_problem(503, "not yet at");
     assert_eq!(answer.header("retry-after"), Some("1"));
     service.get("/orders/o1?wait_ms=30001").await.expect_problem(400, "wait_ms");
     service.get("/orders/o1?min_position=-1").await.expect_problem(400, "min_position");
+}
+
+#[tokio::test]
+async fn a_min_position_beyond_the_log_is_400_after_the_wait() {
+    let service = Service::start().await;
+    service.seed().await;
+    let beyond = service.head() + 1;
+    let answer = service.get(&format!("/orders/o1?min_position={beyond}&wait_ms=50")).await;
+    answer.expect_problem(400, "beyond the last event");
+    let answer = service.get(&format!("/orders/o1?min_position={}", service.head())).await;
+    assert_eq!(answer.status, 200, "the last event's position is in the log: {}", answer.body);
 }
 
 #[tokio::test]

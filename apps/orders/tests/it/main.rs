@@ -11,6 +11,7 @@ mod concurrency;
 mod errors;
 mod golden;
 mod migrate;
+mod openapi;
 mod operations;
 mod process;
 mod reads;

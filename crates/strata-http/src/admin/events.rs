@@ -16,7 +16,7 @@ use super::Admin;
 use crate::{Problem, VIEW_POSITION_HEADER, ViewWait, paging};
 
 /// An event as the operator's API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct EventJson {
     position: u64,
     stream_type: String,
@@ -25,11 +25,13 @@ pub(super) struct EventJson {
     #[serde(rename = "type")]
     event_type: String,
     schema_version: u32,
+    /// The payload as JSON (text when it is not).
+    #[schema(value_type = Object)]
     data: serde_json::Value,
     metadata: MetadataJson,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct MetadataJson {
     event_id: String,
     correlation_id: String,
@@ -73,6 +75,11 @@ fn check_id(what: &str, id: &str) -> Result<(), Problem> {
     Ok(())
 }
 
+/// A stream's events as stored, oldest first.
+#[utoipa::path(get, path = "/admin/streams/{aggregate_type}/{id}", tag = "operations",
+    params(("aggregate_type" = String, Path, description = "The aggregate type, such as order."),
+        ("id" = String, Path, description = "The aggregate's id.")),
+    responses((status = 200, body = Vec<EventJson>)))]
 pub(super) async fn stream<S: EventStore, M: ViewManager>(
     State(admin): State<Admin<S, M>>,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -94,23 +101,36 @@ pub(super) async fn stream<S: EventStore, M: ViewManager>(
     Ok(Json(events.into_iter().map(EventJson::from).collect()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct AuditParams {
+    /// The request whose events to show.
     correlation_id: Option<String>,
+    /// The stream whose events to show, as TYPE/ID.
     stream: Option<String>,
+    /// The user (token subject) whose events to show.
     user: Option<String>,
+    /// Only events recorded at or after this RFC 3339 instant.
     from: Option<String>,
+    /// Only events recorded before this RFC 3339 instant.
     to: Option<String>,
+    /// Events per page: 1 to 1000, default 100.
     limit: Option<String>,
+    /// The `next` cursor of the previous page.
     after: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct AuditPage {
     events: Vec<EventJson>,
     next: Option<String>,
 }
 
+/// The events of one request (`correlation_id`), stream (`stream=TYPE/ID`) or user, newest
+/// first, paged.
+#[utoipa::path(get, path = "/audit", tag = "operations",
+    params(AuditParams, crate::wait::WaitParams),
+    responses((status = 200, body = AuditPage, headers(("X-View-Position" = u64, description = "The position the audit reflects.")))))]
 pub(super) async fn audit<S: EventStore, M: ViewManager>(
     State(admin): State<Admin<S, M>>,
     params: Result<Query<AuditParams>, QueryRejection>,
@@ -163,7 +183,7 @@ pub(super) async fn audit<S: EventStore, M: ViewManager>(
             "this service keeps no audit (it does not run the audit projection)",
         ));
     };
-    let position = wait.until_ready(projection).await?;
+    let position = wait.until_ready(projection, admin.store.as_ref()).await?;
     // One more than asked tells whether there is a next page.
     let query = AuditQuery { subject, from, to, before, limit: limit + 1 };
     let mut events = strata::audit::audit(admin.store.as_ref(), admin.views.as_ref(), &query)

@@ -17,7 +17,7 @@ use strata::{EventStore, ProjectionState, ViewManager};
 use super::Admin;
 use crate::Problem;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct Health {
     /// `ok`; `degraded` while a projection fails or a dependency does not answer.
     status: &'static str,
@@ -28,13 +28,13 @@ pub(super) struct Health {
     failing: Vec<Failing>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Checks {
     store: String,
     projections: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Failing {
     projection: String,
     error: String,
@@ -45,6 +45,10 @@ const STORE_CHECK: Duration = Duration::from_millis(800);
 
 /// `GET /health`: 200 while the store answers (`degraded` if a projection fails, since
 /// commands and the other views still work), 503 when the store does not answer in time.
+/// Whether this node can serve: 200 while the store answers (`degraded` when a projection
+/// fails), 503 when it does not. Needs no token.
+#[utoipa::path(get, path = "/health", tag = "operations", security(()),
+    responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub(super) async fn health<S: EventStore, M: ViewManager>(
     State(admin): State<Admin<S, M>>,
 ) -> Result<Response, Problem> {
@@ -98,6 +102,9 @@ type Labels = Vec<(String, String)>;
 /// `GET /metrics`: OpenMetrics text (which Prometheus reads) of the HTTP requests, the
 /// store's group commits, and every projection's progress, lag, parked instances, applies
 /// and rebuild.
+/// OpenMetrics text for Prometheus.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String)))]
 pub(super) async fn metrics<S: EventStore, M: ViewManager>(
     State(admin): State<Admin<S, M>>,
 ) -> Result<impl IntoResponse, Problem> {

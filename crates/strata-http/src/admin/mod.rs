@@ -26,9 +26,10 @@ mod sagas;
 
 use std::sync::Arc;
 
-use axum::Router;
-use axum::routing::{get, post};
 use strata::{EventStore, Projections, ViewManager};
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::openapi::route;
 
 /// What the operator's API reads and acts on.
 pub struct Admin<S, M> {
@@ -69,24 +70,25 @@ impl<S, M> Clone for Admin<S, M> {
     }
 }
 
-/// The operator's routes over `admin`, ready to merge into an application's router.
-/// `/audit` answers when the application runs [`strata::audit::projection`].
-pub fn routes<S: EventStore, M: ViewManager>(admin: Admin<S, M>) -> Router {
+/// The operator's routes over `admin`, described, ready to merge into an application's
+/// router. `/audit` answers when the application runs [`strata::audit::projection`].
+pub fn routes<S: EventStore, M: ViewManager>(admin: Admin<S, M>) -> OpenApiRouter {
     let required = crate::Required { tokens: admin.tokens.clone(), role: crate::Role::Admin };
-    let operator = Router::new()
-        .route("/admin/projections", get(projections::list::<S, M>))
-        .route("/admin/projections/{name}/parked", get(projections::parked::<S, M>))
-        .route("/admin/projections/{name}/parked/{view_id}/retry", post(projections::retry::<S, M>))
-        .route("/admin/projections/{name}/parked/{view_id}/skip", post(projections::skip::<S, M>))
-        .route("/admin/projections/{name}/skipped", get(projections::skipped::<S, M>))
-        .route("/admin/projections/{name}/rebuild", post(projections::rebuild::<S, M>))
-        .route("/admin/sagas", get(sagas::list::<S, M>))
-        .route("/admin/sagas/{name}/{id}", get(sagas::instance::<S, M>))
-        .route("/admin/streams/{aggregate_type}/{id}", get(events::stream::<S, M>))
-        .route("/audit", get(events::audit::<S, M>))
-        .route("/metrics", get(health::metrics::<S, M>))
+    let operator = OpenApiRouter::new()
+        .routes(route::<projections::__path_list, _, _, _>(projections::list::<S, M>))
+        .routes(route::<projections::__path_parked, _, _, _>(projections::parked::<S, M>))
+        .routes(route::<projections::__path_retry, _, _, _>(projections::retry::<S, M>))
+        .routes(route::<projections::__path_skip, _, _, _>(projections::skip::<S, M>))
+        .routes(route::<projections::__path_skipped, _, _, _>(projections::skipped::<S, M>))
+        .routes(route::<projections::__path_rebuild, _, _, _>(projections::rebuild::<S, M>))
+        .routes(route::<sagas::__path_list, _, _, _>(sagas::list::<S, M>))
+        .routes(route::<sagas::__path_instance, _, _, _>(sagas::instance::<S, M>))
+        .routes(route::<events::__path_stream, _, _, _>(events::stream::<S, M>))
+        .routes(route::<events::__path_audit, _, _, _>(events::audit::<S, M>))
+        .routes(route::<health::__path_metrics, _, _, _>(health::metrics::<S, M>))
         .route_layer(axum::middleware::from_fn_with_state(required, crate::require));
     // Load balancers and orchestrators ask without a token.
-    let open = Router::new().route("/health", get(health::health::<S, M>));
+    let open = OpenApiRouter::new()
+        .routes(route::<health::__path_health, _, _, _>(health::health::<S, M>));
     operator.merge(open).with_state(admin)
 }

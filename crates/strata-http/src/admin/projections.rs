@@ -31,12 +31,19 @@ pub(super) fn path<T>(path: Result<Path<T>, PathRejection>) -> Result<T, Problem
     path.map(|Path(value)| value).map_err(|rejection| Problem::bad_request(rejection.body_text()))
 }
 
+/// Every projection: position, head, lag in events and seconds, status, parked count and any
+/// rebuild.
+#[utoipa::path(get, path = "/admin/projections", tag = "operations",
+    responses((status = 200, body = Vec<ProjectionStatus>)))]
 pub(super) async fn list<S: EventStore, M: ViewManager>(
     State(admin): State<Admin<S, M>>,
 ) -> Result<Json<Vec<ProjectionStatus>>, Problem> {
     Ok(Json(admin.projections.statuses().await?))
 }
 
+/// The projection's parked instances, oldest first, with the error that parked each.
+#[utoipa::path(get, path = "/admin/projections/{name}/parked", tag = "operations",
+    params(("name" = String, Path, description = "The projection.")), responses((status = 200, body = Vec<ParkedInstance>)))]
 pub(super) async fn parked<S: EventStore, M: ViewManager>(
     State(admin): State<Admin<S, M>>,
     name: Result<Path<String>, PathRejection>,
@@ -45,6 +52,10 @@ pub(super) async fn parked<S: EventStore, M: ViewManager>(
     Ok(Json(projection(&admin, &name)?.parked().await?))
 }
 
+/// Applies the parked instance's waiting events again; it is released, or parked again at the
+/// event that still fails.
+#[utoipa::path(post, path = "/admin/projections/{name}/parked/{view_id}/retry", tag = "operations",
+    params(("name" = String, Path, description = "The projection."), ("view_id" = String, Path, description = "The parked instance.")), responses((status = 200, body = InstanceReport)))]
 pub(super) async fn retry<S: EventStore, M: ViewManager>(
     State(admin): State<Admin<S, M>>,
     names: Result<Path<(String, String)>, PathRejection>,
@@ -53,12 +64,17 @@ pub(super) async fn retry<S: EventStore, M: ViewManager>(
     Ok(Json(projection(&admin, &name)?.retry(&view_id).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Skip {
+    /// Why, kept with the skipped event for good; must not be empty.
     reason: String,
 }
 
+/// Drops the instance's first waiting event for good (kept with the reason) and applies the
+/// rest.
+#[utoipa::path(post, path = "/admin/projections/{name}/parked/{view_id}/skip", tag = "operations",
+    params(("name" = String, Path, description = "The projection."), ("view_id" = String, Path, description = "The parked instance.")), request_body = Skip, responses((status = 200, body = InstanceReport)))]
 pub(super) async fn skip<S: EventStore, M: ViewManager>(
     State(admin): State<Admin<S, M>>,
     names: Result<Path<(String, String)>, PathRejection>,
@@ -74,6 +90,9 @@ pub(super) async fn skip<S: EventStore, M: ViewManager>(
     Ok(Json(handle.skip(&view_id, body.reason.trim()).await?))
 }
 
+/// Every event skipped for good in this projection.
+#[utoipa::path(get, path = "/admin/projections/{name}/skipped", tag = "operations",
+    params(("name" = String, Path, description = "The projection.")), responses((status = 200, body = Vec<SkippedEvent>)))]
 pub(super) async fn skipped<S: EventStore, M: ViewManager>(
     State(admin): State<Admin<S, M>>,
     name: Result<Path<String>, PathRejection>,
@@ -82,12 +101,16 @@ pub(super) async fn skipped<S: EventStore, M: ViewManager>(
     Ok(Json(projection(&admin, &name)?.skipped().await?))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct Rebuilding {
     name: &'static str,
+    /// Always `rebuilding`.
     status: &'static str,
 }
 
+/// Begins a rebuild beside the live views, which keep serving until it catches up.
+#[utoipa::path(post, path = "/admin/projections/{name}/rebuild", tag = "operations",
+    params(("name" = String, Path, description = "The projection.")), responses((status = 202, body = Rebuilding)))]
 pub(super) async fn rebuild<S: EventStore, M: ViewManager>(
     State(admin): State<Admin<S, M>>,
     name: Result<Path<String>, PathRejection>,

@@ -9,12 +9,19 @@ use strata::{EventStore, ViewManager};
 use super::Admin;
 use crate::Problem;
 
+/// Every saga's instances by state.
+#[utoipa::path(get, path = "/admin/sagas", tag = "operations",
+    responses((status = 200, body = Vec<SagaCounts>)))]
 pub(super) async fn list<S: EventStore, M: ViewManager>(
     State(admin): State<Admin<S, M>>,
 ) -> Result<Json<Vec<SagaCounts>>, Problem> {
     Ok(Json(admin.sagas.counts().await?))
 }
 
+/// One saga instance: its state, next deadline and history (the saga defines the shape).
+#[utoipa::path(get, path = "/admin/sagas/{name}/{id}", tag = "operations",
+    params(("name" = String, Path, description = "The saga."), ("id" = String, Path, description = "The instance.")),
+    responses((status = 200, body = Object)))]
 pub(super) async fn instance<S: EventStore, M: ViewManager>(
     State(admin): State<Admin<S, M>>,
     names: Result<Path<(String, String)>, PathRejection>,

@@ -32,6 +32,7 @@ use super::BoxFuture;
 const REPLAY_TRIES: usize = 5;
 
 /// What a projection is doing, as `GET /admin/projections` says it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProjectionState {
@@ -46,6 +47,7 @@ pub enum ProjectionState {
 }
 
 /// A running rebuild's progress.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RebuildProgress {
     /// How far the rebuild got.
@@ -74,6 +76,7 @@ fn round3(value: f64) -> f64 {
 }
 
 /// Where a projection stands, as `GET /admin/projections` shows it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProjectionStatus {
     /// The projection's name.
@@ -151,6 +154,7 @@ pub async fn status_of<S: EventStore, M: ViewManager>(
 }
 
 /// An instance after a retry or a skip.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct InstanceReport {
     /// The instance.

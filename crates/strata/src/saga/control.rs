@@ -15,6 +15,7 @@ use crate::table::TableQuery;
 use crate::view_manager::{ViewError, ViewManager};
 
 /// How many instances of a saga are in each state, as `GET /admin/sagas` shows it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SagaCounts {
     /// The saga.
