@@ -4,16 +4,21 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
 use orders::bench::BenchUsageError;
 use orders::cli::auth::AuthUsageError;
 use orders::cli::projections::UnknownProjection;
 use orders::cli::store::StoreUrlError;
-use orders::cli::{Cli, LogFormat, exit};
+use orders::cli::{LogFormat, config, exit};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match config::parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            eprintln!("strata: error: {error}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match cli.log_format {

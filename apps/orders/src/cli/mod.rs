@@ -2,6 +2,7 @@
 //! ([`Cli`]) and the validated settings a command runs with ([`store::StoreLocation`]).
 
 pub mod auth;
+pub mod config;
 pub mod events;
 pub mod exit;
 mod progress;
@@ -31,6 +32,9 @@ pub struct Cli {
         value_name = "FORMAT"
     )]
     pub log_format: LogFormat,
+    /// `serve`'s settings with where each came from, for `strata config`.
+    #[arg(skip)]
+    pub settings: Vec<config::Setting>,
 }
 
 /// The format of log lines.
@@ -54,6 +58,9 @@ enum Command {
     Projections(projections::ProjectionsArgs),
     /// Manages the bearer tokens of the auth file that `serve --auth-file` reads.
     Auth(auth::AuthArgs),
+    /// Prints the settings `serve` would run with (same flags), each with its source:
+    /// flag, environment, the --config file or default. Passwords are masked.
+    Config(ServeArgs),
 }
 
 impl Cli {
@@ -65,6 +72,11 @@ impl Cli {
             Some(Command::Events(args)) => events::run(args).await,
             Some(Command::Projections(args)) => projections::run(args).await,
             Some(Command::Auth(args)) => auth::run(args),
+            Some(Command::Config(args)) => {
+                args.store.location()?;
+                config::print(&self.settings);
+                Ok(())
+            }
             None => serve::run(self.serve).await,
         }
     }

@@ -67,6 +67,10 @@ pub struct ServeArgs {
     pub insecure_no_auth: bool,
     #[command(flatten)]
     pub store: StoreArgs,
+    /// A TOML file of these settings, by flag name (`order-ttl = "30m"`); flags and
+    /// STRATA_* variables win over it.
+    #[arg(long, env = "STRATA_CONFIG", value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
 }
 
 /// `500ms`, `90s`, `15m`, `24h`, `7d`: a whole number and a unit, more than zero and at

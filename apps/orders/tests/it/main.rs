@@ -8,6 +8,7 @@ mod auth;
 mod cluster;
 mod codecs;
 mod concurrency;
+mod config;
 mod errors;
 mod golden;
 mod migrate;
