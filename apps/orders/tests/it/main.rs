@@ -20,3 +20,4 @@ mod rebuild;
 mod sagas;
 mod snapshots;
 mod support;
+mod ui;

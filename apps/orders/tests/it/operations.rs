@@ -20,7 +20,7 @@ use crate::rebuild::views_equal_a_replay;
 use crate::support::Service;
 
 /// Appends `event` to order `id`'s stream directly, as a buggy importer would.
-async fn append(service: &Service, id: &str, event: NewEvent) -> Position {
+pub async fn append(service: &Service, id: &str, event: NewEvent) -> Position {
     let stream = StreamId::new("order", id);
     service
         .app
@@ -31,7 +31,7 @@ async fn append(service: &Service, id: &str, event: NewEvent) -> Position {
         .last_position
 }
 
-fn broken_line() -> NewEvent {
+pub fn broken_line() -> NewEvent {
     NewEvent {
         event_type: "LineAdded".to_owned(),
         schema_version: 1,
@@ -40,7 +40,7 @@ fn broken_line() -> NewEvent {
     }
 }
 
-fn good_line(sku: &str, qty: i64, price_cents: i64) -> NewEvent {
+pub fn good_line(sku: &str, qty: i64, price_cents: i64) -> NewEvent {
     let line = OrderLine { sku: sku.to_owned(), qty, price_cents };
     OrdersEvent::Order(OrderEvent::LineAdded(LineAdded { customer_id: "ada".to_owned(), line }))
         .to_new_event(EventMetadata::new("importer-7", None))

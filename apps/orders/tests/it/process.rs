@@ -56,6 +56,11 @@ impl Server {
         Server { child, base, client }
     }
 
+    /// Where it listens, as `http://HOST:PORT`.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// Sends a request; the answer's status and JSON body (`Null` when there is none).
     pub async fn send(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         self.send_with(method, path, body, &[]).await
@@ -488,7 +493,7 @@ async fn a_process_killed_mid_batch_and_mid_rebuild_resumes_without_a_gap_or_a_d
     views_equal_a_replay(events, &live, replayed, &["ada"], &[], &ids).await;
 }
 
-fn strata(args: &[&str]) -> (i32, String, String) {
+pub fn strata(args: &[&str]) -> (i32, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_strata"))
         .args(args)
         .env("RUST_LOG", "warn")

@@ -198,3 +198,36 @@ pub(super) async fn audit<S: EventStore, M: ViewManager>(
     response.headers_mut().insert(VIEW_POSITION_HEADER.clone(), position.0.into());
     Ok(response)
 }
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct LogParams {
+    /// Only events after this position (default: the 20 before the head).
+    after: Option<u64>,
+    /// Events at most: 1 to 1000, default 100.
+    limit: Option<String>,
+}
+
+/// Events of the whole log after a position, oldest first, and the head.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct LogPage {
+    events: Vec<EventJson>,
+    /// The store's last position when read; ask again with `after` = the last event's
+    /// position for the next ones.
+    head: u64,
+}
+
+/// The log after a position, oldest first: what the admin UI's live tail polls.
+#[utoipa::path(get, path = "/admin/events", tag = "operations",
+    params(LogParams), responses((status = 200, body = LogPage)))]
+pub(super) async fn log<S: EventStore, M: ViewManager>(
+    State(admin): State<Admin<S, M>>,
+    params: Result<Query<LogParams>, QueryRejection>,
+) -> Result<Json<LogPage>, Problem> {
+    let Query(params) = params.map_err(|rejection| Problem::bad_request(rejection.body_text()))?;
+    let limit = paging::limit(params.limit.as_deref())?;
+    let head = admin.store.head();
+    let after = params.after.map_or(Position(head.0.saturating_sub(20)), Position);
+    let events = admin.store.read_all(after, limit).await?;
+    Ok(Json(LogPage { events: events.into_iter().map(EventJson::from).collect(), head: head.0 }))
+}

@@ -15,6 +15,8 @@
 //! | `GET /admin/sagas` | every saga's instances by state: active, completed, failed, parked |
 //! | `GET /admin/sagas/{name}/{id}` | one instance: its state, next deadline and history |
 //! | `GET /admin/streams/{type}/{id}` | the stream's events as stored |
+//! | `GET /admin/events?after=N&limit=M` | the log after a position, and the head (the UI's live tail) |
+//! | `GET /admin/ui` | the admin UI: a page served from the binary that drives the routes here |
 //! | `GET /audit?correlation_id=…\|stream=TYPE/ID\|user=…` | events of one request, stream or user (the audit projection) |
 //! | `GET /health` | the store answers; which projections fail |
 //! | `GET /metrics` | OpenMetrics text (Prometheus reads it) |
@@ -23,6 +25,7 @@ mod events;
 mod health;
 mod projections;
 mod sagas;
+mod ui;
 
 use std::sync::Arc;
 
@@ -84,11 +87,16 @@ pub fn routes<S: EventStore, M: ViewManager>(admin: Admin<S, M>) -> OpenApiRoute
         .routes(route::<sagas::__path_list, _, _, _>(sagas::list::<S, M>))
         .routes(route::<sagas::__path_instance, _, _, _>(sagas::instance::<S, M>))
         .routes(route::<events::__path_stream, _, _, _>(events::stream::<S, M>))
+        .routes(route::<events::__path_log, _, _, _>(events::log::<S, M>))
         .routes(route::<events::__path_audit, _, _, _>(events::audit::<S, M>))
         .routes(route::<health::__path_metrics, _, _, _>(health::metrics::<S, M>))
         .route_layer(axum::middleware::from_fn_with_state(required, crate::require));
     // Load balancers and orchestrators ask without a token.
+    // The UI's page, script and styles hold no data; what they show comes from the routes above.
     let open = OpenApiRouter::new()
-        .routes(route::<health::__path_health, _, _, _>(health::health::<S, M>));
+        .routes(route::<health::__path_health, _, _, _>(health::health::<S, M>))
+        .routes(route::<ui::__path_page, _, _, _>(ui::page))
+        .routes(route::<ui::__path_script, _, _, _>(ui::script))
+        .routes(route::<ui::__path_styles, _, _, _>(ui::styles));
     operator.merge(open).with_state(admin)
 }
