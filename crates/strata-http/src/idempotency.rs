@@ -214,6 +214,15 @@ fn replay(answer: &[u8]) -> Response {
     response
 }
 
+/// Marks `response` as the answer of an earlier request with the same key, for the outcomes
+/// the middleware cannot see are replays: another request (on any node) claimed the key
+/// between this one's lookup and its append, and the command answered with its outcome.
+pub fn mark_replayed(response: &mut Response, outcome: &strata::CommandOutcome) {
+    if outcome.replayed {
+        response.headers_mut().insert(REPLAYED_HEADER.clone(), HeaderValue::from_static("true"));
+    }
+}
+
 /// The request's idempotency key, for the command's context: `None` without the header.
 #[derive(Debug, Clone, Default)]
 pub struct Idempotency(pub Option<IdempotencyClaim>);

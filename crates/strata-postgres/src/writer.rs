@@ -689,6 +689,7 @@ pub(crate) fn read_record(row: &tokio_postgres::Row) -> Result<IdempotencyRecord
             stream: StreamId::new(aggregate_type, id),
             version: Version(from_bigint(version, "version")?),
             position: Some(Position(from_bigint(position, "position")?)),
+            replayed: false,
         }),
         _ => None,
     };

@@ -455,6 +455,7 @@ pub(crate) fn read_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Idempoten
             stream: StreamId::new(aggregate_type, id),
             version: Version(unsigned(version, 3)?),
             position: Some(Position(unsigned(position, 4)?)),
+            replayed: false,
         }),
         _ => None,
     };

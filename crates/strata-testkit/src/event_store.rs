@@ -297,6 +297,7 @@ async fn claimed_appends_record_their_key_with_their_events<S: EventStore + Idem
             stream: s.clone(),
             version: outcome.version,
             position: Some(outcome.last_position),
+            replayed: false,
         }),
         answer: None,
     };

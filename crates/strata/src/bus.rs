@@ -84,6 +84,9 @@ pub struct CommandOutcome {
     pub version: Version,
     /// The position of the command's last event; `None` when it emitted nothing.
     pub position: Option<Position>,
+    /// This is an earlier request's outcome, found under the same idempotency key: the
+    /// command did not act again (`Idempotency-Replayed: true` over HTTP).
+    pub replayed: bool,
 }
 
 /// Why a command did not take effect. Nothing was appended in any case.
@@ -212,7 +215,7 @@ impl<S: EventStore> CommandBus<S> {
             return self.decide_and_append::<A>(id, command, context, None).await;
         };
         if let Some(recorded) = &claim.recorded {
-            return Ok(recorded.clone());
+            return Ok(CommandOutcome { replayed: true, ..recorded.clone() });
         }
         let decided = self.decide_and_append::<A>(id, command, context, Some(claim)).await;
         match decided {
@@ -300,7 +303,7 @@ impl<S: EventStore> CommandBus<S> {
                 };
                 let version = loaded.version;
                 *cached = Some(Box::new(loaded));
-                return Ok(CommandOutcome { stream, version, position: None });
+                return Ok(CommandOutcome { stream, version, position: None, replayed: false });
             };
             let new_events = events
                 .iter()
@@ -325,6 +328,7 @@ impl<S: EventStore> CommandBus<S> {
                         stream,
                         version: appended.version,
                         position: Some(appended.last_position),
+                        replayed: false,
                     });
                 }
                 Err(StoreError::Conflict { stream, expected, actual }) => {
@@ -386,7 +390,7 @@ fn answered_by<E: std::error::Error + 'static>(
     if record.fingerprint != claim.fingerprint {
         return Some(Err(CommandError::KeyReused(claim.key.clone())));
     }
-    record.appended.map(Ok)
+    record.appended.map(|outcome| Ok(CommandOutcome { replayed: true, ..outcome }))
 }
 
 /// Applies the events appended to `stream` after `loaded.version`; says whether there were any.

@@ -103,8 +103,12 @@ impl EventStore for InMemoryEventStore {
         }
         let last_position = Position(log.events.len() as u64);
         if let Some(claim) = claim {
-            let appended =
-                CommandOutcome { stream: stream.clone(), version, position: Some(last_position) };
+            let appended = CommandOutcome {
+                stream: stream.clone(),
+                version,
+                position: Some(last_position),
+                replayed: false,
+            };
             let record = IdempotencyRecord {
                 fingerprint: claim.fingerprint.clone(),
                 appended: Some(appended),

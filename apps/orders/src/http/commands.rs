@@ -14,6 +14,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use strata::{CommandContext, CommandOutcome};
+use strata_http::idempotency::mark_replayed;
 use strata_http::{CorrelationId, Idempotency, IfMatch, JsonBody, Problem, User};
 
 use super::ids::{self, PathId};
@@ -30,8 +31,10 @@ struct Accepted {
 }
 
 fn accepted(status: StatusCode, outcome: CommandOutcome) -> Response {
-    let body = Accepted { id: outcome.stream.id, position: outcome.position.map_or(0, |p| p.0) };
-    let mut response = (status, Json(body)).into_response();
+    let position = outcome.position.map_or(0, |p| p.0);
+    let mut response =
+        (status, Json(Accepted { id: outcome.stream.id.clone(), position })).into_response();
+    mark_replayed(&mut response, &outcome);
     if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", outcome.version)) {
         response.headers_mut().insert(header::ETAG, etag);
     }
@@ -273,8 +276,9 @@ pub async fn confirm_order<B: Backend>(
             OrderStatus::Confirming,
         ),
     };
-    let body = Confirmation { id: asked.stream.id, position, status: answer };
+    let body = Confirmation { id: asked.stream.id.clone(), position, status: answer };
     let mut response = (status, Json(body)).into_response();
+    mark_replayed(&mut response, &asked);
     if let Ok(etag) = HeaderValue::from_str(&format!("\"{version}\"")) {
         response.headers_mut().insert(header::ETAG, etag);
     }

@@ -214,6 +214,36 @@ async fn admin_lists_projections_and_health_names_the_node() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_sent_to_two_nodes_at_once_acts_once_and_the_other_answer_says_replayed() {
+    use tower::ServiceExt;
+    let service = Service::start().await;
+    service.seed().await;
+    // A second router over the same store is a second node: it has its own in-flight keys,
+    // so the two requests race to the store, and one finds the key taken by the other.
+    let nodes =
+        [orders::http::router(service.app.clone()), orders::http::router(service.app.clone())];
+    for round in 0..20 {
+        let head = service.head();
+        let send = |node: axum::Router| async move {
+            let request = axum::http::Request::builder()
+                .method(Method::POST)
+                .uri("/products/tea/restock")
+                .header("content-type", "application/json")
+                .header("idempotency-key", format!("restock-{round}"))
+                .body(axum::body::Body::from(r#"{"qty":1}"#))
+                .unwrap();
+            let response = node.oneshot(request).await.unwrap();
+            let replayed = response.headers().get("idempotency-replayed").is_some();
+            (response.status(), replayed)
+        };
+        let (a, b) = tokio::join!(send(nodes[0].clone()), send(nodes[1].clone()));
+        assert_eq!((a.0, b.0), (StatusCode::OK, StatusCode::OK), "round {round}");
+        assert_eq!(service.head(), head + 1, "round {round}: one restock");
+        assert!(a.1 != b.1, "round {round}: exactly one answer is the replay: {a:?} {b:?}");
+    }
+}
+
 #[tokio::test]
 async fn idempotency_key_returns_the_first_answer_and_appends_nothing() {
     let service = Service::start().await;

@@ -201,7 +201,12 @@ async fn a_retry_refused_by_its_own_first_attempt_on_another_node_gets_the_first
     // Node B's look-up missed the record (the first attempt had not committed yet), so it
     // decides: the counter is open already, which the first attempt did.
     let retry = node_b.execute::<Counter>("o.k", open("o"), &keyed("f")).await.unwrap();
-    assert_eq!(retry, first, "the retry gets the first answer, not a refusal");
+    assert!(!first.replayed);
+    assert_eq!(
+        retry,
+        strata::CommandOutcome { replayed: true, ..first.clone() },
+        "the retry gets the first answer, not a refusal, and says it is a replay"
+    );
     assert_eq!(
         store.read_stream(&StreamId::new("counter", "o.k"), Version::NONE).await.unwrap().len(),
         1
