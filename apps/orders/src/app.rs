@@ -55,6 +55,8 @@ pub struct App<B: Backend> {
     pub shutdown: strata_http::Shutdown,
     /// The bearer tokens the HTTP API accepts; `None` (the default) checks none.
     pub tokens: Option<Arc<strata_http::Tokens>>,
+    /// The HTTP requests and connections counted for `/metrics`.
+    pub http_metrics: Arc<strata_http::HttpMetrics>,
 }
 
 /// Why a command of the service was refused.
@@ -168,6 +170,7 @@ impl<B: Backend> App<B> {
             node_id,
             shutdown: strata_http::Shutdown::new(),
             tokens: None,
+            http_metrics: strata_http::HttpMetrics::new(),
         })
     }
 

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod paging;
 pub mod problem;
+pub mod server;
 pub mod shutdown;
 pub mod wait;
 

@@ -4,6 +4,7 @@
 //! report.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -11,8 +12,11 @@ use axum::middleware::Next;
 use axum::response::Response;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::server::ConnectionCounts;
 
 type Labels = Vec<(String, String)>;
 
@@ -26,6 +30,8 @@ fn latency_histogram() -> Histogram {
 pub struct HttpMetrics {
     requests: Family<Labels, Counter>,
     latency: Family<Labels, Histogram, fn() -> Histogram>,
+    /// What [`crate::server::serve`] did with connections.
+    pub connections: Arc<ConnectionCounts>,
 }
 
 impl Default for HttpMetrics {
@@ -33,6 +39,7 @@ impl Default for HttpMetrics {
         Self {
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
+            connections: Arc::default(),
         }
     }
 }
@@ -65,6 +72,24 @@ impl HttpMetrics {
             "strata_http_request_duration_seconds",
             "Time from a request's arrival to its answer, by route template",
             self.latency.clone(),
+        );
+        let open = Gauge::<i64, AtomicI64>::default();
+        open.set(i64::try_from(self.connections.open.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+        registry.register("strata_http_connections_open", "HTTP connections open now", open);
+        let closed = Family::<Labels, Counter>::default();
+        for (reason, count) in [
+            ("refused", &self.connections.refused),
+            ("header_timeout", &self.connections.header_timeouts),
+            ("idle", &self.connections.idle_closed),
+        ] {
+            let labels = vec![("reason".to_owned(), reason.to_owned())];
+            closed.get_or_create(&labels).inc_by(count.load(Ordering::Relaxed));
+        }
+        registry.register(
+            "strata_http_connections_closed",
+            "HTTP connections the server closed: refused at the connection limit, too slow to \
+             send a request's head, or idle too long",
+            closed,
         );
     }
 }

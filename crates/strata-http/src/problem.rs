@@ -133,6 +133,19 @@ impl Problem {
         problem
     }
 
+    /// 503 with `Retry-After`: the request took longer than the server allows; nothing it
+    /// did is undone (reads change nothing).
+    pub fn timed_out(detail: impl Into<String>) -> Self {
+        let mut problem = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "urn:strata:problem:timed-out",
+            "Request timed out",
+            detail.into(),
+        );
+        problem.retry_after_seconds = Some(1);
+        problem
+    }
+
     /// 503: the view instance asked for is parked: an event could not be applied to it, so
     /// what is stored is not current. Retrying does not help until an operator acts.
     pub fn view_parked(detail: impl Into<String>) -> Self {

@@ -19,6 +19,11 @@ use crate::schema;
 /// spent more time opening connections than reading.
 const MAX_IDLE_READERS: usize = 32;
 
+/// How many reads run at once on one database file. Beyond it, readers wait their turn
+/// rather than open more connections: a burst of a thousand requests must not take a
+/// thousand file handles (and find none left: "unable to open database file").
+const MAX_READERS: usize = 64;
+
 /// Runs `work` on tokio's blocking pool. A panic in `work` resumes in the caller, as if the
 /// work had run inline; it is a bug, not an error to report.
 pub(crate) async fn run_blocking<T, F>(work: F) -> Result<T, DbError>
@@ -45,11 +50,16 @@ fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct ReadPool {
     path: Arc<PathBuf>,
     idle: Arc<Mutex<Vec<Connection>>>,
+    readers: Arc<tokio::sync::Semaphore>,
 }
 
 impl ReadPool {
     pub(crate) fn new(path: &Path) -> Self {
-        Self { path: Arc::new(path.to_owned()), idle: Arc::default() }
+        Self {
+            path: Arc::new(path.to_owned()),
+            idle: Arc::default(),
+            readers: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
+        }
     }
 
     /// Runs `work` with a read connection on the blocking pool.
@@ -58,8 +68,11 @@ impl ReadPool {
         F: FnOnce(&mut Connection) -> Result<T, DbError> + Send + 'static,
         T: Send + 'static,
     {
+        // The semaphore is never closed, so acquiring fails only if it were.
+        let permit = self.readers.clone().acquire_owned().await.map_err(|_| DbError::Cancelled)?;
         let pool = self.clone();
         run_blocking(move || {
+            let _permit = permit;
             let idle = locked(&pool.idle).pop();
             let mut connection = match idle {
                 Some(connection) => connection,

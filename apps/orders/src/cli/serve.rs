@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use strata::BusConfig;
+use strata_http::server::{Limits, ReadTimeout, bounded_reads};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -65,6 +66,22 @@ pub struct ServeArgs {
     /// checks who calls.
     #[arg(long, env = "STRATA_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
+    /// Connections open at once; beyond it, new ones are closed as they are accepted.
+    #[arg(long, env = "STRATA_MAX_CONNECTIONS", default_value_t = 4096, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+    /// How long a request's head may take to arrive, from its first byte.
+    #[arg(long, env = "STRATA_HEADER_TIMEOUT", default_value = "5s", value_name = "DURATION",
+          value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// How long a connection may wait idle for its next request.
+    #[arg(long, env = "STRATA_IDLE_TIMEOUT", default_value = "60s", value_name = "DURATION",
+          value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// How long a query may take, beyond the wait_ms it asked for; then 503.
+    #[arg(long, env = "STRATA_REQUEST_TIMEOUT", default_value = "10s", value_name = "DURATION",
+          value_parser = parse_duration)]
+    pub request_timeout: Duration,
     #[command(flatten)]
     pub store: StoreArgs,
     /// A TOML file of these settings, by flag name (`order-ttl = "30m"`); flags and
@@ -124,7 +141,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let stores = backends::open_postgres(&url, &node_id)
                 .await
                 .context("cannot open the PostgreSQL store")?;
-            println!("strata: data in PostgreSQL ({})", redacted(&url));
+            println!("strata: data in PostgreSQL ({})", super::config::masked(&url));
             serve(stores, listener, node_id, &args, tokens, signals).await
         }
         StoreLocation::Memory => {
@@ -176,14 +193,27 @@ async fn serve<B: Backend>(
     println!("strata: listening on http://{address} (node {}, {codec} payloads)", app.node_id);
     let shutdown = app.shutdown.clone();
     let first = signalled(signals.clone(), 1);
-    let server = axum::serve(listener, crate::http::router(app.clone()))
-        .with_graceful_shutdown(async move {
+    let limits = Limits {
+        max_connections: args.max_connections as usize,
+        header_timeout: args.header_timeout,
+        idle_timeout: args.idle_timeout,
+    };
+    let router = crate::http::router(app.clone()).layer(axum::middleware::from_fn_with_state(
+        ReadTimeout(args.request_timeout),
+        bounded_reads,
+    ));
+    let server = strata_http::server::serve(
+        listener,
+        router,
+        limits,
+        app.http_metrics.connections.clone(),
+        async move {
             first.await;
             println!("strata: shutting down");
             // Waiting queries answer 503 now, so only commands in flight are waited for.
             shutdown.begin();
-        })
-        .into_future();
+        },
+    );
     let give_up = async {
         app.shutdown.begun().await;
         tokio::select! {
@@ -194,7 +224,7 @@ async fn serve<B: Backend>(
         }
     };
     tokio::select! {
-        served = server => served.context("the HTTP server failed")?,
+        () = server => {}
         () = give_up => {}
     }
     expiry.abort();
@@ -245,20 +275,6 @@ async fn signalled(mut signals: watch::Receiver<u32>, n: u32) {
     // The sender lives as long as the process listens; if it is gone, no signal can come.
     if signals.wait_for(|count| *count >= n).await.is_err() {
         std::future::pending::<()>().await;
-    }
-}
-
-/// The URL without its password, for printing.
-fn redacted(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
     }
 }
 

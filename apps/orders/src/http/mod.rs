@@ -15,7 +15,7 @@ use axum::extract::DefaultBodyLimit;
 use strata_http::admin::{self, Admin};
 use strata_http::openapi::{self, route};
 use strata_http::{
-    HttpMetrics, IdempotencyLayerState, MAX_BODY_BYTES, Problem, Required, Role, attach_shutdown,
+    IdempotencyLayerState, MAX_BODY_BYTES, Problem, Required, Role, attach_shutdown,
     correlation_id, count_requests, end_with_newline, idempotency, not_modified, require,
 };
 use utoipa_axum::router::OpenApiRouter;
@@ -26,7 +26,7 @@ use crate::app::{AGGREGATE_TYPES, App, AppError, Backend};
 pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
     let idempotency_state = IdempotencyLayerState::new(app.events().clone());
     let app_shutdown = app.shutdown.clone();
-    let http_metrics = HttpMetrics::new();
+    let http_metrics = app.http_metrics.clone();
     let commands = OpenApiRouter::new()
         .routes(route::<commands::__path_register_customer, _, _, _>(
             commands::register_customer::<B>,

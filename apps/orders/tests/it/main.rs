@@ -11,6 +11,7 @@ mod concurrency;
 mod config;
 mod errors;
 mod golden;
+mod limits;
 mod migrate;
 mod openapi;
 mod operations;

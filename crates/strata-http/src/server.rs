@@ -1,0 +1,343 @@
+//! Serving a router to clients that may be slow, idle or hostile: at most
+//! [`Limits::max_connections`] connections at once (the rest are closed as they are
+//! accepted, so a flood cannot take the file handles the stores need), a request's head must
+//! arrive within [`Limits::header_timeout`] of its first byte (slowloris), and a connection
+//! with no request under way is closed after [`Limits::idle_timeout`].
+//!
+//! hyper's own header timeout also runs while a keep-alive connection waits for its next
+//! request, which would make the idle timeout as short as the header timeout; so both are
+//! kept here, by a watchdog per connection that sees its bytes and its requests.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tower::ServiceExt;
+
+/// What one server allows its clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open at once; beyond it, new ones are closed as soon as accepted.
+    pub max_connections: usize,
+    /// From a request's first byte to the end of its head.
+    pub header_timeout: Duration,
+    /// How long a connection may wait, between requests, for the next one.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            header_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Counts of what the limits did, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ConnectionCounts {
+    /// Connections open now.
+    pub open: AtomicUsize,
+    /// Connections closed at accept because `max_connections` were open.
+    pub refused: AtomicU64,
+    /// Connections closed because a request's head came too slowly.
+    pub header_timeouts: AtomicU64,
+    /// Connections closed after waiting idle for `idle_timeout`.
+    pub idle_closed: AtomicU64,
+}
+
+/// Serves `router` on `listener` within `limits` until `shutdown` resolves; then accepts no
+/// more connections, lets every open one finish the request it is on, and returns when all
+/// are closed (the caller bounds that wait).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    counts: Arc<ConnectionCounts>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let (stopping, stop) = watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    let mut last_refusal_logged: Option<Instant> = None;
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+            // Reap finished connections so the set does not grow with every client.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of file handles, most likely: wait a little rather than spin.
+                tracing::warn!(%error, "cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            counts.refused.fetch_add(1, Ordering::Relaxed);
+            if last_refusal_logged.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                last_refusal_logged = Some(Instant::now());
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    "connection limit reached; closing new connections as they come"
+                );
+            }
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let counts = counts.clone();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            counts.open.fetch_add(1, Ordering::Relaxed);
+            connection(stream, router, limits, &counts, stop).await;
+            counts.open.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = stopping.send(true);
+    while connections.join_next().await.is_some() {}
+}
+
+/// What the watchdog of one connection sees: milliseconds since the connection opened.
+#[derive(Default)]
+struct Activity {
+    /// When the head now arriving began; 0 when none is arriving.
+    head_started: AtomicU64,
+    /// When the last request was answered, or the connection opened.
+    idle_since: AtomicU64,
+    /// Requests being answered.
+    in_flight: AtomicUsize,
+}
+
+async fn connection(
+    stream: TcpStream,
+    router: Router,
+    limits: Limits,
+    counts: &ConnectionCounts,
+    mut stop: watch::Receiver<bool>,
+) {
+    let opened = Instant::now();
+    let activity = Arc::new(Activity::default());
+    let io = TokioIo::new(Watched { inner: stream, activity: activity.clone(), opened });
+    let service = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            // The head is complete: this is a request now, not a slow client.
+            activity.head_started.store(0, Ordering::Relaxed);
+            activity.in_flight.fetch_add(1, Ordering::Relaxed);
+            let answered = Answered { activity: activity.clone(), opened };
+            let router = router.clone();
+            async move {
+                let response = router.oneshot(request.map(axum::body::Body::new)).await;
+                drop(answered);
+                response
+            }
+        })
+    };
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        // The watchdog below keeps the header timeout; hyper's would also cut idle
+        // keep-alive connections short.
+        .header_read_timeout(None)
+        .serve_connection(io, service);
+    tokio::pin!(served);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let (mut stopping, mut closing) = (false, false);
+    loop {
+        tokio::select! {
+            _ = &mut served => return,
+            changed = stop.changed(), if !stopping => {
+                stopping = true;
+                // Between requests (idle, or a head still arriving) there is nothing to finish.
+                if activity.in_flight.load(Ordering::Relaxed) == 0 {
+                    return;
+                }
+                if changed.is_ok() {
+                    served.as_mut().graceful_shutdown();
+                }
+            }
+            _ = tick.tick() => {
+                let now = millis(opened.elapsed());
+                if activity.in_flight.load(Ordering::Relaxed) > 0 {
+                    continue;
+                }
+                let head_started = activity.head_started.load(Ordering::Relaxed);
+                if head_started > 0 && now.saturating_sub(head_started) > millis(limits.header_timeout) {
+                    counts.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("closing a connection whose request head came too slowly");
+                    return;
+                }
+                let idle_since = activity.idle_since.load(Ordering::Relaxed);
+                if !closing
+                    && head_started == 0
+                    && now.saturating_sub(idle_since) > millis(limits.idle_timeout)
+                {
+                    closing = true;
+                    counts.idle_closed.fetch_add(1, Ordering::Relaxed);
+                    served.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// Marks a request answered when dropped, whether its future finished or was cancelled.
+struct Answered {
+    activity: Arc<Activity>,
+    opened: Instant,
+}
+
+impl Drop for Answered {
+    fn drop(&mut self) {
+        self.activity.idle_since.store(millis(self.opened.elapsed()), Ordering::Relaxed);
+        self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The connection's stream, noting when bytes of a new request head begin to arrive.
+struct Watched {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+    opened: Instant,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before
+            && self.activity.in_flight.load(Ordering::Relaxed) == 0
+            && self.activity.head_started.load(Ordering::Relaxed) == 0
+        {
+            let now = millis(self.opened.elapsed());
+            self.activity.head_started.store(now, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// How long a read may take, beyond the `wait_ms` it asked to wait for a view.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadTimeout(pub Duration);
+
+/// Middleware: a `GET` or `HEAD` not answered within [`ReadTimeout`] plus the `wait_ms` it
+/// asked for (at most 30 s) gets 503 with `Retry-After`. Commands are not cut short: one
+/// stopped mid-append could be written and answered as failed; the store's own timeouts
+/// bound them.
+pub async fn bounded_reads(
+    axum::extract::State(limit): axum::extract::State<ReadTimeout>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::Method;
+    use axum::response::IntoResponse;
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return next.run(request).await;
+    }
+    let asked = request
+        .uri()
+        .query()
+        .and_then(|query| {
+            query.split('&').find_map(|pair| pair.strip_prefix("wait_ms=")?.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        .min(30_000);
+    let bound = limit.0 + Duration::from_millis(asked);
+    match tokio::time::timeout(bound, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => crate::Problem::timed_out(format!(
+            "the read took longer than {} ms; try again",
+            bound.as_millis()
+        ))
+        .into_response(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // a bare route, to test the middleware alone
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use axum::routing::get;
+
+    fn slow_router() -> Router {
+        let slow = || async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            "done"
+        };
+        Router::new().route("/slow", get(slow).post(slow)).layer(
+            axum::middleware::from_fn_with_state(
+                ReadTimeout(Duration::from_millis(100)),
+                bounded_reads,
+            ),
+        )
+    }
+
+    async fn status(method: &str, uri: &str) -> StatusCode {
+        let request = Request::builder().method(method).uri(uri).body(Body::empty()).unwrap();
+        slow_router().oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn a_read_past_its_timeout_is_503_but_a_wait_it_asked_for_and_commands_are_not() {
+        assert_eq!(status("GET", "/slow").await, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(status("GET", "/slow?wait_ms=1000").await, StatusCode::OK);
+        assert_eq!(status("POST", "/slow").await, StatusCode::OK);
+    }
+}
