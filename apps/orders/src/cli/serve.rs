@@ -193,8 +193,9 @@ async fn serve<B: Backend>(
     println!("strata: listening on http://{address} (node {}, {codec} payloads)", app.node_id);
     let shutdown = app.shutdown.clone();
     let first = signalled(signals.clone(), 1);
+    let max_connections = connection_cap(args.max_connections as usize);
     let limits = Limits {
-        max_connections: args.max_connections as usize,
+        max_connections,
         header_timeout: args.header_timeout,
         idle_timeout: args.idle_timeout,
     };
@@ -275,6 +276,29 @@ async fn signalled(mut signals: watch::Receiver<u32>, n: u32) {
     // The sender lives as long as the process listens; if it is gone, no signal can come.
     if signals.wait_for(|count| *count >= n).await.is_err() {
         std::future::pending::<()>().await;
+    }
+}
+
+/// File handles kept for the stores, logs and listener beyond the connections.
+const RESERVED_HANDLES: usize = 256;
+
+/// `asked`, or fewer when the process's file-handle limit would not leave the stores enough
+/// beside that many connections (they would fail to open files under a flood).
+fn connection_cap(asked: usize) -> usize {
+    let limit = std::fs::read_to_string("/proc/self/limits").ok().and_then(|limits| {
+        let line = limits.lines().find(|line| line.starts_with("Max open files"))?;
+        line.split_whitespace().nth(3)?.parse::<usize>().ok()
+    });
+    match limit {
+        Some(limit) if asked + RESERVED_HANDLES > limit => {
+            let cap = limit.saturating_sub(RESERVED_HANDLES).max(1);
+            println!(
+                "strata: at most {cap} connections at once, not {asked}: the file-handle limit is \
+                 {limit} (ulimit -n) and the stores keep {RESERVED_HANDLES}"
+            );
+            cap
+        }
+        _ => asked,
     }
 }
 
