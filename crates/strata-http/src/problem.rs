@@ -160,12 +160,14 @@ impl Problem {
     /// 503: a dependency (the store) is unreachable. The cause is logged, not sent.
     pub fn unavailable(cause: &dyn std::error::Error) -> Self {
         tracing::error!(error = %cause, "store unavailable");
-        Self::new(
+        let mut problem = Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "urn:strata:problem:unavailable",
             "Service unavailable",
             "the store is not reachable; try again later".into(),
-        )
+        );
+        problem.retry_after_seconds = Some(1);
+        problem
     }
 
     /// 500: a bug or an unexpected failure. The cause is logged, not sent.
@@ -227,7 +229,7 @@ impl<E: Rejection + 'static> From<CommandError<E>> for Problem {
                 "a request with Idempotency-Key {key:?} was being answered at the same time; \
                  send it again to get that answer"
             )),
-            CommandError::Store(error) => Problem::unavailable(&error),
+            CommandError::Store(error) => Problem::from(error),
             other => Problem::internal(&other),
         }
     }
@@ -254,7 +256,23 @@ impl From<ControlError> for Problem {
 /// An event store failure: 503.
 impl From<StoreError> for Problem {
     fn from(error: StoreError) -> Self {
-        Problem::unavailable(&error)
+        match error {
+            StoreError::OutcomeUnknown(_) => {
+                tracing::error!(%error, "append outcome unknown");
+                let mut problem = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "urn:strata:problem:outcome-unknown",
+                    "Outcome unknown",
+                    "the database stopped answering while this command was being committed, so \
+                     it may have been written; retry with the same Idempotency-Key to act at \
+                     most once, or read the aggregate before retrying"
+                        .into(),
+                );
+                problem.retry_after_seconds = Some(1);
+                problem
+            }
+            other => Problem::unavailable(&other),
+        }
     }
 }
 
@@ -276,6 +294,9 @@ mod tests {
         assert_eq!(Problem::from(not_parked).status, 404);
         assert_eq!(Problem::from(ControlError::RebuildInProgress("orders".into())).status, 409);
         assert_eq!(Problem::from(ControlError::Busy("orders".into())).status, 503);
+        let unknown = Problem::from(StoreError::OutcomeUnknown("cut during COMMIT".into()));
+        assert_eq!((unknown.status, unknown.kind), (503, "urn:strata:problem:outcome-unknown"));
+        assert_eq!(unknown.retry_after_seconds, Some(1), "retry with the same key");
         let down = ControlError::View(ViewError::Backend("gone".into()));
         let problem = Problem::from(down);
         assert_eq!(problem.status, 503);

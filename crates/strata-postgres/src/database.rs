@@ -39,6 +39,10 @@ const DEFAULT_POOL_SIZE: usize = 16;
 /// How long opening a connection may take before it counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Server-side bounds on every connection after migrations.
+const SERVER_TIMEOUTS: &str =
+    "-c statement_timeout=30s -c lock_timeout=10s -c idle_in_transaction_session_timeout=30s";
+
 /// One schema of a PostgreSQL database, migrated to the newest version this build knows.
 ///
 /// Cloning is cheap; clones share the pool. Open the stores on it with
@@ -101,6 +105,12 @@ impl PgDatabase {
         // The driver ends once its client is gone; waiting closes the connection cleanly.
         let _ = driver.await;
         migrated?;
+        // After migrating (building an index may take longer): every later statement, lock
+        // wait and open transaction is bounded by the server too, so a stuck client (a
+        // node frozen while it holds the append lock) cannot stop the others for good.
+        if let Some(options) = config.get_options().map(str::to_owned) {
+            config.options(format!("{options} {SERVER_TIMEOUTS}"));
+        }
 
         let manager = Manager::from_config(
             config.clone(),

@@ -104,6 +104,9 @@ pub(crate) enum DbError {
     /// A stored row holds a value no valid write produces.
     #[error("{0}")]
     Corrupt(String),
+    /// The server did not answer in time.
+    #[error("PostgreSQL did not answer within {0:?}")]
+    TimedOut(std::time::Duration),
 }
 
 impl DbError {

@@ -161,7 +161,7 @@ impl EventStore for PgEventStore {
             let row = client.query_opt(&statement, &[&key]).await?;
             row.as_ref().map(writer::read_record).transpose()
         };
-        read.await.map_err(DbError::into_store_error)
+        bounded(read).await.map_err(DbError::into_store_error)
     }
 
     async fn read_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
@@ -179,7 +179,7 @@ impl EventStore for PgEventStore {
             })
             .transpose()
         };
-        read.await.map_err(DbError::into_store_error)
+        bounded(read).await.map_err(DbError::into_store_error)
     }
 
     async fn write_snapshot(
@@ -197,7 +197,7 @@ impl EventStore for PgEventStore {
             client.execute(&statement, &parameters).await?;
             Ok::<_, DbError>(())
         };
-        write.await.map_err(DbError::into_store_error)
+        bounded(write).await.map_err(DbError::into_store_error)
     }
 
     async fn event_types(&self) -> Result<Vec<(String, u32)>, StoreError> {
@@ -215,7 +215,7 @@ impl EventStore for PgEventStore {
                 })
                 .collect::<Result<Vec<_>, DbError>>()
         };
-        read.await.map_err(DbError::into_store_error)
+        bounded(read).await.map_err(DbError::into_store_error)
     }
 
     async fn read_stream(
@@ -231,7 +231,7 @@ impl EventStore for PgEventStore {
                 .await?;
             rows.iter().map(decode).collect::<Result<Vec<_>, DbError>>()
         };
-        read.await.map_err(DbError::into_store_error)
+        bounded(read).await.map_err(DbError::into_store_error)
     }
 
     async fn read_all(
@@ -246,7 +246,7 @@ impl EventStore for PgEventStore {
             let rows = client.query(&statement, &[&to_bigint(after.0), &limit]).await?;
             rows.iter().map(decode).collect::<Result<Vec<_>, DbError>>()
         };
-        read.await.map_err(DbError::into_store_error)
+        bounded(read).await.map_err(DbError::into_store_error)
     }
 
     async fn read_positions(
@@ -263,7 +263,7 @@ impl EventStore for PgEventStore {
             let rows = client.query(&statement, &[&positions]).await?;
             rows.iter().map(decode).collect::<Result<Vec<_>, DbError>>()
         };
-        read.await.map_err(DbError::into_store_error)
+        bounded(read).await.map_err(DbError::into_store_error)
     }
 
     fn subscribe(&self) -> watch::Receiver<Position> {
@@ -277,6 +277,14 @@ impl EventStore for PgEventStore {
 
 /// Encodes an event for its row. Time is stored in nanoseconds so that the event read back
 /// equals the one appended; that limits it to the years 1677 to 2262.
+/// How long one read or snapshot write may take: a server that hangs must not hang the
+/// commands that load aggregates (their appends have the writer's own bound).
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+async fn bounded<T>(work: impl Future<Output = Result<T, DbError>>) -> Result<T, DbError> {
+    tokio::time::timeout(READ_TIMEOUT, work).await.unwrap_or(Err(DbError::TimedOut(READ_TIMEOUT)))
+}
+
 fn encode(event: NewEvent) -> Result<EventRow, StoreError> {
     let NewEvent { event_type, schema_version, payload, metadata } = event;
     let recorded_at = metadata

@@ -48,7 +48,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use strata::{
     AppendOutcome, CommandOutcome, ExpectedVersion, GroupCommitCounters, IdempotencyRecord,
@@ -200,6 +200,11 @@ impl Connection {
 #[error("the group commit holding this append failed, so it was not written: {0}")]
 struct GroupFailed(#[source] Arc<DbError>);
 
+/// How long one group may take, connecting included, before its callers are answered.
+const GROUP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long finding out whether an interrupted commit happened may take.
+const RESOLVE_TIMEOUT: Duration = Duration::from_millis(1500);
+
 impl Writer {
     async fn run(mut self, mut requests: mpsc::UnboundedReceiver<AppendRequest>) {
         let mut group = Vec::with_capacity(MAX_GROUP);
@@ -214,13 +219,42 @@ impl Writer {
     /// Writes and commits `group`, answers every request in it and empties it.
     async fn commit_group(&mut self, group: &mut Vec<AppendRequest>) {
         let started = Instant::now();
-        let result = match connected(&mut self.connection, &self.config).await {
-            Ok(connection) => {
-                write_group(connection, &mut self.versions, group, self.lock_key, &self.schema)
-                    .await
-            }
-            Err(error) => Err(DbError::from(error)),
+        let mut committing = None;
+        let attempt = async {
+            let connection = connected(&mut self.connection, &self.config).await?;
+            write_group(
+                connection,
+                &mut self.versions,
+                group,
+                self.lock_key,
+                &self.schema,
+                &mut committing,
+            )
+            .await
         };
+        // A server that hangs (stopped, or cut off without a reset) answers nothing and
+        // errs nothing: without a bound, every command would wait for it.
+        let mut result = match tokio::time::timeout(GROUP_TIMEOUT, attempt).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.connection = None;
+                Err(DbError::TimedOut(GROUP_TIMEOUT))
+            }
+        };
+        let mut in_doubt = None;
+        if let (Err(error), Some(sent)) = (&result, committing) {
+            // COMMIT was sent and not answered: it may have happened. The group's event ids
+            // are unique, so a fresh connection can tell.
+            self.connection = None;
+            self.versions.forget();
+            tracing::warn!(%error, "a group commit was interrupted; finding out whether it happened");
+            match tokio::time::timeout(RESOLVE_TIMEOUT, self.stored(sent.probe)).await {
+                Ok(Ok(true)) => result = Ok((sent.outcomes, Some(sent.head))),
+                Ok(Ok(false)) => {}
+                Ok(Err(unknown)) => in_doubt = Some(unknown),
+                Err(_) => in_doubt = Some(DbError::TimedOut(RESOLVE_TIMEOUT)),
+            }
+        }
         match result {
             Ok((outcomes, head)) => {
                 let events: u64 = outcomes
@@ -248,14 +282,43 @@ impl Writer {
                     self.connection = None;
                 }
                 let error = Arc::new(error);
+                let in_doubt = in_doubt.map(Arc::new);
                 for request in group.drain(..) {
-                    let failed = GroupFailed(Arc::clone(&error));
-                    let _ = request.answer.send(Err(StoreError::Backend(Box::new(failed))));
+                    let failed = match &in_doubt {
+                        Some(unknown) => StoreError::OutcomeUnknown(Box::new(InDoubt(
+                            Arc::clone(&error),
+                            Arc::clone(unknown),
+                        ))),
+                        None => StoreError::Backend(Box::new(GroupFailed(Arc::clone(&error)))),
+                    };
+                    let _ = request.answer.send(Err(failed));
                 }
             }
         }
     }
+
+    /// Whether the event `id` is stored, asked on a fresh connection, which becomes the
+    /// writer's.
+    async fn stored(&mut self, id: Uuid) -> Result<bool, DbError> {
+        let connection = connected(&mut self.connection, &self.config).await?;
+        let found =
+            connection.client.query_opt(&connection.statements.stored_id, &[&vec![id]]).await?;
+        Ok(found.is_some())
+    }
 }
+
+/// A group whose COMMIT was sent: what it answers if the commit happened, and one of its
+/// event ids to look for.
+struct Committing {
+    outcomes: Outcomes,
+    head: Position,
+    probe: Uuid,
+}
+
+/// Why an append's outcome is unknown: the commit was interrupted, then finding out failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}; asking whether it committed failed too: {1}")]
+struct InDoubt(#[source] Arc<DbError>, Arc<DbError>);
 
 /// The writer's connection, opened if it is missing or broken.
 async fn connected<'a>(
@@ -426,10 +489,12 @@ async fn write_group(
     group: &[AppendRequest],
     lock_key: i64,
     schema: &str,
+    committing: &mut Option<Committing>,
 ) -> Result<(Outcomes, Option<Position>), DbError> {
     let mut mode = Mode::Together;
     loop {
-        let attempt = attempt_group(connection, cache, group, lock_key, schema, mode).await;
+        let attempt =
+            attempt_group(connection, cache, group, lock_key, schema, mode, committing).await;
         let attempt = match attempt {
             Ok(attempt) => attempt,
             Err(error) => {
@@ -457,6 +522,7 @@ async fn attempt_group(
     lock_key: i64,
     schema: &str,
     mode: Mode,
+    committing: &mut Option<Committing>,
 ) -> Result<Attempt, DbError> {
     let client = &connection.client;
     let statements = &connection.statements;
@@ -533,17 +599,37 @@ async fn attempt_group(
     };
 
     let new_head = (tally.head != start.head).then_some(Position(tally.head));
-    match new_head {
+    let outcomes = match new_head {
         Some(new_head) => {
             // One notification per group, delivered by PostgreSQL at commit. Not pipelined
             // with the COMMIT: measured, that made groups several times slower.
             let payload = format!("{schema}:{}", new_head.0);
             client.execute(&statements.notify, &[&PgDatabase::NOTIFY_CHANNEL, &payload]).await?;
-            client.batch_execute("COMMIT").await?;
+            let probe = group
+                .iter()
+                .zip(&outcomes)
+                .find(|(_, outcome)| outcome.is_ok())
+                .and_then(|(request, _)| request.events.first())
+                .map(|event| event.event_id);
+            match probe {
+                Some(probe) => {
+                    // From here until COMMIT answers, a failure leaves the outcome unknown.
+                    *committing = Some(Committing { outcomes, head: new_head, probe });
+                    client.batch_execute("COMMIT").await?;
+                    committing.take().map(|sent| sent.outcomes).unwrap_or_default()
+                }
+                None => {
+                    client.batch_execute("COMMIT").await?;
+                    outcomes
+                }
+            }
         }
         // Nothing written: nothing to make durable.
-        None => client.batch_execute("ROLLBACK").await?,
-    }
+        None => {
+            client.batch_execute("ROLLBACK").await?;
+            outcomes
+        }
+    };
 
     // Versions remembered from before another node's commit may be stale, and the new head
     // would vouch for them: only this group's streams, read under the lock, are kept.

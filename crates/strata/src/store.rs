@@ -64,6 +64,11 @@ pub enum StoreError {
     /// The store has shut down and takes no more work.
     #[error("the event store has shut down")]
     Closed,
+    /// The store stopped answering while committing this append, and did not answer again
+    /// in time to tell whether the commit happened: the events may or may not be written.
+    /// A retry under the same idempotency key acts at most once.
+    #[error("the event store stopped answering while committing; the append may be written: {0}")]
+    OutcomeUnknown(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The backend failed (I/O, driver, database server).
     #[error("event store backend failed: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),

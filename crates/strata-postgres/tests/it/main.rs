@@ -9,6 +9,7 @@
 #![expect(clippy::unwrap_used, reason = "tests fail loudly on any unexpected error")]
 
 mod contract;
+mod faults;
 mod gap_free;
 mod lease;
 mod store;
