@@ -37,6 +37,15 @@ pub enum SqliteError {
         /// The lock file.
         path: PathBuf,
     },
+    /// A damaged database file could not be moved aside.
+    #[error("cannot move the damaged {path} aside: {source}")]
+    SetAside {
+        /// The file.
+        path: PathBuf,
+        /// What the file system said.
+        #[source]
+        source: std::io::Error,
+    },
     /// The lock file could not be created or locked.
     #[error("cannot lock {path}: {source}")]
     Lock {

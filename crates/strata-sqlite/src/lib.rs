@@ -16,6 +16,7 @@
 mod error;
 mod event_store;
 mod pool;
+mod repair;
 mod schema;
 mod tables;
 mod view_manager;
@@ -23,4 +24,5 @@ mod writer;
 
 pub use error::SqliteError;
 pub use event_store::SqliteEventStore;
+pub use repair::Repair;
 pub use view_manager::SqliteViewManager;

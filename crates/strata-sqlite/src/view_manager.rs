@@ -85,6 +85,18 @@ impl SqliteViewManager {
         Ok(Self { writer: SharedConnection::new(connection), readers: ReadPool::new(&path) })
     }
 
+    /// Opens `dir/views.sqlite` as [`open`](Self::open) does, after reading every page of
+    /// it: a file SQLite finds damaged is moved aside (to `views.sqlite.damaged-<time>`) and
+    /// a fresh one created, which the projections fill again from the log. The [`Repair`]
+    /// says what was found, so the caller can tell the operator. Skips recorded in the
+    /// damaged file are lost with it: their events park again, for an operator to skip.
+    ///
+    /// [`Repair`]: crate::Repair
+    pub fn open_or_repair(dir: &Path) -> Result<(Self, Option<crate::Repair>), SqliteError> {
+        let repair = crate::repair::set_aside_if_damaged(&dir.join(schema::VIEWS.file_name))?;
+        Ok((Self::open(dir)?, repair))
+    }
+
     async fn write<T, F>(&self, work: F) -> Result<T, ViewError>
     where
         F: FnOnce(&Transaction<'_>) -> Result<Result<T, ViewError>, DbError> + Send + 'static,

@@ -1,6 +1,6 @@
 //! Every error status of the API, each checked to change nothing.
 
-use axum::http::Method;
+use axum::http::{Method, StatusCode};
 use serde_json::json;
 
 use crate::support::Service;
@@ -290,4 +290,75 @@ async fn bad_headers_are_400() {
 async fn wrong_methods_are_405() {
     let service = Service::start().await;
     service.request(Method::DELETE, "/orders/o1", None, &[]).await.expect_problem(405, "method");
+}
+
+#[tokio::test]
+async fn sql_in_any_parameter_is_only_ever_data() {
+    let service = Service::start().await;
+    service.seed().await;
+    service.settled().await;
+    let head = service.head();
+    let order = service.view("/orders/o1").await.body;
+    let hostile = [
+        "' OR '1'='1",
+        "x'; DROP TABLE events; --",
+        "\" OR 1=1 --",
+        "o1' UNION SELECT * FROM sqlite_master --",
+        "%' OR 1=1; DELETE FROM audit_events; --",
+    ];
+    for text in hostile {
+        let value = urlencode(text);
+        for path in [
+            format!("/orders?customer_id={value}"),
+            format!("/orders?status={value}"),
+            format!("/orders?after={value}"),
+            format!("/reports/sales?from=2020-01-01&to=2030-01-01&sku={value}"),
+            format!("/audit?correlation_id={value}"),
+            format!("/audit?user={value}"),
+            format!("/audit?stream=order/{value}"),
+            format!("/admin/streams/order/{value}"),
+            format!("/customers/{value}"),
+            format!("/admin/projections/{value}/parked"),
+            format!("/admin/sagas/fulfilment/{value}"),
+        ] {
+            let answer = service.get(&path).await;
+            assert!(
+                answer.status.is_client_error() || answer.status == StatusCode::OK,
+                "{path}: {} {}",
+                answer.status,
+                answer.body
+            );
+            if answer.status == StatusCode::OK {
+                let listed = answer.body["orders"].as_array().or(answer.body["events"].as_array());
+                assert!(listed.is_none_or(Vec::is_empty), "{path} found nothing: {}", answer.body);
+            }
+        }
+        let refused = service
+            .post("/customers", json!({"customer_id": text, "name": text, "email": text}))
+            .await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{text}: {}", refused.body);
+    }
+    // Names are data: stored and shown as sent.
+    let evil = "Robert'); DROP TABLE events;--";
+    let created = service
+        .post("/customers", json!({"customer_id": "bobby", "name": evil, "email": "b@x"}))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    assert_eq!(service.view("/customers/bobby").await.body["name"], evil);
+    assert_eq!(service.head(), head + 1, "only the one registration was written");
+    assert_eq!(service.view("/orders/o1").await.body, order, "nothing else changed");
+    let audit = service.get("/audit?stream=order/o1").await;
+    assert_eq!(audit.status, StatusCode::OK);
+    assert!(!audit.body["events"].as_array().unwrap().is_empty(), "the audit is intact");
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
 }

@@ -431,3 +431,46 @@ async fn views_built_by_an_older_definition_are_rebuilt_when_the_service_starts(
         "rebuilt by today's definition"
     );
 }
+
+#[tokio::test]
+async fn a_damaged_views_file_is_set_aside_at_start_and_the_views_rebuilt_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let service = Service::start_in_path(&path).await;
+    service.seed().await;
+    service.settled().await;
+    let before = service.view("/orders/o1").await.body;
+    let customer = service.view("/customers/ada").await.body;
+    service.stop_and_wait().await;
+
+    // Pages overwritten, as a bad disk or a torn copy leaves them, once the write-ahead
+    // log is folded into the file.
+    let views = path.join("views.sqlite");
+    let connection = rusqlite::Connection::open(&views).unwrap();
+    connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+    drop(connection);
+    let mut bytes = std::fs::read(&views).unwrap();
+    let page = 4096;
+    assert!(bytes.len() > 6 * page, "views.sqlite has {} bytes", bytes.len());
+    bytes[page..6 * page].fill(0xAB);
+    std::fs::write(&views, bytes).unwrap();
+
+    let service = Service::start_in_path(&path).await;
+    service.settled().await;
+    assert_eq!(service.view("/orders/o1").await.body, before, "rebuilt from the log");
+    assert_eq!(service.view("/customers/ada").await.body, customer);
+    let set_aside: Vec<String> = std::fs::read_dir(&path)
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with("views.sqlite.damaged-"))
+        .collect();
+    assert_eq!(set_aside.len(), 1, "the damaged file is kept for a look: {set_aside:?}");
+    let placed = service
+        .post(
+            "/orders",
+            json!({"order_id": "o3", "customer_id": "ada", "lines": [{"sku": "tea", "qty": 1}]}),
+        )
+        .await;
+    assert_eq!(placed.status, StatusCode::CREATED);
+    assert_eq!(service.view("/orders/o3").await.status, StatusCode::OK, "projections move on");
+}
