@@ -57,6 +57,8 @@ pub struct App<B: Backend> {
     pub tokens: Option<Arc<strata_http::Tokens>>,
     /// The HTTP requests and connections counted for `/metrics`.
     pub http_metrics: Arc<strata_http::HttpMetrics>,
+    /// How long a query may take beyond the `wait_ms` it asked for.
+    pub read_timeout: std::time::Duration,
 }
 
 /// Why a command of the service was refused.
@@ -171,6 +173,7 @@ impl<B: Backend> App<B> {
             shutdown: strata_http::Shutdown::new(),
             tokens: None,
             http_metrics: strata_http::HttpMetrics::new(),
+            read_timeout: std::time::Duration::from_secs(10),
         })
     }
 

@@ -2,7 +2,8 @@
 //! [`Limits::max_connections`] connections at once (the rest are closed as they are
 //! accepted, so a flood cannot take the file handles the stores need), a request's head must
 //! arrive within [`Limits::header_timeout`] of its first byte (slowloris), and a connection
-//! with no request under way is closed after [`Limits::idle_timeout`].
+//! with no request under way is closed after [`Limits::idle_timeout`], as is one whose
+//! request takes longer than that to be read and answered, or moves no byte for that long.
 //!
 //! hyper's own header timeout also runs while a keep-alive connection waits for its next
 //! request, which would make the idle timeout as short as the header timeout; so both are
@@ -116,14 +117,70 @@ pub async fn serve(
 }
 
 /// What the watchdog of one connection sees: milliseconds since the connection opened.
-#[derive(Default)]
 struct Activity {
-    /// When the head now arriving began; 0 when none is arriving.
+    /// When the head now arriving began (the connection's opening, for its first request);
+    /// 0 when none is arriving.
     head_started: AtomicU64,
     /// When the last request was answered, or the connection opened.
     idle_since: AtomicU64,
-    /// Requests being answered.
+    /// When bytes last moved either way.
+    last_io: AtomicU64,
+    /// When the oldest request being answered arrived.
+    request_started: AtomicU64,
+    /// Requests being read or answered, until their answer's last byte is written.
     in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            // A client that connects and sends nothing is a slow head, not an idle client.
+            head_started: AtomicU64::new(1),
+            idle_since: AtomicU64::new(1),
+            last_io: AtomicU64::new(1),
+            request_started: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// What the watchdog decided.
+enum Verdict {
+    Fine,
+    /// Close now, counting why.
+    Cut,
+    /// Close once the request under way, if any, is answered.
+    Close,
+}
+
+fn judge(activity: &Activity, limits: &Limits, counts: &ConnectionCounts, now: u64) -> Verdict {
+    let over = |since: u64, limit: Duration| now.saturating_sub(since) > millis(limit);
+    if activity.in_flight.load(Ordering::Relaxed) > 0 {
+        // A request whose body trickles in, or whose answer the client does not read, holds
+        // the connection no longer than an idle one may.
+        let started = activity.request_started.load(Ordering::Relaxed);
+        let stalled = over(activity.last_io.load(Ordering::Relaxed), limits.idle_timeout);
+        if stalled || over(started, limits.idle_timeout) {
+            counts.idle_closed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("closing a connection whose request took longer than the idle timeout");
+            return Verdict::Cut;
+        }
+        return Verdict::Fine;
+    }
+    let head_started = activity.head_started.load(Ordering::Relaxed);
+    if head_started > 0 {
+        if over(head_started, limits.header_timeout) {
+            counts.header_timeouts.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("closing a connection whose request head came too slowly");
+            return Verdict::Cut;
+        }
+        return Verdict::Fine;
+    }
+    if over(activity.idle_since.load(Ordering::Relaxed), limits.idle_timeout) {
+        counts.idle_closed.fetch_add(1, Ordering::Relaxed);
+        return Verdict::Close;
+    }
+    Verdict::Fine
 }
 
 async fn connection(
@@ -134,20 +191,23 @@ async fn connection(
     mut stop: watch::Receiver<bool>,
 ) {
     let opened = Instant::now();
-    let activity = Arc::new(Activity::default());
+    let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Watched { inner: stream, activity: activity.clone(), opened });
     let service = {
         let activity = activity.clone();
         hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             // The head is complete: this is a request now, not a slow client.
+            let now = millis(opened.elapsed());
             activity.head_started.store(0, Ordering::Relaxed);
-            activity.in_flight.fetch_add(1, Ordering::Relaxed);
+            if activity.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
+                activity.request_started.store(now, Ordering::Relaxed);
+            }
             let answered = Answered { activity: activity.clone(), opened };
             let router = router.clone();
             async move {
                 let response = router.oneshot(request.map(axum::body::Body::new)).await;
-                drop(answered);
-                response
+                // Answered once the answer's last byte is written, not when the handler ends.
+                response.map(|response| response.map(|body| Guarded { body, _answered: answered }))
             }
         })
     };
@@ -159,7 +219,9 @@ async fn connection(
         .serve_connection(io, service);
     tokio::pin!(served);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let (mut stopping, mut closing) = (false, false);
+    let mut stopping = false;
+    // When a graceful close began: a client that does not let it finish is cut.
+    let mut closing: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = &mut served => return,
@@ -174,24 +236,17 @@ async fn connection(
                 }
             }
             _ = tick.tick() => {
-                let now = millis(opened.elapsed());
-                if activity.in_flight.load(Ordering::Relaxed) > 0 {
-                    continue;
-                }
-                let head_started = activity.head_started.load(Ordering::Relaxed);
-                if head_started > 0 && now.saturating_sub(head_started) > millis(limits.header_timeout) {
-                    counts.header_timeouts.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!("closing a connection whose request head came too slowly");
+                if closing.is_some_and(|since| since.elapsed() > limits.header_timeout) {
                     return;
                 }
-                let idle_since = activity.idle_since.load(Ordering::Relaxed);
-                if !closing
-                    && head_started == 0
-                    && now.saturating_sub(idle_since) > millis(limits.idle_timeout)
-                {
-                    closing = true;
-                    counts.idle_closed.fetch_add(1, Ordering::Relaxed);
-                    served.as_mut().graceful_shutdown();
+                match judge(&activity, &limits, counts, millis(opened.elapsed())) {
+                    Verdict::Fine => {}
+                    Verdict::Cut => return,
+                    Verdict::Close if closing.is_none() => {
+                        closing = Some(Instant::now());
+                        served.as_mut().graceful_shutdown();
+                    }
+                    Verdict::Close => {}
                 }
             }
         }
@@ -202,7 +257,8 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-/// Marks a request answered when dropped, whether its future finished or was cancelled.
+/// Marks a request answered when dropped: with its answer's body, once hyper has written
+/// it all, or earlier if the connection fails.
 struct Answered {
     activity: Arc<Activity>,
     opened: Instant,
@@ -212,6 +268,32 @@ impl Drop for Answered {
     fn drop(&mut self) {
         self.activity.idle_since.store(millis(self.opened.elapsed()), Ordering::Relaxed);
         self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An answer's body, carrying its request's [`Answered`] until it is dropped.
+struct Guarded {
+    body: axum::body::Body,
+    _answered: Answered,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -230,12 +312,14 @@ impl AsyncRead for Watched {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before
-            && self.activity.in_flight.load(Ordering::Relaxed) == 0
-            && self.activity.head_started.load(Ordering::Relaxed) == 0
-        {
+        if buf.filled().len() > before {
             let now = millis(self.opened.elapsed());
-            self.activity.head_started.store(now, Ordering::Relaxed);
+            self.activity.last_io.store(now, Ordering::Relaxed);
+            if self.activity.in_flight.load(Ordering::Relaxed) == 0
+                && self.activity.head_started.load(Ordering::Relaxed) == 0
+            {
+                self.activity.head_started.store(now, Ordering::Relaxed);
+            }
         }
         polled
     }
@@ -247,7 +331,11 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.last_io.store(millis(self.opened.elapsed()), Ordering::Relaxed);
+        }
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -263,7 +351,11 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.last_io.store(millis(self.opened.elapsed()), Ordering::Relaxed);
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -275,8 +275,6 @@ impl EventStore for PgEventStore {
     }
 }
 
-/// Encodes an event for its row. Time is stored in nanoseconds so that the event read back
-/// equals the one appended; that limits it to the years 1677 to 2262.
 /// How long one read or snapshot write may take: a server that hangs must not hang the
 /// commands that load aggregates (their appends have the writer's own bound).
 const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -285,6 +283,8 @@ async fn bounded<T>(work: impl Future<Output = Result<T, DbError>>) -> Result<T,
     tokio::time::timeout(READ_TIMEOUT, work).await.unwrap_or(Err(DbError::TimedOut(READ_TIMEOUT)))
 }
 
+/// Encodes an event for its row. Time is stored in nanoseconds so that the event read back
+/// equals the one appended; that limits it to the years 1677 to 2262.
 fn encode(event: NewEvent) -> Result<EventRow, StoreError> {
     let NewEvent { event_type, schema_version, payload, metadata } = event;
     let recorded_at = metadata

@@ -203,7 +203,7 @@ struct GroupFailed(#[source] Arc<DbError>);
 /// How long one group may take, connecting included, before its callers are answered.
 const GROUP_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long finding out whether an interrupted commit happened may take.
-const RESOLVE_TIMEOUT: Duration = Duration::from_millis(1500);
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Writer {
     async fn run(mut self, mut requests: mpsc::UnboundedReceiver<AppendRequest>) {
@@ -211,13 +211,22 @@ impl Writer {
         // Waits for the first request, then takes what is already waiting without sleeping
         // for more: a lone request commits at once, and under load groups grow by themselves.
         while requests.recv_many(&mut group, MAX_GROUP).await > 0 {
-            self.commit_group(&mut group).await;
+            if self.commit_group(&mut group).await == Server::Silent {
+                // What queued behind a group the server never answered was never sent: it is
+                // answered now, not after another full timeout each.
+                while let Ok(request) = requests.try_recv() {
+                    let silent = Arc::new(DbError::TimedOut(GROUP_TIMEOUT));
+                    let failed = StoreError::Backend(Box::new(GroupFailed(silent)));
+                    let _ = request.answer.send(Err(failed));
+                }
+            }
         }
         tracing::debug!(schema = %self.schema, "event store writer stopped: the store was dropped");
     }
 
-    /// Writes and commits `group`, answers every request in it and empties it.
-    async fn commit_group(&mut self, group: &mut Vec<AppendRequest>) {
+    /// Writes and commits `group`, answers every request in it and empties it; says whether
+    /// the server stopped answering.
+    async fn commit_group(&mut self, group: &mut Vec<AppendRequest>) -> Server {
         let started = Instant::now();
         let mut committing = None;
         let attempt = async {
@@ -255,6 +264,8 @@ impl Writer {
                 Err(_) => in_doubt = Some(DbError::TimedOut(RESOLVE_TIMEOUT)),
             }
         }
+        let silent = matches!(result, Err(DbError::TimedOut(_)))
+            || matches!(in_doubt, Some(DbError::TimedOut(_)));
         match result {
             Ok((outcomes, head)) => {
                 let events: u64 = outcomes
@@ -295,16 +306,34 @@ impl Writer {
                 }
             }
         }
+        if silent { Server::Silent } else { Server::Answering }
     }
 
-    /// Whether the event `id` is stored, asked on a fresh connection, which becomes the
-    /// writer's.
+    /// Whether the event `id` is stored, asked on a fresh connection (which becomes the
+    /// writer's) under the append lock: the interrupted transaction holds that lock until it
+    /// has committed or aborted, so once the lock is had, what is stored is final. (Without
+    /// it, a commit still waiting on a slow fsync or standby would be missed, and then land.)
     async fn stored(&mut self, id: Uuid) -> Result<bool, DbError> {
         let connection = connected(&mut self.connection, &self.config).await?;
-        let found =
-            connection.client.query_opt(&connection.statements.stored_id, &[&vec![id]]).await?;
+        let (client, statements) = (&connection.client, &connection.statements);
+        let ids = vec![id];
+        let lock_parameters: [&(dyn ToSql + Sync); 1] = [&self.lock_key];
+        let id_parameters: [&(dyn ToSql + Sync); 1] = [&ids];
+        let (_, _, found) = tokio::try_join!(
+            client.batch_execute("BEGIN"),
+            client.execute(&statements.lock, &lock_parameters),
+            client.query_opt(&statements.stored_id, &id_parameters),
+        )?;
+        client.batch_execute("ROLLBACK").await?;
         Ok(found.is_some())
     }
+}
+
+/// Whether the server answered the last group at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Server {
+    Answering,
+    Silent,
 }
 
 /// A group whose COMMIT was sent: what it answers if the commit happened, and one of its

@@ -93,6 +93,21 @@ pub enum ConfigError {
 /// Settings that only make sense on the command line.
 const NOT_IN_FILE: &[&str] = &["config", "help", "version"];
 
+/// Settings that say one thing together: where the store is. A flag or variable setting
+/// either one overrides both in the file.
+const TOGETHER: &[&[&str]] = &[&["store", "data_dir"]];
+
+/// Whether a flag or variable set `id`, or another setting that goes with it.
+fn set_outside_the_file(matches: &ArgMatches, id: &str) -> bool {
+    let group = TOGETHER.iter().find(|group| group.contains(&id)).copied().unwrap_or(&[]);
+    std::iter::once(id).chain(group.iter().copied()).any(|id| {
+        matches!(
+            matches.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        )
+    })
+}
+
 /// Parses the command line of the running process, with the `--config` file's values.
 pub fn parse() -> Result<Cli, ConfigError> {
     parse_from(std::env::args_os().collect())
@@ -122,10 +137,7 @@ pub fn parse_from(args: Vec<OsString>) -> Result<Cli, ConfigError> {
                     known: known_keys(&serve_command),
                 })?;
             let id = arg.get_id().as_str();
-            if matches!(
-                serve_matches.value_source(id),
-                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-            ) {
+            if set_outside_the_file(serve_matches, id) {
                 continue;
             }
             let flag = match value {

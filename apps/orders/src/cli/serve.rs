@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use strata::BusConfig;
-use strata_http::server::{Limits, ReadTimeout, bounded_reads};
+use strata_http::server::Limits;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -182,6 +182,7 @@ async fn serve<B: Backend>(
             .await
             .context("cannot prepare the projections' tables")?;
     app.tokens = tokens;
+    app.read_timeout = args.request_timeout;
     let app = Arc::new(app);
     let every = (idempotency_ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
     let expiry = tokio::spawn(strata::idempotency::expire_keys(
@@ -199,10 +200,7 @@ async fn serve<B: Backend>(
         header_timeout: args.header_timeout,
         idle_timeout: args.idle_timeout,
     };
-    let router = crate::http::router(app.clone()).layer(axum::middleware::from_fn_with_state(
-        ReadTimeout(args.request_timeout),
-        bounded_reads,
-    ));
+    let router = crate::http::router(app.clone());
     let server = strata_http::server::serve(
         listener,
         router,
@@ -280,7 +278,9 @@ async fn signalled(mut signals: watch::Receiver<u32>, n: u32) {
 }
 
 /// File handles kept for the stores, logs and listener beyond the connections.
-const RESERVED_HANDLES: usize = 256;
+/// Each SQLite connection holds three (database, WAL, shared memory), and each file has up
+/// to 64 readers and 32 kept idle.
+const RESERVED_HANDLES: usize = 512;
 
 /// `asked`, or fewer when the process's file-handle limit would not leave the stores enough
 /// beside that many connections (they would fail to open files under a flood).

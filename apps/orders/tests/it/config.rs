@@ -60,6 +60,22 @@ fn flags_win_over_the_environment_which_wins_over_the_file() {
 }
 
 #[test]
+fn a_store_named_outside_the_file_overrides_the_files_store_and_data_dir_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("strata.toml");
+    std::fs::write(&file, "data-dir = \"/srv/strata\"\n").unwrap();
+    let path = file.display().to_string();
+    let (code, table, stderr) =
+        strata_config(&["--config", &path], &[("STRATA_STORE", "postgres://app@db/orders")]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        row(&table, "store"),
+        ("postgres://app@db/orders".into(), "env STRATA_STORE".into())
+    );
+    assert_eq!(row(&table, "data-dir").1, "unset");
+}
+
+#[test]
 fn an_unusable_configuration_exits_2_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [

@@ -25,8 +25,7 @@ pub(super) struct EventJson {
     #[serde(rename = "type")]
     event_type: String,
     schema_version: u32,
-    /// The payload as JSON (text when it is not).
-    #[schema(value_type = Object)]
+    /// The payload as JSON (a string of its text when it is not JSON).
     data: serde_json::Value,
     metadata: MetadataJson,
 }

@@ -43,10 +43,9 @@ struct Failing {
 /// How long `/health` gives the store: a hung database must show here, not hang the probe.
 const STORE_CHECK: Duration = Duration::from_millis(800);
 
-/// `GET /health`: 200 while the store answers (`degraded` if a projection fails, since
-/// commands and the other views still work), 503 when the store does not answer in time.
-/// Whether this node can serve: 200 while the store answers (`degraded` when a projection
-/// fails), 503 when it does not. Needs no token.
+/// Whether this node can serve: 200 while the store answers (`degraded` if a projection
+/// fails, since commands and the other views still work), 503 when the store does not
+/// answer in time. Needs no token.
 #[utoipa::path(get, path = "/health", tag = "operations", security(()),
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub(super) async fn health<S: EventStore, M: ViewManager>(
@@ -99,10 +98,9 @@ fn counters(registry: &mut Registry, name: &str, help: &str, samples: Vec<(Label
 
 type Labels = Vec<(String, String)>;
 
-/// `GET /metrics`: OpenMetrics text (which Prometheus reads) of the HTTP requests, the
+/// OpenMetrics text (which Prometheus reads) of the HTTP requests and connections, the
 /// store's group commits, and every projection's progress, lag, parked instances, applies
 /// and rebuild.
-/// OpenMetrics text for Prometheus.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String)))]
 pub(super) async fn metrics<S: EventStore, M: ViewManager>(

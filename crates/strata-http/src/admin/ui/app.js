@@ -299,7 +299,18 @@ async function tail() {
   main.replaceChildren(el("h2", {}, "Live tail"), status, el("div", { id: "tail" }));
   let after = null;
   let shown = [];
+  let polling = false;
   every(1000, async () => {
+    // A slow answer must not overlap the next poll, which would show its events twice.
+    if (polling) return;
+    polling = true;
+    try {
+      await poll();
+    } finally {
+      polling = false;
+    }
+  });
+  async function poll() {
     const query = new URLSearchParams({ limit: "200" });
     if (after !== null) query.set("after", after);
     try {
@@ -315,7 +326,7 @@ async function tail() {
     } catch (error) {
       status.textContent = error.message;
     }
-  });
+  }
 }
 
 // --- sagas --------------------------------------------------------------------------------
@@ -365,7 +376,14 @@ async function health() {
 function route() {
   for (const timer of timers) clearInterval(timer);
   timers = [];
-  const [page, ...rest] = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+  const decode = (part) => {
+    try {
+      return decodeURIComponent(part);
+    } catch (_) {
+      return part;
+    }
+  };
+  const [page, ...rest] = location.hash.replace(/^#\/?/, "").split("/").map(decode);
   for (const link of document.querySelectorAll("nav a")) {
     link.classList.toggle("active", link.dataset.nav === (page || "projections"));
   }
