@@ -81,6 +81,7 @@ impl HttpMetrics {
             ("refused", &self.connections.refused),
             ("header_timeout", &self.connections.header_timeouts),
             ("idle", &self.connections.idle_closed),
+            ("evicted", &self.connections.evicted),
         ] {
             let labels = vec![("reason".to_owned(), reason.to_owned())];
             closed.get_or_create(&labels).inc_by(count.load(Ordering::Relaxed));

@@ -1,6 +1,8 @@
 //! Serving a router to clients that may be slow, idle or hostile: at most
-//! [`Limits::max_connections`] connections at once (the rest are closed as they are
-//! accepted, so a flood cannot take the file handles the stores need), a request's head must
+//! [`Limits::max_connections`] connections at once, so a flood cannot take the file handles
+//! the stores need (at the cap, a connection between requests is closed to make room for a
+//! new one, and only when every one has a request under way is the new one closed as it is
+//! accepted), a request's head must
 //! arrive within [`Limits::header_timeout`] of its first byte (slowloris), and a connection
 //! with no request under way is closed after [`Limits::idle_timeout`], as is one whose
 //! request takes longer than that to be read and answered, or moves no byte for that long.
@@ -9,10 +11,11 @@
 //! request, which would make the idle timeout as short as the header timeout; so both are
 //! kept here, by a watchdog per connection that sees its bytes and its requests.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -20,13 +23,14 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tower::ServiceExt;
 
 /// What one server allows its clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Connections open at once; beyond it, new ones are closed as soon as accepted.
+    /// Connections open at once; beyond it, one between requests makes room, or the new one
+    /// is closed as soon as accepted.
     pub max_connections: usize,
     /// From a request's first byte to the end of its head.
     pub header_timeout: Duration,
@@ -55,6 +59,8 @@ pub struct ConnectionCounts {
     pub header_timeouts: AtomicU64,
     /// Connections closed after waiting idle for `idle_timeout`.
     pub idle_closed: AtomicU64,
+    /// Connections between requests closed at the cap to make room for a new one.
+    pub evicted: AtomicU64,
 }
 
 /// Serves `router` on `listener` within `limits` until `shutdown` resolves; then accepts no
@@ -68,6 +74,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let open = Arc::new(Mutex::new(OpenConnections::default()));
     let (stopping, stop) = watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
@@ -88,7 +95,19 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            // At the cap, a connection between requests (idle, or on a slow head) makes
+            // room: it loses nothing, and a client with a request to make gets served.
+            Err(_) if evict_one(&open) => {
+                tokio::time::timeout(EVICTION_WAIT, permits.clone().acquire_owned())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
+            Err(_) => None,
+        };
+        let Some(permit) = permit else {
             counts.refused.fetch_add(1, Ordering::Relaxed);
             if last_refusal_logged.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
                 last_refusal_logged = Some(Instant::now());
@@ -104,9 +123,14 @@ pub async fn serve(
         let router = router.clone();
         let counts = counts.clone();
         let stop = stop.clone();
+        let (activity, evict) = (Arc::new(Activity::new()), Arc::new(Notify::new()));
+        let id = locked(&open).add(activity.clone(), evict.clone());
+        let open = open.clone();
         connections.spawn(async move {
             counts.open.fetch_add(1, Ordering::Relaxed);
-            connection(stream, router, limits, &counts, stop).await;
+            let watched = Watched { activity, evict, stop };
+            connection(stream, router, limits, &counts, watched).await;
+            locked(&open).by_id.remove(&id);
             counts.open.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
@@ -114,6 +138,51 @@ pub async fn serve(
     drop(listener);
     let _ = stopping.send(true);
     while connections.join_next().await.is_some() {}
+}
+
+/// How long a newcomer waits for an evicted connection to give up its place.
+const EVICTION_WAIT: Duration = Duration::from_millis(200);
+
+/// The open connections, so that at the cap one between requests can be asked to leave.
+#[derive(Default)]
+struct OpenConnections {
+    next: u64,
+    by_id: HashMap<u64, (Arc<Activity>, Arc<Notify>)>,
+}
+
+impl OpenConnections {
+    fn add(&mut self, activity: Arc<Activity>, evict: Arc<Notify>) -> u64 {
+        self.next += 1;
+        self.by_id.insert(self.next, (activity, evict));
+        self.next
+    }
+}
+
+fn locked(open: &Mutex<OpenConnections>) -> std::sync::MutexGuard<'_, OpenConnections> {
+    // The map holds no invariant a panic could break halfway.
+    open.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Asks one connection with no request under way to close; false when every one is busy.
+fn evict_one(open: &Mutex<OpenConnections>) -> bool {
+    let open = locked(open);
+    let idle =
+        open.by_id.values().find(|(activity, _)| activity.in_flight.load(Ordering::Relaxed) == 0);
+    match idle {
+        Some((_, evict)) => {
+            evict.notify_one();
+            true
+        }
+        None => false,
+    }
+}
+
+/// What one connection's task is told from outside: its activity, to be judged by, and the
+/// requests to leave (eviction at the cap, the server stopping).
+struct Watched {
+    activity: Arc<Activity>,
+    evict: Arc<Notify>,
+    stop: watch::Receiver<bool>,
 }
 
 /// What the watchdog of one connection sees: milliseconds since the connection opened.
@@ -188,11 +257,11 @@ async fn connection(
     router: Router,
     limits: Limits,
     counts: &ConnectionCounts,
-    mut stop: watch::Receiver<bool>,
+    watched: Watched,
 ) {
+    let Watched { activity, evict, mut stop } = watched;
     let opened = Instant::now();
-    let activity = Arc::new(Activity::new());
-    let io = TokioIo::new(Watched { inner: stream, activity: activity.clone(), opened });
+    let io = TokioIo::new(Counted { inner: stream, activity: activity.clone(), opened });
     let service = {
         let activity = activity.clone();
         hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
@@ -225,6 +294,13 @@ async fn connection(
     loop {
         tokio::select! {
             _ = &mut served => return,
+            () = evict.notified() => {
+                // Only if still between requests: one may have begun since it was chosen.
+                if activity.in_flight.load(Ordering::Relaxed) == 0 {
+                    counts.evicted.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
             changed = stop.changed(), if !stopping => {
                 stopping = true;
                 // Between requests (idle, or a head still arriving) there is nothing to finish.
@@ -297,14 +373,14 @@ impl hyper::body::Body for Guarded {
     }
 }
 
-/// The connection's stream, noting when bytes of a new request head begin to arrive.
-struct Watched {
+/// The connection's stream, noting when bytes move and when a new request head begins.
+struct Counted {
     inner: TcpStream,
     activity: Arc<Activity>,
     opened: Instant,
 }
 
-impl AsyncRead for Watched {
+impl AsyncRead for Counted {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -325,7 +401,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl AsyncWrite for Counted {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

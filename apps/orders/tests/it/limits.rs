@@ -45,7 +45,7 @@ fn get(stream: &mut TcpStream, path: &str) -> String {
 }
 
 /// Whether the server closes `stream` within `within`.
-fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+fn closed_within(mut stream: &TcpStream, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     let mut buffer = [0_u8; 256];
     while Instant::now() < deadline {
@@ -68,42 +68,61 @@ fn a_slow_request_head_is_cut_off_while_an_idle_connection_waits_its_own_timeout
     let started = Instant::now();
     let mut slow = connect(&server);
     slow.write_all(b"GET /health HTTP/1.1\r\nHost: strata\r\nX-Slow: ").unwrap();
-    assert!(closed_within(&mut slow, Duration::from_secs(3)), "a head half sent is cut off");
+    assert!(closed_within(&slow, Duration::from_secs(3)), "a head half sent is cut off");
     assert!(started.elapsed() >= Duration::from_millis(900), "not before its timeout");
     // Past the header timeout, the idle keep-alive connection still serves.
     assert!(get(&mut idle, "/health").contains("200"));
     let answered = Instant::now();
-    assert!(!closed_within(&mut idle, Duration::from_secs(3)), "idle for less than 4 s");
-    assert!(closed_within(&mut idle, Duration::from_secs(3)), "closed once idle for 4 s");
+    assert!(!closed_within(&idle, Duration::from_secs(3)), "idle for less than 4 s");
+    assert!(closed_within(&idle, Duration::from_secs(3)), "closed once idle for 4 s");
     assert!(answered.elapsed() >= Duration::from_secs(4));
 }
 
 #[test]
-fn connections_beyond_the_limit_are_closed_as_they_come_and_handles_return_after() {
+fn at_the_cap_an_idle_connection_makes_room_and_only_busy_ones_refuse_newcomers() {
     let server = Server::spawn(&["--store", "memory", "--max-connections", "8"]);
     let pid = server.child.id();
     let handles = || std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count);
     let resting = handles();
-    let mut held: Vec<TcpStream> = (0..8).map(|_| connect(&server)).collect();
-    for stream in &mut held {
+    let mut idle: Vec<TcpStream> = (0..8).map(|_| connect(&server)).collect();
+    for stream in &mut idle {
         assert!(get(stream, "/health").contains("200"));
     }
-    let mut beyond = connect(&server);
-    assert!(closed_within(&mut beyond, Duration::from_secs(2)), "the ninth is closed at once");
-    drop(beyond);
+    // Eight idle clients hold every place: a ninth with a request is served all the same.
+    let mut ninth = connect(&server);
+    assert!(get(&mut ninth, "/health").contains("200"), "an idle connection made room");
+    let evicted =
+        idle.iter().filter(|stream| closed_within(stream, Duration::from_millis(500))).count();
+    assert_eq!(evicted, 1, "exactly one idle connection left");
+    drop(idle);
+    drop(ninth);
 
-    // A burst far beyond the limit takes no more than the limit's handles.
+    // Eight connections each with a request under way (a read waiting for a position):
+    // nothing can make room, so newcomers are closed as they come, and take no handles.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let _busy = loop {
+        let mut busy: Vec<TcpStream> = (0..8).map(|_| connect(&server)).collect();
+        for stream in &mut busy {
+            write!(stream, "GET /orders/x?min_position=1&wait_ms=3000 HTTP/1.1\r\nHost: s\r\n\r\n")
+                .unwrap();
+        }
+        let newcomer = connect(&server);
+        if closed_within(&newcomer, Duration::from_secs(1)) {
+            break busy;
+        }
+        assert!(Instant::now() < deadline, "a newcomer was never refused");
+    };
     let burst: Vec<TcpStream> = (0..300).map(|_| connect(&server)).collect();
     assert!(handles() <= resting + 8 + 8, "{} handles open during the burst", handles());
     drop(burst);
-    drop(held);
-    let deadline = Instant::now() + Duration::from_secs(5);
+    drop(_busy);
+    // The waiting reads end by themselves within their 3 s, and their handles with them.
+    let deadline = Instant::now() + Duration::from_secs(8);
     while handles() > resting + 1 {
         assert!(Instant::now() < deadline, "{} handles, {resting} before", handles());
         std::thread::sleep(Duration::from_millis(50));
     }
     let mut after = connect(&server);
-    assert!(get(&mut after, "/health").contains("200"), "a connection is served again");
     let metrics = {
         write!(after, "GET /metrics HTTP/1.1\r\nHost: strata\r\nConnection: close\r\n\r\n")
             .unwrap();
@@ -112,11 +131,17 @@ fn connections_beyond_the_limit_are_closed_as_they_come_and_handles_return_after
         let _ = after.read_to_string(&mut text);
         text
     };
-    let refused = metrics
-        .lines()
-        .find(|line| line.starts_with("strata_http_connections_closed_total{reason=\"refused\"}"))
-        .and_then(|line| line.split_whitespace().last())
-        .and_then(|value| value.parse::<u64>().ok())
-        .unwrap_or_else(|| panic!("no refused count in /metrics:\n{metrics}"));
-    assert!(refused >= 1, "refused connections are counted: {refused}");
+    for reason in ["evicted", "refused"] {
+        let counted = metrics
+            .lines()
+            .find(|line| {
+                line.starts_with(&format!(
+                    "strata_http_connections_closed_total{{reason=\"{reason}\"}}"
+                ))
+            })
+            .and_then(|line| line.split_whitespace().last())
+            .and_then(|value| value.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {reason} count in /metrics:\n{metrics}"));
+        assert!(counted >= 1, "{reason} connections are counted: {counted}");
+    }
 }
