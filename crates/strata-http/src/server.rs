@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -75,6 +75,7 @@ pub async fn serve(
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let open = Arc::new(Mutex::new(OpenConnections::default()));
+    let arrivals = Arc::new(Semaphore::new(MAX_WAITING_ARRIVALS));
     let (stopping, stop) = watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
@@ -95,38 +96,49 @@ pub async fn serve(
                 continue;
             }
         };
-        let permit = match permits.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            // At the cap, a connection between requests (idle, or on a slow head) makes
-            // room: it loses nothing, and a client with a request to make gets served.
-            Err(_) if evict_one(&open) => {
-                tokio::time::timeout(EVICTION_WAIT, permits.clone().acquire_owned())
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-            }
-            Err(_) => None,
+        let immediate = permits.clone().try_acquire_owned().ok();
+        // At the cap, a connection between requests (idle, or on a slow head) makes room:
+        // it loses nothing, and a client with a request to make gets served. The newcomer
+        // waits for that room in its own task, so a queue of them is taken in at once.
+        let arrival = match immediate {
+            Some(_) => None,
+            None => arrivals.clone().try_acquire_owned().ok().filter(|_| evict_one(&open)),
         };
-        let Some(permit) = permit else {
+        if immediate.is_none() && arrival.is_none() {
             counts.refused.fetch_add(1, Ordering::Relaxed);
             if last_refusal_logged.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
                 last_refusal_logged = Some(Instant::now());
                 tracing::warn!(
                     max_connections = limits.max_connections,
-                    "connection limit reached; closing new connections as they come"
+                    "connection limit reached with every connection busy; closing new ones"
                 );
             }
             drop(stream);
             continue;
-        };
+        }
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let counts = counts.clone();
         let stop = stop.clone();
-        let (activity, evict) = (Arc::new(Activity::new()), Arc::new(Notify::new()));
-        let id = locked(&open).add(activity.clone(), evict.clone());
         let open = open.clone();
+        let permits = permits.clone();
         connections.spawn(async move {
+            let permit = match immediate {
+                Some(permit) => permit,
+                None => {
+                    let room = tokio::time::timeout(EVICTION_WAIT, permits.acquire_owned()).await;
+                    drop(arrival);
+                    match room {
+                        Ok(Ok(permit)) => permit,
+                        _ => {
+                            counts.refused.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                }
+            };
+            let (activity, evict) = (Arc::new(Activity::new()), Arc::new(Notify::new()));
+            let id = locked(&open).add(activity.clone(), evict.clone());
             counts.open.fetch_add(1, Ordering::Relaxed);
             let watched = Watched { activity, evict, stop };
             connection(stream, router, limits, &counts, watched).await;
@@ -142,6 +154,8 @@ pub async fn serve(
 
 /// How long a newcomer waits for an evicted connection to give up its place.
 const EVICTION_WAIT: Duration = Duration::from_millis(200);
+/// Newcomers waiting for room at once; beyond, they are refused (each holds a handle).
+const MAX_WAITING_ARRIVALS: usize = 64;
 
 /// The open connections, so that at the cap one between requests can be asked to leave.
 #[derive(Default)]
@@ -166,8 +180,10 @@ fn locked(open: &Mutex<OpenConnections>) -> std::sync::MutexGuard<'_, OpenConnec
 /// Asks one connection with no request under way to close; false when every one is busy.
 fn evict_one(open: &Mutex<OpenConnections>) -> bool {
     let open = locked(open);
-    let idle =
-        open.by_id.values().find(|(activity, _)| activity.in_flight.load(Ordering::Relaxed) == 0);
+    let idle = open.by_id.values().find(|(activity, _)| {
+        activity.in_flight.load(Ordering::Relaxed) == 0
+            && !activity.leaving.swap(true, Ordering::Relaxed)
+    });
     match idle {
         Some((_, evict)) => {
             evict.notify_one();
@@ -198,6 +214,8 @@ struct Activity {
     request_started: AtomicU64,
     /// Requests being read or answered, until their answer's last byte is written.
     in_flight: AtomicUsize,
+    /// Asked to make room; not chosen again while it goes.
+    leaving: AtomicBool,
 }
 
 impl Activity {
@@ -209,6 +227,7 @@ impl Activity {
             last_io: AtomicU64::new(1),
             request_started: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            leaving: AtomicBool::new(false),
         }
     }
 }
@@ -300,6 +319,7 @@ async fn connection(
                     counts.evicted.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
+                activity.leaving.store(false, Ordering::Relaxed);
             }
             changed = stop.changed(), if !stopping => {
                 stopping = true;
