@@ -31,6 +31,12 @@ impl Problem {
         Self { kind, title, status: status.as_u16(), detail, retry_after_seconds: None }
     }
 
+    /// The same problem, telling the client when to try again.
+    fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after_seconds = Some(seconds);
+        self
+    }
+
     /// 400: the request is malformed (bad JSON, missing or mistyped field, invalid id).
     pub fn bad_request(detail: impl Into<String>) -> Self {
         Self::new(
@@ -123,27 +129,25 @@ impl Problem {
 
     /// 503 with `Retry-After`: the view has not reached the asked position in time.
     pub fn view_not_ready(detail: impl Into<String>, retry_after_seconds: u32) -> Self {
-        let mut problem = Self::new(
+        Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "urn:strata:problem:view-not-ready",
             "View not ready",
             detail.into(),
-        );
-        problem.retry_after_seconds = Some(retry_after_seconds);
-        problem
+        )
+        .retry_after(retry_after_seconds)
     }
 
     /// 503 with `Retry-After`: the request took longer than the server allows; nothing it
     /// did is undone (reads change nothing).
     pub fn timed_out(detail: impl Into<String>) -> Self {
-        let mut problem = Self::new(
+        Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "urn:strata:problem:timed-out",
             "Request timed out",
             detail.into(),
-        );
-        problem.retry_after_seconds = Some(1);
-        problem
+        )
+        .retry_after(1)
     }
 
     /// 503: the view instance asked for is parked: an event could not be applied to it, so
@@ -160,14 +164,13 @@ impl Problem {
     /// 503: a dependency (the store) is unreachable. The cause is logged, not sent.
     pub fn unavailable(cause: &dyn std::error::Error) -> Self {
         tracing::error!(error = %cause, "store unavailable");
-        let mut problem = Self::new(
+        Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "urn:strata:problem:unavailable",
             "Service unavailable",
             "the store is not reachable; try again later".into(),
-        );
-        problem.retry_after_seconds = Some(1);
-        problem
+        )
+        .retry_after(1)
     }
 
     /// 500: a bug or an unexpected failure. The cause is logged, not sent.
@@ -259,7 +262,7 @@ impl From<StoreError> for Problem {
         match error {
             StoreError::OutcomeUnknown(_) => {
                 tracing::error!(%error, "append outcome unknown");
-                let mut problem = Self::new(
+                Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "urn:strata:problem:outcome-unknown",
                     "Outcome unknown",
@@ -267,9 +270,8 @@ impl From<StoreError> for Problem {
                      it may have been written; retry with the same Idempotency-Key to act at \
                      most once, or read the aggregate before retrying"
                         .into(),
-                );
-                problem.retry_after_seconds = Some(1);
-                problem
+                )
+                .retry_after(1)
             }
             other => Problem::unavailable(&other),
         }

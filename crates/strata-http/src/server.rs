@@ -484,7 +484,7 @@ pub async fn bounded_reads(
             query.split('&').find_map(|pair| pair.strip_prefix("wait_ms=")?.parse::<u64>().ok())
         })
         .unwrap_or(0)
-        .min(30_000);
+        .min(crate::wait::MAX_WAIT_MS);
     let bound = limit.0 + Duration::from_millis(asked);
     match tokio::time::timeout(bound, next.run(request)).await {
         Ok(response) => response,

@@ -17,7 +17,8 @@ use crate::shutdown::Shutdown;
 pub static VIEW_POSITION_HEADER: HeaderName = HeaderName::from_static("x-view-position");
 
 const DEFAULT_WAIT_MS: u64 = 2_000;
-const MAX_WAIT_MS: u64 = 30_000;
+/// The longest wait a query may ask for.
+pub(crate) const MAX_WAIT_MS: u64 = 30_000;
 
 /// What a view query asked to wait for.
 #[derive(Debug, Clone)]

@@ -493,6 +493,11 @@ async fn a_process_killed_mid_batch_and_mid_rebuild_resumes_without_a_gap_or_a_d
     views_equal_a_replay(events, &live, replayed, &["ada"], &[], &ids).await;
 }
 
+/// `strata auth add-token` for `subject` with `role` into `file`: exit code, stdout, stderr.
+pub fn add_token(file: &str, subject: &str, role: &str) -> (i32, String, String) {
+    strata(&["auth", "add-token", "--subject", subject, "--role", role, "--auth-file", file])
+}
+
 pub fn strata(args: &[&str]) -> (i32, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_strata"))
         .args(args)
@@ -696,18 +701,7 @@ async fn tokens_are_added_once_kept_as_hashes_and_checked_by_serve() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("auth.toml");
     let file_arg = file.to_str().unwrap();
-    let add = |subject: &str, role: &str| {
-        strata(&[
-            "auth",
-            "add-token",
-            "--subject",
-            subject,
-            "--role",
-            role,
-            "--auth-file",
-            file_arg,
-        ])
-    };
+    let add = |subject: &str, role: &str| add_token(file_arg, subject, role);
     let (code, out, err) = add("alice", "write");
     assert_eq!(code, 0, "{err}");
     let token = out.lines().last().unwrap().to_owned();

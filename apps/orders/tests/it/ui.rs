@@ -11,7 +11,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
 use crate::operations::{append, broken_line, good_line};
-use crate::process::{Server, strata};
+use crate::process::{Server, add_token};
 use crate::support::Service;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -232,16 +232,7 @@ async fn with_tokens_the_page_asks_for_an_admin_token_and_then_shows_the_project
     let file = dir.path().join("auth.toml");
     let file = file.to_str().unwrap();
     let add = |subject, role| {
-        let (code, out, err) = strata(&[
-            "auth",
-            "add-token",
-            "--subject",
-            subject,
-            "--role",
-            role,
-            "--auth-file",
-            file,
-        ]);
+        let (code, out, err) = add_token(file, subject, role);
         assert_eq!(code, 0, "{err}");
         out.lines().last().unwrap().to_owned()
     };
