@@ -96,14 +96,28 @@ pub async fn serve(
                 continue;
             }
         };
-        let immediate = permits.clone().try_acquire_owned().ok();
         // At the cap, a connection between requests (idle, or on a slow head) makes room:
         // it loses nothing, and a client with a request to make gets served. The newcomer
-        // waits for that room in its own task, so a queue of them is taken in at once.
-        let arrival = match immediate {
-            Some(_) => None,
-            None => arrivals.clone().try_acquire_owned().ok().filter(|_| evict_one(&open)),
-        };
+        // waits for that room in its own task, so a queue of them is taken in at once. When
+        // that queue is full, accepting pauses and later newcomers wait in the kernel's
+        // backlog instead of being refused: a burst of idle connections must not crowd out
+        // a client that has a request to make. While newcomers wait, the next one queues
+        // behind them rather than take a place that an eviction freed for one of them.
+        let waiting = arrivals.available_permits() < MAX_WAITING_ARRIVALS;
+        let mut immediate = if waiting { None } else { permits.clone().try_acquire_owned().ok() };
+        let mut arrival = None;
+        if immediate.is_none() {
+            let slot = tokio::select! {
+                () = &mut shutdown => break,
+                slot = arrivals.clone().acquire_owned() => slot.ok(),
+            };
+            if evict_one(&open) {
+                arrival = slot;
+            } else {
+                // Every connection busy; a place may still have come free since.
+                immediate = permits.clone().try_acquire_owned().ok();
+            }
+        }
         if immediate.is_none() && arrival.is_none() {
             counts.refused.fetch_add(1, Ordering::Relaxed);
             if last_refusal_logged.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
@@ -154,7 +168,7 @@ pub async fn serve(
 
 /// How long a newcomer waits for an evicted connection to give up its place.
 const EVICTION_WAIT: Duration = Duration::from_millis(200);
-/// Newcomers waiting for room at once; beyond, they are refused (each holds a handle).
+/// Newcomers waiting for room at once; beyond, accepting pauses (each holds a handle).
 const MAX_WAITING_ARRIVALS: usize = 64;
 
 /// The open connections, so that at the cap one between requests can be asked to leave.
@@ -177,15 +191,26 @@ fn locked(open: &Mutex<OpenConnections>) -> std::sync::MutexGuard<'_, OpenConnec
     open.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Asks one connection with no request under way to close; false when every one is busy.
+/// Asks the connection quiet for longest among those with no request under way to close;
+/// false when every one is busy. The quietest is the least likely to start a request before
+/// it goes (which would spare it and leave the newcomer without room): a client holding a
+/// connection open doing nothing, rather than a busy client between two requests.
 fn evict_one(open: &Mutex<OpenConnections>) -> bool {
     let open = locked(open);
-    let idle = open.by_id.values().find(|(activity, _)| {
-        activity.in_flight.load(Ordering::Relaxed) == 0
-            && !activity.leaving.swap(true, Ordering::Relaxed)
-    });
-    match idle {
-        Some((_, evict)) => {
+    let quiet_since = |activity: &Activity| {
+        activity.opened + Duration::from_millis(activity.last_io.load(Ordering::Relaxed))
+    };
+    let quietest = open
+        .by_id
+        .values()
+        .filter(|(activity, _)| {
+            activity.in_flight.load(Ordering::Relaxed) == 0
+                && !activity.leaving.load(Ordering::Relaxed)
+        })
+        .min_by_key(|(activity, _)| quiet_since(activity));
+    match quietest {
+        Some((activity, evict)) => {
+            activity.leaving.store(true, Ordering::Relaxed);
             evict.notify_one();
             true
         }
@@ -203,6 +228,8 @@ struct Watched {
 
 /// What the watchdog of one connection sees: milliseconds since the connection opened.
 struct Activity {
+    /// When the connection opened; the times below count from it.
+    opened: Instant,
     /// When the head now arriving began (the connection's opening, for its first request);
     /// 0 when none is arriving.
     head_started: AtomicU64,
@@ -221,6 +248,7 @@ struct Activity {
 impl Activity {
     fn new() -> Self {
         Self {
+            opened: Instant::now(),
             // A client that connects and sends nothing is a slow head, not an idle client.
             head_started: AtomicU64::new(1),
             idle_since: AtomicU64::new(1),
@@ -279,7 +307,7 @@ async fn connection(
     watched: Watched,
 ) {
     let Watched { activity, evict, mut stop } = watched;
-    let opened = Instant::now();
+    let opened = activity.opened;
     let io = TokioIo::new(Counted { inner: stream, activity: activity.clone(), opened });
     let service = {
         let activity = activity.clone();
