@@ -41,38 +41,56 @@ struct Failing {
 }
 
 /// How long `/health` gives the store: a hung database must show here, not hang the probe.
-const STORE_CHECK: Duration = Duration::from_millis(800);
+const STORE_CHECK: Duration = Duration::from_millis(500);
 
-/// Whether this node can serve: 200 while the store answers (`degraded` if a projection
-/// fails, since commands and the other views still work), 503 when the store does not
-/// answer in time. Needs no token.
+/// Whether this node can serve: 200 while the store and the view store answer (`degraded`
+/// if a projection fails, since commands and the other views still work), 503 when either
+/// does not answer in time. Needs no token.
 #[utoipa::path(get, path = "/health", tag = "operations", security(()),
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub(super) async fn health<S: EventStore, M: ViewManager>(
     State(admin): State<Admin<S, M>>,
 ) -> Result<Response, Problem> {
     // A read that touches the store proves it answers, not just that the process is up.
-    let store = match tokio::time::timeout(STORE_CHECK, admin.store.read_all(admin.store.head(), 1))
-        .await
-    {
+    // Both checks run at once, each bounded: a hung database must show here, not hang the
+    // probe.
+    let silent = || format!("no answer within {} ms", STORE_CHECK.as_millis());
+    let (store, statuses) = tokio::join!(
+        tokio::time::timeout(STORE_CHECK, admin.store.read_all(admin.store.head(), 1)),
+        tokio::time::timeout(STORE_CHECK, admin.projections.statuses()),
+    );
+    let store = match store {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(error)) => Err(format!("failing: {error}")),
-        Err(_) => Err(format!("no answer within {} ms", STORE_CHECK.as_millis())),
+        Err(_) => Err(silent()),
     };
-    let failing: Vec<Failing> = admin
-        .projections
-        .statuses()
-        .await?
-        .into_iter()
-        .filter(|status| status.status == ProjectionState::Failed)
-        .map(|status| Failing { projection: status.name, error: status.error.unwrap_or_default() })
-        .collect();
-    let projections = match failing.len() {
-        0 => "ok".to_owned(),
-        n => format!("{n} failing"),
+    let (failing, views): (Vec<Failing>, Result<(), String>) = match statuses {
+        Ok(Ok(statuses)) => (
+            statuses
+                .into_iter()
+                .filter(|status| status.status == ProjectionState::Failed)
+                .map(|status| Failing {
+                    projection: status.name,
+                    error: status.error.unwrap_or_default(),
+                })
+                .collect(),
+            Ok(()),
+        ),
+        Ok(Err(error)) => (Vec::new(), Err(format!("failing: {error}"))),
+        Err(_) => (Vec::new(), Err(silent())),
     };
-    let status = if store.is_ok() && failing.is_empty() { "ok" } else { "degraded" };
-    let code = if store.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let projections = match (&views, failing.len()) {
+        (Err(why), _) => why.clone(),
+        (Ok(()), 0) => "ok".to_owned(),
+        (Ok(()), n) => format!("{n} failing"),
+    };
+    let status =
+        if store.is_ok() && views.is_ok() && failing.is_empty() { "ok" } else { "degraded" };
+    let code = if store.is_ok() && views.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let checks = Checks { store: store.err().unwrap_or_else(|| "ok".to_owned()), projections };
     let health = Health { status, node_id: admin.node_id.clone(), checks, failing };
     Ok((code, Json(health)).into_response())
