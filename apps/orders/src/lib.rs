@@ -5,6 +5,7 @@
 pub mod app;
 pub mod backends;
 pub mod bench;
+pub mod chaos;
 pub mod cli;
 pub mod domain;
 pub mod http;

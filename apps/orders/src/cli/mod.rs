@@ -56,6 +56,10 @@ enum Command {
     Events(events::EventsArgs),
     /// Lists the projections (position, lag, status, parked instances) or rebuilds one.
     Projections(projections::ProjectionsArgs),
+    /// Repeats faults (kill -9, PostgreSQL frozen or stopped, connections terminated, disk
+    /// full, a damaged view file, hostile clients) against `strata serve` under load and
+    /// prints what was lost, duplicated or answered wrongly.
+    Chaos(crate::chaos::ChaosArgs),
     /// Manages the bearer tokens of the auth file that `serve --auth-file` reads.
     Auth(auth::AuthArgs),
     /// Prints the settings `serve` would run with (same flags), each with its source:
@@ -71,6 +75,7 @@ impl Cli {
             Some(Command::Bench(args)) => crate::bench::run(args).await,
             Some(Command::Events(args)) => events::run(args).await,
             Some(Command::Projections(args)) => projections::run(args).await,
+            Some(Command::Chaos(args)) => crate::chaos::run(args).await,
             Some(Command::Auth(args)) => auth::run(args),
             Some(Command::Config(args)) => {
                 args.store.location()?;
