@@ -8,6 +8,7 @@ pub mod bench;
 pub mod chaos;
 pub mod cli;
 pub mod domain;
+pub mod fuzzing;
 pub mod http;
 pub mod sagas;
 pub mod views;

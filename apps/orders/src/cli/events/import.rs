@@ -49,16 +49,16 @@ struct StreamStart {
 }
 
 /// The whole input, parsed and checked on its own.
-struct Input {
+pub(super) struct Input {
     groups: Vec<Group>,
     /// Every stream, in order of first appearance, with where it starts.
     streams: Vec<(StreamId, StreamStart)>,
-    events: u64,
+    pub(super) events: u64,
 }
 
 /// Reads and checks every line: JSON of the right shape; positions increasing; each
 /// stream's versions contiguous; event ids unique. Errors name the line.
-fn parse(reader: impl BufRead) -> anyhow::Result<Input> {
+pub(super) fn parse(reader: impl BufRead) -> anyhow::Result<Input> {
     struct Seen {
         last_version: u64,
         last_line: usize,

@@ -69,6 +69,12 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Reads and checks an import file as `strata events import` does before it writes
+/// anything; how many events it holds. The fuzz target `import_file` feeds it any bytes.
+pub fn check_import(input: &[u8]) -> anyhow::Result<u64> {
+    Ok(import::parse(input)?.events)
+}
+
 /// Says what to do with a store location the commands cannot use.
 pub(super) fn memory_refused(what: &str) -> anyhow::Error {
     anyhow!(
