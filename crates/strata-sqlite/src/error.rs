@@ -126,6 +126,9 @@ pub(crate) enum DbError {
     /// The blocking task never ran because the runtime is shutting down.
     #[error("the database task was cancelled because the runtime is shutting down")]
     Cancelled,
+    /// A damaged file could not be set aside, or a fresh one not opened in its place.
+    #[error("cannot repair the damaged file: {0}")]
+    Repair(#[source] Box<SqliteError>),
 }
 
 impl DbError {

@@ -9,7 +9,8 @@
 //! in by one transaction. This module does not run projections; the runner in the core does.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
@@ -24,7 +25,7 @@ use strata::{
 
 use crate::error::{DbError, SqliteError, from_sql_integer, to_sql_integer};
 use crate::event_store;
-use crate::pool::{ReadPool, SharedConnection};
+use crate::pool::{ReadPool, SharedConnection, run_blocking};
 use crate::{schema, tables};
 
 const SELECT_VIEW: &str = "SELECT data, position, parked_position, parked_error, parked_attempts, parked_at \
@@ -65,14 +66,32 @@ const SELECT_SKIPPED: &str = "SELECT view_id, position, event_type, reason, skip
 /// queries never wait for a projection's commit. Clones share one manager.
 #[derive(Clone)]
 pub struct SqliteViewManager {
+    dir: Arc<PathBuf>,
+    /// Swapped for a fresh file's when a damaged one is set aside while running.
+    files: Arc<RwLock<Files>>,
+    /// One repair at a time.
+    repairing: Arc<tokio::sync::Mutex<()>>,
+    /// The projections prepared here, with their tables and versions, to prepare again in
+    /// a fresh file.
+    prepared: Arc<Mutex<Prepared>>,
+}
+
+type Prepared = HashMap<String, (Vec<&'static TableSpec>, u32)>;
+
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every change under these locks is one assignment or insert: nothing half-done.
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The connections to one `views.sqlite`.
+#[derive(Clone)]
+struct Files {
     writer: SharedConnection,
     readers: ReadPool,
 }
 
-impl SqliteViewManager {
-    /// Opens (or creates) `dir/views.sqlite`, creating `dir` if missing and migrating the
-    /// schema. This blocks on file I/O; call it at startup, or from `spawn_blocking`.
-    pub fn open(dir: &Path) -> Result<Self, SqliteError> {
+impl Files {
+    fn open(dir: &Path) -> Result<Self, SqliteError> {
         let (connection, path) = schema::open_writer(dir, &schema::VIEWS)?;
         // Views need no fsync per commit. A power cut can only lose the newest transactions,
         // and each one holds view changes together with the checkpoint they lead to: the
@@ -83,6 +102,70 @@ impl SqliteViewManager {
             .pragma_update(None, "synchronous", "NORMAL")
             .map_err(|source| SqliteError::Open { path: path.clone(), source })?;
         Ok(Self { writer: SharedConnection::new(connection), readers: ReadPool::new(&path) })
+    }
+}
+
+impl SqliteViewManager {
+    /// Opens (or creates) `dir/views.sqlite`, creating `dir` if missing and migrating the
+    /// schema. This blocks on file I/O; call it at startup, or from `spawn_blocking`.
+    pub fn open(dir: &Path) -> Result<Self, SqliteError> {
+        Ok(Self {
+            dir: Arc::new(dir.to_owned()),
+            files: Arc::new(RwLock::new(Files::open(dir)?)),
+            repairing: Arc::default(),
+            prepared: Arc::default(),
+        })
+    }
+
+    fn files(&self) -> Files {
+        // Swapping the files cannot fail halfway, so a poisoned lock still holds good ones.
+        self.files.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Checks every page of `views.sqlite` and, when SQLite finds it damaged, sets it aside
+    /// and goes on in a fresh file: every projection's checkpoint is then gone, so each
+    /// runner's next commit is fenced and it builds its views again from the log, as after
+    /// a repair at start. Work already under way on the old file ends there. Reads the whole
+    /// file; a rebuild asks for it, since a rebuild into a damaged file would not repair it.
+    pub async fn repair_if_damaged(&self) -> Result<Option<crate::Repair>, ViewError> {
+        let _one_at_a_time = self.repairing.lock().await;
+        let dir = self.dir.clone();
+        let found = run_blocking(move || {
+            let repair = crate::repair::set_aside_if_damaged(&dir.join(schema::VIEWS.file_name))
+                .map_err(|error| DbError::Repair(Box::new(error)))?;
+            let Some(repair) = repair else { return Ok(None) };
+            let fresh = Files::open(&dir).map_err(|error| DbError::Repair(Box::new(error)))?;
+            Ok(Some((repair, fresh)))
+        })
+        .await
+        .map_err(DbError::into_view_error)?;
+        let Some((repair, fresh)) = found else { return Ok(None) };
+        // The projections running here find their tables in the fresh file, as they did in
+        // the old one, before anything reads it.
+        let prepared: Vec<_> = locked(&self.prepared)
+            .iter()
+            .map(|(name, (tables, version))| (name.clone(), tables.clone(), *version))
+            .collect();
+        for (projection, tables, version) in prepared {
+            fresh
+                .writer
+                .run(move |connection| {
+                    let transaction =
+                        connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    let prepared = prepare_in(&transaction, &projection, &tables, version)?;
+                    transaction.commit()?;
+                    Ok(prepared)
+                })
+                .await
+                .map_err(DbError::into_view_error)??;
+        }
+        *self.files.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+        tracing::error!(
+            damage = %repair.damage,
+            moved_to = %repair.moved_to.display(),
+            "views.sqlite was damaged: it is set aside, and the views are rebuilt from the log"
+        );
+        Ok(Some(repair))
     }
 
     /// Opens `dir/views.sqlite` as [`open`](Self::open) does, after reading every page of
@@ -102,7 +185,8 @@ impl SqliteViewManager {
         F: FnOnce(&Transaction<'_>) -> Result<Result<T, ViewError>, DbError> + Send + 'static,
         T: Send + 'static,
     {
-        self.writer
+        self.files()
+            .writer
             .run(move |connection| {
                 // IMMEDIATE: the fence's read and the writes are one atomic step, so two
                 // writers cannot both pass it.
@@ -124,7 +208,8 @@ impl SqliteViewManager {
         F: FnOnce(&Transaction<'_>) -> Result<T, DbError> + Send + 'static,
         T: Send + 'static,
     {
-        self.readers
+        self.files()
+            .readers
             .run(move |connection| {
                 // One read transaction: everything comes from the same snapshot.
                 let transaction = connection.transaction()?;
@@ -319,6 +404,39 @@ fn insert_parked(
     Ok(())
 }
 
+/// Makes a projection's tables and checkpoint row where missing; the version its stored
+/// views were built by.
+fn prepare_in(
+    transaction: &Transaction<'_>,
+    projection: &str,
+    tables: &[&'static TableSpec],
+    version: u32,
+) -> Result<Result<u32, ViewError>, DbError> {
+    // Views of another version keep their tables as they are until the rebuild
+    // replaces them: today's spec may not even fit them (an index on a new column).
+    // Tables they lack are made, so that queries find them empty meanwhile.
+    let stored = checkpoint_row(transaction, projection)?.map(|row| row.version);
+    for spec in tables {
+        let exists: bool = transaction.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1)",
+            [spec.name],
+            |row| row.get(0),
+        )?;
+        if !exists || stored.is_none_or(|stored| stored == version) {
+            transaction.execute_batch(&tables::create(spec, spec.name))?;
+        }
+    }
+    if let Some(stored) = stored.filter(|stored| *stored != version) {
+        return Ok(Ok(stored));
+    }
+    transaction.execute(
+        "INSERT INTO checkpoints (projection, position, revision, version) VALUES (?1, 0, 0, ?2) \
+         ON CONFLICT (projection) DO NOTHING",
+        params![projection, version],
+    )?;
+    Ok(Ok(checkpoint_row(transaction, projection)?.map_or(version, |row| row.version)))
+}
+
 impl ViewManager for SqliteViewManager {
     async fn prepare(
         &self,
@@ -330,33 +448,9 @@ impl ViewManager for SqliteViewManager {
         for spec in tables {
             spec.check().map_err(ViewError::InvalidTable)?;
         }
+        locked(&self.prepared).insert(projection.to_owned(), (tables.to_vec(), version));
         let (projection, tables) = (projection.to_owned(), tables.to_vec());
-        self.write(move |transaction| {
-            // Views of another version keep their tables as they are until the rebuild
-            // replaces them: today's spec may not even fit them (an index on a new column).
-            // Tables they lack are made, so that queries find them empty meanwhile.
-            let stored = checkpoint_row(transaction, &projection)?.map(|row| row.version);
-            for spec in &tables {
-                let exists: bool = transaction.query_row(
-                    "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1)",
-                    [spec.name],
-                    |row| row.get(0),
-                )?;
-                if !exists || stored.is_none_or(|stored| stored == version) {
-                    transaction.execute_batch(&tables::create(spec, spec.name))?;
-                }
-            }
-            if let Some(stored) = stored.filter(|stored| *stored != version) {
-                return Ok(Ok(stored));
-            }
-            transaction.execute(
-                "INSERT INTO checkpoints (projection, position, revision, version) VALUES (?1, 0, 0, ?2) \
-                 ON CONFLICT (projection) DO NOTHING",
-                params![projection, version],
-            )?;
-            Ok(Ok(checkpoint_row(transaction, &projection)?.map_or(version, |row| row.version)))
-        })
-        .await
+        self.write(move |transaction| prepare_in(transaction, &projection, &tables, version)).await
     }
 
     async fn load<V: DeserializeOwned + Send + 'static>(
@@ -391,6 +485,7 @@ impl ViewManager for SqliteViewManager {
     ) -> Result<Option<StoredView<V>>, ViewError> {
         let (key, owned_id) = (projection.to_owned(), id.to_owned());
         let row = self
+            .files()
             .readers
             .run(move |connection| {
                 Ok(connection
@@ -524,7 +619,8 @@ impl ViewManager for SqliteViewManager {
     ) -> Result<Vec<Vec<Value>>, ViewError> {
         query.check(table).map_err(ViewError::InvalidTable)?;
         let query = query.clone();
-        self.readers
+        self.files()
+            .readers
             .run(move |connection| tables::select(connection, table, &query))
             .await
             .map_err(DbError::into_view_error)
@@ -541,6 +637,8 @@ impl ViewManager for SqliteViewManager {
         for spec in tables {
             spec.check().map_err(ViewError::InvalidTable)?;
         }
+        // A rebuild is how an operator repairs views; into a damaged file it could not.
+        self.repair_if_damaged().await?;
         let (projection, tables) = (projection.to_owned(), tables.to_vec());
         self.write(move |transaction| {
             if running_rebuild(transaction, &projection)?.is_some() {

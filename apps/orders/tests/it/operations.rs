@@ -474,3 +474,65 @@ async fn a_damaged_views_file_is_set_aside_at_start_and_the_views_rebuilt_from_t
     assert_eq!(placed.status, StatusCode::CREATED);
     assert_eq!(service.view("/orders/o3").await.status, StatusCode::OK, "projections move on");
 }
+
+#[tokio::test]
+async fn views_damaged_while_the_service_runs_are_repaired_by_a_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let service = Service::start_in_path(&path).await;
+    service.seed().await;
+    service.settled().await;
+    let order = service.view("/orders/o1").await.body;
+    let customer = service.view("/customers/ada").await.body;
+
+    // Pages overwritten under the running service, once the write-ahead log is folded in.
+    let views = path.join("views.sqlite");
+    let connection = rusqlite::Connection::open(&views).unwrap();
+    connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+    drop(connection);
+    let mut bytes = std::fs::read(&views).unwrap();
+    let page = 4096;
+    assert!(bytes.len() > 6 * page, "views.sqlite has {} bytes", bytes.len());
+    bytes[page..6 * page].fill(0xAB);
+    std::fs::write(&views, bytes).unwrap();
+
+    let asked = service.post("/admin/projections/orders/rebuild", json!({})).await;
+    assert_eq!(asked.status, StatusCode::ACCEPTED, "{}", asked.body);
+    let set_aside = || {
+        std::fs::read_dir(&path)
+            .unwrap()
+            .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+            .filter(|name| name.starts_with("views.sqlite.damaged-"))
+            .filter(|name| !name.ends_with("-wal") && !name.ends_with("-shm"))
+            .count()
+    };
+    assert_eq!(set_aside(), 1, "the rebuild set the damaged file aside");
+    // Every projection builds its views again in the fresh file, and the rebuild finishes.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let statuses = service.get("/admin/projections").await.body;
+        let settled = statuses
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["status"] == "running" && s["rebuild"].is_null());
+        if settled
+            && service.view("/orders/o1").await.body == order
+            && service.view("/customers/ada").await.body == customer
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never repaired: {statuses}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let health = service.get("/health").await;
+    assert_eq!(health.body["status"], "ok", "{}", health.body);
+    let placed = service
+        .post(
+            "/orders",
+            json!({"order_id": "o3", "customer_id": "ada", "lines": [{"sku": "tea", "qty": 1}]}),
+        )
+        .await;
+    assert_eq!(placed.status, StatusCode::CREATED);
+    assert_eq!(service.view("/orders/o3").await.status, StatusCode::OK, "projections move on");
+}

@@ -109,6 +109,19 @@ impl Shared {
         });
     }
 
+    /// Sets the reported position to the stored checkpoint even when it is behind: the view
+    /// store was begun afresh (a damaged file set aside), so the views hold less than was
+    /// reported, and a query waiting for a position must wait for them again.
+    pub(crate) fn rewind(&self, to: Position) {
+        self.position.send_if_modified(|position| {
+            let back = to < *position;
+            if back {
+                *position = to;
+            }
+            back
+        });
+    }
+
     pub(crate) fn failure(&self) -> Option<String> {
         locked(&self.failure).clone()
     }
@@ -361,6 +374,7 @@ where
             if checkpoint.position > head {
                 return Err(ProjectionError::AheadOfLog { checkpoint: checkpoint.position, head });
             }
+            self.shared.rewind(checkpoint.position);
             self.shared.advance(checkpoint.position);
         }
         let skipped = self.views.skipped(self.name()).await?;
@@ -745,8 +759,20 @@ where
     /// code that runs it. Live views a newer version built are left alone too, unless an
     /// operator asks for this version's rebuild (the way back after a rollback): without a
     /// rebuild to run, that is [`ProjectionError::NewerDefinition`].
-    async fn adopt_rebuild(&self, wanted: bool) -> Result<Option<Cursor<E, V>>, ProjectionError> {
+    async fn adopt_rebuild(
+        &self,
+        wanted: bool,
+        live: Option<&mut Cursor<E, V>>,
+    ) -> Result<Option<Cursor<E, V>>, ProjectionError> {
         let record = self.views.record(self.name()).await?;
+        if let Some(live) = live
+            && live.checkpoint.is_some_and(|known| known != record.checkpoint)
+        {
+            // The stored checkpoint moved without a commit of this runner's (a damaged view
+            // store set aside and begun afresh, say): read it again before the next batch,
+            // rather than wait for a fence that only a new event would bring.
+            live.checkpoint = None;
+        }
         let version = self.projection.version();
         let live_is_older = record.version != 0 && record.version < version;
         let nothing_to_run = || {
@@ -830,7 +856,7 @@ where
         loop {
             if rebuild.is_none() && Instant::now() >= next_check {
                 next_check = Instant::now() + REBUILD_POLL;
-                match self.adopt_rebuild(false).await {
+                match self.adopt_rebuild(false, Some(&mut live)).await {
                     Ok(found) => {
                         rebuild = found;
                         if aside && rebuild.is_none() {
@@ -1017,7 +1043,7 @@ where
         &self,
         progress: &(dyn Fn(Position, Position) + Sync),
     ) -> Result<Position, ProjectionError> {
-        let Some(mut rebuild) = self.adopt_rebuild(true).await? else {
+        let Some(mut rebuild) = self.adopt_rebuild(true, None).await? else {
             return Err(ProjectionError::RebuildFailed(
                 "a rebuild by a newer version of the projection's definition is running; run it with that version".into(),
             ));
