@@ -15,7 +15,8 @@ pub fn decode_stored_event(data: &[u8]) {
         Some((name, _)) => ((*name).to_owned(), rest),
         None => {
             let (name, payload) = rest.split_at(rest.iter().position(|b| *b == 0).unwrap_or(0));
-            (String::from_utf8_lossy(name).into_owned(), payload)
+            // The 0 ends the name; the payload follows it.
+            (String::from_utf8_lossy(name).into_owned(), payload.get(1..).unwrap_or_default())
         }
     };
     let aggregate_type = ["customer", "product", "order", "other"][usize::from(*stream % 4)];

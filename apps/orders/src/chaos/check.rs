@@ -21,8 +21,7 @@ pub struct Tally {
     /// Requests whose events are in the log more than once.
     pub duplicated: u64,
     /// Answers the log contradicts: a refusal whose events were written, an
-    /// acknowledgement at another position, a view that differs from its stream, or a
-    /// `/health` slower than its bound.
+    /// acknowledgement at another position, or a view that differs from its stream.
     pub wrong: u64,
     /// Requests with no final answer before the clients gave up.
     pub unresolved: u64,
@@ -37,9 +36,10 @@ impl Tally {
         }
     }
 
-    /// Whether anything was lost, doubled or wrong.
+    /// Whether anything was lost, doubled or wrong, or a request never got a final answer
+    /// though the service was back (a key stuck for good is a fault too).
     pub fn failed(&self) -> bool {
-        self.lost + self.duplicated + self.wrong > 0
+        self.lost + self.duplicated + self.wrong + self.unresolved > 0
     }
 }
 

@@ -37,6 +37,9 @@ fn parse(url: &str) -> anyhow::Result<Url<'_>> {
 impl ChaosDatabase {
     /// Creates `strata_chaos_{run}` on the server of `url`.
     pub async fn create(url: &str, run: &str) -> anyhow::Result<Self> {
+        // The service is sent through the proxy by URL: one it cannot take apart is refused
+        // before anything is created.
+        parse(url)?;
         let (admin, connection) = tokio::time::timeout(
             std::time::Duration::from_secs(5),
             tokio_postgres::connect(url, NoTls),

@@ -119,11 +119,18 @@ impl Drop for SmallDisk {
     }
 }
 
-/// Overwrites pages of `views.sqlite` in `dir` and every frame of its write-ahead log, as a
-/// bad disk or a torn copy would, so SQLite finds the file corrupt. The service must not run.
+/// Folds the write-ahead log of `views.sqlite` in `dir` into the file, then overwrites
+/// pages of it, as a bad disk or a torn copy would, so that SQLite finds it corrupt. The
+/// service must not be running.
 pub fn damage_views(dir: &Path) -> anyhow::Result<()> {
-    let page = 4096;
     let views = dir.join("views.sqlite");
+    let connection = rusqlite::Connection::open(&views)
+        .with_context(|| format!("cannot open {}", views.display()))?;
+    connection
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .context("cannot fold the write-ahead log into views.sqlite")?;
+    drop(connection);
+    let page = 4096;
     let mut bytes =
         std::fs::read(&views).with_context(|| format!("cannot read {}", views.display()))?;
     if bytes.len() < 2 * page {
@@ -132,15 +139,22 @@ pub fn damage_views(dir: &Path) -> anyhow::Result<()> {
     let end = bytes.len().min(6 * page);
     bytes[page..end].fill(0xAB);
     std::fs::write(&views, bytes)?;
-    let wal = dir.join("views.sqlite-wal");
-    if let Ok(mut bytes) = std::fs::read(&wal) {
-        // The 32-byte header stays; the frames after it no longer match their checksums.
-        if bytes.len() > 32 {
-            bytes[32..].fill(0xAB);
-            std::fs::write(&wal, bytes)?;
+    Ok(())
+}
+
+/// How many damaged `views.sqlite` files the service has set aside in `dir`.
+pub fn damaged_files_set_aside(dir: &Path) -> anyhow::Result<usize> {
+    let mut count = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.starts_with("views.sqlite.damaged-")
+            && !name.ends_with("-wal")
+            && !name.ends_with("-shm")
+        {
+            count += 1;
         }
     }
-    Ok(())
+    Ok(count)
 }
 
 /// Opens `count` connections to `port` and holds them: idle ones send nothing, slow ones

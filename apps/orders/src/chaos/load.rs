@@ -131,19 +131,29 @@ impl Load {
 
     /// Stops the clients (each request in flight still retries for a while) and returns
     /// every request's final answer and what the clients saw.
-    pub async fn finish(self) -> (Vec<Entry>, Seen) {
+    pub async fn finish(mut self) -> anyhow::Result<(Vec<Entry>, Seen)> {
         self.stop.store(true, Ordering::SeqCst);
-        for task in self.tasks {
-            // A panicking client task loses only its own entries; the check reports them
-            // as missing acknowledgements, never as success.
-            let _ = task.await;
+        for task in std::mem::take(&mut self.tasks) {
+            // A client task that panicked took its ledger entries with it: nothing of the
+            // run can be judged then.
+            task.await.map_err(|error| anyhow::anyhow!("a client task failed: {error}"))?;
         }
         let entries = std::mem::take(&mut *self.ledger.lock().unwrap_or_else(|e| e.into_inner()));
         let seen = Seen {
             slowest: Duration::from_millis(self.slowest_ms.load(Ordering::Relaxed)),
             retries: self.retries.load(Ordering::Relaxed),
         };
-        (entries, seen)
+        Ok((entries, seen))
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        // A run that ended early (an error) leaves no clients behind it.
+        self.stop.store(true, Ordering::SeqCst);
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
@@ -190,6 +200,15 @@ impl Worker {
                         break Answer::Refused(status, format!("2xx without a position: {answer}"));
                     }
                 },
+                // The key's first attempt may still run on the server (this client gave up
+                // on it); its answer comes to a later attempt.
+                Ok((409, answer))
+                    if answer["detail"]
+                        .as_str()
+                        .is_some_and(|d| d.contains("still being processed")) =>
+                {
+                    format!("409 {answer}")
+                }
                 Ok((status, answer)) if status < 500 => {
                     break Answer::Refused(
                         status,

@@ -209,16 +209,25 @@ async fn set_up(args: &ChaosArgs, fault: Fault, run: &str, work: &Path) -> Resul
         let database = ChaosDatabase::create(&args.postgres, run)
             .await
             .map_err(|error| Skip::Unavailable(format!("{error:#}")))?;
-        let proxy = Proxy::start(database.server_address()?).await?;
-        let url = database.url_through(proxy.port())?;
-        let node = Node::new(node_args(url), &log)?;
-        return Ok(Setting {
-            node,
-            data_dir: None,
-            proxy: Some(proxy),
-            database: Some(database),
-            disk: None,
-        });
+        let rest = async {
+            let proxy = Proxy::start(database.server_address()?).await?;
+            let url = database.url_through(proxy.port())?;
+            anyhow::Ok((Node::new(node_args(url), &log)?, proxy))
+        };
+        return match rest.await {
+            Ok((node, proxy)) => Ok(Setting {
+                node,
+                data_dir: None,
+                proxy: Some(proxy),
+                database: Some(database),
+                disk: None,
+            }),
+            Err(error) => {
+                // The database is this run's; it goes whatever else failed.
+                let _ = database.drop_database().await;
+                Err(Skip::Failed(error))
+            }
+        };
     }
     let dir = work.join(run);
     let disk = if fault == Fault::DiskFull {
@@ -266,10 +275,14 @@ async fn one_fault(
     let client = Client::new(args.clients);
     let outcome = under_load(&mut setting, &client, fault, runs, &run, args.clients).await;
     setting.node.kill();
-    if let Some(database) = setting.database.take() {
-        database.drop_database().await?;
-    }
-    Ok(outcome?)
+    let dropped = match setting.database.take() {
+        Some(database) => database.drop_database().await,
+        None => Ok(()),
+    };
+    // The run's own failure says more than a failure to clean up after it.
+    let outcome = outcome?;
+    dropped?;
+    Ok(outcome)
 }
 
 async fn under_load(
@@ -299,7 +312,7 @@ async fn under_load(
             load.acknowledged()
         );
     }
-    let (ledger, clients) = load.finish().await;
+    let (ledger, clients) = load.finish().await?;
     let tally = check::check(client, &base, &ledger).await?;
     Ok(Outcome { tally, clients, health })
 }
@@ -333,7 +346,9 @@ async fn inject(
         Fault::ConnectionsTerminated => {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let database = setting.database.as_ref().context("no database")?;
-            database.terminate_backends().await?;
+            if database.terminate_backends().await? == 0 {
+                bail!("the service had no connection to terminate");
+            }
             seen = watch(Duration::from_secs(1)).await;
         }
         Fault::DiskFull => {
@@ -345,8 +360,13 @@ async fn inject(
         Fault::DamagedViews => {
             tokio::time::sleep(Duration::from_millis(500)).await;
             setting.node.kill();
-            faults::damage_views(setting.data_dir.as_deref().context("no data directory")?)?;
+            let dir = setting.data_dir.as_deref().context("no data directory")?;
+            let set_aside = faults::damaged_files_set_aside(dir)?;
+            faults::damage_views(dir)?;
             setting.node.start(client).await?;
+            if faults::damaged_files_set_aside(dir)? != set_aside + 1 {
+                bail!("the service started on the damaged views.sqlite without setting it aside");
+            }
         }
         Fault::IdleConnections | Fault::Slowloris => {
             let port = setting.node.port();
