@@ -15,6 +15,7 @@
 //! table, because concurrent `CREATE TABLE IF NOT EXISTS` can fail on PostgreSQL.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
@@ -304,6 +305,22 @@ async fn insert_parked(
     Ok(())
 }
 
+/// How long a read of views may take before it counts as failed. Longer than any query's
+/// own bound (`--request-timeout`), so it only ends calls nobody waits for any more.
+const READ_BOUND: Duration = Duration::from_secs(15);
+/// How long a projection's commit may take. A frozen server makes the commit fail and the
+/// projection show `failed`, rather than hang; a commit that in fact happened is found by the
+/// checkpoint's fence when the batch is tried again.
+const WRITE_BOUND: Duration = Duration::from_secs(30);
+
+/// `work`, or [`DbError::TimedOut`] once `limit` has passed.
+async fn within<T>(
+    limit: Duration,
+    work: impl Future<Output = Result<T, DbError>>,
+) -> Result<T, DbError> {
+    tokio::time::timeout(limit, work).await.unwrap_or(Err(DbError::TimedOut(limit)))
+}
+
 impl PgViewManager {
     /// Runs `work` in a transaction that commits only when it returns `Ok(Ok(_))`.
     async fn write<T>(
@@ -320,7 +337,7 @@ impl PgViewManager {
             // Otherwise dropping the transaction rolls it back: nothing was written.
             Ok::<_, DbError>(done)
         };
-        run.await.map_err(DbError::into_view_error)?
+        within(WRITE_BOUND, run).await.map_err(DbError::into_view_error)?
     }
 
     async fn read<T>(
@@ -340,7 +357,7 @@ impl PgViewManager {
             transaction.commit().await?;
             Ok::<_, DbError>(found)
         };
-        run.await.map_err(DbError::into_view_error)
+        within(READ_BOUND, run).await.map_err(DbError::into_view_error)
     }
 }
 
@@ -417,7 +434,7 @@ impl ViewManager for PgViewManager {
             let statement = client.prepare_cached(SELECT_VIEWS).await?;
             Ok::<_, DbError>(client.query(&statement, &[&key, &ids]).await?)
         };
-        let rows = read.await.map_err(DbError::into_view_error)?;
+        let rows = within(READ_BOUND, read).await.map_err(DbError::into_view_error)?;
         rows.iter().map(|row| decode(projection, row)).collect()
     }
 
@@ -431,7 +448,7 @@ impl ViewManager for PgViewManager {
             let statement = client.prepare_cached(SELECT_VIEW).await?;
             Ok::<_, DbError>(client.query_opt(&statement, &[&projection, &id]).await?)
         };
-        let row = read.await.map_err(DbError::into_view_error)?;
+        let row = within(READ_BOUND, read).await.map_err(DbError::into_view_error)?;
         row.map(|row| decode(projection, &row).map(|(_, stored)| stored)).transpose()
     }
 
@@ -448,7 +465,7 @@ impl ViewManager for PgViewManager {
                 revision: from_bigint(row.try_get(1)?, "checkpoint revision")?,
             })
         };
-        read.await.map_err(DbError::into_view_error)
+        within(READ_BOUND, read).await.map_err(DbError::into_view_error)
     }
 
     async fn commit<V: Serialize + Send + Sync + 'static>(
@@ -571,7 +588,7 @@ impl ViewManager for PgViewManager {
             let rows = client.query(&statement, &params).await?;
             rows.iter().map(|row| tables::row_values(table, row)).collect::<Result<Vec<_>, _>>()
         };
-        read.await.map_err(DbError::into_view_error)
+        within(READ_BOUND, read).await.map_err(DbError::into_view_error)
     }
 
     async fn begin_rebuild(
