@@ -3,6 +3,7 @@
 //! Figures are printed only when every `order_summary` row is correct.
 
 mod codecs;
+mod compare;
 mod histogram;
 mod http;
 mod in_process;
@@ -63,6 +64,10 @@ pub struct BenchArgs {
     /// --orders × 10 events of W1.
     #[arg(long)]
     pub codecs: bool,
+    /// Print this W1 run beside an earlier one: OTHER_JSON is what `strata bench --json`
+    /// printed then. Each figure with the ratio this run ÷ baseline.
+    #[arg(long, value_name = "OTHER_JSON")]
+    pub compare: Option<PathBuf>,
     /// Instead of W1: --orders orders placed and confirmed through the fulfilment saga by
     /// --concurrency clients on --store; orders confirmed per second and the confirmation's
     /// latency.
@@ -140,6 +145,12 @@ fn data_dir(given: Option<PathBuf>) -> anyhow::Result<DataDir> {
 
 /// Runs the benchmark and prints the report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.compare.is_some() && (args.long_stream.is_some() || args.codecs || args.saga) {
+        return Err(BenchUsageError::Invalid(
+            "--compare compares W1 runs, not --long-stream, --codecs or --saga".into(),
+        )
+        .into());
+    }
     if let Some(events) = args.long_stream {
         return run_long_stream(&args, events).await;
     }
@@ -161,6 +172,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let plan = args.plan()?;
+    // Read before the run: a baseline that cannot be used should not cost a benchmark.
+    let baseline = args.compare.as_deref().map(compare::Baseline::read).transpose()?;
     if args.saga {
         return run_saga(&args, plan).await;
     }
@@ -177,7 +190,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         contended: plan.contended,
         machine: system::machine(),
     };
-    report(&args, &setup, outcome)
+    report(&args, &setup, outcome, baseline.as_ref())
 }
 
 async fn run_store(
@@ -375,6 +388,7 @@ fn report(
     args: &BenchArgs,
     setup: &Setup,
     (figures, correctness): (Figures, Correctness),
+    baseline: Option<&compare::Baseline>,
 ) -> anyhow::Result<()> {
     if !figures.correct {
         if args.json {
@@ -389,9 +403,15 @@ fn report(
     if args.json {
         let mut object = serde_json::to_value(&figures)?;
         object["setup"] = serde_json::to_value(setup)?;
+        if let Some(baseline) = baseline {
+            object["compare"] = baseline.json(&figures);
+        }
         println!("{object}");
     } else {
         print!("{}", report::table(setup, &figures, &correctness));
+        if let Some(baseline) = baseline {
+            print!("{}", baseline.table(&figures));
+        }
     }
     Ok(())
 }

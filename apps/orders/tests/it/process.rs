@@ -751,3 +751,40 @@ fn listening_beyond_loopback_without_tokens_is_refused() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no such file"), "{err}");
 }
+
+#[test]
+fn bench_compare_prints_a_run_beside_its_baseline_and_refuses_a_baseline_it_cannot_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = ["bench", "--store", "memory", "--orders", "50", "--concurrency", "4"];
+    let (code, baseline, stderr) = strata(&[&run[..], &["--json"]].concat());
+    assert_eq!(code, 0, "{stderr}");
+    let file = dir.path().join("baseline.json");
+    std::fs::write(&file, &baseline).unwrap();
+    let file = file.to_str().unwrap();
+
+    let (code, table, stderr) = strata(&[&run[..], &["--compare", file]].concat());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(table.contains(&format!("compared with {file}")), "{table}");
+    let commands = table.lines().find(|line| line.starts_with("| commands/s |")).unwrap();
+    assert!(commands.ends_with('|') && commands.contains('×'), "a ratio: {commands}");
+
+    let (code, json, stderr) = strata(&[&run[..], &["--compare", file, "--json"]].concat());
+    assert_eq!(code, 0, "{stderr}");
+    let json: Value = serde_json::from_str(json.trim()).unwrap();
+    let baseline: Value = serde_json::from_str(baseline.trim()).unwrap();
+    let compared = &json["compare"]["figures"]["commands_per_s"];
+    assert_eq!(compared["baseline"], baseline["commands_per_s"]);
+    assert_eq!(compared["this"], json["commands_per_s"]);
+
+    let not_bench = dir.path().join("other.json");
+    std::fs::write(&not_bench, r#"{"hello": 1}"#).unwrap();
+    for (bad, says) in [
+        ("/nonexistent/baseline.json", "cannot read"),
+        (not_bench.to_str().unwrap(), "not the output of strata bench"),
+    ] {
+        let (code, stdout, stderr) = strata(&[&run[..], &["--compare", bad]].concat());
+        assert_eq!(code, 2, "{bad}: {stdout} {stderr}");
+        assert!(stderr.contains(says), "{bad}: {stderr}");
+        assert!(stdout.is_empty(), "nothing was run: {stdout}");
+    }
+}
