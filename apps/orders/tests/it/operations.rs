@@ -432,6 +432,20 @@ async fn views_built_by_an_older_definition_are_rebuilt_when_the_service_starts(
     );
 }
 
+/// Overwrites pages of `views.sqlite` in `dir`, as a bad disk or a torn copy leaves them,
+/// once the write-ahead log is folded into the file.
+fn damage_views_file(dir: &std::path::Path) {
+    let views = dir.join("views.sqlite");
+    let connection = rusqlite::Connection::open(&views).unwrap();
+    connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+    drop(connection);
+    let mut bytes = std::fs::read(&views).unwrap();
+    let page = 4096;
+    assert!(bytes.len() > 6 * page, "views.sqlite has {} bytes", bytes.len());
+    bytes[page..6 * page].fill(0xAB);
+    std::fs::write(&views, bytes).unwrap();
+}
+
 #[tokio::test]
 async fn a_damaged_views_file_is_set_aside_at_start_and_the_views_rebuilt_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
@@ -443,17 +457,7 @@ async fn a_damaged_views_file_is_set_aside_at_start_and_the_views_rebuilt_from_t
     let customer = service.view("/customers/ada").await.body;
     service.stop_and_wait().await;
 
-    // Pages overwritten, as a bad disk or a torn copy leaves them, once the write-ahead
-    // log is folded into the file.
-    let views = path.join("views.sqlite");
-    let connection = rusqlite::Connection::open(&views).unwrap();
-    connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
-    drop(connection);
-    let mut bytes = std::fs::read(&views).unwrap();
-    let page = 4096;
-    assert!(bytes.len() > 6 * page, "views.sqlite has {} bytes", bytes.len());
-    bytes[page..6 * page].fill(0xAB);
-    std::fs::write(&views, bytes).unwrap();
+    damage_views_file(&path);
 
     let service = Service::start_in_path(&path).await;
     service.settled().await;
@@ -485,16 +489,8 @@ async fn views_damaged_while_the_service_runs_are_repaired_by_a_rebuild() {
     let order = service.view("/orders/o1").await.body;
     let customer = service.view("/customers/ada").await.body;
 
-    // Pages overwritten under the running service, once the write-ahead log is folded in.
-    let views = path.join("views.sqlite");
-    let connection = rusqlite::Connection::open(&views).unwrap();
-    connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
-    drop(connection);
-    let mut bytes = std::fs::read(&views).unwrap();
-    let page = 4096;
-    assert!(bytes.len() > 6 * page, "views.sqlite has {} bytes", bytes.len());
-    bytes[page..6 * page].fill(0xAB);
-    std::fs::write(&views, bytes).unwrap();
+    // Under the running service this time.
+    damage_views_file(&path);
 
     let asked = service.post("/admin/projections/orders/rebuild", json!({})).await;
     assert_eq!(asked.status, StatusCode::ACCEPTED, "{}", asked.body);
