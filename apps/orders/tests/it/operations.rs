@@ -532,3 +532,36 @@ async fn views_damaged_while_the_service_runs_are_repaired_by_a_rebuild() {
     assert_eq!(placed.status, StatusCode::CREATED);
     assert_eq!(service.view("/orders/o3").await.status, StatusCode::OK, "projections move on");
 }
+
+#[tokio::test]
+async fn views_begun_afresh_while_running_never_reserve_or_confirm_an_order_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let service = Service::start_in_path(&path).await;
+    service.seed().await;
+    let confirmed = service.post("/orders/o1/confirm", json!({})).await;
+    assert_eq!(confirmed.body["status"], "confirmed", "{}", confirmed.body);
+    service.settled().await;
+    let stream = async |path: &str| service.get(path).await.body.as_array().unwrap().len();
+    let (tea, o1) =
+        (stream("/admin/streams/product/tea").await, stream("/admin/streams/order/o1").await);
+    let saga = service.get("/admin/sagas/fulfilment/o1").await.body;
+    assert!(saga["state"].is_string(), "{saga}");
+
+    // The saga's keys have expired, as they do after a day, before its views are repaired.
+    let events = rusqlite::Connection::open(path.join("events.sqlite")).unwrap();
+    events.execute("DELETE FROM idempotency", []).unwrap();
+    drop(events);
+    damage_views_file(&path);
+    let asked = service.post("/admin/projections/orders/rebuild", json!({})).await;
+    assert_eq!(asked.status, StatusCode::ACCEPTED, "{}", asked.body);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    // Every projection, the saga's too, builds again from the log in the fresh file.
+    while service.get("/admin/sagas/fulfilment/o1").await.body["history"] != saga["history"] {
+        assert!(tokio::time::Instant::now() < deadline, "the saga was never rebuilt");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    service.settled().await;
+    assert_eq!(stream("/admin/streams/product/tea").await, tea, "no second reservation");
+    assert_eq!(stream("/admin/streams/order/o1").await, o1, "no second confirmation");
+}
