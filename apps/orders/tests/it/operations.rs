@@ -446,6 +446,25 @@ fn damage_views_file(dir: &std::path::Path) {
     std::fs::write(&views, bytes).unwrap();
 }
 
+/// Damages `views.sqlite` under the running service and asks for a rebuild, which repairs.
+async fn damage_and_rebuild(service: &Service, dir: &std::path::Path) {
+    damage_views_file(dir);
+    let asked = service.post("/admin/projections/orders/rebuild", json!({})).await;
+    assert_eq!(asked.status, StatusCode::ACCEPTED, "{}", asked.body);
+}
+
+/// A new order is taken and shows in its view: the projections work after a repair.
+async fn projections_move_on(service: &Service) {
+    let placed = service
+        .post(
+            "/orders",
+            json!({"order_id": "o3", "customer_id": "ada", "lines": [{"sku": "tea", "qty": 1}]}),
+        )
+        .await;
+    assert_eq!(placed.status, StatusCode::CREATED);
+    assert_eq!(service.view("/orders/o3").await.status, StatusCode::OK, "projections move on");
+}
+
 #[tokio::test]
 async fn a_damaged_views_file_is_set_aside_at_start_and_the_views_rebuilt_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
@@ -469,14 +488,7 @@ async fn a_damaged_views_file_is_set_aside_at_start_and_the_views_rebuilt_from_t
         .filter(|name| name.starts_with("views.sqlite.damaged-"))
         .collect();
     assert_eq!(set_aside.len(), 1, "the damaged file is kept for a look: {set_aside:?}");
-    let placed = service
-        .post(
-            "/orders",
-            json!({"order_id": "o3", "customer_id": "ada", "lines": [{"sku": "tea", "qty": 1}]}),
-        )
-        .await;
-    assert_eq!(placed.status, StatusCode::CREATED);
-    assert_eq!(service.view("/orders/o3").await.status, StatusCode::OK, "projections move on");
+    projections_move_on(&service).await;
 }
 
 #[tokio::test]
@@ -490,10 +502,7 @@ async fn views_damaged_while_the_service_runs_are_repaired_by_a_rebuild() {
     let customer = service.view("/customers/ada").await.body;
 
     // Under the running service this time.
-    damage_views_file(&path);
-
-    let asked = service.post("/admin/projections/orders/rebuild", json!({})).await;
-    assert_eq!(asked.status, StatusCode::ACCEPTED, "{}", asked.body);
+    damage_and_rebuild(&service, &path).await;
     let set_aside = || {
         std::fs::read_dir(&path)
             .unwrap()
@@ -523,14 +532,7 @@ async fn views_damaged_while_the_service_runs_are_repaired_by_a_rebuild() {
     }
     let health = service.get("/health").await;
     assert_eq!(health.body["status"], "ok", "{}", health.body);
-    let placed = service
-        .post(
-            "/orders",
-            json!({"order_id": "o3", "customer_id": "ada", "lines": [{"sku": "tea", "qty": 1}]}),
-        )
-        .await;
-    assert_eq!(placed.status, StatusCode::CREATED);
-    assert_eq!(service.view("/orders/o3").await.status, StatusCode::OK, "projections move on");
+    projections_move_on(&service).await;
 }
 
 #[tokio::test]
@@ -552,9 +554,7 @@ async fn views_begun_afresh_while_running_never_reserve_or_confirm_an_order_twic
     let events = rusqlite::Connection::open(path.join("events.sqlite")).unwrap();
     events.execute("DELETE FROM idempotency", []).unwrap();
     drop(events);
-    damage_views_file(&path);
-    let asked = service.post("/admin/projections/orders/rebuild", json!({})).await;
-    assert_eq!(asked.status, StatusCode::ACCEPTED, "{}", asked.body);
+    damage_and_rebuild(&service, &path).await;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     // Every projection, the saga's too, builds again from the log in the fresh file.
     while service.get("/admin/sagas/fulfilment/o1").await.body["history"] != saga["history"] {
