@@ -24,16 +24,8 @@ impl Backend for SqliteBackend {
 /// Opens (creating when missing) the SQLite stores in `dir`.
 pub fn open_sqlite(dir: &Path) -> Result<Stores<SqliteBackend>, SqliteError> {
     let events = Arc::new(SqliteEventStore::open(dir)?);
-    let (views, repair) = SqliteViewManager::open_or_repair(dir)?;
-    if let Some(repair) = repair {
-        // Served, damaged views would answer wrongly or not at all, and stop a projection
-        // at the first event that touches a broken page.
-        tracing::error!(
-            damage = %repair.damage,
-            moved_to = %repair.moved_to.display(),
-            "views.sqlite was damaged: it is set aside, and the views are rebuilt from the log"
-        );
-    }
+    // A damaged views.sqlite is set aside and reported in the log by the manager itself.
+    let (views, _repair) = SqliteViewManager::open_or_repair(dir)?;
     Ok(Stores { events, views: Arc::new(views), leases: Arc::new(LocalLeases) })
 }
 

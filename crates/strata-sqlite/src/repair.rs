@@ -17,6 +17,18 @@ pub struct Repair {
     pub moved_to: PathBuf,
 }
 
+impl Repair {
+    /// Says in the log what was found and where the file went: served, damaged views would
+    /// answer wrongly or not at all, so the operator should know they are being rebuilt.
+    pub(crate) fn report(&self) {
+        tracing::error!(
+            damage = %self.damage,
+            moved_to = %self.moved_to.display(),
+            "views.sqlite was damaged: it is set aside, and the views are rebuilt from the log"
+        );
+    }
+}
+
 /// Checks `path` (`PRAGMA quick_check`, which reads every page); when SQLite finds it
 /// corrupt or not a database at all, moves it and its write-ahead log aside. A file that
 /// cannot be checked for another reason (locked, unreadable) is an error, not damage: moving

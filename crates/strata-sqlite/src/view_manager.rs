@@ -160,23 +160,22 @@ impl SqliteViewManager {
                 .map_err(DbError::into_view_error)??;
         }
         *self.files.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
-        tracing::error!(
-            damage = %repair.damage,
-            moved_to = %repair.moved_to.display(),
-            "views.sqlite was damaged: it is set aside, and the views are rebuilt from the log"
-        );
+        repair.report();
         Ok(Some(repair))
     }
 
     /// Opens `dir/views.sqlite` as [`open`](Self::open) does, after reading every page of
     /// it: a file SQLite finds damaged is moved aside (to `views.sqlite.damaged-<time>`) and
-    /// a fresh one created, which the projections fill again from the log. The [`Repair`]
-    /// says what was found, so the caller can tell the operator. Skips recorded in the
+    /// a fresh one created, which the projections fill again from the log. The log says so;
+    /// the [`Repair`] tells the caller what was found. Skips recorded in the
     /// damaged file are lost with it: their events park again, for an operator to skip.
     ///
     /// [`Repair`]: crate::Repair
     pub fn open_or_repair(dir: &Path) -> Result<(Self, Option<crate::Repair>), SqliteError> {
         let repair = crate::repair::set_aside_if_damaged(&dir.join(schema::VIEWS.file_name))?;
+        if let Some(repair) = &repair {
+            repair.report();
+        }
         Ok((Self::open(dir)?, repair))
     }
 

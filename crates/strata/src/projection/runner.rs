@@ -109,16 +109,14 @@ impl Shared {
         });
     }
 
-    /// Sets the reported position to the stored checkpoint even when it is behind: the view
-    /// store was begun afresh (a damaged file set aside), so the views hold less than was
-    /// reported, and a query waiting for a position must wait for them again.
-    pub(crate) fn rewind(&self, to: Position) {
+    /// Reports exactly the stored checkpoint `to`: ahead of what was reported, or behind it
+    /// when the view store was begun afresh (a damaged file set aside), since the views then
+    /// hold less and a query waiting for a position must wait for them again.
+    pub(crate) fn set_to(&self, to: Position) {
         self.position.send_if_modified(|position| {
-            let back = to < *position;
-            if back {
-                *position = to;
-            }
-            back
+            let changed = *position != to;
+            *position = to;
+            changed
         });
     }
 
@@ -374,8 +372,7 @@ where
             if checkpoint.position > head {
                 return Err(ProjectionError::AheadOfLog { checkpoint: checkpoint.position, head });
             }
-            self.shared.rewind(checkpoint.position);
-            self.shared.advance(checkpoint.position);
+            self.shared.set_to(checkpoint.position);
         }
         let skipped = self.views.skipped(self.name()).await?;
         cursor.skips = skipped.into_iter().map(|s| (s.view_id, s.position)).collect();
