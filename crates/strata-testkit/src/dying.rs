@@ -20,10 +20,13 @@ struct Death {
     commits_left: Option<u64>,
     /// The next commits of one projection that fail, and how many.
     failing: Option<(String, u32)>,
+    /// How long commits take to land, if they land late.
+    late: Option<std::time::Duration>,
 }
 
 /// Wraps a view manager; every operation goes to it, except commits that [`die_after`]
-/// or [`fail_next`] make fail (with [`ViewError::Backend`], writing nothing).
+/// or [`fail_next`] make fail (with [`ViewError::Backend`], writing nothing), and commits
+/// that [`land_late`](DyingViews::land_late) delays.
 ///
 /// [`die_after`]: DyingViews::die_after
 /// [`fail_next`]: DyingViews::fail_next
@@ -47,6 +50,12 @@ impl<M> DyingViews<M> {
     /// acted and before its commit, `times` times over.
     pub fn fail_next(&self, projection: &str, times: u32) {
         self.death().failing = Some((projection.to_owned(), times));
+    }
+
+    /// Every commit lands `delay` after it is sent, even if the runner that sent it has
+    /// died meanwhile: a request already on its way when the process was killed.
+    pub fn land_late(&self, delay: std::time::Duration) {
+        self.death().late = Some(delay);
     }
 
     /// How many of the failures [`fail_next`](DyingViews::fail_next) asked for are still to
@@ -120,7 +129,14 @@ impl<M: ViewManager> ViewManager for DyingViews<M> {
         if self.dies(projection) {
             return Err(ViewError::Backend("the process died before committing".into()));
         }
-        self.inner.commit(projection, slot, commit).await
+        let late = self.death().late;
+        let Some(delay) = late else { return self.inner.commit(projection, slot, commit).await };
+        let (inner, projection) = (self.inner.clone(), projection.to_owned());
+        let on_the_wire = tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            inner.commit(&projection, slot, commit).await
+        });
+        on_the_wire.await.unwrap_or_else(|error| Err(ViewError::Backend(Box::new(error))))
     }
 
     async fn parked(&self, projection: &str, slot: Slot) -> Result<Vec<ParkedInstance>, ViewError> {

@@ -177,3 +177,111 @@ async fn drop_schema(base_url: &str, schema: &str) -> Result<(), String> {
         .await
         .map_err(|error| error.to_string())
 }
+
+/// The Redis server tests use unless `STRATA_TEST_REDIS_URL` names another.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// The base URL of the test Redis server: `STRATA_TEST_REDIS_URL` or [`DEFAULT_REDIS_URL`].
+pub fn redis_url() -> String {
+    std::env::var("STRATA_TEST_REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS_URL.to_owned())
+}
+
+/// A fresh key prefix on the test Redis server; every key under it is deleted when this value
+/// is dropped. Declare it before the managers that use it.
+#[derive(Debug)]
+pub struct RedisFixture {
+    url: String,
+    prefix: String,
+}
+
+impl RedisFixture {
+    /// The server's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The fresh prefix, ending in `:`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// How many keys exist under the prefix.
+    pub fn key_count(&self) -> usize {
+        redis_keys(&self.url, &self.prefix).map_or(0, |keys| keys.len())
+    }
+}
+
+impl Drop for RedisFixture {
+    fn drop(&mut self) {
+        let deleted = redis_connection(&self.url).and_then(|mut connection| {
+            let keys = redis_keys(&self.url, &self.prefix)?;
+            for chunk in keys.chunks(500) {
+                redis::cmd("DEL").arg(chunk).exec(&mut connection).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        });
+        if let Err(error) = deleted {
+            eprintln!("could not delete the test keys under {}: {error}", self.prefix);
+        }
+    }
+}
+
+fn redis_connection(url: &str) -> Result<redis::Connection, String> {
+    let client = redis::Client::open(url).map_err(|error| format!("bad URL: {error}"))?;
+    let connection =
+        client.get_connection_with_timeout(PROBE_TIMEOUT).map_err(|error| error.to_string())?;
+    connection.set_read_timeout(Some(PROBE_TIMEOUT)).map_err(|error| error.to_string())?;
+    connection.set_write_timeout(Some(PROBE_TIMEOUT)).map_err(|error| error.to_string())?;
+    Ok(connection)
+}
+
+/// Every key under `prefix` (whose characters are plain, so it needs no glob escaping).
+fn redis_keys(url: &str, prefix: &str) -> Result<Vec<String>, String> {
+    let mut connection = redis_connection(url)?;
+    let mut keys = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, mut batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query(&mut connection)
+            .map_err(|error| error.to_string())?;
+        keys.append(&mut batch);
+        if next == 0 {
+            return Ok(keys);
+        }
+        cursor = next;
+    }
+}
+
+/// A fresh, unique key prefix on the test Redis server, or `None` (after printing why) when
+/// the server is unreachable. Panics instead when `STRATA_REQUIRE_SERVICES=1`.
+pub fn redis() -> Option<RedisFixture> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let url = redis_url();
+    let answered = redis_connection(&url).and_then(|mut connection| {
+        redis::cmd("PING").query::<String>(&mut connection).map_err(|error| error.to_string())
+    });
+    match answered {
+        Ok(_) => {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+            let prefix = format!(
+                "strata_test:{now}_{}_{}:",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            );
+            Some(RedisFixture { url, prefix })
+        }
+        Err(error) => {
+            let message = format!("Redis at {url} is not usable: {error}");
+            if services_required() {
+                panic!("{message} (STRATA_REQUIRE_SERVICES=1)");
+            }
+            eprintln!("skipping: {message}");
+            None
+        }
+    }
+}

@@ -432,16 +432,7 @@ impl ViewManager for InMemoryViewManager {
         query.check(table).map_err(ViewError::InvalidTable)?;
         let state = locked(&self.state);
         let Some(rows) = state.tables.get(table.name) else { return Ok(Vec::new()) };
-        let mut found: Vec<Vec<Value>> =
-            rows.values().filter(|row| query.matches(table, row)).cloned().collect();
-        found.sort_by(|a, b| {
-            let ordering = query.compare_order(table, a, &query_tuple(table, query, b));
-            if query.descending { ordering.reverse() } else { ordering }
-        });
-        if let Some(limit) = query.limit {
-            found.truncate(limit);
-        }
-        Ok(found)
+        Ok(query.run(table, rows.values().cloned()))
     }
 
     async fn begin_rebuild(
@@ -518,11 +509,6 @@ impl ViewManager for InMemoryViewManager {
         state.versions.insert(projection.to_owned(), version);
         Ok(swapped)
     }
-}
-
-/// The ordering tuple of `row`, for sorting with [`TableQuery::compare_order`].
-fn query_tuple(table: &TableSpec, query: &TableQuery, row: &[Value]) -> Vec<Value> {
-    query.order_by.iter().filter_map(|name| table.column(name).map(|i| row[i].clone())).collect()
 }
 
 impl IdempotencyStore for InMemoryEventStore {

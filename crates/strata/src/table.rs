@@ -507,6 +507,31 @@ impl TableQuery {
         filtered && after
     }
 
+    /// The rows among `rows` this query answers, in its order and within its limit. For
+    /// stores that evaluate queries themselves (in memory, Redis); SQL stores translate.
+    pub fn run(
+        &self,
+        spec: &TableSpec,
+        rows: impl IntoIterator<Item = Vec<Value>>,
+    ) -> Vec<Vec<Value>> {
+        let mut found: Vec<Vec<Value>> =
+            rows.into_iter().filter(|row| self.matches(spec, row)).collect();
+        let tuple = |row: &[Value]| -> Vec<Value> {
+            self.order_by
+                .iter()
+                .filter_map(|name| spec.column(name).map(|i| row[i].clone()))
+                .collect()
+        };
+        found.sort_by(|a, b| {
+            let ordering = self.compare_order(spec, a, &tuple(b));
+            if self.descending { ordering.reverse() } else { ordering }
+        });
+        if let Some(limit) = self.limit {
+            found.truncate(limit);
+        }
+        found
+    }
+
     /// Compares `row`'s ordering columns to `tuple`, column by column.
     pub fn compare_order(&self, spec: &TableSpec, row: &[Value], tuple: &[Value]) -> Ordering {
         for (name, other) in self.order_by.iter().zip(tuple) {

@@ -1,0 +1,90 @@
+//! Where everything lives in Redis, under one prefix (`strata:` by default):
+//!
+//! | key | type | holds |
+//! | --- | --- | --- |
+//! | `{prefix}{slot}:{view_id}` | string | the view's JSON, as every backend encodes it |
+//! | `{prefix}checkpoint:{slot}` | hash | `position`, `revision`, `version`; for a rebuild `started_at` and `error` |
+//! | `{prefix}view-positions:{slot}` | hash | view id → position of the last event applied to it |
+//! | `{prefix}view-parking:{slot}` | hash | view id → why it is parked (parked instances only) |
+//! | `{prefix}parked-events:{slot}` | hash | `{view_id}\n{position}` → a waiting event |
+//! | `{prefix}skipped-events:{projection}` | list | events an operator skipped |
+//! | `{prefix}table-rows:{table}` | hash | a table row's key → the row |
+//!
+//! `{slot}` is the projection's name for the live views and `{name}#rebuild` for a rebuild's
+//! (`Slot::key`); a rebuild's tables are `{table}__rebuild`. Projection names are
+//! `[a-z0-9_]`, so the internal names (which hold a `-`) never meet a projection's views;
+//! only the name `checkpoint` would, and it is refused.
+
+use strata::{Slot, ViewError, check_projection_name};
+
+/// The one projection name whose views would share keys with the checkpoints.
+const RESERVED: &str = "checkpoint";
+
+/// The keys of one manager's prefix.
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub(crate) fn new(prefix: &str) -> Self {
+        Self { prefix: prefix.to_owned() }
+    }
+
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Checks a projection name for use in keys.
+    pub(crate) fn check(projection: &str) -> Result<(), ViewError> {
+        check_projection_name(projection)?;
+        if projection == RESERVED {
+            return Err(ViewError::InvalidName(projection.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// What every view key of `slot` starts with; the view id follows.
+    pub(crate) fn views(&self, projection: &str, slot: Slot) -> String {
+        format!("{}{}:", self.prefix, slot.key(projection))
+    }
+
+    pub(crate) fn view(&self, projection: &str, slot: Slot, id: &str) -> String {
+        format!("{}{id}", self.views(projection, slot))
+    }
+
+    pub(crate) fn checkpoint(&self, projection: &str, slot: Slot) -> String {
+        format!("{}checkpoint:{}", self.prefix, slot.key(projection))
+    }
+
+    pub(crate) fn positions(&self, projection: &str, slot: Slot) -> String {
+        format!("{}view-positions:{}", self.prefix, slot.key(projection))
+    }
+
+    pub(crate) fn parking(&self, projection: &str, slot: Slot) -> String {
+        format!("{}view-parking:{}", self.prefix, slot.key(projection))
+    }
+
+    pub(crate) fn parked_events(&self, projection: &str, slot: Slot) -> String {
+        format!("{}parked-events:{}", self.prefix, slot.key(projection))
+    }
+
+    pub(crate) fn skipped(&self, projection: &str) -> String {
+        format!("{}skipped-events:{projection}", self.prefix)
+    }
+
+    pub(crate) fn table(&self, slot: Slot, table: &str) -> String {
+        format!("{}table-rows:{}", self.prefix, slot.table(table))
+    }
+}
+
+/// The field of a parked event in its slot's hash: the view id, then the position padded so
+/// that the fields of one instance sort by position.
+pub(crate) fn parked_field(view_id: &str, position: u64) -> String {
+    format!("{view_id}\n{position:020}")
+}
+
+/// What every parked-event field of `view_id` starts with.
+pub(crate) fn parked_prefix(view_id: &str) -> String {
+    format!("{view_id}\n")
+}
