@@ -1,11 +1,14 @@
 //! The storage the service can run on: the embedded SQLite store (the default), PostgreSQL
-//! (several nodes on one database), or memory.
+//! (several nodes on one database), or memory; and, on any of them, the hot documents'
+//! views in Redis.
 
+use std::marker::PhantomData;
 use std::path::Path;
 use std::sync::Arc;
 
-use strata::{InMemoryEventStore, InMemoryViewManager, LocalLeases};
+use strata::{InMemoryEventStore, InMemoryViewManager, LocalLeases, RoutedViews};
 use strata_postgres::{PgDatabase, PgError, PgEventStore, PgLeases, PgViewManager};
+use strata_redis::RedisViewManager;
 use strata_sqlite::{SqliteError, SqliteEventStore, SqliteViewManager};
 
 use crate::app::{Backend, Stores};
@@ -73,4 +76,30 @@ pub fn memory() -> Stores<MemoryBackend> {
         views: Arc::new(InMemoryViewManager::new()),
         leases: Arc::new(LocalLeases),
     }
+}
+
+/// The projections whose views `--redis` keeps in Redis: the documents read most, by id.
+pub const REDIS_PROJECTIONS: [&str; 2] = ["products", "customers"];
+
+/// Backend `B` with the views of [`REDIS_PROJECTIONS`] in Redis.
+pub struct WithRedis<B>(PhantomData<B>);
+
+impl<B: Backend> Backend for WithRedis<B> {
+    type Events = B::Events;
+    type Views = RoutedViews<B::Views, RedisViewManager>;
+    type Leases = B::Leases;
+}
+
+/// `stores` with the views of [`REDIS_PROJECTIONS`] kept by `redis` instead.
+pub fn with_redis<B: Backend>(stores: Stores<B>, redis: RedisViewManager) -> Stores<WithRedis<B>> {
+    Stores {
+        events: stores.events,
+        views: Arc::new(routed(stores.views, redis)),
+        leases: stores.leases,
+    }
+}
+
+/// `views` with those of [`REDIS_PROJECTIONS`] kept by `redis` instead.
+pub fn routed<M>(views: Arc<M>, redis: RedisViewManager) -> RoutedViews<M, RedisViewManager> {
+    RoutedViews::new(views, Arc::new(redis), REDIS_PROJECTIONS)
 }

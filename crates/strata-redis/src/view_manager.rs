@@ -55,7 +55,7 @@ pub enum RedisSetupError {
         source: redis::RedisError,
     },
     /// The prefix cannot start keys.
-    #[error("{0:?} is not a usable key prefix: 1 to 64 printable characters, no spaces")]
+    #[error("{0:?} is not a usable key prefix: 1 to 64 printable characters, no spaces or *?[]\\")]
     Prefix(String),
     /// The server did not answer.
     #[error("Redis at {url} does not answer: {source}")]
@@ -82,6 +82,15 @@ impl std::fmt::Debug for RedisViewManager {
     }
 }
 
+/// Checks a key prefix: 1 to 64 printable ASCII characters, no spaces, none of the glob
+/// characters `*?[]\\` (so that tools can list a prefix's keys with `SCAN MATCH`).
+pub fn check_prefix(prefix: &str) -> Result<(), RedisSetupError> {
+    let plain = !prefix.is_empty()
+        && prefix.len() <= 64
+        && prefix.chars().all(|c| c.is_ascii_graphic() && !"*?[]\\".contains(c));
+    if plain { Ok(()) } else { Err(RedisSetupError::Prefix(prefix.to_owned())) }
+}
+
 /// `url` with any password replaced, for messages.
 pub fn masked(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -95,12 +104,7 @@ pub fn masked(url: &str) -> String {
 impl RedisViewManager {
     /// Connects to `url` (`redis://HOST:PORT[/DB]`) and keeps every key under `prefix`.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, RedisSetupError> {
-        let printable = !prefix.is_empty()
-            && prefix.len() <= 64
-            && prefix.chars().all(|c| c.is_ascii_graphic());
-        if !printable {
-            return Err(RedisSetupError::Prefix(prefix.to_owned()));
-        }
+        check_prefix(prefix)?;
         let client = redis::Client::open(url)
             .map_err(|source| RedisSetupError::Url { url: masked(url), source })?;
         let config = ConnectionManagerConfig::new()
@@ -127,6 +131,39 @@ impl RedisViewManager {
     /// The prefix every key starts with.
     pub fn prefix(&self) -> &str {
         self.keys.prefix()
+    }
+
+    /// Deletes every key under this manager's prefix, for a benchmark or trial that used a
+    /// prefix of its own; returns how many. Prefixes hold no glob characters, so the match
+    /// takes nothing else.
+    pub async fn delete_prefix(&self) -> Result<u64, ViewError> {
+        let pattern = format!("{}*", self.keys.prefix());
+        let mut cursor = 0_u64;
+        let mut deleted = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = self
+                .call(async |mut c| {
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            if !keys.is_empty() {
+                let count: u64 = self
+                    .call(async |mut c| redis::cmd("UNLINK").arg(&keys).query_async(&mut c).await)
+                    .await?;
+                deleted += count;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
     }
 
     /// Runs `call` on the connection, bounded.

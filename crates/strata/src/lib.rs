@@ -14,6 +14,7 @@ pub mod idempotency;
 pub mod lease;
 pub mod memory;
 pub mod projection;
+pub mod routed_views;
 pub mod saga;
 pub mod snapshot;
 pub mod store;
@@ -38,6 +39,7 @@ pub use projection::{
     ControlError, InstanceReport, Projection, ProjectionError, ProjectionHandle, ProjectionRunner,
     ProjectionState, ProjectionStatus, Projections, RebuildProgress, status_of,
 };
+pub use routed_views::RoutedViews;
 pub use snapshot::{Snapshot, SnapshotPolicy};
 pub use store::{
     AppendOutcome, EventStore, GroupCommitCounters, GroupCommitMetrics, StoreError, check_append,

@@ -73,6 +73,11 @@ pub struct BenchArgs {
     /// latency.
     #[arg(long)]
     pub saga: bool,
+    /// Keep the benchmark's views (order_summary, and its rebuild) in Redis at this URL,
+    /// under a fresh key prefix deleted afterwards; events stay in --store (memory or
+    /// sqlite). Catch-up and rebuild then measure Redis.
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
 }
 
 /// Why a benchmark could not run as asked; exits with the usage code.
@@ -198,6 +203,9 @@ async fn run_store(
     plan: Plan,
 ) -> anyhow::Result<(String, (Figures, Correctness))> {
     let store = args.store.as_str();
+    if let Some(url) = &args.redis {
+        return run_on_redis(args, url, plan).await;
+    }
     if store == "memory" {
         if args.data_dir.is_some() {
             return Err(BenchUsageError::Invalid(
@@ -245,6 +253,53 @@ async fn run_store(
     .await?;
     let target = format!("sqlite in {} (WAL, synchronous=FULL)", dir.path().display());
     Ok((target, outcome))
+}
+
+/// W1 with events in memory or SQLite and the views in Redis under a fresh prefix.
+async fn run_on_redis(
+    args: &BenchArgs,
+    url: &str,
+    plan: Plan,
+) -> anyhow::Result<(String, (Figures, Correctness))> {
+    use strata_redis::RedisViewManager;
+    let prefix = format!("strata_bench:{}:", std::process::id());
+    let rebuild_prefix = format!("{prefix}rebuild:");
+    let views = Arc::new(
+        RedisViewManager::connect(url, &prefix)
+            .await
+            .context("cannot open the Redis view store")?,
+    );
+    let fresh = || async { Ok(RedisViewManager::connect(url, &rebuild_prefix).await?) };
+    let target = format!("views in Redis {} under {prefix}", strata_redis::masked(url));
+    let outcome = match args.store.as_str() {
+        "memory" => {
+            let events = Arc::new(InMemoryEventStore::new());
+            let outcome = in_process::run(plan, events, views.clone(), fresh, || None).await;
+            (format!("events in memory, {target}"), outcome)
+        }
+        "sqlite" => {
+            let dir = data_dir(args.data_dir.clone())?;
+            let events = Arc::new(SqliteEventStore::open(dir.path())?);
+            let outcome = in_process::run(plan, events, views.clone(), fresh, || None).await;
+            (
+                format!(
+                    "events in sqlite in {} (WAL, synchronous=FULL), {target}",
+                    dir.path().display()
+                ),
+                outcome,
+            )
+        }
+        other => {
+            return Err(BenchUsageError::Invalid(format!(
+                "--redis keeps the views; the events go to --store memory or sqlite, not {other:?}"
+            ))
+            .into());
+        }
+    };
+    if let Err(error) = views.delete_prefix().await {
+        eprintln!("bench: could not delete the keys under {prefix}: {error}");
+    }
+    Ok((outcome.0, outcome.1?))
 }
 
 async fn run_long_stream(args: &BenchArgs, events: u64) -> anyhow::Result<()> {

@@ -15,7 +15,7 @@ use strata_postgres::{PgDatabase, PgEventStore, PgLeases, PgViewManager};
 use strata_sqlite::{SqliteEventStore, SqliteViewManager};
 
 use super::progress::{Counter, ProgressLine, thousands};
-use super::store::{StoreArgs, StoreLocation};
+use super::store::{RedisArgs, StoreArgs, StoreLocation};
 use crate::domain::OrdersEvent;
 use crate::views;
 
@@ -39,6 +39,8 @@ enum ProjectionsCommand {
 pub struct ListArgs {
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
 }
 
 /// Flags of `strata projections rebuild`.
@@ -49,6 +51,8 @@ pub struct RebuildArgs {
     name: String,
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
 }
 
 /// A projection name this service cannot rebuild offline; exits with the usage code.
@@ -78,6 +82,23 @@ pub async fn run(args: ProjectionsArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Runs `$body` with `$v` bound to `$views`, or, with `--redis`, to `$views` beside Redis as
+/// the service keeps them.
+macro_rules! with_redis {
+    ($redis:expr, $views:expr, |$v:ident| $body:expr) => {
+        match $redis.connect().await? {
+            Some(redis) => {
+                let $v = Arc::new(crate::backends::routed(Arc::new($views), redis));
+                $body
+            }
+            None => {
+                let $v = Arc::new($views);
+                $body
+            }
+        }
+    };
+}
+
 fn memory_refused() -> anyhow::Error {
     anyhow::anyhow!(
         "the memory store keeps nothing between runs; give --store sqlite:DIR or --store postgres://…"
@@ -93,7 +114,8 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
             let views = SqliteViewManager::open(&dir).context("cannot open the view store")?;
             let running = SqliteEventStore::is_open_for_writing(&dir)
                 .then(|| "the service on this directory".to_owned());
-            statuses(&events, &views, |_| running.clone()).await?
+            with_redis!(args.redis, views, |views| statuses(&events, &*views, |_| running.clone())
+                .await?)
         }
         StoreLocation::Postgres(url) => {
             let database = PgDatabase::connect(&url, None)
@@ -107,7 +129,9 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
                 owners
                     .push(leases.owner(name).await.context("cannot read the projections' owners")?);
             }
-            statuses(&events, &views, |i| owners[i].clone()).await?
+            with_redis!(args.redis, views, |views| statuses(&events, &*views, |i| owners[i]
+                .clone())
+            .await?)
         }
         StoreLocation::Memory => return Err(memory_refused()),
     };
@@ -210,7 +234,13 @@ async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
                 )
             })?;
             let views = SqliteViewManager::open(&dir).context("cannot open the view store")?;
-            rebuild_with(name, Arc::new(events), Arc::new(views), &report).await
+            with_redis!(args.redis, views, |views| rebuild_with(
+                name,
+                Arc::new(events),
+                views,
+                &report
+            )
+            .await)
         }
         StoreLocation::Postgres(url) => {
             let database = PgDatabase::connect(&url, None)
@@ -232,8 +262,10 @@ async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
                 );
             };
             let events = Arc::new(PgEventStore::open(&database).await?);
+            let views = PgViewManager::new(&database);
             let rebuilt =
-                rebuild_with(name, events, Arc::new(PgViewManager::new(&database)), &report).await;
+                with_redis!(args.redis, views, |views| rebuild_with(name, events, views, &report)
+                    .await);
             drop(lease);
             rebuilt
         }

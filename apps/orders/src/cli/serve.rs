@@ -11,7 +11,7 @@ use strata_http::server::Limits;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::store::{StoreArgs, StoreLocation};
+use super::store::{RedisArgs, StoreArgs, StoreLocation};
 use crate::app::{App, Backend, Stores};
 use crate::backends;
 use crate::domain::SCHEMAS;
@@ -84,6 +84,8 @@ pub struct ServeArgs {
     pub request_timeout: Duration,
     #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
     /// A TOML file of these settings, by flag name (`order-ttl = "30m"`); flags and
     /// STRATA_* variables win over it.
     #[arg(long, env = "STRATA_CONFIG", value_name = "FILE")]
@@ -135,20 +137,35 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let stores = backends::open_sqlite(&dir)
                 .with_context(|| format!("cannot open the SQLite store in {}", dir.display()))?;
             println!("strata: data in {} (SQLite)", dir.display());
-            serve(stores, listener, node_id, &args, tokens, signals).await
+            serve_with_redis(stores, listener, node_id, &args, tokens, signals).await
         }
         StoreLocation::Postgres(url) => {
             let stores = backends::open_postgres(&url, &node_id)
                 .await
                 .context("cannot open the PostgreSQL store")?;
             println!("strata: data in PostgreSQL ({})", super::config::masked(&url));
-            serve(stores, listener, node_id, &args, tokens, signals).await
+            serve_with_redis(stores, listener, node_id, &args, tokens, signals).await
         }
         StoreLocation::Memory => {
             println!("strata: data in memory (lost when the process ends)");
-            serve(backends::memory(), listener, node_id, &args, tokens, signals).await
+            serve_with_redis(backends::memory(), listener, node_id, &args, tokens, signals).await
         }
     }
+}
+
+/// Serves `stores`, with the views `--redis` names in Redis when it is given.
+async fn serve_with_redis<B: Backend>(
+    stores: Stores<B>,
+    listener: TcpListener,
+    node_id: String,
+    args: &ServeArgs,
+    tokens: Option<Arc<strata_http::Tokens>>,
+    signals: watch::Receiver<u32>,
+) -> anyhow::Result<()> {
+    let Some(redis) = args.redis.connect().await? else {
+        return serve(stores, listener, node_id, args, tokens, signals).await;
+    };
+    serve(backends::with_redis(stores, redis), listener, node_id, args, tokens, signals).await
 }
 
 async fn serve<B: Backend>(

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::Args;
 
 /// Where the store lives, as typed.
@@ -14,6 +15,42 @@ pub struct StoreArgs {
     /// The data directory; alone it means `--store sqlite:DIR`.
     #[arg(long, env = "STRATA_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+}
+
+/// `--redis URL` and `--redis-prefix PREFIX`: the views kept in Redis.
+#[derive(Debug, Clone, Args)]
+pub struct RedisArgs {
+    /// Keep the products and customers views in Redis (redis://HOST:PORT[/DB]); every node
+    /// of a PostgreSQL deployment shares them [default: with the other views].
+    #[arg(long = "redis", env = "STRATA_REDIS", value_name = "URL")]
+    pub url: Option<String>,
+    /// What every Redis key of this deployment starts with, so that several deployments can
+    /// share one server.
+    #[arg(long = "redis-prefix", env = "STRATA_REDIS_PREFIX",
+          default_value = strata_redis::DEFAULT_PREFIX, value_name = "PREFIX",
+          value_parser = parse_redis_prefix)]
+    pub prefix: String,
+}
+
+fn parse_redis_prefix(text: &str) -> Result<String, String> {
+    strata_redis::check_prefix(text).map(|()| text.to_owned()).map_err(|error| error.to_string())
+}
+
+impl RedisArgs {
+    /// Connects when `--redis` is given, and says so.
+    pub async fn connect(&self) -> anyhow::Result<Option<strata_redis::RedisViewManager>> {
+        let Some(url) = &self.url else { return Ok(None) };
+        let redis = strata_redis::RedisViewManager::connect(url, &self.prefix)
+            .await
+            .context("cannot open the Redis view store")?;
+        println!(
+            "strata: {} views in Redis ({}, keys {}*)",
+            crate::backends::REDIS_PROJECTIONS.join(" and "),
+            strata_redis::masked(url),
+            self.prefix
+        );
+        Ok(Some(redis))
+    }
 }
 
 /// Where the store lives, validated.

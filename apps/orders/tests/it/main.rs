@@ -18,6 +18,7 @@ mod operations;
 mod process;
 mod reads;
 mod rebuild;
+mod redis_views;
 mod sagas;
 mod snapshots;
 mod support;
