@@ -59,6 +59,8 @@ pub struct App<B: Backend> {
     pub http_metrics: Arc<strata_http::HttpMetrics>,
     /// How long a query may take beyond the `wait_ms` it asked for.
     pub read_timeout: std::time::Duration,
+    /// Who runs which projection (and delivery).
+    leases: Arc<B::Leases>,
 }
 
 /// Why a command of the service was refused.
@@ -158,9 +160,15 @@ impl<B: Backend> App<B> {
         start!(strata::audit::projection::<OrdersEvent>());
         let bus = Arc::new(CommandBus::new(events, bus));
         let saga = Arc::new(FulfilmentSaga::new(bus.clone(), fulfilment));
-        let (projection, saga) =
-            strata::saga::spawn(&runner, saga, &FULFILMENT_TABLES, reader, views.clone(), leases)
-                .await?;
+        let (projection, saga) = strata::saga::spawn(
+            &runner,
+            saga,
+            &FULFILMENT_TABLES,
+            reader,
+            views.clone(),
+            leases.clone(),
+        )
+        .await?;
         projections.push(projection);
         let mut sagas = Sagas::new();
         sagas.push(saga);
@@ -174,7 +182,33 @@ impl<B: Backend> App<B> {
             tokens: None,
             http_metrics: strata_http::HttpMetrics::new(),
             read_timeout: std::time::Duration::from_secs(10),
+            leases,
         })
+    }
+
+    /// Delivers every event of the log to `outlet`, in order and at least once, on one node
+    /// at a time under the lease `name`; listed with the projections. Call it before the
+    /// app is shared.
+    pub fn deliver<O: strata::Outlet>(
+        &mut self,
+        name: &'static str,
+        outlet: Arc<O>,
+    ) -> Result<(), ViewError> {
+        let runner = ProjectionRunner::new(self.node_id.clone());
+        let handle = runner.spawn_delivery(
+            name,
+            outlet,
+            self.events().clone(),
+            self.views.clone(),
+            self.leases.clone(),
+        );
+        match Arc::get_mut(&mut self.projections) {
+            Some(projections) => {
+                projections.push(handle);
+                Ok(())
+            }
+            None => Err(ViewError::InvalidName(format!("{name}: the app is already shared"))),
+        }
     }
 
     /// The event store.

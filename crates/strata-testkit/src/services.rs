@@ -285,3 +285,58 @@ pub fn redis() -> Option<RedisFixture> {
         }
     }
 }
+
+/// The NATS server tests use unless `STRATA_TEST_NATS_URL` names another.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// A NATS server that answered, and names unique to one test: a stream name and a subject
+/// prefix. The test deletes its stream when done (this crate speaks no NATS beyond the probe).
+#[derive(Debug, Clone)]
+pub struct NatsFixture {
+    /// The server's URL.
+    pub url: String,
+    /// A stream name no other test uses.
+    pub stream: String,
+    /// A subject prefix no other test uses.
+    pub subject_prefix: String,
+}
+
+/// A NATS server that answers (its greeting read over TCP) with fresh names, or `None`
+/// (after printing why) when it does not. Panics instead when `STRATA_REQUIRE_SERVICES=1`.
+pub fn nats() -> Option<NatsFixture> {
+    use std::io::Read;
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let url = std::env::var("STRATA_TEST_NATS_URL").unwrap_or_else(|_| DEFAULT_NATS_URL.to_owned());
+    let address = url.trim_start_matches("nats://").to_owned();
+    let greeted = (|| -> Result<(), String> {
+        let socket = address
+            .parse::<std::net::SocketAddr>()
+            .map_err(|error| format!("{address}: {error}"))?;
+        let mut stream = std::net::TcpStream::connect_timeout(&socket, PROBE_TIMEOUT)
+            .map_err(|error| error.to_string())?;
+        stream.set_read_timeout(Some(PROBE_TIMEOUT)).map_err(|error| error.to_string())?;
+        let mut greeting = [0_u8; 4];
+        stream.read_exact(&mut greeting).map_err(|error| error.to_string())?;
+        if &greeting == b"INFO" { Ok(()) } else { Err("it does not speak NATS".to_owned()) }
+    })();
+    match greeted {
+        Ok(()) => {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+            let unique =
+                format!("{now}_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+            Some(NatsFixture {
+                url,
+                stream: format!("STRATA_TEST_{unique}"),
+                subject_prefix: format!("strata_test.{unique}"),
+            })
+        }
+        Err(error) => {
+            let message = format!("NATS at {url} is not usable: {error}");
+            if services_required() {
+                panic!("{message} (STRATA_REQUIRE_SERVICES=1)");
+            }
+            eprintln!("skipping: {message}");
+            None
+        }
+    }
+}

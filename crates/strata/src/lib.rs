@@ -36,8 +36,8 @@ pub use lease::{Lease, LeaseError, Leases, LocalLeases};
 pub use memory::{InMemoryEventStore, InMemoryViewManager};
 pub use projection::reader::SharedReader;
 pub use projection::{
-    ControlError, InstanceReport, Projection, ProjectionError, ProjectionHandle, ProjectionRunner,
-    ProjectionState, ProjectionStatus, Projections, RebuildProgress, status_of,
+    ControlError, InstanceReport, Outlet, Projection, ProjectionError, ProjectionHandle,
+    ProjectionRunner, ProjectionState, ProjectionStatus, Projections, RebuildProgress, status_of,
 };
 pub use routed_views::RoutedViews;
 pub use snapshot::{Snapshot, SnapshotPolicy};

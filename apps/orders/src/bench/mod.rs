@@ -10,6 +10,7 @@ mod in_process;
 mod long_stream;
 mod plan;
 mod progress;
+mod publish;
 mod report;
 mod saga;
 mod system;
@@ -78,6 +79,10 @@ pub struct BenchArgs {
     /// sqlite). Catch-up and rebuild then measure Redis.
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
+    /// Instead of W1: make W1's events in memory, then publish them all to a fresh
+    /// JetStream stream at this URL (deleted afterwards); events per second acknowledged.
+    #[arg(long, value_name = "URL")]
+    pub nats: Option<String>,
 }
 
 /// Why a benchmark could not run as asked; exits with the usage code.
@@ -150,9 +155,11 @@ fn data_dir(given: Option<PathBuf>) -> anyhow::Result<DataDir> {
 
 /// Runs the benchmark and prints the report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if args.compare.is_some() && (args.long_stream.is_some() || args.codecs || args.saga) {
+    if args.compare.is_some()
+        && (args.long_stream.is_some() || args.codecs || args.saga || args.nats.is_some())
+    {
         return Err(BenchUsageError::Invalid(
-            "--compare compares W1 runs, not --long-stream, --codecs or --saga".into(),
+            "--compare compares W1 runs, not --long-stream, --codecs, --saga or --nats".into(),
         )
         .into());
     }
@@ -181,6 +188,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let baseline = args.compare.as_deref().map(compare::Baseline::read).transpose()?;
     if args.saga {
         return run_saga(&args, plan).await;
+    }
+    if let Some(url) = &args.nats {
+        let figures = publish::run(plan, url).await?;
+        if args.json {
+            let object = serde_json::json!({
+                "events": figures.events,
+                "events_per_s": figures.events as f64 / figures.elapsed.as_secs_f64(),
+                "body_bytes": figures.body_bytes,
+                "seconds": figures.elapsed.as_secs_f64(),
+                "machine": system::machine(),
+            });
+            println!("{object}");
+        } else {
+            print!("{}", publish::table(url, &figures));
+        }
+        return Ok(());
     }
     let (target, outcome) = match &args.http {
         Some(url) => {

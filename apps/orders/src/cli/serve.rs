@@ -11,7 +11,7 @@ use strata_http::server::Limits;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::store::{RedisArgs, StoreArgs, StoreLocation};
+use super::store::{NATS_PUBLISHER, NatsArgs, RedisArgs, StoreArgs, StoreLocation};
 use crate::app::{App, Backend, Stores};
 use crate::backends;
 use crate::domain::SCHEMAS;
@@ -86,6 +86,8 @@ pub struct ServeArgs {
     pub store: StoreArgs,
     #[command(flatten)]
     pub redis: RedisArgs,
+    #[command(flatten)]
+    pub nats: NatsArgs,
     /// A TOML file of these settings, by flag name (`order-ttl = "30m"`); flags and
     /// STRATA_* variables win over it.
     #[arg(long, env = "STRATA_CONFIG", value_name = "FILE")]
@@ -194,10 +196,17 @@ async fn serve<B: Backend>(
             list.join("\n")
         );
     }
+    // Connected before anything starts: a publisher that cannot reach its server stops the
+    // service with a message rather than falling behind unseen.
+    let publisher = args.nats.connect().await?;
     let mut app =
         App::start_with(stores, node_id, BusConfig { codec, ..BusConfig::default() }, fulfilment)
             .await
             .context("cannot prepare the projections' tables")?;
+    if let Some(publisher) = publisher {
+        app.deliver(NATS_PUBLISHER, Arc::new(publisher))
+            .context("cannot start the NATS publisher")?;
+    }
     app.tokens = tokens;
     app.read_timeout = args.request_timeout;
     let app = Arc::new(app);

@@ -22,14 +22,14 @@ pub struct StoreArgs {
 pub struct RedisArgs {
     /// Keep the products and customers views in Redis (redis://HOST:PORT[/DB]); every node
     /// of a PostgreSQL deployment shares them [default: with the other views].
-    #[arg(long = "redis", env = "STRATA_REDIS", value_name = "URL")]
-    pub url: Option<String>,
+    #[arg(long, env = "STRATA_REDIS", value_name = "URL")]
+    pub redis: Option<String>,
     /// What every Redis key of this deployment starts with, so that several deployments can
     /// share one server.
-    #[arg(long = "redis-prefix", env = "STRATA_REDIS_PREFIX",
+    #[arg(long, env = "STRATA_REDIS_PREFIX",
           default_value = strata_redis::DEFAULT_PREFIX, value_name = "PREFIX",
           value_parser = parse_redis_prefix)]
-    pub prefix: String,
+    pub redis_prefix: String,
 }
 
 fn parse_redis_prefix(text: &str) -> Result<String, String> {
@@ -39,17 +39,74 @@ fn parse_redis_prefix(text: &str) -> Result<String, String> {
 impl RedisArgs {
     /// Connects when `--redis` is given, and says so.
     pub async fn connect(&self) -> anyhow::Result<Option<strata_redis::RedisViewManager>> {
-        let Some(url) = &self.url else { return Ok(None) };
-        let redis = strata_redis::RedisViewManager::connect(url, &self.prefix)
+        let Some(url) = &self.redis else { return Ok(None) };
+        let redis = strata_redis::RedisViewManager::connect(url, &self.redis_prefix)
             .await
             .context("cannot open the Redis view store")?;
         println!(
             "strata: {} views in Redis ({}, keys {}*)",
             crate::backends::REDIS_PROJECTIONS.join(" and "),
             strata_redis::masked(url),
-            self.prefix
+            self.redis_prefix
         );
         Ok(Some(redis))
+    }
+}
+
+/// `--nats URL`, `--nats-stream NAME` and `--nats-subject-prefix PREFIX`: where committed
+/// events are published for other services.
+#[derive(Debug, Clone, Args)]
+pub struct NatsArgs {
+    /// Publish every committed event to NATS JetStream (nats://HOST:PORT), in order, at
+    /// least once, with the event id as message id; one node of a deployment publishes.
+    #[arg(long, env = "STRATA_NATS", value_name = "URL")]
+    pub nats: Option<String>,
+    /// The JetStream stream, created when missing.
+    #[arg(long, env = "STRATA_NATS_STREAM",
+          default_value = strata_nats::DEFAULT_STREAM, value_name = "NAME",
+          value_parser = parse_stream_name)]
+    pub nats_stream: String,
+    /// What every subject starts with (then .AGGREGATE_TYPE.AGGREGATE_ID), so that two
+    /// deployments can share one server.
+    #[arg(long, env = "STRATA_NATS_SUBJECT_PREFIX",
+          default_value = strata_nats::DEFAULT_SUBJECT_PREFIX, value_name = "PREFIX",
+          value_parser = parse_subject_prefix)]
+    pub nats_subject_prefix: String,
+}
+
+fn parse_stream_name(text: &str) -> Result<String, String> {
+    strata_nats::check_stream_name(text)
+        .map(|()| text.to_owned())
+        .map_err(|error| error.to_string())
+}
+
+fn parse_subject_prefix(text: &str) -> Result<String, String> {
+    strata_nats::check_subject_prefix(text)
+        .map(|()| text.to_owned())
+        .map_err(|error| error.to_string())
+}
+
+/// The name the publisher runs under, beside the projections.
+pub const NATS_PUBLISHER: &str = "nats_publisher";
+
+impl NatsArgs {
+    /// Connects when `--nats` is given (creating the stream), and says so.
+    pub async fn connect(&self) -> anyhow::Result<Option<strata_nats::JetStreamOutlet>> {
+        let Some(url) = &self.nats else { return Ok(None) };
+        let settings = strata_nats::NatsSettings {
+            url: url.clone(),
+            stream: self.nats_stream.clone(),
+            subject_prefix: self.nats_subject_prefix.clone(),
+        };
+        let outlet =
+            strata_nats::JetStreamOutlet::connect(&settings, crate::cli::events::export_object)
+                .await
+                .context("cannot open the NATS publisher")?;
+        println!(
+            "strata: publishing events to JetStream stream {} at {url} (subjects {}.>)",
+            self.nats_stream, self.nats_subject_prefix
+        );
+        Ok(Some(outlet))
     }
 }
 

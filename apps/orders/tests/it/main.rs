@@ -13,6 +13,7 @@ mod errors;
 mod golden;
 mod limits;
 mod migrate;
+mod nats;
 mod openapi;
 mod operations;
 mod process;

@@ -17,6 +17,7 @@
 
 pub mod batch;
 pub mod control;
+pub mod delivery;
 pub mod reader;
 pub mod runner;
 
@@ -36,6 +37,7 @@ pub use control::{
     ControlError, InstanceReport, ProjectionHandle, ProjectionState, ProjectionStatus, Projections,
     RebuildProgress, status_of,
 };
+pub use delivery::Outlet;
 pub use runner::ProjectionRunner;
 
 /// How many events a runner reads and commits at once unless told otherwise.

@@ -124,7 +124,7 @@ impl Shared {
         locked(&self.failure).clone()
     }
 
-    fn set_failure(&self, failure: Option<String>) {
+    pub(crate) fn set_failure(&self, failure: Option<String>) {
         *locked(&self.failure) = failure;
     }
 }

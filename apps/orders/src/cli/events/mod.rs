@@ -17,6 +17,13 @@ use strata_sqlite::SqliteEventStore;
 use super::progress::thousands;
 use super::store::{StoreArgs, StoreLocation};
 
+/// `event` as the JSON object `strata events export` writes for it (without the line break):
+/// the body of the message the NATS publisher sends.
+pub fn export_object(event: &strata::RecordedEvent) -> Result<Vec<u8>, String> {
+    let line = line::EventLine::from_recorded(event).map_err(|error| error.to_string())?;
+    serde_json::to_vec(&line).map_err(|error| error.to_string())
+}
+
 /// Progress is reported on stderr every this many events.
 const PROGRESS_EVERY: u64 = 10_000;
 
