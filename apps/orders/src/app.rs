@@ -207,7 +207,9 @@ impl<B: Backend> App<B> {
                 projections.push(handle);
                 Ok(())
             }
-            None => Err(ViewError::InvalidName(format!("{name}: the app is already shared"))),
+            None => Err(ViewError::Backend(
+                format!("{name} must be added before the app is shared").into(),
+            )),
         }
     }
 

@@ -46,7 +46,7 @@ pub enum NatsError {
     /// The server did not answer.
     #[error("NATS at {url} does not answer: {reason}")]
     Unreachable {
-        /// The server.
+        /// The server, without any password.
         url: String,
         /// What the client said.
         reason: String,
@@ -59,6 +59,16 @@ pub enum NatsError {
         /// What the server said.
         reason: String,
     },
+}
+
+/// `url` with any user and password replaced, for messages.
+pub fn masked(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***{}", &url[..scheme], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 fn plain(token: &str) -> bool {
@@ -117,7 +127,7 @@ impl JetStreamOutlet {
         check_stream_name(&settings.stream)?;
         check_subject_prefix(&settings.subject_prefix)?;
         let unreachable =
-            |reason: String| NatsError::Unreachable { url: settings.url.clone(), reason };
+            |reason: String| NatsError::Unreachable { url: masked(&settings.url), reason };
         let connecting = async_nats::ConnectOptions::new()
             .connection_timeout(CONNECT_BOUND)
             .request_timeout(Some(ANSWER_BOUND))

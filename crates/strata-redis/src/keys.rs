@@ -6,8 +6,8 @@
 //! | `{prefix}checkpoint:{slot}` | hash | `position`, `revision`, `version`; for a rebuild `started_at` and `error` |
 //! | `{prefix}view-positions:{slot}` | hash | view id → position of the last event applied to it |
 //! | `{prefix}view-parking:{slot}` | hash | view id → why it is parked (parked instances only) |
-//! | `{prefix}parked-events:{slot}` | hash | `{view_id}\n{position}` → a waiting event |
-//! | `{prefix}skipped-events:{projection}` | list | events an operator skipped |
+//! | `{prefix}parked-events:{slot}` | hash | `{len}:{view_id}:{position}` → a waiting event |
+//! | `{prefix}skipped-events:{projection}` | hash | `{len}:{view_id}:{position}` → an event an operator skipped |
 //! | `{prefix}table-rows:{table}` | hash | a table row's key → the row |
 //!
 //! `{slot}` is the projection's name for the live views and `{name}#rebuild` for a rebuild's
@@ -78,13 +78,28 @@ impl Keys {
     }
 }
 
-/// The field of a parked event in its slot's hash: the view id, then the position padded so
-/// that the fields of one instance sort by position.
-pub(crate) fn parked_field(view_id: &str, position: u64) -> String {
-    format!("{view_id}\n{position:020}")
+/// The field of an event in a slot's hash of waiting (or a projection's hash of skipped)
+/// events: the view id after its length, so that no id's fields start with another id's
+/// prefix, then the position padded so that one instance's fields sort by position.
+pub(crate) fn instance_field(view_id: &str, position: u64) -> String {
+    format!("{}{position:020}", instance_prefix(view_id))
 }
 
-/// What every parked-event field of `view_id` starts with.
-pub(crate) fn parked_prefix(view_id: &str) -> String {
-    format!("{view_id}\n")
+/// What every field of `view_id` in such a hash starts with.
+pub(crate) fn instance_prefix(view_id: &str) -> String {
+    format!("{}:{view_id}:", view_id.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_instance_takes_another_instances_fields() {
+        for (id, other) in [("a", "a\nb"), ("a", "ab"), ("a:1", "a"), ("1:a", "a")] {
+            let prefix = instance_prefix(id);
+            assert!(!instance_field(other, 7).starts_with(&prefix), "{id:?} takes {other:?}'s");
+            assert!(instance_field(id, 7).starts_with(&prefix));
+        }
+    }
 }

@@ -13,7 +13,7 @@ use redis::Script;
 
 /// Fenced writes of one commit. `KEYS[1]` is the slot's checkpoint, `KEYS[2..]` one key per
 /// operation; `ARGV` holds the expected position and revision, the new ones, then the
-/// operations (`set value`, `del`, `hset field value`, `hdel field`, `rpush value`,
+/// operations (`set value`, `del`, `hset field value`, `hsetnx field value`, `hdel field`,
 /// `hdelprefix prefix`). Answers `{"ok"}` or `{"fenced", position, revision}`.
 pub(crate) static COMMIT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -24,7 +24,7 @@ local revision = redis.call('HGET', checkpoint, 'revision') or '0'
 if position ~= ARGV[1] or revision ~= ARGV[2] then
   return {'fenced', position, revision}
 end
-local arity = {set = 1, del = 0, hset = 2, hdel = 1, rpush = 1, hdelprefix = 1}
+local arity = {set = 1, del = 0, hset = 2, hsetnx = 2, hdel = 1, hdelprefix = 1}
 local i, k = 5, 2
 while i <= #ARGV do
   local n = arity[ARGV[i]]
@@ -40,7 +40,7 @@ while i <= #ARGV do
   elseif op == 'del' then redis.call('DEL', key)
   elseif op == 'hset' then redis.call('HSET', key, ARGV[i + 1], ARGV[i + 2])
   elseif op == 'hdel' then redis.call('HDEL', key, ARGV[i + 1])
-  elseif op == 'rpush' then redis.call('RPUSH', key, ARGV[i + 1])
+  elseif op == 'hsetnx' then redis.call('HSETNX', key, ARGV[i + 1], ARGV[i + 2])
   elseif op == 'hdelprefix' then
     local prefix = ARGV[i + 1]
     for _, field in ipairs(redis.call('HKEYS', key)) do

@@ -27,7 +27,7 @@ use strata::{
 };
 
 use crate::codec::{self, Unreadable};
-use crate::keys::{Keys, parked_field, parked_prefix};
+use crate::keys::{Keys, instance_field, instance_prefix};
 use crate::scripts::{BEGIN_REBUILD, COMMIT, FAIL_REBUILD, FINISH_REBUILD, PREPARE};
 
 /// The key prefix used unless one is given.
@@ -353,15 +353,17 @@ impl RedisViewManager {
         }
         let waiting = keys.parked_events(projection, slot);
         for id in &commit.released {
-            writes.push(waiting.clone(), "hdelprefix", [parked_prefix(id).into_bytes()]);
+            writes.push(waiting.clone(), "hdelprefix", [instance_prefix(id).into_bytes()]);
         }
         for (id, event) in &commit.parked_events {
-            let field = parked_field(id, event.position.0).into_bytes();
+            let field = instance_field(id, event.position.0).into_bytes();
             writes.push(waiting.clone(), "hset", [field, codec::encode_event(event).into_bytes()]);
         }
         for skipped in &commit.skipped {
+            // Kept once per instance and event, however often an operator's skip is redone.
+            let field = instance_field(&skipped.view_id, skipped.position.0).into_bytes();
             let text = codec::encode_skipped(skipped).into_bytes();
-            writes.push(keys.skipped(projection), "rpush", [text]);
+            writes.push(keys.skipped(projection), "hsetnx", [field, text]);
         }
         // Each row touched ends as it stands after every change of the commit, in order.
         let mut touched: Vec<(&'static TableSpec, Vec<Value>)> = Vec::new();
@@ -483,7 +485,7 @@ impl ViewManager for RedisViewManager {
         let mut parked = Vec::with_capacity(parking.len());
         for (view_id, text) in parking {
             let parking = codec::decode_parking(&text).map_err(corrupt)?;
-            let prefix = parked_prefix(&view_id);
+            let prefix = instance_prefix(&view_id);
             let events = waiting.iter().filter(|field| field.starts_with(&prefix)).count();
             parked.push(ParkedInstance {
                 view_id,
@@ -508,7 +510,7 @@ impl ViewManager for RedisViewManager {
         let all: HashMap<String, String> = self
             .call(async |mut c| redis::cmd("HGETALL").arg(key).query_async(&mut c).await)
             .await?;
-        let prefix = parked_prefix(id);
+        let prefix = instance_prefix(id);
         let mut events = all
             .iter()
             .filter(|(field, _)| field.starts_with(&prefix))
@@ -520,11 +522,8 @@ impl ViewManager for RedisViewManager {
 
     async fn skipped(&self, projection: &str) -> Result<Vec<SkippedEvent>, ViewError> {
         let key = self.keys.skipped(projection);
-        let all: Vec<String> = self
-            .call(async |mut c| {
-                redis::cmd("LRANGE").arg(key).arg(0).arg(-1).query_async(&mut c).await
-            })
-            .await?;
+        let all: Vec<String> =
+            self.call(async |mut c| redis::cmd("HVALS").arg(key).query_async(&mut c).await).await?;
         let mut skipped = all
             .iter()
             .map(|text| codec::decode_skipped(text).map_err(corrupt))

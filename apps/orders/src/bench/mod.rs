@@ -163,6 +163,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         )
         .into());
     }
+    if args.redis.is_some()
+        && (args.http.is_some()
+            || args.long_stream.is_some()
+            || args.codecs
+            || args.saga
+            || args.nats.is_some())
+    {
+        return Err(BenchUsageError::Invalid(
+            "--redis keeps W1's views in-process; not with --http, --long-stream, --codecs, --saga or --nats"
+                .into(),
+        )
+        .into());
+    }
     if let Some(events) = args.long_stream {
         return run_long_stream(&args, events).await;
     }

@@ -103,8 +103,10 @@ impl NatsArgs {
                 .await
                 .context("cannot open the NATS publisher")?;
         println!(
-            "strata: publishing events to JetStream stream {} at {url} (subjects {}.>)",
-            self.nats_stream, self.nats_subject_prefix
+            "strata: publishing events to JetStream stream {} at {} (subjects {}.>)",
+            self.nats_stream,
+            strata_nats::masked(url),
+            self.nats_subject_prefix
         );
         Ok(Some(outlet))
     }

@@ -82,6 +82,16 @@ impl<S: EventStore, M: ViewManager, O: Outlet> Delivery<S, M, O> {
     /// One batch: read, hand over, move the checkpoint. `Ok(false)` when there was nothing.
     async fn pass(&self) -> Result<bool, String> {
         let from = self.views.checkpoint(self.name, Slot::Live).await.map_err(|e| e.to_string())?;
+        let head = self.store.head();
+        // A checkpoint past the head belongs to another log (a store restored or replaced
+        // under it): going on from there would skip the events up to it without a word.
+        if from.position > head {
+            return Err(format!(
+                "the checkpoint {} is past the log's head {head}: the store was replaced under \
+                 it; nothing is delivered until an operator resets it",
+                from.position
+            ));
+        }
         self.shared.set_to(from.position);
         let events = self.store.read_all(from.position, BATCH).await.map_err(|e| e.to_string())?;
         let Some(last) = events.last().map(|event| event.position) else { return Ok(false) };

@@ -5,5 +5,6 @@
 
 mod bus;
 mod counter;
+mod delivery;
 mod memory_contract;
 mod projection;
