@@ -15,5 +15,5 @@ mod outlet;
 
 pub use outlet::{
     DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, Encoder, JetStreamOutlet, NatsError, NatsSettings,
-    check_stream_name, check_subject_prefix, masked, subject,
+    check_stream_name, check_subject_prefix, subject,
 };

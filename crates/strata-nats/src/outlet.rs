@@ -62,7 +62,7 @@ pub enum NatsError {
 }
 
 /// `url` with any user and password replaced, for messages.
-pub fn masked(url: &str) -> String {
+fn masked(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}://***{}", &url[..scheme], &url[at..])

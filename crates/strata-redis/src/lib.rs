@@ -12,4 +12,4 @@ mod keys;
 mod scripts;
 mod view_manager;
 
-pub use view_manager::{DEFAULT_PREFIX, RedisSetupError, RedisViewManager, check_prefix, masked};
+pub use view_manager::{DEFAULT_PREFIX, RedisSetupError, RedisViewManager, check_prefix};

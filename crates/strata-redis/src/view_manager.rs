@@ -92,7 +92,7 @@ pub fn check_prefix(prefix: &str) -> Result<(), RedisSetupError> {
 }
 
 /// `url` with any password replaced, for messages.
-pub fn masked(url: &str) -> String {
+fn masked(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}://***{}", &url[..scheme], &url[at..])

@@ -306,7 +306,7 @@ async fn run_on_redis(
             .context("cannot open the Redis view store")?,
     );
     let fresh = || async { Ok(RedisViewManager::connect(url, &rebuild_prefix).await?) };
-    let target = format!("views in Redis {} under {prefix}", strata_redis::masked(url));
+    let target = format!("views in Redis {} under {prefix}", crate::cli::config::masked(url));
     let outcome = match args.store.as_str() {
         "memory" => {
             let events = Arc::new(InMemoryEventStore::new());

@@ -46,7 +46,7 @@ impl RedisArgs {
         println!(
             "strata: {} views in Redis ({}, keys {}*)",
             crate::backends::REDIS_PROJECTIONS.join(" and "),
-            strata_redis::masked(url),
+            super::config::masked(url),
             self.redis_prefix
         );
         Ok(Some(redis))
@@ -105,7 +105,7 @@ impl NatsArgs {
         println!(
             "strata: publishing events to JetStream stream {} at {} (subjects {}.>)",
             self.nats_stream,
-            strata_nats::masked(url),
+            super::config::masked(url),
             self.nats_subject_prefix
         );
         Ok(Some(outlet))
