@@ -37,7 +37,8 @@ pub use memory::{InMemoryEventStore, InMemoryViewManager};
 pub use projection::reader::SharedReader;
 pub use projection::{
     ControlError, InstanceReport, Outlet, Projection, ProjectionError, ProjectionHandle,
-    ProjectionRunner, ProjectionState, ProjectionStatus, Projections, RebuildProgress, status_of,
+    ProjectionRunner, ProjectionState, ProjectionStatus, Projections, Pulled, RebuildProgress,
+    Source, status_of,
 };
 pub use routed_views::RoutedViews;
 pub use snapshot::{Snapshot, SnapshotPolicy};

@@ -181,8 +181,8 @@ pub enum ControlError {
     /// A rebuild is already running.
     #[error("projection {0} is already being rebuilt")]
     RebuildInProgress(String),
-    /// A delivery to another service: it keeps no views to rebuild.
-    #[error("{0} delivers events to another service; it keeps no views to rebuild")]
+    /// A delivery to another service, or a follower of one: it keeps no views to rebuild.
+    #[error("{0} moves events between services; it keeps no views to rebuild")]
     KeepsNoViews(String),
     /// The projection's batches kept committing in between; try again.
     #[error("projection {0} kept changing during the operation; try again")]

@@ -18,6 +18,7 @@
 pub mod batch;
 pub mod control;
 pub mod delivery;
+pub mod follower;
 pub mod reader;
 pub mod runner;
 
@@ -38,6 +39,7 @@ pub use control::{
     RebuildProgress, status_of,
 };
 pub use delivery::Outlet;
+pub use follower::{Pulled, Source};
 pub use runner::ProjectionRunner;
 
 /// How many events a runner reads and commits at once unless told otherwise.

@@ -6,5 +6,6 @@
 mod bus;
 mod counter;
 mod delivery;
+mod follower;
 mod memory_contract;
 mod projection;
