@@ -27,7 +27,7 @@ impl Source for Upstream {
             return Ok(Pulled::default());
         }
         self.pulls += 1;
-        if self.pulls % 3 == 0 {
+        if self.pulls.is_multiple_of(3) {
             return Err("the broker is away".to_owned());
         }
         let mut events = self.log.read_all(after, max.min(70)).await.map_err(|e| e.to_string())?;
