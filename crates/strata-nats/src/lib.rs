@@ -8,12 +8,17 @@
 //! node is dropped by the server as duplicates (within the stream's duplicate window, two
 //! minutes by default), and consumers that need certainty drop repeats by message id.
 //!
+//! [`JetStreamSource`] reads such a stream back for a read replica: the core's `Source`,
+//! which a follower (`ProjectionRunner::spawn_follower`) copies into the replica's own store.
+//!
 //! The message body is whatever the application's encoder makes of the event; the crate
 //! depends on the core only and knows no domain.
 
 mod outlet;
+mod source;
 
 pub use outlet::{
     DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, Encoder, JetStreamOutlet, NatsError, NatsSettings,
     check_stream_name, check_subject_prefix, subject,
 };
+pub use source::{Decoder, JetStreamSource};

@@ -14,7 +14,7 @@ pub const DEFAULT_SUBJECT_PREFIX: &str = "strata.events";
 /// How long connecting may take.
 const CONNECT_BOUND: Duration = Duration::from_secs(3);
 /// How long the server may take to answer a request (a stream lookup, one publish's ack).
-const ANSWER_BOUND: Duration = Duration::from_secs(5);
+pub(crate) const ANSWER_BOUND: Duration = Duration::from_secs(5);
 /// How long a whole batch's acknowledgements may take.
 const BATCH_BOUND: Duration = Duration::from_secs(15);
 
@@ -62,7 +62,7 @@ pub enum NatsError {
 }
 
 /// `url` with any user and password replaced, for messages.
-fn masked(url: &str) -> String {
+pub(crate) fn masked(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}://***{}", &url[..scheme], &url[at..])
@@ -108,6 +108,23 @@ pub fn subject(prefix: &str, stream: &StreamId) -> String {
     format!("{prefix}.{}.{}", token(&stream.aggregate_type), token(&stream.id))
 }
 
+/// Connects to the server, bounded; once connected the client reconnects for as long as it
+/// takes, and each request is bounded on its own.
+pub(crate) async fn connect(settings: &NatsSettings) -> Result<async_nats::Client, NatsError> {
+    let unreachable =
+        |reason: String| NatsError::Unreachable { url: masked(&settings.url), reason };
+    let connecting = async_nats::ConnectOptions::new()
+        .connection_timeout(CONNECT_BOUND)
+        .request_timeout(Some(ANSWER_BOUND))
+        .max_reconnects(None)
+        .connect(settings.url.as_str());
+    match tokio::time::timeout(CONNECT_BOUND * 2, connecting).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(error)) => Err(unreachable(error.to_string())),
+        Err(_) => Err(unreachable(format!("no answer in {:?}", CONNECT_BOUND * 2))),
+    }
+}
+
 /// Publishes events to one JetStream stream.
 pub struct JetStreamOutlet {
     context: jetstream::Context,
@@ -126,19 +143,7 @@ impl JetStreamOutlet {
     pub async fn connect(settings: &NatsSettings, encode: Encoder) -> Result<Self, NatsError> {
         check_stream_name(&settings.stream)?;
         check_subject_prefix(&settings.subject_prefix)?;
-        let unreachable =
-            |reason: String| NatsError::Unreachable { url: masked(&settings.url), reason };
-        let connecting = async_nats::ConnectOptions::new()
-            .connection_timeout(CONNECT_BOUND)
-            .request_timeout(Some(ANSWER_BOUND))
-            // Once connected, reconnect for as long as it takes; each publish is bounded.
-            .max_reconnects(None)
-            .connect(settings.url.as_str());
-        let client = match tokio::time::timeout(CONNECT_BOUND * 2, connecting).await {
-            Ok(Ok(client)) => client,
-            Ok(Err(error)) => return Err(unreachable(error.to_string())),
-            Err(_) => return Err(unreachable(format!("no answer in {:?}", CONNECT_BOUND * 2))),
-        };
+        let client = connect(settings).await?;
         let context = jetstream::new(client);
         let config = stream::Config {
             name: settings.stream.clone(),

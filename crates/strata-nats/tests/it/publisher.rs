@@ -13,30 +13,12 @@ use strata::{
 };
 use strata_nats::{JetStreamOutlet, NatsSettings};
 use strata_testkit::leases::SharedLeases;
-use strata_testkit::services::{self, NatsFixture};
+use strata_testkit::services;
+
+use crate::DeleteStream;
 use strata_testkit::tally::{self, TALLY};
 
 const EVENTS: u64 = 3_000;
-
-/// Deletes the test's stream when the test ends, however it ends.
-struct DeleteStream(NatsFixture);
-
-impl Drop for DeleteStream {
-    fn drop(&mut self) {
-        let (url, stream) = (self.0.url.clone(), self.0.stream.clone());
-        let deleted = std::thread::spawn(move || {
-            let runtime =
-                tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            runtime.block_on(async {
-                let client = async_nats::connect(url).await.ok()?;
-                jetstream::new(client).delete_stream(stream).await.ok()
-            })
-        });
-        if deleted.join().ok().flatten().is_none() {
-            eprintln!("could not delete the test stream {}", self.0.stream);
-        }
-    }
-}
 
 fn body(event: &RecordedEvent) -> Result<Vec<u8>, String> {
     Ok(format!("{{\"position\":{},\"event_id\":\"{}\"}}", event.position, event.metadata.event_id)
