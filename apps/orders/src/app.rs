@@ -59,8 +59,20 @@ pub struct App<B: Backend> {
     pub http_metrics: Arc<strata_http::HttpMetrics>,
     /// How long a query may take beyond the `wait_ms` it asked for.
     pub read_timeout: std::time::Duration,
+    /// Whether the node takes no commands (a replica): its command routes answer 405.
+    pub read_only: bool,
     /// Who runs which projection (and delivery).
     leases: Arc<B::Leases>,
+}
+
+/// What a node does besides keeping its views.
+#[derive(Debug, Clone)]
+pub enum Role {
+    /// Takes commands, and runs the fulfilment saga with these settings.
+    Writer(FulfilmentSettings),
+    /// Takes no commands and runs no saga: a replica, whose store a follower fills with
+    /// another deployment's log ([`App::follow`]).
+    Replica,
 }
 
 /// Why a command of the service was refused.
@@ -125,15 +137,16 @@ impl<B: Backend> App<B> {
         node_id: impl Into<String>,
         bus: strata::BusConfig,
     ) -> Result<Self, ViewError> {
-        Self::start_with(stores, node_id, bus, FulfilmentSettings::default()).await
+        Self::start_with(stores, node_id, bus, Role::Writer(FulfilmentSettings::default())).await
     }
 
-    /// [`App::start`] with the fulfilment saga's settings.
+    /// [`App::start`] in the given role: a writer with the fulfilment saga's settings, or a
+    /// replica without the saga.
     pub async fn start_with(
         stores: Stores<B>,
         node_id: impl Into<String>,
         bus: strata::BusConfig,
-        fulfilment: FulfilmentSettings,
+        role: Role,
     ) -> Result<Self, ViewError> {
         let node_id = node_id.into();
         let runner = ProjectionRunner::new(node_id.clone());
@@ -159,19 +172,25 @@ impl<B: Backend> App<B> {
         start!(views::sales_daily());
         start!(strata::audit::projection::<OrdersEvent>());
         let bus = Arc::new(CommandBus::new(events, bus));
-        let saga = Arc::new(FulfilmentSaga::new(bus.clone(), fulfilment));
-        let (projection, saga) = strata::saga::spawn(
-            &runner,
-            saga,
-            &FULFILMENT_TABLES,
-            reader,
-            views.clone(),
-            leases.clone(),
-        )
-        .await?;
-        projections.push(projection);
         let mut sagas = Sagas::new();
-        sagas.push(saga);
+        let read_only = match role {
+            Role::Writer(fulfilment) => {
+                let saga = Arc::new(FulfilmentSaga::new(bus.clone(), fulfilment));
+                let (projection, saga) = strata::saga::spawn(
+                    &runner,
+                    saga,
+                    &FULFILMENT_TABLES,
+                    reader,
+                    views.clone(),
+                    leases.clone(),
+                )
+                .await?;
+                projections.push(projection);
+                sagas.push(saga);
+                false
+            }
+            Role::Replica => true,
+        };
         Ok(Self {
             bus,
             views,
@@ -182,6 +201,7 @@ impl<B: Backend> App<B> {
             tokens: None,
             http_metrics: strata_http::HttpMetrics::new(),
             read_timeout: std::time::Duration::from_secs(10),
+            read_only,
             leases,
         })
     }
@@ -202,14 +222,35 @@ impl<B: Backend> App<B> {
             self.views.clone(),
             self.leases.clone(),
         );
+        self.list(handle)
+    }
+
+    /// Copies another deployment's log from `source` into this node's store (which must
+    /// have no other writer: start the app as a [`Role::Replica`]), at the positions it had
+    /// there; listed with the projections as `name`. Call it before the app is shared.
+    pub fn follow<S: strata::Source>(
+        &mut self,
+        name: &'static str,
+        source: S,
+    ) -> Result<(), ViewError> {
+        let runner = ProjectionRunner::new(self.node_id.clone());
+        let handle = runner.spawn_follower(name, source, self.events().clone());
+        self.list(handle)
+    }
+
+    /// Lists `handle` with the projections; stops it if the app is already shared.
+    fn list(&mut self, handle: ProjectionHandle) -> Result<(), ViewError> {
+        let name = handle.name();
         match Arc::get_mut(&mut self.projections) {
             Some(projections) => {
                 projections.push(handle);
                 Ok(())
             }
-            None => Err(ViewError::Backend(
-                format!("{name} must be added before the app is shared").into(),
-            )),
+            None => {
+                handle.stop();
+                let message = format!("{name} must be added before the app is shared");
+                Err(ViewError::Backend(message.into()))
+            }
         }
     }
 

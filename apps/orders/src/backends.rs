@@ -32,6 +32,14 @@ pub fn open_sqlite(dir: &Path) -> Result<Stores<SqliteBackend>, SqliteError> {
     Ok(Stores { events, views: Arc::new(views), leases: Arc::new(LocalLeases) })
 }
 
+/// [`open_sqlite`] for a read replica: the events are a copy of the writer's log, kept
+/// without an fsync per append (`SqliteEventStore::open_copy`).
+pub fn open_sqlite_copy(dir: &Path) -> Result<Stores<SqliteBackend>, SqliteError> {
+    let events = Arc::new(SqliteEventStore::open_copy(dir)?);
+    let (views, _repair) = SqliteViewManager::open_or_repair(dir)?;
+    Ok(Stores { events, views: Arc::new(views), leases: Arc::new(LocalLeases) })
+}
+
 /// Events, views and idempotent answers in one PostgreSQL schema shared by every node.
 pub struct PostgresBackend;
 

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod paging;
 pub mod problem;
+pub mod read_only;
 pub mod server;
 pub mod shutdown;
 pub mod wait;
@@ -28,6 +29,7 @@ pub use idempotency::{IDEMPOTENCY_HEADER, Idempotency, IdempotencyLayerState, id
 pub use json::{JsonBody, end_with_newline};
 pub use metrics::{HttpMetrics, count_requests};
 pub use problem::Problem;
+pub use read_only::{Replica, read_only};
 pub use shutdown::{Shutdown, attach_shutdown};
 pub use wait::{VIEW_POSITION_HEADER, ViewWait, WaitParams};
 

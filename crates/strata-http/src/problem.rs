@@ -77,6 +77,17 @@ impl Problem {
         )
     }
 
+    /// 405: the node takes no commands (a read-only replica); `detail` says where to send
+    /// them.
+    pub fn read_only(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "urn:strata:problem:read-only",
+            "Read-only node",
+            detail.into(),
+        )
+    }
+
     /// 409: the request conflicts with the current state.
     pub fn conflict(detail: impl Into<String>) -> Self {
         Self::new(

@@ -29,6 +29,8 @@ pub struct ViewWait {
     pub wait: Duration,
     /// Ends the wait early when the service shuts down.
     pub shutdown: Option<Shutdown>,
+    /// Whether this node is a read-only replica (the [`crate::Replica`] extension).
+    pub replica: bool,
 }
 
 /// The query parameters of a wait, as the API describes them.
@@ -61,6 +63,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ViewWait {
             min_position: raw.min_position.map(Position),
             wait: Duration::from_millis(wait_ms),
             shutdown: parts.extensions.get::<Shutdown>().cloned(),
+            replica: parts.extensions.get::<crate::Replica>().is_some(),
         })
     }
 }
@@ -69,7 +72,8 @@ impl ViewWait {
     /// Waits until `projection` has reached the asked position; 503 with `Retry-After` when
     /// it does not within the wait, or the service begins to shut down meanwhile, and 400 when
     /// the position is in no log at all (`store` holds no event there: no command answered
-    /// with it). Returns the position the view reflects.
+    /// with it), except on a replica, whose copy may not hold it yet. Returns the position
+    /// the view reflects.
     pub async fn until_ready<S: EventStore>(
         &self,
         projection: &ProjectionHandle,
@@ -98,6 +102,16 @@ impl ViewWait {
         // The store itself, not this node's idea of its head: on a cluster another node may
         // have written the position a moment ago.
         let before = Position(target.0.saturating_sub(1));
+        if self.replica {
+            return Err(Problem::view_not_ready(
+                format!(
+                    "this replica's view {} is at position {reached}, and position {target} has \
+                     not been copied here yet; retry shortly",
+                    projection.name()
+                ),
+                1,
+            ));
+        }
         if let Ok(events) = store.read_all(before, 1).await
             && events.is_empty()
         {

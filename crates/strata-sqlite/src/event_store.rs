@@ -63,6 +63,15 @@ const READ_SNAPSHOT: &str = "SELECT version, format, state FROM snapshots \
      WHERE aggregate_type = ?1 AND aggregate_id = ?2";
 const EVENT_TYPES: &str = "SELECT DISTINCT event_type, schema_version FROM events";
 
+/// Whether every commit is synced to disk before it is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// The log itself: an answered append survives a power cut (invariant 5).
+    EveryCommit,
+    /// A copy of a log kept elsewhere, which can be copied again.
+    Copy,
+}
+
 /// An [`EventStore`] on SQLite: `events.sqlite` in the directory it is opened on.
 ///
 /// Clones share one store. When the last clone is dropped the writer thread finishes the
@@ -92,8 +101,26 @@ impl SqliteEventStore {
     ///
     /// This blocks on file I/O; call it at startup, or from `spawn_blocking`.
     pub fn open(dir: &Path) -> Result<Self, SqliteError> {
+        Self::open_with(dir, Durability::EveryCommit)
+    }
+
+    /// [`open`](Self::open) for a copy of a log kept elsewhere (a read replica's, filled by
+    /// a follower): commits are not synced to disk one by one. A power cut may lose the
+    /// newest events, which the follower then copies again from its head; a crash of the
+    /// process loses nothing. Appends that wait for each other in turn (a follower's) then
+    /// cost no fsync each.
+    pub fn open_copy(dir: &Path) -> Result<Self, SqliteError> {
+        Self::open_with(dir, Durability::Copy)
+    }
+
+    fn open_with(dir: &Path, durability: Durability) -> Result<Self, SqliteError> {
         let lock = lock_for_writing(dir)?;
         let (connection, path) = schema::open_writer(dir, &schema::EVENTS)?;
+        if durability == Durability::Copy {
+            connection
+                .pragma_update(None, "synchronous", "NORMAL")
+                .map_err(|source| SqliteError::Open { path: path.clone(), source })?;
+        }
         let head: i64 = connection
             .query_row(writer::HEAD, [], |row| row.get(0))
             .map_err(|source| SqliteError::Open { path: path.clone(), source })?;

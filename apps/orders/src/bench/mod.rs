@@ -80,7 +80,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
     /// Instead of W1: make W1's events in memory, then publish them all to a fresh
-    /// JetStream stream at this URL (deleted afterwards); events per second acknowledged.
+    /// JetStream stream at this URL (deleted afterwards); events per second acknowledged,
+    /// then how fast a read replica copies them.
     #[arg(long, value_name = "URL")]
     pub nats: Option<String>,
 }
@@ -210,6 +211,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 "events_per_s": figures.events as f64 / figures.elapsed.as_secs_f64(),
                 "body_bytes": figures.body_bytes,
                 "seconds": figures.elapsed.as_secs_f64(),
+                "replica_copy_seconds": figures.replica_copied.as_secs_f64(),
                 "machine": system::machine(),
             });
             println!("{object}");

@@ -1,18 +1,26 @@
-//! `strata bench --nats URL`: how fast the NATS publisher hands the log to JetStream. W1's
-//! events are made in memory first; then a delivery publishes all of them (bodies as
-//! `strata events export` writes them, each acknowledged by the server) to a fresh stream,
-//! deleted afterwards, and the time from start to the last acknowledgement is reported.
+//! `strata bench --nats URL`: how fast the NATS publisher hands the log to JetStream, and a
+//! read replica takes it back. W1's events are made in memory first; then a delivery
+//! publishes all of them (bodies as `strata events export` writes them, each acknowledged
+//! by the server) to a fresh stream, and the time from start to the last acknowledgement is
+//! reported. Then a replica's follower copies the whole stream into a fresh SQLite store
+//! opened as `serve --read-only` opens it, and the time until it holds the head is
+//! reported (its views then catch up as on any node: see catch-up in W1's figures). The
+//! stream is deleted afterwards.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use strata::{EventStore, InMemoryEventStore, InMemoryViewManager, LocalLeases, ProjectionRunner};
-use strata_nats::{JetStreamOutlet, NatsSettings};
+use strata::{
+    EventStore, InMemoryEventStore, InMemoryViewManager, LocalLeases, Position, ProjectionRunner,
+};
+use strata_nats::{JetStreamOutlet, JetStreamSource, NatsSettings};
+use strata_sqlite::SqliteEventStore;
 
 use super::plan::Plan;
 use super::progress::Progress;
+use crate::cli::store::NATS_SOURCE;
 
 /// What the run measured.
 pub struct PublishFigures {
@@ -22,6 +30,8 @@ pub struct PublishFigures {
     pub elapsed: Duration,
     /// Bytes of message bodies.
     pub body_bytes: u64,
+    /// From a replica's start until its copy of the log held every event.
+    pub replica_copied: Duration,
 }
 
 /// How long publishing may take before the run is called failed.
@@ -82,13 +92,50 @@ pub async fn run(plan: Plan, url: &str) -> anyhow::Result<PublishFigures> {
     };
     progress.finish();
     publisher.stop();
+    let replica = match reached {
+        Ok(_) => follow(&settings, head).await,
+        Err(_) => Ok(Duration::ZERO),
+    };
     if let Err(error) = context.delete_stream(&settings.stream).await {
         eprintln!("bench: could not delete the stream {}: {error}", settings.stream);
     }
+    let replica_copied = replica?;
     match reached {
-        Ok(elapsed) => Ok(PublishFigures { events: head.0, elapsed, body_bytes }),
+        Ok(elapsed) => Ok(PublishFigures { events: head.0, elapsed, body_bytes, replica_copied }),
         Err(error) => bail!("the publisher did not finish in {PATIENCE:?}: {error:?}"),
     }
+}
+
+/// Follows the stream of `settings` up to `head` into a fresh SQLite store opened as a
+/// replica's: how long until the copy held every event.
+async fn follow(settings: &NatsSettings, head: Position) -> anyhow::Result<Duration> {
+    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let store = Arc::new(
+        SqliteEventStore::open_copy(dir.path()).context("cannot open the replica's store")?,
+    );
+    let source = JetStreamSource::connect(settings, crate::cli::events::import_object)
+        .await
+        .context("cannot reach the replica's source")?;
+    let started = Instant::now();
+    let follower =
+        ProjectionRunner::new("bench").spawn_follower(NATS_SOURCE, source, store.clone());
+    let copied = Arc::new(AtomicU64::new(0));
+    let progress = Progress::start("events copied by a replica", head.0, copied.clone());
+    let outcome = loop {
+        let at = store.head();
+        copied.store(at.0, Ordering::Relaxed);
+        if at >= head {
+            break Ok(started.elapsed());
+        }
+        if started.elapsed() > PATIENCE {
+            let error = follower.status().await.ok().and_then(|s| s.error);
+            break Err(anyhow::anyhow!("the replica did not catch up in {PATIENCE:?}: {error:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    progress.finish();
+    follower.stop();
+    outcome
 }
 
 /// The report of a run.
@@ -111,6 +158,10 @@ pub fn table(url: &str, figures: &PublishFigures) -> String {
             format!("{:.0}", figures.body_bytes as f64 / figures.events.max(1) as f64),
         ),
         ("wall time".to_owned(), format!("{seconds:.2} s")),
+        (
+            "replica: events copied/s".to_owned(),
+            format!("{:.0}", figures.events as f64 / figures.replica_copied.as_secs_f64()),
+        ),
     ];
     for (name, value) in rows {
         out.push_str(&format!("| {name:<27} | {value:>12} |\n"));

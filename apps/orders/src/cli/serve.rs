@@ -11,8 +11,10 @@ use strata_http::server::Limits;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::store::{NATS_PUBLISHER, NatsArgs, RedisArgs, StoreArgs, StoreLocation};
-use crate::app::{App, Backend, Stores};
+use super::store::{
+    NATS_PUBLISHER, NATS_SOURCE, NatsArgs, RedisArgs, StoreArgs, StoreLocation, StoreUrlError,
+};
+use crate::app::{App, Backend, Role, Stores};
 use crate::backends;
 use crate::domain::SCHEMAS;
 use crate::sagas::FulfilmentSettings;
@@ -82,6 +84,14 @@ pub struct ServeArgs {
     #[arg(long, env = "STRATA_REQUEST_TIMEOUT", default_value = "10s", value_name = "DURATION",
           value_parser = parse_duration)]
     pub request_timeout: Duration,
+    /// Take no commands (their routes answer 405): a replica that builds its views, in
+    /// SQLite in --data-dir, from the JetStream stream a writer publishes to (--source,
+    /// --nats-stream, --nats-subject-prefix).
+    #[arg(long, env = "STRATA_READ_ONLY", requires = "source", conflicts_with_all = ["nats", "redis"])]
+    pub read_only: bool,
+    /// The NATS server (nats://HOST:PORT) whose stream a --read-only replica follows.
+    #[arg(long, env = "STRATA_SOURCE", value_name = "URL", requires = "read_only")]
+    pub source: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
@@ -120,6 +130,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let location = args.store.location()?;
+    if args.read_only && !matches!(location, StoreLocation::Sqlite(_)) {
+        let store = args.store.store.clone().unwrap_or_default();
+        return Err(StoreUrlError::ReplicaNeedsSqlite(store).into());
+    }
     let signals = count_signals();
     let listener = TcpListener::bind(&args.bind)
         .await
@@ -136,7 +150,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // a client that waits for it finds a service that answers.
     match location {
         StoreLocation::Sqlite(dir) => {
-            let stores = backends::open_sqlite(&dir)
+            let open =
+                if args.read_only { backends::open_sqlite_copy } else { backends::open_sqlite };
+            let stores = open(&dir)
                 .with_context(|| format!("cannot open the SQLite store in {}", dir.display()))?;
             println!("strata: data in {} (SQLite)", dir.display());
             serve_with_redis(stores, listener, node_id, &args, tokens, signals).await
@@ -196,16 +212,24 @@ async fn serve<B: Backend>(
             list.join("\n")
         );
     }
-    // Connected before anything starts: a publisher that cannot reach its server stops the
-    // service with a message rather than falling behind unseen.
+    // Connected before anything starts: a publisher or a replica that cannot reach its
+    // server stops the service with a message rather than falling behind unseen.
     let publisher = args.nats.connect().await?;
+    let source = match &args.source {
+        Some(url) => Some(args.nats.follow(url).await?),
+        None => None,
+    };
+    let role = if source.is_some() { Role::Replica } else { Role::Writer(fulfilment) };
     let mut app =
-        App::start_with(stores, node_id, BusConfig { codec, ..BusConfig::default() }, fulfilment)
+        App::start_with(stores, node_id, BusConfig { codec, ..BusConfig::default() }, role)
             .await
             .context("cannot prepare the projections' tables")?;
     if let Some(publisher) = publisher {
         app.deliver(NATS_PUBLISHER, Arc::new(publisher))
             .context("cannot start the NATS publisher")?;
+    }
+    if let Some(source) = source {
+        app.follow(NATS_SOURCE, source).context("cannot start following the source")?;
     }
     app.tokens = tokens;
     app.read_timeout = args.request_timeout;

@@ -88,16 +88,22 @@ fn parse_subject_prefix(text: &str) -> Result<String, String> {
 
 /// The name the publisher runs under, beside the projections.
 pub const NATS_PUBLISHER: &str = "nats_publisher";
+/// The name a replica's follower runs under, beside the projections.
+pub const NATS_SOURCE: &str = "nats_source";
 
 impl NatsArgs {
+    fn settings(&self, url: &str) -> strata_nats::NatsSettings {
+        strata_nats::NatsSettings {
+            url: url.to_owned(),
+            stream: self.nats_stream.clone(),
+            subject_prefix: self.nats_subject_prefix.clone(),
+        }
+    }
+
     /// Connects when `--nats` is given (creating the stream), and says so.
     pub async fn connect(&self) -> anyhow::Result<Option<strata_nats::JetStreamOutlet>> {
         let Some(url) = &self.nats else { return Ok(None) };
-        let settings = strata_nats::NatsSettings {
-            url: url.clone(),
-            stream: self.nats_stream.clone(),
-            subject_prefix: self.nats_subject_prefix.clone(),
-        };
+        let settings = self.settings(url);
         let outlet =
             strata_nats::JetStreamOutlet::connect(&settings, crate::cli::events::export_object)
                 .await
@@ -109,6 +115,24 @@ impl NatsArgs {
             self.nats_subject_prefix
         );
         Ok(Some(outlet))
+    }
+
+    /// Connects to `url` to read the stream back, as a replica does, and says so.
+    pub async fn follow(&self, url: &str) -> anyhow::Result<strata_nats::JetStreamSource> {
+        let source = strata_nats::JetStreamSource::connect(
+            &self.settings(url),
+            crate::cli::events::import_object,
+        )
+        .await
+        .context("cannot reach the replica's source")?;
+        println!(
+            "strata: read-only replica of JetStream stream {} at {} (subjects {}.>); command \
+             routes answer 405",
+            self.nats_stream,
+            super::config::masked(url),
+            self.nats_subject_prefix
+        );
+        Ok(source)
     }
 }
 
@@ -137,6 +161,11 @@ pub enum StoreUrlError {
     /// Nothing this build knows.
     #[error("unknown store {0:?}; expected sqlite:DIR, postgres://… or memory")]
     Unknown(String),
+    /// A read-only replica given a store other than a data directory.
+    #[error(
+        "a read-only replica keeps its copy of the log in SQLite: give --data-dir DIR, not {0}"
+    )]
+    ReplicaNeedsSqlite(String),
 }
 
 /// The data directory used when neither flag is given.

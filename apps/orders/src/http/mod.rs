@@ -49,6 +49,12 @@ pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
             Required { tokens: app.tokens.clone(), role: Role::Write },
             require,
         ));
+    // A replica answers every command route with 405, whoever asks.
+    let commands = if app.read_only {
+        commands.route_layer(axum::middleware::from_fn(strata_http::read_only))
+    } else {
+        commands
+    };
     let queries = OpenApiRouter::new()
         .routes(route::<queries::__path_customer, _, _, _>(queries::customer::<B>))
         .routes(route::<lists::__path_customer_orders, _, _, _>(lists::customer_orders::<B>))
@@ -71,7 +77,10 @@ pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
         commands: app.bus.counts().clone(),
         tokens: app.tokens.clone(),
     });
+    let read_only = app.read_only;
     let api = commands.merge(queries).with_state(app).merge(operations);
+    // A replica's queries wait for positions its copy has not reached yet.
+    let api = if read_only { api.layer(axum::Extension(strata_http::Replica)) } else { api };
     openapi::serve_document(api, "Strata orders", env!("CARGO_PKG_VERSION"))
         .fallback(|| async { Problem::not_found("no such route") })
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })

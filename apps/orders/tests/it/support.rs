@@ -8,7 +8,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
-use orders::app::App;
+use orders::app::{App, Role};
 use orders::backends::{SqliteBackend, open_sqlite};
 use orders::sagas::FulfilmentSettings;
 use serde_json::Value;
@@ -102,7 +102,8 @@ impl Service {
                 Err(error) => panic!("cannot open {}: {error}", path.display()),
             }
         };
-        let app = App::start_with(stores, "test-node", BusConfig::default(), fulfilment);
+        let app =
+            App::start_with(stores, "test-node", BusConfig::default(), Role::Writer(fulfilment));
         let app = Arc::new(app.await.unwrap());
         let router = orders::http::router(app.clone());
         Self { app, router, _dir: None }

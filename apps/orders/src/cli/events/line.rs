@@ -6,7 +6,7 @@ use anyhow::anyhow;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use strata::{Codec, EventMetadata, NewEvent, RecordedEvent, StreamId};
+use strata::{Codec, EventMetadata, NewEvent, Position, RecordedEvent, StreamId, Version};
 use uuid::Uuid;
 
 /// One event as a line of the export. A struct of its own, not `RecordedEvent`, so that the
@@ -120,6 +120,23 @@ impl EventLine {
 
     pub(super) fn stream(&self) -> StreamId {
         StreamId::new(self.aggregate_type.clone(), self.aggregate_id.clone())
+    }
+
+    /// The event as it was recorded at its position; a binary payload is encoded again
+    /// from its JSON.
+    pub(super) fn into_recorded(self) -> anyhow::Result<RecordedEvent> {
+        let (stream, version, position) =
+            (self.stream(), Version(self.version), Position(self.position));
+        let event = self.into_new_event()?;
+        Ok(RecordedEvent {
+            stream,
+            version,
+            position,
+            event_type: event.event_type,
+            schema_version: event.schema_version,
+            payload: event.payload,
+            metadata: event.metadata,
+        })
     }
 
     /// The event to append; a binary payload is encoded again from its JSON.

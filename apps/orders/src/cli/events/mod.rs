@@ -24,6 +24,13 @@ pub fn export_object(event: &strata::RecordedEvent) -> Result<Vec<u8>, String> {
     serde_json::to_vec(&line).map_err(|error| error.to_string())
 }
 
+/// The event a message body made by [`export_object`] holds, its position included: what a
+/// read-only replica appends.
+pub fn import_object(body: &[u8]) -> Result<strata::RecordedEvent, String> {
+    let line: line::EventLine = serde_json::from_slice(body).map_err(|error| error.to_string())?;
+    line.into_recorded().map_err(|error| error.to_string())
+}
+
 /// Progress is reported on stderr every this many events.
 const PROGRESS_EVERY: u64 = 10_000;
 
