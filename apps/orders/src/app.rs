@@ -61,6 +61,8 @@ pub struct App<B: Backend> {
     pub read_timeout: std::time::Duration,
     /// Whether the node takes no commands (a replica): its command routes answer 405.
     pub read_only: bool,
+    /// This node's search index, when it keeps one ([`App::search`]).
+    pub search: Option<Arc<strata_search::SearchIndex>>,
     /// Who runs which projection (and delivery).
     leases: Arc<B::Leases>,
 }
@@ -202,6 +204,7 @@ impl<B: Backend> App<B> {
             http_metrics: strata_http::HttpMetrics::new(),
             read_timeout: std::time::Duration::from_secs(10),
             read_only,
+            search: None,
             leases,
         })
     }
@@ -236,6 +239,19 @@ impl<B: Backend> App<B> {
         let runner = ProjectionRunner::new(self.node_id.clone());
         let handle = runner.spawn_follower(name, source, self.events().clone());
         self.list(handle)
+    }
+
+    /// Keeps the orders' search documents in `index`, on this node alone, from the
+    /// checkpoint the index holds; listed with the projections as
+    /// [`views::ORDER_SEARCH`]. Call it before the app is shared.
+    pub fn search(&mut self, index: Arc<strata_search::SearchIndex>) -> Result<(), ViewError> {
+        let runner = ProjectionRunner::new(self.node_id.clone());
+        let view =
+            Arc::new(strata_search::SearchProjection::new(index.clone(), views::OrderIndexer));
+        let handle = runner.spawn_local(views::ORDER_SEARCH, view, self.events().clone());
+        self.list(handle)?;
+        self.search = Some(index);
+        Ok(())
     }
 
     /// Lists `handle` with the projections; stops it if the app is already shared.

@@ -256,9 +256,9 @@ impl From<ControlError> for Problem {
     fn from(error: ControlError) -> Self {
         match error {
             ControlError::NotParked { .. } => Problem::not_found(error.to_string()),
-            ControlError::RebuildInProgress(_) | ControlError::KeepsNoViews(_) => {
-                Problem::conflict(error.to_string())
-            }
+            ControlError::RebuildInProgress(_)
+            | ControlError::KeepsNoViews(_)
+            | ControlError::NodeLocal(_) => Problem::conflict(error.to_string()),
             ControlError::Busy(_) => Problem::view_not_ready(error.to_string(), 1),
             ControlError::View(error) => Problem::unavailable(&error),
             ControlError::Store(error) => Problem::unavailable(&error),

@@ -36,7 +36,7 @@ pub use lease::{Lease, LeaseError, Leases, LocalLeases};
 pub use memory::{InMemoryEventStore, InMemoryViewManager};
 pub use projection::reader::SharedReader;
 pub use projection::{
-    ControlError, InstanceReport, Outlet, Projection, ProjectionError, ProjectionHandle,
+    ControlError, InstanceReport, LocalView, Outlet, Projection, ProjectionError, ProjectionHandle,
     ProjectionRunner, ProjectionState, ProjectionStatus, Projections, Pulled, RebuildProgress,
     Source, status_of,
 };

@@ -13,6 +13,7 @@ mod progress;
 mod publish;
 mod report;
 mod saga;
+mod search;
 mod system;
 pub mod workload;
 
@@ -74,6 +75,10 @@ pub struct BenchArgs {
     /// latency.
     #[arg(long)]
     pub saga: bool,
+    /// Instead of W1: --orders orders placed in memory, then a search index built from
+    /// that log and queried; orders indexed per second and query latency.
+    #[arg(long)]
+    pub search: bool,
     /// Keep the benchmark's views (order_summary, and its rebuild) in Redis at this URL,
     /// under a fresh key prefix deleted afterwards; events stay in --store (memory or
     /// sqlite). Catch-up and rebuild then measure Redis.
@@ -202,6 +207,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let baseline = args.compare.as_deref().map(compare::Baseline::read).transpose()?;
     if args.saga {
         return run_saga(&args, plan).await;
+    }
+    if args.search {
+        let figures = search::run(plan.orders).await?;
+        if args.json {
+            let object = serde_json::json!({
+                "orders": figures.orders,
+                "events": figures.events,
+                "build_seconds": figures.build.as_secs_f64(),
+                "index_bytes": figures.bytes,
+                "query_p50_ms": figures.latency.quantile(0.5).as_secs_f64() * 1000.0,
+                "query_p99_ms": figures.latency.quantile(0.99).as_secs_f64() * 1000.0,
+                "machine": system::machine(),
+            });
+            println!("{object}");
+        } else {
+            print!("{}", search::table(&figures));
+        }
+        return Ok(());
     }
     if let Some(url) = &args.nats {
         let figures = publish::run(plan, url).await?;

@@ -92,6 +92,11 @@ pub struct ServeArgs {
     /// The NATS server (nats://HOST:PORT) whose stream a --read-only replica follows.
     #[arg(long, env = "STRATA_SOURCE", value_name = "URL", requires = "read_only")]
     pub source: Option<String>,
+    /// Where this node keeps its search index for GET /search/orders [default: DIR/search
+    /// with a SQLite store, a temporary directory with memory; none on PostgreSQL, whose
+    /// nodes then answer searches with 404].
+    #[arg(long, env = "STRATA_SEARCH_DIR", value_name = "DIR")]
+    pub search_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
@@ -146,6 +151,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let node_id =
         args.node_id.clone().unwrap_or_else(|| format!("{}:{}", host_name(), address.port()));
+    // A memory store's index goes with the process, like its events.
+    let mut temporary = None;
+    let search = match (&args.search_dir, &location) {
+        (Some(dir), _) => Some(dir.clone()),
+        (None, StoreLocation::Sqlite(dir)) => Some(dir.join("search")),
+        (None, StoreLocation::Memory) => {
+            let dir =
+                tempfile::tempdir().context("cannot create a directory for the search index")?;
+            let path = dir.path().to_owned();
+            temporary = Some(dir);
+            Some(path)
+        }
+        (None, StoreLocation::Postgres(_)) => None,
+    };
+    let node = Node { listener, node_id, tokens, signals, search };
     // "listening" is printed by `serve`, once the store is open and the projections started:
     // a client that waits for it finds a service that answers.
     match location {
@@ -155,45 +175,48 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let stores = open(&dir)
                 .with_context(|| format!("cannot open the SQLite store in {}", dir.display()))?;
             println!("strata: data in {} (SQLite)", dir.display());
-            serve_with_redis(stores, listener, node_id, &args, tokens, signals).await
+            serve_with_redis(stores, node, &args).await
         }
         StoreLocation::Postgres(url) => {
-            let stores = backends::open_postgres(&url, &node_id)
+            let stores = backends::open_postgres(&url, &node.node_id)
                 .await
                 .context("cannot open the PostgreSQL store")?;
             println!("strata: data in PostgreSQL ({})", super::config::masked(&url));
-            serve_with_redis(stores, listener, node_id, &args, tokens, signals).await
+            serve_with_redis(stores, node, &args).await
         }
         StoreLocation::Memory => {
             println!("strata: data in memory (lost when the process ends)");
-            serve_with_redis(backends::memory(), listener, node_id, &args, tokens, signals).await
+            let served = serve_with_redis(backends::memory(), node, &args).await;
+            drop(temporary);
+            served
         }
     }
+}
+
+/// What a node is started with besides its stores and flags.
+struct Node {
+    listener: TcpListener,
+    node_id: String,
+    tokens: Option<Arc<strata_http::Tokens>>,
+    signals: watch::Receiver<u32>,
+    /// Where its search index lives, if it keeps one.
+    search: Option<std::path::PathBuf>,
 }
 
 /// Serves `stores`, with the views `--redis` names in Redis when it is given.
 async fn serve_with_redis<B: Backend>(
     stores: Stores<B>,
-    listener: TcpListener,
-    node_id: String,
+    node: Node,
     args: &ServeArgs,
-    tokens: Option<Arc<strata_http::Tokens>>,
-    signals: watch::Receiver<u32>,
 ) -> anyhow::Result<()> {
     let Some(redis) = args.redis.connect().await? else {
-        return serve(stores, listener, node_id, args, tokens, signals).await;
+        return serve(stores, node, args).await;
     };
-    serve(backends::with_redis(stores, redis), listener, node_id, args, tokens, signals).await
+    serve(backends::with_redis(stores, redis), node, args).await
 }
 
-async fn serve<B: Backend>(
-    stores: Stores<B>,
-    listener: TcpListener,
-    node_id: String,
-    args: &ServeArgs,
-    tokens: Option<Arc<strata_http::Tokens>>,
-    signals: watch::Receiver<u32>,
-) -> anyhow::Result<()> {
+async fn serve<B: Backend>(stores: Stores<B>, node: Node, args: &ServeArgs) -> anyhow::Result<()> {
+    let Node { listener, node_id, tokens, signals, search } = node;
     let (idempotency_ttl, codec) = (args.idempotency_ttl, args.event_codec);
 
     let fulfilment =
@@ -230,6 +253,11 @@ async fn serve<B: Backend>(
     }
     if let Some(source) = source {
         app.follow(NATS_SOURCE, source).context("cannot start following the source")?;
+    }
+    if let Some(dir) = search {
+        let index = strata_search::SearchIndex::open(&dir)
+            .with_context(|| format!("cannot open the search index in {}", dir.display()))?;
+        app.search(Arc::new(index)).context("cannot start the search index")?;
     }
     app.tokens = tokens;
     app.read_timeout = args.request_timeout;

@@ -7,6 +7,7 @@ mod ids;
 mod lists;
 mod queries;
 mod reports;
+mod search;
 
 use std::sync::Arc;
 
@@ -62,6 +63,7 @@ pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
         .routes(route::<lists::__path_orders, _, _, _>(lists::orders::<B>))
         .routes(route::<queries::__path_order, _, _, _>(queries::order::<B>))
         .routes(route::<reports::__path_sales, _, _, _>(reports::sales::<B>))
+        .routes(route::<search::__path_orders, _, _, _>(search::orders::<B>))
         .route_layer(axum::middleware::from_fn_with_state(
             Required { tokens: app.tokens.clone(), role: Role::Read },
             require,

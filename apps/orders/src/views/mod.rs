@@ -12,6 +12,7 @@ mod order_list;
 mod orders;
 mod products;
 mod sales;
+mod search;
 
 use strata::{Envelope, Projection, RecordedEvent};
 
@@ -23,6 +24,7 @@ pub use order_list::{CUSTOMER_ORDERS, ListedOrder, customer_orders};
 pub use orders::{OrderView, orders};
 pub use products::{ProductView, products};
 pub use sales::{OrderSales, SALES_DAILY, SALES_DAILY_ORDERS, sales_daily};
+pub use search::{ORDER, ORDER_SEARCH, OrderIndexer};
 
 /// A projection of the orders service: its locator is a plain function of the event.
 pub type OrdersProjection<V> = Projection<OrdersEvent, V, Locator>;

@@ -21,6 +21,7 @@ mod reads;
 mod rebuild;
 mod redis_views;
 mod sagas;
+mod search;
 mod snapshots;
 mod support;
 mod ui;

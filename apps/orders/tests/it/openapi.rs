@@ -24,6 +24,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/orders/{id}/ship"),
     ("post", "/orders/{id}/cancel"),
     ("get", "/reports/sales"),
+    ("get", "/search/orders"),
     ("get", "/admin/projections"),
     ("get", "/admin/projections/{name}/parked"),
     ("post", "/admin/projections/{name}/parked/{view_id}/retry"),

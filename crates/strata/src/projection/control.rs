@@ -184,6 +184,12 @@ pub enum ControlError {
     /// A delivery to another service, or a follower of one: it keeps no views to rebuild.
     #[error("{0} moves events between services; it keeps no views to rebuild")]
     KeepsNoViews(String),
+    /// A view each node keeps on its own disk: it is built again by removing it there.
+    #[error(
+        "{0} is kept by each node on its own disk; to build it again, stop the node, delete \
+         its files and start it"
+    )]
+    NodeLocal(String),
     /// The projection's batches kept committing in between; try again.
     #[error("projection {0} kept changing during the operation; try again")]
     Busy(String),

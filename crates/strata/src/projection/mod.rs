@@ -19,6 +19,7 @@ pub mod batch;
 pub mod control;
 pub mod delivery;
 pub mod follower;
+pub mod local;
 pub mod reader;
 pub mod runner;
 
@@ -40,6 +41,7 @@ pub use control::{
 };
 pub use delivery::Outlet;
 pub use follower::{Pulled, Source};
+pub use local::LocalView;
 pub use runner::ProjectionRunner;
 
 /// How many events a runner reads and commits at once unless told otherwise.

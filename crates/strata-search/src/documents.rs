@@ -1,0 +1,62 @@
+//! What an application writes: an [`Indexer`] turning events into document changes, read
+//! and written through [`Documents`].
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use strata::RecordedEvent;
+
+use crate::index::SearchIndex;
+
+/// Turns events into changes of documents. Written by the application, which knows its
+/// events; called once per event, in log order.
+pub trait Indexer: Send + Sync + 'static {
+    /// Changes the documents `event` touches. An error stops the index at this event
+    /// (nothing of its batch is committed) until the code can index it.
+    fn index(&self, event: &RecordedEvent, documents: &mut Documents<'_>) -> Result<(), String>;
+}
+
+/// A document as it will be committed.
+pub(crate) struct Pending {
+    pub(crate) body: String,
+    pub(crate) text: Option<String>,
+}
+
+/// The documents of the index as a batch sees them: what is committed, and the batch's own
+/// changes, which are committed with its checkpoint.
+pub struct Documents<'a> {
+    index: &'a SearchIndex,
+    pub(crate) pending: HashMap<(String, String), Pending>,
+}
+
+impl<'a> Documents<'a> {
+    pub(crate) fn new(index: &'a SearchIndex) -> Self {
+        Self { index, pending: HashMap::new() }
+    }
+
+    /// The document `id` of `kind`, as this batch left it, or as committed.
+    pub fn get<D: DeserializeOwned>(&self, kind: &str, id: &str) -> Result<Option<D>, String> {
+        let body = match self.pending.get(&(kind.to_owned(), id.to_owned())) {
+            Some(pending) => Some(pending.body.clone()),
+            None => self.index.body(kind, id).map_err(|error| error.to_string())?,
+        };
+        body.map(|body| serde_json::from_str(&body))
+            .transpose()
+            .map_err(|error| format!("document {kind}/{id} does not decode: {error}"))
+    }
+
+    /// Replaces (or creates) document `id` of `kind`; `text` is what it is found by, and
+    /// `None` keeps it out of searches (a document only looked up).
+    pub fn put<D: Serialize>(
+        &mut self,
+        kind: &str,
+        id: &str,
+        document: &D,
+        text: Option<String>,
+    ) -> Result<(), String> {
+        let body = serde_json::to_string(document).map_err(|error| error.to_string())?;
+        self.pending.insert((kind.to_owned(), id.to_owned()), Pending { body, text });
+        Ok(())
+    }
+}

@@ -1,0 +1,184 @@
+//! Node-local projections: a view each node keeps on its own (an embedded search index),
+//! in storage that commits its checkpoint together with its changes.
+//!
+//! No lease, since every node keeps its own copy, and no view manager, since the storage
+//! holds the checkpoint: a batch's changes and the position they reach are one commit, so a
+//! crash never loses or doubles an event's changes, and a new node builds its copy from the
+//! log. Listed with the projections (position, lag, failures in `/health`), so queries wait
+//! on it with `min_position` like on any view.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::Utc;
+
+use super::control::{ControlError, InstanceReport, Operations};
+use super::runner::{ProjectionRunner, Shared};
+use super::{BoxFuture, ProjectionHandle, ProjectionState, ProjectionStatus};
+use crate::event::RecordedEvent;
+use crate::store::EventStore;
+use crate::stream::Position;
+use crate::view_manager::{ParkedInstance, SkippedEvent};
+
+/// How many events one commit carries at most.
+const BATCH: usize = 1000;
+/// The longest wait between two attempts after failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long to wait for a new commit's notice before looking at the log anyway.
+const IDLE_LOOK: Duration = Duration::from_secs(1);
+
+/// A view kept by this node alone, in storage that commits its own checkpoint.
+pub trait LocalView: Send + Sync + 'static {
+    /// The position of the last event whose changes are committed; `Position::START` for
+    /// a new one.
+    fn checkpoint(&self) -> impl Future<Output = Result<Position, String>> + Send;
+
+    /// Applies `events` (consecutive, just after the checkpoint) and commits their changes
+    /// with the checkpoint at the last one, at once: after a crash, all of them or none are
+    /// in. An error means none are.
+    fn commit(&self, events: Vec<RecordedEvent>)
+    -> impl Future<Output = Result<(), String>> + Send;
+}
+
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(100u64 << failures.min(6)).min(MAX_BACKOFF)
+}
+
+struct Local<S, L> {
+    name: &'static str,
+    store: Arc<S>,
+    view: Arc<L>,
+    shared: Arc<Shared>,
+}
+
+impl<S: EventStore, L: LocalView> Local<S, L> {
+    async fn follow(&self) {
+        let mut head = self.store.subscribe();
+        let mut failures = 0;
+        loop {
+            match self.pass().await {
+                Ok(more) => {
+                    failures = 0;
+                    self.shared.set_failure(None);
+                    if !more {
+                        let _ = tokio::time::timeout(IDLE_LOOK, head.changed()).await;
+                    }
+                }
+                Err(error) => {
+                    failures += 1;
+                    tracing::warn!(projection = self.name, %error, "local view failed; trying again");
+                    self.shared.set_failure(Some(error));
+                    tokio::time::sleep(backoff(failures)).await;
+                }
+            }
+        }
+    }
+
+    /// One batch; `Ok(false)` when there was nothing new.
+    async fn pass(&self) -> Result<bool, String> {
+        let from = self.view.checkpoint().await?;
+        let head = self.store.head();
+        if from > head {
+            return Err(format!(
+                "its checkpoint {from} is past the log's head {head}: it was built from another \
+                 log; delete its files and start the node to build it from this one"
+            ));
+        }
+        self.shared.advance(from);
+        let events = self.store.read_all(from, BATCH).await.map_err(|e| e.to_string())?;
+        let Some(last) = events.last().map(|event| event.position) else { return Ok(false) };
+        let count = events.len() as u64;
+        self.view.commit(events).await?;
+        self.shared.events_applied.fetch_add(count, Ordering::Relaxed);
+        self.shared.advance(last);
+        Ok(true)
+    }
+}
+
+struct LocalControl<S, L> {
+    local: Arc<Local<S, L>>,
+    node_id: String,
+}
+
+impl<S: EventStore, L: LocalView> Operations for LocalControl<S, L> {
+    fn status(&self) -> BoxFuture<'_, Result<ProjectionStatus, ControlError>> {
+        Box::pin(async move {
+            let local = &self.local;
+            let head = local.store.head();
+            let position = *local.shared.position.borrow();
+            let lag_seconds = if head > position {
+                let oldest = local.store.read_all(position, 1).await?;
+                oldest.first().map_or(0.0, |event| {
+                    let age = (Utc::now() - event.metadata.recorded_at).num_milliseconds();
+                    age.max(0) as f64 / 1000.0
+                })
+            } else {
+                0.0
+            };
+            let error = local.shared.failure();
+            let status =
+                if error.is_some() { ProjectionState::Failed } else { ProjectionState::Running };
+            Ok(ProjectionStatus {
+                name: local.name.to_owned(),
+                position,
+                head,
+                lag_events: head.0.saturating_sub(position.0),
+                lag_seconds,
+                status,
+                parked: 0,
+                rebuild: None,
+                owner: Some(self.node_id.clone()),
+                error,
+            })
+        })
+    }
+
+    fn parked(&self) -> BoxFuture<'_, Result<Vec<ParkedInstance>, ControlError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn replay(
+        &self,
+        view_id: String,
+        _skip: Option<String>,
+    ) -> BoxFuture<'_, Result<InstanceReport, ControlError>> {
+        let projection = self.local.name.to_owned();
+        Box::pin(async move { Err(ControlError::NotParked { projection, view_id }) })
+    }
+
+    fn skipped(&self) -> BoxFuture<'_, Result<Vec<SkippedEvent>, ControlError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn rebuild(&self) -> BoxFuture<'_, Result<(), ControlError>> {
+        let name = self.local.name.to_owned();
+        Box::pin(async move { Err(ControlError::NodeLocal(name)) })
+    }
+}
+
+impl ProjectionRunner {
+    /// Keeps `view` up to date with `store` on this node, from the checkpoint the view
+    /// holds (see the module's documentation). The handle lists it with the projections.
+    pub fn spawn_local<S, L>(
+        &self,
+        name: &'static str,
+        view: Arc<L>,
+        store: Arc<S>,
+    ) -> ProjectionHandle
+    where
+        S: EventStore,
+        L: LocalView,
+    {
+        let shared = Arc::new(Shared::new());
+        shared.owner.send_replace(Some(self.node_id().to_owned()));
+        let local = Arc::new(Local { name, store, view, shared: shared.clone() });
+        let task = tokio::spawn({
+            let local = local.clone();
+            async move { local.follow().await }
+        });
+        let control = LocalControl { local, node_id: self.node_id().to_owned() };
+        ProjectionHandle::new(name, shared, Arc::new(control), task)
+    }
+}
