@@ -205,16 +205,30 @@ pub enum ControlError {
 }
 
 /// The operations of one projection, with its types erased.
+/// The operator's side of one listed entry. The instance operations default to those of
+/// an entry that keeps no view instances (a delivery, a follower, a node-local view):
+/// nothing parked or skipped, nothing to retry.
 pub(crate) trait Operations: Send + Sync {
+    fn name(&self) -> &'static str;
     fn status(&self) -> BoxFuture<'_, Result<ProjectionStatus, ControlError>>;
-    fn parked(&self) -> BoxFuture<'_, Result<Vec<ParkedInstance>, ControlError>>;
+    fn rebuild(&self) -> BoxFuture<'_, Result<(), ControlError>>;
+
+    fn parked(&self) -> BoxFuture<'_, Result<Vec<ParkedInstance>, ControlError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
     fn replay(
         &self,
         view_id: String,
-        skip: Option<String>,
-    ) -> BoxFuture<'_, Result<InstanceReport, ControlError>>;
-    fn skipped(&self) -> BoxFuture<'_, Result<Vec<SkippedEvent>, ControlError>>;
-    fn rebuild(&self) -> BoxFuture<'_, Result<(), ControlError>>;
+        _skip: Option<String>,
+    ) -> BoxFuture<'_, Result<InstanceReport, ControlError>> {
+        let projection = self.name().to_owned();
+        Box::pin(async move { Err(ControlError::NotParked { projection, view_id }) })
+    }
+
+    fn skipped(&self) -> BoxFuture<'_, Result<Vec<SkippedEvent>, ControlError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 /// [`Operations`] of one projection's engine.
@@ -230,10 +244,6 @@ where
     V: View<E>,
     L: ViewLocator<E>,
 {
-    fn name(&self) -> &'static str {
-        self.engine.projection.name()
-    }
-
     async fn status_now(&self) -> Result<ProjectionStatus, ControlError> {
         let shared = &self.engine.shared;
         let (owner, failure, known) =
@@ -294,6 +304,10 @@ where
     V: View<E>,
     L: ViewLocator<E>,
 {
+    fn name(&self) -> &'static str {
+        self.engine.projection.name()
+    }
+
     fn status(&self) -> BoxFuture<'_, Result<ProjectionStatus, ControlError>> {
         Box::pin(self.status_now())
     }

@@ -15,13 +15,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::control::{ControlError, InstanceReport, Operations};
+use super::control::{ControlError, Operations};
 use super::runner::{ProjectionRunner, Shared};
 use super::{BoxFuture, ProjectionHandle, ProjectionStatus, status_of};
 use crate::event::RecordedEvent;
 use crate::lease::{Lease, Leases};
 use crate::store::EventStore;
-use crate::view_manager::{Commit, ParkedInstance, SkippedEvent, Slot, ViewManager};
+use crate::view_manager::{Commit, Slot, ViewManager};
 
 /// How many events one hand-over carries at most.
 const BATCH: usize = 500;
@@ -160,6 +160,10 @@ struct DeliveryControl<S, M, O> {
 }
 
 impl<S: EventStore, M: ViewManager, O: Outlet> Operations for DeliveryControl<S, M, O> {
+    fn name(&self) -> &'static str {
+        self.delivery.name
+    }
+
     fn status(&self) -> BoxFuture<'_, Result<ProjectionStatus, ControlError>> {
         Box::pin(async move {
             let (delivery, shared) = (&self.delivery, &self.delivery.shared);
@@ -175,23 +179,6 @@ impl<S: EventStore, M: ViewManager, O: Outlet> Operations for DeliveryControl<S,
             )
             .await
         })
-    }
-
-    fn parked(&self) -> BoxFuture<'_, Result<Vec<ParkedInstance>, ControlError>> {
-        Box::pin(async { Ok(Vec::new()) })
-    }
-
-    fn replay(
-        &self,
-        view_id: String,
-        _skip: Option<String>,
-    ) -> BoxFuture<'_, Result<InstanceReport, ControlError>> {
-        let projection = self.delivery.name.to_owned();
-        Box::pin(async move { Err(ControlError::NotParked { projection, view_id }) })
-    }
-
-    fn skipped(&self) -> BoxFuture<'_, Result<Vec<SkippedEvent>, ControlError>> {
-        Box::pin(async { Ok(Vec::new()) })
     }
 
     fn rebuild(&self) -> BoxFuture<'_, Result<(), ControlError>> {

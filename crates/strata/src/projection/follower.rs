@@ -21,13 +21,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::control::{ControlError, InstanceReport, Operations};
+use super::control::{ControlError, Operations};
 use super::runner::{ProjectionRunner, Shared};
 use super::{BoxFuture, ProjectionHandle, ProjectionState, ProjectionStatus};
 use crate::event::{NewEvent, RecordedEvent};
 use crate::store::EventStore;
 use crate::stream::{ExpectedVersion, Position, Version};
-use crate::view_manager::{ParkedInstance, SkippedEvent};
 
 /// How many events one pull asks for at most.
 const BATCH: usize = 1000;
@@ -162,6 +161,10 @@ struct FollowerControl<S> {
 }
 
 impl<S: EventStore> Operations for FollowerControl<S> {
+    fn name(&self) -> &'static str {
+        self.follower.name
+    }
+
     fn status(&self) -> BoxFuture<'_, Result<ProjectionStatus, ControlError>> {
         Box::pin(async move {
             let follower = &self.follower;
@@ -193,23 +196,6 @@ impl<S: EventStore> Operations for FollowerControl<S> {
                 error,
             })
         })
-    }
-
-    fn parked(&self) -> BoxFuture<'_, Result<Vec<ParkedInstance>, ControlError>> {
-        Box::pin(async { Ok(Vec::new()) })
-    }
-
-    fn replay(
-        &self,
-        view_id: String,
-        _skip: Option<String>,
-    ) -> BoxFuture<'_, Result<InstanceReport, ControlError>> {
-        let projection = self.follower.name.to_owned();
-        Box::pin(async move { Err(ControlError::NotParked { projection, view_id }) })
-    }
-
-    fn skipped(&self) -> BoxFuture<'_, Result<Vec<SkippedEvent>, ControlError>> {
-        Box::pin(async { Ok(Vec::new()) })
     }
 
     fn rebuild(&self) -> BoxFuture<'_, Result<(), ControlError>> {

@@ -14,13 +14,12 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use super::control::{ControlError, InstanceReport, Operations};
+use super::control::{ControlError, Operations};
 use super::runner::{ProjectionRunner, Shared};
 use super::{BoxFuture, ProjectionHandle, ProjectionState, ProjectionStatus};
 use crate::event::RecordedEvent;
 use crate::store::EventStore;
 use crate::stream::Position;
-use crate::view_manager::{ParkedInstance, SkippedEvent};
 
 /// How many events one commit carries at most.
 const BATCH: usize = 1000;
@@ -103,6 +102,10 @@ struct LocalControl<S, L> {
 }
 
 impl<S: EventStore, L: LocalView> Operations for LocalControl<S, L> {
+    fn name(&self) -> &'static str {
+        self.local.name
+    }
+
     fn status(&self) -> BoxFuture<'_, Result<ProjectionStatus, ControlError>> {
         Box::pin(async move {
             let local = &self.local;
@@ -133,23 +136,6 @@ impl<S: EventStore, L: LocalView> Operations for LocalControl<S, L> {
                 error,
             })
         })
-    }
-
-    fn parked(&self) -> BoxFuture<'_, Result<Vec<ParkedInstance>, ControlError>> {
-        Box::pin(async { Ok(Vec::new()) })
-    }
-
-    fn replay(
-        &self,
-        view_id: String,
-        _skip: Option<String>,
-    ) -> BoxFuture<'_, Result<InstanceReport, ControlError>> {
-        let projection = self.local.name.to_owned();
-        Box::pin(async move { Err(ControlError::NotParked { projection, view_id }) })
-    }
-
-    fn skipped(&self) -> BoxFuture<'_, Result<Vec<SkippedEvent>, ControlError>> {
-        Box::pin(async { Ok(Vec::new()) })
     }
 
     fn rebuild(&self) -> BoxFuture<'_, Result<(), ControlError>> {
