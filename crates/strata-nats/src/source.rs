@@ -82,9 +82,15 @@ impl JetStreamSource {
             .await
             .map_err(|_| bounded("a stream lookup"))?
             .map_err(|error| format!("stream {stream_name}: {error}"))?;
+        // A stream that holds fewer messages than that start was made again (or purged)
+        // since this copy began: its messages are read from its first, and the positions
+        // already held are dropped, rather than waiting past its end for ever.
+        let last_sequence = stream.cached_info().state.last_sequence;
         let deliver_policy = match after.0.saturating_sub(SEQUENCE_SLACK) {
-            0 => consumer::DeliverPolicy::All,
-            below => consumer::DeliverPolicy::ByStartSequence { start_sequence: below + 1 },
+            below if below > 0 && below < last_sequence => {
+                consumer::DeliverPolicy::ByStartSequence { start_sequence: below + 1 }
+            }
+            _ => consumer::DeliverPolicy::All,
         };
         let config = consumer::pull::OrderedConfig {
             filter_subject: format!("{}.>", self.settings.subject_prefix),

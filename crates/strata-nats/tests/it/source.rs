@@ -1,7 +1,8 @@
 //! A follower reads a stream back into its own store: messages stored out of order and
 //! repeated (as a batch republished after a dropped connection leaves them) still make a
 //! copy with every event once, at its position; a follower started again on that copy goes
-//! on from its head; and a stream that does not exist shows as a failure.
+//! on from its head, also when the stream was made again; and a stream that does not exist
+//! shows as a failure.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,12 +98,7 @@ async fn a_follower_copies_a_disordered_stream_with_repeats_and_goes_on_after_a_
     };
     let _cleanup = DeleteStream(fixture.clone());
     let context = jetstream::new(async_nats::connect(&settings.url).await.unwrap());
-    let config = stream::Config {
-        name: settings.stream.clone(),
-        subjects: vec![format!("{}.>", settings.subject_prefix)],
-        ..Default::default()
-    };
-    context.create_stream(config).await.unwrap();
+    context.create_stream(config_of(&settings)).await.unwrap();
 
     let writer = InMemoryEventStore::new();
     append(&writer, 1_600).await;
@@ -135,6 +131,27 @@ async fn a_follower_copies_a_disordered_stream_with_repeats_and_goes_on_after_a_
     follower.wait_for(Position(2_000), Duration::from_secs(30)).await.unwrap();
     assert_same_log(&log, &copy.read_all(Position::START, 10_000).await.unwrap());
     follower.stop();
+
+    // The stream made again, holding only what came after: read from its start.
+    context.delete_stream(&settings.stream).await.unwrap();
+    context.create_stream(config_of(&settings)).await.unwrap();
+    append(&writer, 100).await;
+    let log = writer.read_all(Position::START, 10_000).await.unwrap();
+    publish(&context, &settings.subject_prefix, &log[2_000..].iter().collect::<Vec<_>>(), "new")
+        .await;
+    let source = JetStreamSource::connect(&settings, decode).await.unwrap();
+    let follower = ProjectionRunner::new("replica").spawn_follower("source", source, copy.clone());
+    follower.wait_for(Position(2_100), Duration::from_secs(30)).await.unwrap();
+    assert_same_log(&log, &copy.read_all(Position::START, 10_000).await.unwrap());
+    follower.stop();
+}
+
+fn config_of(settings: &NatsSettings) -> stream::Config {
+    stream::Config {
+        name: settings.stream.clone(),
+        subjects: vec![format!("{}.>", settings.subject_prefix)],
+        ..Default::default()
+    }
 }
 
 #[tokio::test]
