@@ -95,8 +95,11 @@ pub struct ServeArgs {
     /// Where this node keeps its search index for GET /search/orders [default: DIR/search
     /// with a SQLite store, a temporary directory with memory; none on PostgreSQL, whose
     /// nodes then answer searches with 404].
-    #[arg(long, env = "STRATA_SEARCH_DIR", value_name = "DIR")]
+    #[arg(long, env = "STRATA_SEARCH_DIR", value_name = "DIR", conflicts_with = "no_search")]
     pub search_dir: Option<std::path::PathBuf>,
+    /// Keep no search index on this node: GET /search/orders answers 404.
+    #[arg(long, env = "STRATA_NO_SEARCH")]
+    pub no_search: bool,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
@@ -154,6 +157,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // A memory store's index goes with the process, like its events.
     let mut temporary = None;
     let search = match (&args.search_dir, &location) {
+        _ if args.no_search => None,
         (Some(dir), _) => Some(dir.clone()),
         (None, StoreLocation::Sqlite(dir)) => Some(dir.join("search")),
         (None, StoreLocation::Memory) => {

@@ -65,8 +65,8 @@ pub async fn orders<B: Backend>(
     let limit = paging::limit(params.limit.as_deref())?;
     let Some(index) = app.search.clone() else {
         return Err(Problem::not_found(
-            "search is off on this node: a PostgreSQL node keeps a search index only when \
-             started with --search-dir DIR",
+            "search is off on this node: it was started with --no-search, or on PostgreSQL \
+             without --search-dir DIR",
         ));
     };
     let position = wait.until_ready(projection(&app, ORDER_SEARCH)?, app.events().as_ref()).await?;

@@ -27,6 +27,8 @@ const BATCH: usize = 1000;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long to wait for a new commit's notice before looking at the log anyway.
 const IDLE_LOOK: Duration = Duration::from_secs(1);
+/// The shortest time from one commit's start to the next's while events trickle in.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A view kept by this node alone, in storage that commits its own checkpoint.
 pub trait LocalView: Send + Sync + 'static {
@@ -57,12 +59,18 @@ impl<S: EventStore, L: LocalView> Local<S, L> {
         let mut head = self.store.subscribe();
         let mut failures = 0;
         loop {
+            let started = tokio::time::Instant::now();
             match self.pass().await {
-                Ok(more) => {
+                Ok(applied) => {
                     failures = 0;
                     self.shared.set_failure(None);
-                    if !more {
+                    if applied == 0 {
                         let _ = tokio::time::timeout(IDLE_LOOK, head.changed()).await;
+                    } else if applied < BATCH {
+                        // A commit of such storage costs far more than an event (an index
+                        // commit writes and syncs files): under a steady trickle, gather
+                        // events for a while rather than commit each few on their own.
+                        tokio::time::sleep_until(started + COMMIT_INTERVAL).await;
                     }
                 }
                 Err(error) => {
@@ -75,8 +83,8 @@ impl<S: EventStore, L: LocalView> Local<S, L> {
         }
     }
 
-    /// One batch; `Ok(false)` when there was nothing new.
-    async fn pass(&self) -> Result<bool, String> {
+    /// One batch; how many events it applied.
+    async fn pass(&self) -> Result<usize, String> {
         let from = self.view.checkpoint().await?;
         let head = self.store.head();
         if from > head {
@@ -87,12 +95,12 @@ impl<S: EventStore, L: LocalView> Local<S, L> {
         }
         self.shared.advance(from);
         let events = self.store.read_all(from, BATCH).await.map_err(|e| e.to_string())?;
-        let Some(last) = events.last().map(|event| event.position) else { return Ok(false) };
-        let count = events.len() as u64;
+        let Some(last) = events.last().map(|event| event.position) else { return Ok(0) };
+        let count = events.len();
         self.view.commit(events).await?;
-        self.shared.events_applied.fetch_add(count, Ordering::Relaxed);
+        self.shared.events_applied.fetch_add(count as u64, Ordering::Relaxed);
         self.shared.advance(last);
-        Ok(true)
+        Ok(count)
     }
 }
 
