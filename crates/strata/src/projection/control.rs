@@ -153,6 +153,30 @@ pub async fn status_of<S: EventStore, M: ViewManager>(
     })
 }
 
+/// The status of an entry that every node runs on its own (a follower, a node-local view):
+/// always running on `node_id`, failed while `failure` says why.
+pub(crate) fn local_status(
+    name: &str,
+    node_id: &str,
+    (position, head): (Position, Position),
+    lag_seconds: f64,
+    failure: Option<String>,
+) -> ProjectionStatus {
+    let status = if failure.is_some() { ProjectionState::Failed } else { ProjectionState::Running };
+    ProjectionStatus {
+        name: name.to_owned(),
+        position,
+        head,
+        lag_events: head.0.saturating_sub(position.0),
+        lag_seconds: round3(lag_seconds),
+        status,
+        parked: 0,
+        rebuild: None,
+        owner: Some(node_id.to_owned()),
+        error: failure,
+    }
+}
+
 /// An instance after a retry or a skip.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::control::{ControlError, Operations};
+use super::control::{ControlError, Operations, local_status};
 use super::runner::{ProjectionRunner, Shared};
-use super::{BoxFuture, ProjectionHandle, ProjectionState, ProjectionStatus};
+use super::{BoxFuture, ProjectionHandle, ProjectionStatus};
 use crate::event::{NewEvent, RecordedEvent};
 use crate::store::EventStore;
 use crate::stream::{ExpectedVersion, Position, Version};
@@ -175,26 +175,13 @@ impl<S: EventStore> Operations for FollowerControl<S> {
             // that one's.
             let lag_seconds = match newest {
                 Some(newest) if behind > 0 => {
-                    let age = (Utc::now() - newest).num_milliseconds().max(0) as f64 / 1000.0;
-                    (age * 1000.0).round() / 1000.0
+                    (Utc::now() - newest).num_milliseconds().max(0) as f64 / 1000.0
                 }
                 _ => 0.0,
             };
-            let error = follower.shared.failure();
-            let status =
-                if error.is_some() { ProjectionState::Failed } else { ProjectionState::Running };
-            Ok(ProjectionStatus {
-                name: follower.name.to_owned(),
-                position,
-                head: Position(position.0 + behind),
-                lag_events: behind,
-                lag_seconds,
-                status,
-                parked: 0,
-                rebuild: None,
-                owner: Some(self.node_id.clone()),
-                error,
-            })
+            let span = (position, Position(position.0 + behind));
+            let failure = follower.shared.failure();
+            Ok(local_status(follower.name, &self.node_id, span, lag_seconds, failure))
         })
     }
 

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use super::control::{ControlError, Operations};
+use super::control::{ControlError, Operations, local_status};
 use super::runner::{ProjectionRunner, Shared};
-use super::{BoxFuture, ProjectionHandle, ProjectionState, ProjectionStatus};
+use super::{BoxFuture, ProjectionHandle, ProjectionStatus};
 use crate::event::RecordedEvent;
 use crate::store::EventStore;
 use crate::stream::Position;
@@ -128,21 +128,8 @@ impl<S: EventStore, L: LocalView> Operations for LocalControl<S, L> {
             } else {
                 0.0
             };
-            let error = local.shared.failure();
-            let status =
-                if error.is_some() { ProjectionState::Failed } else { ProjectionState::Running };
-            Ok(ProjectionStatus {
-                name: local.name.to_owned(),
-                position,
-                head,
-                lag_events: head.0.saturating_sub(position.0),
-                lag_seconds,
-                status,
-                parked: 0,
-                rebuild: None,
-                owner: Some(self.node_id.clone()),
-                error,
-            })
+            let failure = local.shared.failure();
+            Ok(local_status(local.name, &self.node_id, (position, head), lag_seconds, failure))
         })
     }
 
