@@ -47,6 +47,14 @@ pub struct JetStreamSource {
     waiting: BTreeMap<u64, RecordedEvent>,
     /// Messages the server still holds for this reader beyond the last one read.
     pending: u64,
+    /// The last position handed over: a pull after an earlier one means those events were
+    /// not kept (an append failed), and they are read again.
+    handed: u64,
+    /// The stream sequence of the last message read, to tell a stream made again.
+    read_sequence: u64,
+    /// Read the stream from its start at the next opening: the estimate near the head
+    /// missed (a stream made again, or filled by another publisher).
+    from_start: bool,
 }
 
 impl std::fmt::Debug for JetStreamSource {
@@ -70,12 +78,16 @@ impl JetStreamSource {
             messages: None,
             waiting: BTreeMap::new(),
             pending: 0,
+            handed: 0,
+            read_sequence: 0,
+            from_start: false,
         })
     }
 
     /// Starts reading at a stream sequence low enough to hold every event after `after`.
     async fn open(&mut self, after: Position) -> Result<(), String> {
         self.waiting.clear();
+        self.read_sequence = 0;
         let stream_name = &self.settings.stream;
         let bounded = |what: &str| format!("JetStream did not answer {what} in {ANSWER_BOUND:?}");
         let stream = tokio::time::timeout(ANSWER_BOUND, self.context.get_stream(stream_name))
@@ -87,7 +99,7 @@ impl JetStreamSource {
         // already held are dropped, rather than waiting past its end for ever.
         let last_sequence = stream.cached_info().state.last_sequence;
         let deliver_policy = match after.0.saturating_sub(SEQUENCE_SLACK) {
-            below if below > 0 && below < last_sequence => {
+            below if below > 0 && below < last_sequence && !self.from_start => {
                 consumer::DeliverPolicy::ByStartSequence { start_sequence: below + 1 }
             }
             _ => consumer::DeliverPolicy::All,
@@ -106,6 +118,7 @@ impl JetStreamSource {
             .map_err(|_| bounded("a first pull"))?
             .map_err(|error| format!("reading stream {stream_name}: {error}"))?;
         self.messages = Some(messages);
+        self.from_start = false;
         Ok(())
     }
 
@@ -124,31 +137,58 @@ impl JetStreamSource {
                 return Err(format!("stream {} stopped being read", self.settings.stream));
             }
         };
-        let info =
-            message.info().map_err(|error| format!("a message without its info: {error}"))?;
+        // A message that cannot be read is not passed over: reading starts again, so that
+        // it is met again (and reported) rather than leaving a hole.
+        let Ok(info) = message.info() else {
+            self.messages = None;
+            return Err(format!("a message of stream {} without its info", self.settings.stream));
+        };
         self.pending = info.pending;
         let sequence = info.stream_sequence;
-        (self.decode)(&message.payload).map(Some).map_err(|error| {
-            format!(
-                "message {sequence} of stream {} is not an event: {error}",
-                self.settings.stream
-            )
-        })
+        self.read_sequence = sequence;
+        match (self.decode)(&message.payload) {
+            Ok(event) => Ok(Some(event)),
+            Err(error) => {
+                self.messages = None;
+                Err(format!(
+                    "message {sequence} of stream {} is not an event: {error}",
+                    self.settings.stream
+                ))
+            }
+        }
     }
 
-    /// Why nothing came: a lost connection, or events that wait for a missing one.
-    fn silence(&self, after: Position) -> Result<(), String> {
+    /// Why nothing came: a lost connection, a stream gone or made again (the consumer
+    /// would wait on it without a word), or events that wait for a missing one.
+    async fn silence(&mut self, after: Position) -> Result<(), String> {
         if self.client.connection_state() != State::Connected {
             return Err(format!(
                 "NATS at {} is not connected; reconnecting",
                 masked(&self.settings.url)
             ));
         }
+        let stream_name = self.settings.stream.clone();
+        let looked_up = tokio::time::timeout(ANSWER_BOUND, self.context.get_stream(&stream_name))
+            .await
+            .map_err(|_| format!("JetStream did not answer a stream lookup in {ANSWER_BOUND:?}"))
+            .and_then(|found| found.map_err(|error| format!("stream {stream_name}: {error}")));
+        let stream = match looked_up {
+            Ok(stream) => stream,
+            Err(error) => {
+                self.messages = None;
+                return Err(error);
+            }
+        };
+        if stream.cached_info().state.last_sequence < self.read_sequence {
+            self.messages = None;
+            self.from_start = true;
+            return Err(format!("stream {stream_name} was made again; reading it from its start"));
+        }
         match self.waiting.keys().next() {
             Some(first) => Err(format!(
-                "position {} has not arrived on stream {}, though positions from {first} have",
+                "position {} has not arrived on stream {stream_name}, though positions from \
+                 {first} have",
                 after.0 + 1,
-                self.settings.stream
             )),
             None => Ok(()),
         }
@@ -157,6 +197,10 @@ impl JetStreamSource {
 
 impl Source for JetStreamSource {
     async fn pull(&mut self, after: Position, max: usize) -> Result<Pulled, String> {
+        if after.0 < self.handed {
+            // What was handed over last time was not kept: read it again.
+            self.messages = None;
+        }
         if self.messages.is_none() {
             self.open(after).await?;
         }
@@ -178,20 +222,22 @@ impl Source for JetStreamSource {
             }
             if self.waiting.len() > MAX_WAITING {
                 self.messages = None;
+                self.from_start = true;
                 return Err(format!(
                     "{MAX_WAITING} events arrived on stream {} while position {} did not; \
-                     reading again",
+                     reading it again from its start",
                     self.settings.stream,
                     after.0 + 1
                 ));
             }
         }
         if due == after.0 + 1 {
-            self.silence(after)?;
+            self.silence(after).await?;
         }
         let later = self.waiting.split_off(&due.min(after.0 + 1 + max as u64));
         let events: Vec<RecordedEvent> =
             std::mem::replace(&mut self.waiting, later).into_values().collect();
+        self.handed = events.last().map_or(after.0, |event| event.position.0);
         Ok(Pulled { behind: self.pending + self.waiting.len() as u64, events })
     }
 }

@@ -198,6 +198,9 @@ impl SearchIndex {
         events: &[RecordedEvent],
     ) -> Result<(), String> {
         let Some(last) = events.last().map(|event| event.position) else { return Ok(()) };
+        // The documents a batch reads must be the committed ones: a reader left behind by a
+        // failed reload would have the batch build on older bodies.
+        self.reader.reload().map_err(|error| self.failed(error).to_string())?;
         let mut documents = Documents::new(self);
         for event in events {
             indexer.index(event, &mut documents).map_err(|error| {

@@ -16,6 +16,8 @@ use crate::views::{ORDER, ORDER_SEARCH, OrderView};
 
 /// The longest query text taken.
 const MAX_QUERY_CHARS: usize = 1000;
+/// The deepest nesting of parentheses taken.
+const MAX_NESTING: usize = 32;
 
 /// The query string of a search; `min_position` and `wait_ms` are read by [`ViewWait`].
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -61,6 +63,20 @@ pub async fn orders<B: Backend>(
         return Err(Problem::bad_request(format!(
             "q must be 1 to {MAX_QUERY_CHARS} characters of text to look for"
         )));
+    }
+    // The query grammar is parsed recursively: a deep nesting could exhaust the stack.
+    let mut depth: usize = 0;
+    for c in text.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        if depth > MAX_NESTING {
+            return Err(Problem::bad_request(format!(
+                "q nests parentheses more than {MAX_NESTING} deep"
+            )));
+        }
     }
     let limit = paging::limit(params.limit.as_deref())?;
     let Some(index) = app.search.clone() else {

@@ -128,4 +128,9 @@ async fn search_answers_match_a_direct_computation_across_kills() {
         let (status, problem) = server.send("GET", bad, None).await;
         assert_eq!(status, 400, "{bad}: {problem}");
     }
+    let deep = format!("/search/orders?q={}tea{}", "(".repeat(400), ")".repeat(400));
+    let (status, problem) = server.send("GET", &deep, None).await;
+    assert_eq!(status, 400, "{problem}");
+    let (status, _) = server.send("GET", "/health", None).await;
+    assert_eq!(status, 200, "the server lives on");
 }

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use strata::{
     EventMetadata, EventStore, ExpectedVersion, InMemoryEventStore, Position, ProjectionRunner,
-    ProjectionState, RecordedEvent, StreamId, Version,
+    ProjectionState, RecordedEvent, Source, StreamId, Version,
 };
 use strata_nats::{JetStreamSource, NatsSettings, subject};
 use strata_testkit::services;
@@ -177,4 +177,32 @@ async fn a_stream_that_does_not_exist_shows_as_a_failure() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     follower.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_handed_over_but_not_kept_are_handed_over_again() {
+    let Some(fixture) = services::nats() else { return };
+    let settings = NatsSettings {
+        url: fixture.url.clone(),
+        stream: fixture.stream.clone(),
+        subject_prefix: fixture.subject_prefix.clone(),
+    };
+    let _cleanup = DeleteStream(fixture.clone());
+    let context = jetstream::new(async_nats::connect(&settings.url).await.unwrap());
+    context.create_stream(config_of(&settings)).await.unwrap();
+    let writer = InMemoryEventStore::new();
+    append(&writer, 60).await;
+    let log = writer.read_all(Position::START, 1_000).await.unwrap();
+    publish(&context, &settings.subject_prefix, &log.iter().collect::<Vec<_>>(), "first").await;
+
+    let mut source = JetStreamSource::connect(&settings, decode).await.unwrap();
+    let first = source.pull(Position::START, 40).await.unwrap();
+    assert_eq!(first.events.len(), 40);
+    // The appends failed: the follower asks again from where its store stands.
+    let again = source.pull(Position::START, 40).await.unwrap();
+    let positions: Vec<u64> = again.events.iter().map(|event| event.position.0).collect();
+    assert_eq!(positions, (1..=40).collect::<Vec<u64>>());
+    let rest = source.pull(Position(40), 40).await.unwrap();
+    assert_eq!(rest.events.first().map(|event| event.position), Some(Position(41)));
+    assert_eq!(rest.events.len(), 20);
 }

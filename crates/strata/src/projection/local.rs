@@ -27,6 +27,8 @@ const BATCH: usize = 1000;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long to wait for a new commit's notice before looking at the log anyway.
 const IDLE_LOOK: Duration = Duration::from_secs(1);
+/// How long a checkpoint past the log's head may wait for the log before it is a failure.
+const AHEAD_GRACE: Duration = Duration::from_secs(10);
 /// The shortest time from one commit's start to the next's while events trickle in.
 const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -86,7 +88,15 @@ impl<S: EventStore, L: LocalView> Local<S, L> {
     /// One batch; how many events it applied.
     async fn pass(&self) -> Result<usize, String> {
         let from = self.view.checkpoint().await?;
-        let head = self.store.head();
+        let mut head = self.store.head();
+        if from > head {
+            // This node may not have heard of the newest commits yet (on a shared database),
+            // or a replica's copy is copying again what a power cut took: give the log a
+            // moment to reach the checkpoint before calling it another log.
+            let mut heads = self.store.subscribe();
+            let _ = tokio::time::timeout(AHEAD_GRACE, heads.wait_for(|head| *head >= from)).await;
+            head = self.store.head();
+        }
         if from > head {
             return Err(format!(
                 "its checkpoint {from} is past the log's head {head}: it was built from another \
