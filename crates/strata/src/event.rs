@@ -53,6 +53,33 @@ pub struct NewEvent {
     pub metadata: EventMetadata,
 }
 
+impl NewEvent {
+    /// The event as committed in `stream` at `version` and `position`.
+    pub fn recorded(self, stream: StreamId, version: Version, position: Position) -> RecordedEvent {
+        RecordedEvent {
+            stream,
+            version,
+            position,
+            event_type: self.event_type,
+            schema_version: self.schema_version,
+            payload: self.payload,
+            metadata: self.metadata,
+        }
+    }
+}
+
+/// A committed event's content, to append it again elsewhere (a replica's copy).
+impl From<RecordedEvent> for NewEvent {
+    fn from(event: RecordedEvent) -> Self {
+        NewEvent {
+            event_type: event.event_type,
+            schema_version: event.schema_version,
+            payload: event.payload,
+            metadata: event.metadata,
+        }
+    }
+}
+
 /// An event as committed: its stream, stream version, global position and content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordedEvent {

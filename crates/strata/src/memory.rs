@@ -90,15 +90,7 @@ impl EventStore for InMemoryEventStore {
             let position = Position(log.events.len() as u64 + 1);
             let index = log.events.len();
             log.event_ids.insert(event.metadata.event_id);
-            log.events.push(RecordedEvent {
-                stream: stream.clone(),
-                version,
-                position,
-                event_type: event.event_type,
-                schema_version: event.schema_version,
-                payload: event.payload,
-                metadata: event.metadata,
-            });
+            log.events.push(event.recorded(stream.clone(), version, position));
             log.streams.entry(stream.clone()).or_default().push(index);
         }
         let last_position = Position(log.events.len() as u64);

@@ -12,7 +12,17 @@ mod publisher;
 mod source;
 
 use async_nats::jetstream;
+use strata_nats::NatsSettings;
 use strata_testkit::services::NatsFixture;
+
+/// The publisher's and reader's settings for the test's own stream and subjects.
+pub(crate) fn settings(fixture: &NatsFixture) -> NatsSettings {
+    NatsSettings {
+        url: fixture.url.clone(),
+        stream: fixture.stream.clone(),
+        subject_prefix: fixture.subject_prefix.clone(),
+    }
+}
 
 /// Deletes the test's stream when the test ends, however it ends.
 pub(crate) struct DeleteStream(pub(crate) NatsFixture);

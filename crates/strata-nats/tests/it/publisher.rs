@@ -11,11 +11,11 @@ use strata::{
     EventStore, ExpectedVersion, InMemoryEventStore, InMemoryViewManager, Position,
     ProjectionRunner, RecordedEvent, StreamId,
 };
-use strata_nats::{JetStreamOutlet, NatsSettings};
+use strata_nats::JetStreamOutlet;
 use strata_testkit::leases::SharedLeases;
 use strata_testkit::services;
 
-use crate::DeleteStream;
+use crate::{DeleteStream, settings};
 use strata_testkit::tally::{self, TALLY};
 
 const EVENTS: u64 = 3_000;
@@ -33,11 +33,7 @@ async fn append(store: &InMemoryEventStore, n: u64) -> Position {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publisher_killed_mid_stream_delivers_every_event_once_in_order() {
     let Some(fixture) = services::nats() else { return };
-    let settings = NatsSettings {
-        url: fixture.url.clone(),
-        stream: fixture.stream.clone(),
-        subject_prefix: fixture.subject_prefix.clone(),
-    };
+    let settings = settings(&fixture);
     let _cleanup = DeleteStream(fixture.clone());
     let store = Arc::new(InMemoryEventStore::new());
     for n in 0..EVENTS / 2 {

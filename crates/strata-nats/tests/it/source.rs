@@ -19,7 +19,7 @@ use strata_nats::{JetStreamSource, NatsSettings, subject};
 use strata_testkit::services;
 use strata_testkit::tally::{self, TALLY};
 
-use crate::DeleteStream;
+use crate::{DeleteStream, settings};
 
 fn encode(event: &RecordedEvent) -> Vec<u8> {
     let metadata = &event.metadata;
@@ -91,11 +91,7 @@ fn assert_same_log(original: &[RecordedEvent], copied: &[RecordedEvent]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_copies_a_disordered_stream_with_repeats_and_goes_on_after_a_restart() {
     let Some(fixture) = services::nats() else { return };
-    let settings = NatsSettings {
-        url: fixture.url.clone(),
-        stream: fixture.stream.clone(),
-        subject_prefix: fixture.subject_prefix.clone(),
-    };
+    let settings = settings(&fixture);
     let _cleanup = DeleteStream(fixture.clone());
     let context = jetstream::new(async_nats::connect(&settings.url).await.unwrap());
     context.create_stream(config_of(&settings)).await.unwrap();
@@ -157,11 +153,7 @@ fn config_of(settings: &NatsSettings) -> stream::Config {
 #[tokio::test]
 async fn a_stream_that_does_not_exist_shows_as_a_failure() {
     let Some(fixture) = services::nats() else { return };
-    let settings = NatsSettings {
-        url: fixture.url.clone(),
-        stream: fixture.stream.clone(),
-        subject_prefix: fixture.subject_prefix.clone(),
-    };
+    let settings = settings(&fixture);
     let copy = Arc::new(InMemoryEventStore::new());
     let source = JetStreamSource::connect(&settings, decode).await.unwrap();
     let follower = ProjectionRunner::new("replica").spawn_follower("source", source, copy);
@@ -182,11 +174,7 @@ async fn a_stream_that_does_not_exist_shows_as_a_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_handed_over_but_not_kept_are_handed_over_again() {
     let Some(fixture) = services::nats() else { return };
-    let settings = NatsSettings {
-        url: fixture.url.clone(),
-        stream: fixture.stream.clone(),
-        subject_prefix: fixture.subject_prefix.clone(),
-    };
+    let settings = settings(&fixture);
     let _cleanup = DeleteStream(fixture.clone());
     let context = jetstream::new(async_nats::connect(&settings.url).await.unwrap());
     context.create_stream(config_of(&settings)).await.unwrap();

@@ -123,7 +123,7 @@ impl<S: EventStore> Follower<S> {
                 run.push(next);
             }
             let (count, recorded_at) = (run.len(), run[run.len() - 1].metadata.recorded_at);
-            let batch: Vec<NewEvent> = run.into_iter().map(new_event).collect();
+            let batch: Vec<NewEvent> = run.into_iter().map(NewEvent::from).collect();
             let previous = Version(version.0.saturating_sub(1));
             let outcome = self
                 .store
@@ -143,15 +143,6 @@ impl<S: EventStore> Follower<S> {
             self.shared.advance(outcome.last_position);
         }
         hole.map_or(Ok(()), Err)
-    }
-}
-
-fn new_event(event: RecordedEvent) -> NewEvent {
-    NewEvent {
-        event_type: event.event_type,
-        schema_version: event.schema_version,
-        payload: event.payload,
-        metadata: event.metadata,
     }
 }
 

@@ -60,9 +60,12 @@ impl<S: EventStore, L: LocalView> Local<S, L> {
     async fn follow(&self) {
         let mut head = self.store.subscribe();
         let mut failures = 0;
+        // The checkpoint as this task last committed it; read from the storage at the
+        // start and after a failure, when it may not be what the task thinks.
+        let mut known = None;
         loop {
             let started = tokio::time::Instant::now();
-            match self.pass().await {
+            match self.pass(&mut known).await {
                 Ok(applied) => {
                     failures = 0;
                     self.shared.set_failure(None);
@@ -77,6 +80,7 @@ impl<S: EventStore, L: LocalView> Local<S, L> {
                 }
                 Err(error) => {
                     failures += 1;
+                    known = None;
                     tracing::warn!(projection = self.name, %error, "local view failed; trying again");
                     self.shared.set_failure(Some(error));
                     tokio::time::sleep(backoff(failures)).await;
@@ -85,9 +89,13 @@ impl<S: EventStore, L: LocalView> Local<S, L> {
         }
     }
 
-    /// One batch; how many events it applied.
-    async fn pass(&self) -> Result<usize, String> {
-        let from = self.view.checkpoint().await?;
+    /// One batch after `known` (read from the view when `None`, and moved to the batch's
+    /// end); how many events it applied.
+    async fn pass(&self, known: &mut Option<Position>) -> Result<usize, String> {
+        let from = match *known {
+            Some(position) => position,
+            None => self.view.checkpoint().await?,
+        };
         let mut head = self.store.head();
         if from > head {
             // This node may not have heard of the newest commits yet (on a shared database),
@@ -108,6 +116,7 @@ impl<S: EventStore, L: LocalView> Local<S, L> {
         let Some(last) = events.last().map(|event| event.position) else { return Ok(0) };
         let count = events.len();
         self.view.commit(events).await?;
+        *known = Some(last);
         self.shared.events_applied.fetch_add(count as u64, Ordering::Relaxed);
         self.shared.advance(last);
         Ok(count)

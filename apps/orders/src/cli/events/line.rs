@@ -127,16 +127,7 @@ impl EventLine {
     pub(super) fn into_recorded(self) -> anyhow::Result<RecordedEvent> {
         let (stream, version, position) =
             (self.stream(), Version(self.version), Position(self.position));
-        let event = self.into_new_event()?;
-        Ok(RecordedEvent {
-            stream,
-            version,
-            position,
-            event_type: event.event_type,
-            schema_version: event.schema_version,
-            payload: event.payload,
-            metadata: event.metadata,
-        })
+        Ok(self.into_new_event()?.recorded(stream, version, position))
     }
 
     /// The event to append; a binary payload is encoded again from its JSON.
