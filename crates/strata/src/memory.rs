@@ -83,15 +83,22 @@ impl EventStore for InMemoryEventStore {
         if let Some(stored) = events.iter().find(|e| log.event_ids.contains(&e.metadata.event_id)) {
             return Err(StoreError::DuplicateEventId(stored.metadata.event_id));
         }
-        let first_position = Position(log.events.len() as u64 + 1);
+        let log = &mut *log;
+        let first_index = log.events.len();
+        let first_position = Position(first_index as u64 + 1);
         let mut version = actual;
         for event in events {
             version = Version(version.0 + 1);
             let position = Position(log.events.len() as u64 + 1);
-            let index = log.events.len();
             log.event_ids.insert(event.metadata.event_id);
             log.events.push(event.recorded(stream.clone(), version, position));
-            log.streams.entry(stream.clone()).or_default().push(index);
+        }
+        let appended = first_index..log.events.len();
+        match log.streams.get_mut(stream) {
+            Some(indexes) => indexes.extend(appended),
+            None => {
+                log.streams.insert(stream.clone(), appended.collect());
+            }
         }
         let last_position = Position(log.events.len() as u64);
         if let Some(claim) = claim {

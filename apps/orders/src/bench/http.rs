@@ -201,6 +201,7 @@ pub async fn run(plan: Plan, base: &str) -> anyhow::Result<(Figures, Correctness
         correct: correctness.passed(),
         commands,
         events: commands,
+        events_before: 0,
         group_commit: None,
     };
     Ok((figures, correctness))

@@ -52,13 +52,17 @@ async fn send<S: EventStore>(bus: &CommandBus<S>, step: Step) -> anyhow::Result<
     }
 }
 
-/// Runs the plan; `fresh_views` opens an empty view store for the rebuild, and
-/// `bytes_on_disk` measures the store's size after the load.
+/// `fresh_views` for a run that needs only the load: no replay, no rebuilds.
+pub type NoRebuilds = fn() -> std::future::Ready<anyhow::Result<strata::InMemoryViewManager>>;
+
+/// Runs the plan; `fresh_views` opens an empty view store for the replay (without it, the
+/// replay and the rebuilds are skipped), and `bytes_on_disk` measures the store's size after
+/// the load.
 pub async fn run<S, M, R, F, Fut>(
     plan: Plan,
     events: Arc<S>,
     views: Arc<M>,
-    fresh_views: F,
+    fresh_views: Option<F>,
     bytes_on_disk: impl FnOnce() -> Option<u64>,
 ) -> anyhow::Result<(Figures, Correctness)>
 where
@@ -73,6 +77,7 @@ where
     let projection =
         ProjectionRunner::new("bench").spawn(order_summary(), events.clone(), views.clone());
     let done = Arc::new(AtomicU64::new(0));
+    let events_before = events.head();
     let progress = Progress::start("commands", plan.total_commands(), done.clone());
 
     let started = Instant::now();
@@ -115,12 +120,64 @@ where
     // Measured before the rebuilds, whose own writes would count otherwise.
     let bytes = bytes_on_disk();
 
+    let (replay, rebuild, others) = match fresh_views {
+        Some(fresh_views) => {
+            let (replay, rebuild, others) =
+                replay_and_rebuild(&plan, events.clone(), views.clone(), fresh_views().await?)
+                    .await?;
+            (Some(replay), Some(rebuild), others)
+        }
+        None => (None, None, Vec::new()),
+    };
+
+    let mut correctness = correctness;
+    for (what, other) in others {
+        if !other.passed() {
+            correctness.mismatch_count += other.mismatch_count;
+            correctness
+                .mismatches
+                .extend(other.mismatches.into_iter().map(|m| format!("{what}: {m}")));
+        }
+    }
+    let commands = latencies.count();
+    let figures = Figures {
+        commands_per_s: commands as f64 / load.as_secs_f64(),
+        p50_ms: latencies.quantile(0.50).as_secs_f64() * 1000.0,
+        p99_ms: latencies.quantile(0.99).as_secs_f64() * 1000.0,
+        catchup_ms: catchup.as_secs_f64() * 1000.0,
+        rebuild_events_per_s: rebuild.map(|took| head.0 as f64 / took.as_secs_f64()),
+        replay_events_per_s: replay.map(|took| head.0 as f64 / took.as_secs_f64()),
+        bytes_per_event: bytes.map(|bytes| bytes as f64 / head.0.max(1) as f64),
+        peak_rss_bytes: system::peak_rss_bytes(),
+        correct: correctness.passed() && plan.orders().count() as u64 == correctness.checked,
+        commands,
+        events: head.0 - events_before.0,
+        events_before: events_before.0,
+        group_commit: events.group_commit_metrics().map(|m| GroupCommit {
+            groups: m.groups,
+            mean_appends: m.mean_group_size(),
+            largest: m.largest_group,
+            mean_ms: m.mean_group_ms(),
+        }),
+    };
+    Ok((figures, correctness))
+}
+
+/// Replays the log into `fresh`, then rebuilds the live views a few times; how long the
+/// replay and the median rebuild took, and whether each left every row correct.
+async fn replay_and_rebuild<S: EventStore, M: ViewManager, R: ViewManager>(
+    plan: &Plan,
+    events: Arc<S>,
+    views: Arc<M>,
+    fresh: R,
+) -> anyhow::Result<(Duration, Duration, Vec<(&'static str, Correctness)>)> {
+    let head = events.head();
     eprintln!("bench: replaying order_summary from zero into empty views");
-    let replayed = Arc::new(fresh_views().await?);
+    let replayed = Arc::new(fresh);
     let replay_started = Instant::now();
     order_summary().catch_up(events.clone(), replayed.clone()).await.context("replay failed")?;
     let replay = replay_started.elapsed();
-    let replayed_correctness = check(replayed.as_ref(), &plan).await?;
+    let replayed_correctness = check(replayed.as_ref(), plan).await?;
 
     // The median of a few rebuilds: one takes well under a second at this size, where a
     // single figure swings with whatever else the machine does.
@@ -142,38 +199,9 @@ where
     }
     rebuilds.sort();
     let rebuild = rebuilds[rebuilds.len() / 2];
-    let rebuilt_correctness = check(views.as_ref(), &plan).await?;
+    let rebuilt_correctness = check(views.as_ref(), plan).await?;
 
-    let mut correctness = correctness;
-    for (what, other) in [("replayed", replayed_correctness), ("rebuilt", rebuilt_correctness)] {
-        if !other.passed() {
-            correctness.mismatch_count += other.mismatch_count;
-            correctness
-                .mismatches
-                .extend(other.mismatches.into_iter().map(|m| format!("{what}: {m}")));
-        }
-    }
-    let commands = latencies.count();
-    let figures = Figures {
-        commands_per_s: commands as f64 / load.as_secs_f64(),
-        p50_ms: latencies.quantile(0.50).as_secs_f64() * 1000.0,
-        p99_ms: latencies.quantile(0.99).as_secs_f64() * 1000.0,
-        catchup_ms: catchup.as_secs_f64() * 1000.0,
-        rebuild_events_per_s: Some(head.0 as f64 / rebuild.as_secs_f64()),
-        replay_events_per_s: Some(head.0 as f64 / replay.as_secs_f64()),
-        bytes_per_event: bytes.map(|bytes| bytes as f64 / head.0.max(1) as f64),
-        peak_rss_bytes: system::peak_rss_bytes(),
-        correct: correctness.passed() && plan.orders().count() as u64 == correctness.checked,
-        commands,
-        events: head.0,
-        group_commit: events.group_commit_metrics().map(|m| GroupCommit {
-            groups: m.groups,
-            mean_appends: m.mean_group_size(),
-            largest: m.largest_group,
-            mean_ms: m.mean_group_ms(),
-        }),
-    };
-    Ok((figures, correctness))
+    Ok((replay, rebuild, vec![("replayed", replayed_correctness), ("rebuilt", rebuilt_correctness)]))
 }
 
 async fn check<M: ViewManager>(views: &M, plan: &Plan) -> anyhow::Result<Correctness> {

@@ -49,6 +49,11 @@ pub struct BenchArgs {
     /// directory, removed afterwards].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Run W1 on the SQLite store that an earlier `--keep` run left in --data-dir (or on a
+    /// fresh one there), with orders of its own, and keep it: repeated, this measures the
+    /// rate as the store grows. Replay and rebuilds are skipped, since they read every event.
+    #[arg(long)]
+    pub keep: bool,
     /// Drive a running `strata serve` at this URL over HTTP instead of a store in-process.
     #[arg(long, value_name = "URL")]
     pub http: Option<String>,
@@ -119,6 +124,7 @@ impl BenchArgs {
             tasks: self.concurrency,
             contended: self.contended,
             codec: self.event_codec,
+            first_order: 0,
         })
     }
 }
@@ -149,13 +155,45 @@ fn data_dir(given: Option<PathBuf>) -> anyhow::Result<DataDir> {
                 .unwrap_or(false);
             if occupied {
                 return Err(BenchUsageError::Invalid(format!(
-                    "--data-dir {} is not empty; the benchmark needs a fresh store",
+                    "--data-dir {} is not empty; the benchmark needs a fresh store \
+                     (or --keep, to run on the store an earlier --keep run left there)",
                     dir.display()
                 ))
                 .into());
             }
             Ok(DataDir::Given(dir))
         }
+    }
+}
+
+/// The file in a kept store's directory that holds the first order number no run has used.
+const NEXT_ORDER_FILE: &str = "bench-next-order";
+
+/// The first order of a `--keep` run in `dir`: 0 in a fresh directory, else what the last
+/// run there recorded. A directory that holds something else is refused, because its orders
+/// could collide with the run's.
+fn kept_first_order(dir: &Path) -> anyhow::Result<u64> {
+    let marker = dir.join(NEXT_ORDER_FILE);
+    match std::fs::read_to_string(&marker) {
+        Ok(text) => text.trim().parse().map_err(|_| {
+            BenchUsageError::Invalid(format!(
+                "{} does not hold an order number: {text:?}",
+                marker.display()
+            ))
+            .into()
+        }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            if data_dir(Some(dir.to_owned())).is_ok() {
+                return Ok(0);
+            }
+            Err(BenchUsageError::Invalid(format!(
+                "--keep: {} holds files but no {NEXT_ORDER_FILE}; it was not made by \
+                 strata bench --keep",
+                dir.display()
+            ))
+            .into())
+        }
+        Err(error) => Err(error).with_context(|| format!("cannot read {}", marker.display())),
     }
 }
 
@@ -178,6 +216,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     {
         return Err(BenchUsageError::Invalid(
             "--redis keeps W1's views in-process; not with --http, --long-stream, --codecs, --saga or --nats"
+                .into(),
+        )
+        .into());
+    }
+    if args.keep
+        && (args.http.is_some()
+            || args.redis.is_some()
+            || args.long_stream.is_some()
+            || args.codecs
+            || args.saga
+            || args.search
+            || args.nats.is_some())
+    {
+        return Err(BenchUsageError::Invalid(
+            "--keep runs W1 in-process on SQLite; not with --http, --redis, --long-stream, \
+             --codecs, --saga, --search or --nats"
                 .into(),
         )
         .into());
@@ -267,6 +321,12 @@ async fn run_store(
     if let Some(url) = &args.redis {
         return run_on_redis(args, url, plan).await;
     }
+    if args.keep && !store.starts_with("sqlite") {
+        return Err(BenchUsageError::Invalid(format!(
+            "--keep keeps a SQLite store; not --store {store}"
+        ))
+        .into());
+    }
     if store == "memory" {
         if args.data_dir.is_some() {
             return Err(BenchUsageError::Invalid(
@@ -278,7 +338,7 @@ async fn run_store(
             plan,
             Arc::new(InMemoryEventStore::new()),
             Arc::new(InMemoryViewManager::new()),
-            || async { Ok(InMemoryViewManager::new()) },
+            Some(|| async { Ok(InMemoryViewManager::new()) }),
             || None,
         )
         .await?;
@@ -299,19 +359,34 @@ async fn run_store(
             .into());
         }
     };
-    let dir = data_dir(dir)?;
+    let (dir, plan) = if args.keep {
+        let Some(dir) = dir else {
+            return Err(BenchUsageError::Invalid(
+                "--keep needs the store's directory: --data-dir DIR".into(),
+            )
+            .into());
+        };
+        let plan = Plan { first_order: kept_first_order(&dir)?, ..plan };
+        (DataDir::Given(dir), plan)
+    } else {
+        (data_dir(dir)?, plan)
+    };
     let events_dir = dir.path().join("events");
     let rebuild_dir = dir.path().join("rebuild");
     let events = Arc::new(SqliteEventStore::open(&events_dir)?);
     let views = Arc::new(SqliteViewManager::open(&events_dir)?);
-    let outcome = in_process::run(
-        plan,
-        events,
-        views,
-        || async move { Ok(SqliteViewManager::open(&rebuild_dir)?) },
-        || system::bytes_below(&events_dir).ok(),
-    )
-    .await?;
+    if args.keep {
+        // Written before the load, so that a run cut short leaves its orders to itself.
+        let marker = dir.path().join(NEXT_ORDER_FILE);
+        std::fs::write(&marker, plan.next_order().to_string())
+            .with_context(|| format!("cannot write {}", marker.display()))?;
+    }
+    let rebuilds = (!args.keep).then_some(move || async move {
+        Ok(SqliteViewManager::open(&rebuild_dir)?)
+    });
+    let outcome =
+        in_process::run(plan, events, views, rebuilds, || system::bytes_below(&events_dir).ok())
+            .await?;
     let target = format!("sqlite in {} (WAL, synchronous=FULL)", dir.path().display());
     Ok((target, outcome))
 }
@@ -335,13 +410,13 @@ async fn run_on_redis(
     let outcome = match args.store.as_str() {
         "memory" => {
             let events = Arc::new(InMemoryEventStore::new());
-            let outcome = in_process::run(plan, events, views.clone(), fresh, || None).await;
+            let outcome = in_process::run(plan, events, views.clone(), Some(fresh), || None).await;
             (format!("events in memory, {target}"), outcome)
         }
         "sqlite" => {
             let dir = data_dir(args.data_dir.clone())?;
             let events = Arc::new(SqliteEventStore::open(dir.path())?);
-            let outcome = in_process::run(plan, events, views.clone(), fresh, || None).await;
+            let outcome = in_process::run(plan, events, views.clone(), Some(fresh), || None).await;
             (
                 format!(
                     "events in sqlite in {} (WAL, synchronous=FULL), {target}",
@@ -480,7 +555,7 @@ async fn run_postgres(url: &str, plan: Plan) -> anyhow::Result<(String, (Figures
         plan,
         events,
         views,
-        || async move { Ok(PgViewManager::new(&rebuild)) },
+        Some(|| async move { Ok(PgViewManager::new(&rebuild)) }),
         || None,
     )
     .await;

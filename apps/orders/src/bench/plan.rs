@@ -26,6 +26,9 @@ pub struct Plan {
     pub contended: bool,
     /// How the commands' events are encoded.
     pub codec: strata::Codec,
+    /// The number of the run's first order: 0 on a fresh store, past every order of the
+    /// earlier runs on a store kept with `--keep`, so that each run places new orders.
+    pub first_order: u64,
 }
 
 impl Plan {
@@ -37,18 +40,18 @@ impl Plan {
 
     /// Steps that must finish before the tasks start (the contended orders are placed first).
     pub fn setup(&self) -> Vec<Step> {
-        if self.contended { (0..CONTENDED_ORDERS).map(Step::Place).collect() } else { Vec::new() }
+        if self.contended { self.orders().map(Step::Place).collect() } else { Vec::new() }
     }
 
     /// The steps of task `task`, in the order it sends them. Generated as they are sent, so
     /// that a run of ten million commands does not hold ten million steps in memory.
     pub fn task(&self, task: usize) -> Box<dyn Iterator<Item = Step> + Send> {
-        let task = task as u64;
+        let (task, first) = (task as u64, self.first_order);
         if self.contended {
             let lines = self.contended_lines_per_task();
-            Box::new((0..lines).map(move |i| Step::Line((task + i) % CONTENDED_ORDERS, 0)))
+            Box::new((0..lines).map(move |i| Step::Line(first + (task + i) % CONTENDED_ORDERS, 0)))
         } else {
-            Box::new((task..self.orders).step_by(self.tasks).flat_map(|n| {
+            Box::new((first + task..first + self.orders).step_by(self.tasks).flat_map(|n| {
                 std::iter::once(Step::Place(n))
                     .chain((0..LINES_PER_ORDER).map(move |k| Step::Line(n, k)))
             }))
@@ -66,12 +69,20 @@ impl Plan {
 
     /// The numbers of the orders the run places.
     pub fn orders(&self) -> std::ops::Range<u64> {
-        if self.contended { 0..CONTENDED_ORDERS } else { 0..self.orders }
+        let count = if self.contended { CONTENDED_ORDERS } else { self.orders };
+        self.first_order..self.first_order + count
     }
 
-    /// What `order_summary` must hold for order `n`: its lines and their total.
+    /// The first order number a later run on the same store may use.
+    pub fn next_order(&self) -> u64 {
+        self.orders().end
+    }
+
+    /// What `order_summary` must hold for order `n` (one of [`Plan::orders`]): its lines
+    /// and their total.
     pub fn expected(&self, n: u64) -> (u64, i64) {
         let lines: Vec<u64> = if self.contended {
+            let n = n - self.first_order;
             let per_task = self.contended_lines_per_task();
             let count = (0..self.tasks as u64)
                 .map(|task| (0..per_task).filter(|i| (task + i) % CONTENDED_ORDERS == n).count())
@@ -91,7 +102,13 @@ mod tests {
 
     #[test]
     fn disjoint_tasks_cover_every_order_once_with_nine_lines() {
-        let plan = Plan { orders: 100, tasks: 7, contended: false, codec: strata::Codec::Json };
+        let plan = Plan {
+            orders: 100,
+            tasks: 7,
+            contended: false,
+            codec: strata::Codec::Json,
+            first_order: 0,
+        };
         assert_eq!(plan.total_commands(), 1000);
         let sent: usize = (0..7).map(|t| plan.task(t).count()).sum();
         assert_eq!(sent, 1000, "the tasks send every command once");
@@ -105,9 +122,47 @@ mod tests {
 
     #[test]
     fn contended_tasks_rotate_over_sixteen_orders() {
-        let plan = Plan { orders: 10_000, tasks: 64, contended: true, codec: strata::Codec::Json };
+        let plan = Plan {
+            orders: 10_000,
+            tasks: 64,
+            contended: true,
+            codec: strata::Codec::Json,
+            first_order: 0,
+        };
         assert_eq!(plan.total_commands(), 16 + 64 * 160);
         assert_eq!(plan.orders().count(), 16);
         assert!(plan.orders().all(|n| plan.expected(n) == (640, 640 * 100)));
+    }
+
+    #[test]
+    fn a_later_run_places_only_orders_of_its_own() {
+        for contended in [false, true] {
+            let earlier = Plan {
+                orders: 100,
+                tasks: 7,
+                contended,
+                codec: strata::Codec::Json,
+                first_order: 0,
+            };
+            let later = Plan { first_order: earlier.next_order(), ..earlier };
+            let touched = |plan: &Plan| -> std::collections::BTreeSet<u64> {
+                plan.setup()
+                    .into_iter()
+                    .chain((0..plan.tasks).flat_map(|t| plan.task(t)))
+                    .map(|step| match step {
+                        Step::Place(n) | Step::Line(n, _) => n,
+                    })
+                    .collect()
+            };
+            assert_eq!(touched(&earlier), earlier.orders().collect());
+            assert_eq!(touched(&later), later.orders().collect());
+            assert!(touched(&earlier).is_disjoint(&touched(&later)));
+            assert!(later.orders().all(|n| plan_expected_matches(&earlier, &later, n)));
+        }
+    }
+
+    /// A later run expects of its orders what the first run expected of the same slot.
+    fn plan_expected_matches(earlier: &Plan, later: &Plan, n: u64) -> bool {
+        later.expected(n) == earlier.expected(n - later.first_order)
     }
 }

@@ -46,7 +46,7 @@ pub async fn run(plan: Plan, url: &str) -> anyhow::Result<PublishFigures> {
         plan,
         events.clone(),
         views,
-        || async { Ok(InMemoryViewManager::new()) },
+        None::<super::in_process::NoRebuilds>,
         || None,
     )
     .await?;

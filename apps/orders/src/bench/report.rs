@@ -28,8 +28,10 @@ pub struct Figures {
     pub correct: bool,
     /// Commands acknowledged.
     pub commands: u64,
-    /// Events stored.
+    /// Events the run stored.
     pub events: u64,
+    /// Events the store held before the run (`--keep` runs on a grown store).
+    pub events_before: u64,
     /// The store's group commits, where it reports them.
     pub group_commit: Option<GroupCommit>,
 }
@@ -165,6 +167,12 @@ pub fn table(setup: &Setup, figures: &Figures, correctness: &Correctness) -> Str
         thousands(figures.commands as f64),
         thousands(figures.events as f64)
     ));
+    if figures.events_before > 0 {
+        out.push_str(&format!(
+            "the store held {} events before this run\n",
+            thousands(figures.events_before as f64)
+        ));
+    }
     out
 }
 

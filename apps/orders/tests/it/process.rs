@@ -788,3 +788,46 @@ fn bench_compare_prints_a_run_beside_its_baseline_and_refuses_a_baseline_it_cann
         assert!(stdout.is_empty(), "nothing was run: {stdout}");
     }
 }
+
+#[test]
+fn bench_keep_runs_again_on_the_store_it_left_with_orders_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let store = store.to_str().unwrap();
+    let run = ["bench", "--orders", "30", "--concurrency", "4", "--json"];
+    let kept = [&run[..], &["--data-dir", store, "--keep"]].concat();
+    let mut held = 0;
+    for round in 0..2 {
+        let (code, stdout, stderr) = strata(&kept);
+        assert_eq!(code, 0, "round {round}: {stderr}");
+        let figures: Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(figures["correct"], true, "{figures}");
+        assert_eq!(figures["events_before"], held, "round {round}: {figures}");
+        assert_eq!(figures["events"], 300, "new orders, none refused: {figures}");
+        assert!(figures["rebuild_events_per_s"].is_null(), "rebuilds are skipped: {figures}");
+        held += 300;
+    }
+    let (code, stdout, stderr) =
+        strata(&["events", "export", "--data-dir", &format!("{store}/events")]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.lines().count(), 600, "both runs' events are kept");
+
+    // Without --keep a used directory is refused, and --keep refuses one it did not make.
+    let (code, stdout, stderr) = strata(&[&run[..], &["--data-dir", store]].concat());
+    assert_eq!(code, 2, "{stdout}");
+    assert!(stderr.contains("not empty") && stderr.contains("--keep"), "{stderr}");
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "mine").unwrap();
+    let other = other.to_str().unwrap();
+    for (args, says) in [
+        (vec!["--data-dir", other, "--keep"], "not made by strata bench --keep"),
+        (vec!["--keep"], "--data-dir"),
+        (vec!["--store", "memory", "--keep"], "SQLite"),
+    ] {
+        let (code, stdout, stderr) = strata(&[&run[..], &args[..]].concat());
+        assert_eq!(code, 2, "{args:?}: {stdout} {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    assert_eq!(std::fs::read_to_string(dir.path().join("other/notes.txt")).unwrap(), "mine");
+}
