@@ -201,7 +201,11 @@ async fn replay_and_rebuild<S: EventStore, M: ViewManager, R: ViewManager>(
     let rebuild = rebuilds[rebuilds.len() / 2];
     let rebuilt_correctness = check(views.as_ref(), plan).await?;
 
-    Ok((replay, rebuild, vec![("replayed", replayed_correctness), ("rebuilt", rebuilt_correctness)]))
+    Ok((
+        replay,
+        rebuild,
+        vec![("replayed", replayed_correctness), ("rebuilt", rebuilt_correctness)],
+    ))
 }
 
 async fn check<M: ViewManager>(views: &M, plan: &Plan) -> anyhow::Result<Correctness> {

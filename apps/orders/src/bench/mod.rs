@@ -381,9 +381,8 @@ async fn run_store(
         std::fs::write(&marker, plan.next_order().to_string())
             .with_context(|| format!("cannot write {}", marker.display()))?;
     }
-    let rebuilds = (!args.keep).then_some(move || async move {
-        Ok(SqliteViewManager::open(&rebuild_dir)?)
-    });
+    let rebuilds =
+        (!args.keep).then_some(move || async move { Ok(SqliteViewManager::open(&rebuild_dir)?) });
     let outcome =
         in_process::run(plan, events, views, rebuilds, || system::bytes_below(&events_dir).ok())
             .await?;
