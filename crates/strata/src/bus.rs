@@ -29,7 +29,8 @@ use crate::stream::{ExpectedVersion, Position, StreamId, Version};
 #[derive(Debug, Clone)]
 pub struct BusConfig {
     /// How long a command without an expected version keeps being decided again after
-    /// version conflicts (other nodes writing the same aggregate) before it answers one.
+    /// version conflicts (other nodes writing the same aggregate) before it answers one;
+    /// measured from its first conflict.
     pub conflict_budget: Duration,
     /// How many aggregates are kept in memory at most.
     pub cache_capacity: usize,

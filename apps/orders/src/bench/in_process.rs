@@ -1,5 +1,6 @@
 //! Runs W1 in this process against a store: client tasks call the command bus directly, one
-//! projection keeps `order_summary`, and a rebuild from zero is timed at the end.
+//! projection keeps `order_summary`, and (unless the caller skips them) a replay and rebuilds
+//! from zero are timed at the end.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -52,7 +53,7 @@ async fn send<S: EventStore>(bus: &CommandBus<S>, step: Step) -> anyhow::Result<
     }
 }
 
-/// `fresh_views` for a run that needs only the load: no replay, no rebuilds.
+/// The type that spells `None` for `fresh_views`, in a run that needs only the load.
 pub type NoRebuilds = fn() -> std::future::Ready<anyhow::Result<strata::InMemoryViewManager>>;
 
 /// Runs the plan; `fresh_views` opens an empty view store for the replay (without it, the

@@ -45,8 +45,8 @@ pub struct BenchArgs {
     /// Every task sends AddLine to the same 16 orders, retrying on conflicts.
     #[arg(long)]
     pub contended: bool,
-    /// Where a SQLite store is written; must be empty or absent [default: a fresh temporary
-    /// directory, removed afterwards].
+    /// Where a SQLite store is written; must be empty or absent, unless --keep [default: a
+    /// fresh temporary directory, removed afterwards].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Run W1 on the SQLite store that an earlier `--keep` run left in --data-dir (or on a
@@ -168,6 +168,18 @@ fn data_dir(given: Option<PathBuf>) -> anyhow::Result<DataDir> {
 
 /// The file in a kept store's directory that holds the first order number no run has used.
 const NEXT_ORDER_FILE: &str = "bench-next-order";
+
+/// Records `next` as the first order number a later `--keep` run in `dir` may use. Written
+/// beside and renamed over the old file, so that a crash leaves the old number or the new
+/// one, never part of one.
+fn write_next_order(dir: &Path, next: u64) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let marker = dir.join(NEXT_ORDER_FILE);
+    let written = dir.join(format!("{NEXT_ORDER_FILE}.new"));
+    std::fs::write(&written, next.to_string())
+        .and_then(|()| std::fs::rename(&written, &marker))
+        .with_context(|| format!("cannot write {}", marker.display()))
+}
 
 /// The first order of a `--keep` run in `dir`: 0 in a fresh directory, else what the last
 /// run there recorded. A directory that holds something else is refused, because its orders
@@ -371,16 +383,15 @@ async fn run_store(
     } else {
         (data_dir(dir)?, plan)
     };
+    if args.keep {
+        // Before the store is opened, so that a run cut short (or refused the store's lock
+        // by a run in progress) leaves its orders to itself.
+        write_next_order(dir.path(), plan.next_order())?;
+    }
     let events_dir = dir.path().join("events");
     let rebuild_dir = dir.path().join("rebuild");
     let events = Arc::new(SqliteEventStore::open(&events_dir)?);
     let views = Arc::new(SqliteViewManager::open(&events_dir)?);
-    if args.keep {
-        // Written before the load, so that a run cut short leaves its orders to itself.
-        let marker = dir.path().join(NEXT_ORDER_FILE);
-        std::fs::write(&marker, plan.next_order().to_string())
-            .with_context(|| format!("cannot write {}", marker.display()))?;
-    }
     let rebuilds =
         (!args.keep).then_some(move || async move { Ok(SqliteViewManager::open(&rebuild_dir)?) });
     let outcome =

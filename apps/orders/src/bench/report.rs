@@ -15,10 +15,10 @@ pub struct Figures {
     /// From the last acknowledgement until every view reflects every event.
     pub catchup_ms: f64,
     /// Events per second of an operator's rebuild: from zero into the rebuild slot beside the
-    /// live views, then swapped in; the median of three (in-process runs only).
+    /// live views, then swapped in; the median of three (in-process runs without --keep).
     pub rebuild_events_per_s: Option<f64>,
     /// Events per second of a replay from zero into an empty view store, as a new node or a
-    /// deleted `views.sqlite` does it (in-process runs only).
+    /// deleted `views.sqlite` does it (in-process runs without --keep).
     pub replay_events_per_s: Option<f64>,
     /// Bytes on disk per stored event (persistent in-process stores only).
     pub bytes_per_event: Option<f64>,
