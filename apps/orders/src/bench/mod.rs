@@ -150,10 +150,7 @@ fn data_dir(given: Option<PathBuf>) -> anyhow::Result<DataDir> {
             tempfile::tempdir().context("cannot create a temporary directory")?,
         )),
         Some(dir) => {
-            let occupied = std::fs::read_dir(&dir)
-                .map(|mut entries| entries.next().is_some())
-                .unwrap_or(false);
-            if occupied {
+            if occupied(&dir) {
                 return Err(BenchUsageError::Invalid(format!(
                     "--data-dir {} is not empty; the benchmark needs a fresh store \
                      (or --keep, to run on the store an earlier --keep run left there)",
@@ -164,6 +161,11 @@ fn data_dir(given: Option<PathBuf>) -> anyhow::Result<DataDir> {
             Ok(DataDir::Given(dir))
         }
     }
+}
+
+/// Whether `dir` exists and holds anything.
+fn occupied(dir: &Path) -> bool {
+    std::fs::read_dir(dir).map(|mut entries| entries.next().is_some()).unwrap_or(false)
 }
 
 /// The file in a kept store's directory that holds the first order number no run has used.
@@ -195,7 +197,7 @@ fn kept_first_order(dir: &Path) -> anyhow::Result<u64> {
             .into()
         }),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            if data_dir(Some(dir.to_owned())).is_ok() {
+            if !occupied(dir) {
                 return Ok(0);
             }
             Err(BenchUsageError::Invalid(format!(
@@ -379,15 +381,13 @@ async fn run_store(
             .into());
         };
         let plan = Plan { first_order: kept_first_order(&dir)?, ..plan };
+        // Before the store is opened, so that a run cut short (or refused the store's lock
+        // by a run in progress) leaves its orders to itself.
+        write_next_order(&dir, plan.next_order())?;
         (DataDir::Given(dir), plan)
     } else {
         (data_dir(dir)?, plan)
     };
-    if args.keep {
-        // Before the store is opened, so that a run cut short (or refused the store's lock
-        // by a run in progress) leaves its orders to itself.
-        write_next_order(dir.path(), plan.next_order())?;
-    }
     let events_dir = dir.path().join("events");
     let rebuild_dir = dir.path().join("rebuild");
     let events = Arc::new(SqliteEventStore::open(&events_dir)?);
