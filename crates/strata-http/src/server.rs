@@ -6,6 +6,7 @@
 //! arrive within [`Limits::header_timeout`] of its first byte (slowloris), and a connection
 //! with no request under way is closed after [`Limits::idle_timeout`], as is one whose
 //! request takes longer than that to be read and answered, or moves no byte for that long.
+//! A listener from [`bind`] queues a burst of connections in the kernel rather than drop them.
 //!
 //! hyper's own header timeout also runs while a keep-alive connection waits for its next
 //! request, which would make the idle timeout as short as the header timeout; so both are
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Notify, Semaphore, watch};
 use tower::ServiceExt;
 
@@ -61,6 +62,31 @@ pub struct ConnectionCounts {
     pub idle_closed: AtomicU64,
     /// Connections between requests closed at the cap to make room for a new one.
     pub evicted: AtomicU64,
+}
+
+/// Connections the kernel holds for [`serve`] before it accepts them. A burst beyond the
+/// queue has its SYNs dropped, and each client so dropped waits a whole second to try
+/// again; tokio's `TcpListener::bind` asks for 128, which a flood of a thousand connections
+/// overflows, delaying the clients that arrive with it. Linux caps it at
+/// `net.core.somaxconn` (4096 by default).
+pub const ACCEPT_BACKLOG: u32 = 4096;
+
+/// Listens on `address` (host:port, names resolved; the first address that binds wins)
+/// with an accept queue of [`ACCEPT_BACKLOG`].
+pub async fn bind(address: &str) -> std::io::Result<TcpListener> {
+    let mut last_error = None;
+    for address in tokio::net::lookup_host(address).await? {
+        let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        // As std and tokio do: a restarted service rebinds a port still in TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        match socket.bind(address).and_then(|()| socket.listen(ACCEPT_BACKLOG)) {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "the address resolved to nothing")
+    }))
 }
 
 /// Serves `router` on `listener` within `limits` until `shutdown` resolves; then accepts no
@@ -555,5 +581,22 @@ mod tests {
         assert_eq!(status("GET", "/slow").await, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(status("GET", "/slow?wait_ms=1000").await, StatusCode::OK);
         assert_eq!(status("POST", "/slow").await, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_connections_waits_to_be_accepted_rather_than_being_dropped() {
+        let listener = bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        // Nothing accepts, so every connection waits in the kernel's queue. Past the queue's
+        // end a connection gets no answer and would wait a second to try again; 600 is far
+        // past tokio's default of 128 and within a 1024 file-handle limit.
+        let mut held = Vec::new();
+        for n in 0..600 {
+            let connect = TcpStream::connect(address);
+            match tokio::time::timeout(Duration::from_millis(500), connect).await {
+                Ok(Ok(stream)) => held.push(stream),
+                other => panic!("connection {n} was not queued: {other:?}"),
+            }
+        }
     }
 }

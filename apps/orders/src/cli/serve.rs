@@ -143,7 +143,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         return Err(StoreUrlError::ReplicaNeedsSqlite(store).into());
     }
     let signals = count_signals();
-    let listener = TcpListener::bind(&args.bind)
+    let listener = strata_http::server::bind(&args.bind)
         .await
         .with_context(|| format!("cannot listen on {}", args.bind))?;
     let address = listener.local_addr().context("cannot read the bound address")?;
