@@ -7,7 +7,10 @@
 //!
 //! The cache is safe without any invalidation protocol because every append states the
 //! version it decided against: a stale cached aggregate (another process appended) makes the
-//! append fail with a conflict, which evicts the entry, reloads it and decides again.
+//! append fail with a conflict, which evicts the entry, reloads it and decides again. The
+//! same check lets a command on a stream the cache has not seen skip the read: it is decided
+//! on the empty aggregate and appended as a new stream, and only a conflict (or a refusal,
+//! or nothing to append) makes it read the stream and decide again.
 
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
@@ -146,6 +149,15 @@ pub struct Loaded<A> {
 
 type Slot = Arc<AsyncMutex<Option<Box<dyn Any + Send>>>>;
 
+/// Where the aggregate a command is decided on came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Cache,
+    /// Not read: a stream the cache has not seen, taken to be new until the append says.
+    AssumedNew,
+    Store,
+}
+
 /// Routes commands to aggregates over an [`EventStore`].
 pub struct CommandBus<S> {
     store: Arc<S>,
@@ -250,11 +262,22 @@ impl<S: EventStore> CommandBus<S> {
         // Taken at the first conflict: most commands never have one, and reading the clock
         // for each showed in profiles of the in-memory store.
         let mut started: Option<Instant> = None;
+        let mut assumed_new = false;
         loop {
-            let (loaded, from_cache) = match take_cached::<A>(&mut cached) {
-                Some(loaded) => (loaded, true),
-                None => (load::<A, S>(&self.store, &stream).await?, false),
+            let (loaded, source) = match take_cached::<A>(&mut cached) {
+                Some(loaded) => (loaded, Source::Cache),
+                // A stream the cache has not seen is most often the one this command creates:
+                // decide on the empty aggregate without reading the store, and let the
+                // append's expected version (no stream) say otherwise, as it does for a
+                // stale cache entry. Only once: after a conflict, a refusal or nothing to
+                // do, the stream is read.
+                None if !assumed_new && context.expected_version.is_none() => {
+                    assumed_new = true;
+                    (Loaded { state: A::default(), version: Version::NONE }, Source::AssumedNew)
+                }
+                None => (load::<A, S>(&self.store, &stream).await?, Source::Store),
             };
+            let from_cache = source == Source::Cache;
             if let Some(expected) = context.expected_version
                 && loaded.version != expected
             {
@@ -277,6 +300,9 @@ impl<S: EventStore> CommandBus<S> {
             let decided = A::handle(&mut decision, command.clone());
             let (next_state, events) = decision.into_parts();
             if let Err(rejection) = decided {
+                if source == Source::AssumedNew {
+                    continue;
+                }
                 if from_cache {
                     // A refusal appends nothing, so no version check would ever correct a
                     // cached state that another process has moved on from: look at the
@@ -292,6 +318,9 @@ impl<S: EventStore> CommandBus<S> {
                 return Err(CommandError::Rejected(rejection));
             }
             let Some(next_state) = next_state else {
+                if source == Source::AssumedNew {
+                    continue;
+                }
                 // Deciding to do nothing appends nothing either: like a refusal, it must not
                 // rest on a cached state that another process has moved on from.
                 let loaded = if from_cache {
@@ -334,6 +363,8 @@ impl<S: EventStore> CommandBus<S> {
                         replayed: false,
                     });
                 }
+                // The stream existed: read it and decide again, no race to count.
+                Err(StoreError::Conflict { .. }) if source == Source::AssumedNew => {}
                 Err(StoreError::Conflict { stream, expected, actual }) => {
                     // Leave the slot empty: the next attempt reloads from the store.
                     conflicts += 1;
