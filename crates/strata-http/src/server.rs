@@ -76,10 +76,7 @@ pub const ACCEPT_BACKLOG: u32 = 4096;
 pub async fn bind(address: &str) -> std::io::Result<TcpListener> {
     let mut last_error = None;
     for address in tokio::net::lookup_host(address).await? {
-        let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-        // As std and tokio do: a restarted service rebinds a port still in TIME_WAIT.
-        socket.set_reuseaddr(true)?;
-        match socket.bind(address).and_then(|()| socket.listen(ACCEPT_BACKLOG)) {
+        match listen(address) {
             Ok(listener) => return Ok(listener),
             Err(error) => last_error = Some(error),
         }
@@ -87,6 +84,16 @@ pub async fn bind(address: &str) -> std::io::Result<TcpListener> {
     Err(last_error.unwrap_or_else(|| {
         std::io::Error::new(std::io::ErrorKind::InvalidInput, "the address resolved to nothing")
     }))
+}
+
+fn listen(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    // As std and tokio do off Windows (where it would let another process take the port):
+    // a restarted service rebinds a port still in TIME_WAIT.
+    #[cfg(not(windows))]
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(ACCEPT_BACKLOG)
 }
 
 /// Serves `router` on `listener` within `limits` until `shutdown` resolves; then accepts no
@@ -589,9 +596,17 @@ mod tests {
         let address = listener.local_addr().unwrap();
         // Nothing accepts, so every connection waits in the kernel's queue. Past the queue's
         // end a connection gets no answer and would wait a second to try again; 600 is far
-        // past tokio's default of 128 and within a 1024 file-handle limit.
+        // past tokio's default of 128 and within a 1024 file-handle limit. The kernel caps
+        // the queue at net.core.somaxconn, which older kernels set to 128.
+        let cap = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|text| text.trim().parse::<usize>().ok())
+            .unwrap_or(usize::MAX);
+        if cap < 600 {
+            eprintln!("net.core.somaxconn is {cap}: queueing only that many connections");
+        }
         let mut held = Vec::new();
-        for n in 0..600 {
+        for n in 0..600.min(cap) {
             let connect = TcpStream::connect(address);
             match tokio::time::timeout(Duration::from_millis(500), connect).await {
                 Ok(Ok(stream)) => held.push(stream),

@@ -184,7 +184,8 @@ impl<S: EventStore> CommandBus<S> {
     }
 
     /// Handles `command` on aggregate `id` of type `A`: loads it (from the cache when
-    /// possible), decides, appends what it emitted with the version it decided against, and
+    /// possible; a stream the cache has not seen is first taken to be new, unread, and read
+    /// only if the append, a refusal or a no-op says otherwise), decides, appends what it emitted with the version it decided against, and
     /// decides again after a conflict until [`BusConfig::conflict_budget`] is spent.
     ///
     /// With an idempotency claim, a key that appended already is answered with what it
@@ -385,10 +386,13 @@ impl<S: EventStore> CommandBus<S> {
                 }
                 Err(StoreError::KeyClaimed { key, record }) => {
                     // Another request with the same key got there first, on any node.
-                    return match claim.and_then(|claim| answered_by(claim, *record)) {
-                        Some(answer) => answer,
-                        None => Err(CommandError::KeyBusy(key)),
-                    };
+                    match claim.and_then(|claim| answered_by(claim, *record)) {
+                        Some(answer) => return answer,
+                        // A store may check the key before the version: decided on the
+                        // stored stream, this command might be refused instead.
+                        None if source == Source::AssumedNew => {}
+                        None => return Err(CommandError::KeyBusy(key)),
+                    }
                 }
                 Err(other) => return Err(CommandError::Store(other)),
             }

@@ -233,6 +233,9 @@ async fn a_retry_refused_by_its_own_first_attempt_on_another_node_gets_the_first
         context
     };
     let first = node_a.execute::<Counter>("o.k", open("o"), &keyed("f")).await.unwrap();
+    // Node B has the counter as stored (without it, B would guess a new stream and meet the
+    // key in the append instead).
+    node_b.load::<Counter>("o.k").await.unwrap();
     // Node B's look-up missed the record (the first attempt had not committed yet), so it
     // decides: the counter is open already, which the first attempt did.
     let retry = node_b.execute::<Counter>("o.k", open("o"), &keyed("f")).await.unwrap();
