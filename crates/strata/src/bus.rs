@@ -185,8 +185,9 @@ impl<S: EventStore> CommandBus<S> {
 
     /// Handles `command` on aggregate `id` of type `A`: loads it (from the cache when
     /// possible; a stream the cache has not seen is first taken to be new, unread, and read
-    /// only if the append, a refusal or a no-op says otherwise), decides, appends what it emitted with the version it decided against, and
-    /// decides again after a conflict until [`BusConfig::conflict_budget`] is spent.
+    /// only if the append, a refusal or a no-op says otherwise), decides, appends what it
+    /// emitted with the version it decided against, and decides again after a conflict
+    /// until [`BusConfig::conflict_budget`] is spent.
     ///
     /// With an idempotency claim, a key that appended already is answered with what it
     /// appended, undecided; and a refusal or conflict is checked against the key's record,

@@ -14,7 +14,12 @@ use strata_testkit::sample_event;
 use crate::counter::{Counter, CounterCommand, CounterError, CounterEvent};
 
 fn bus() -> CommandBus<InMemoryEventStore> {
-    CommandBus::new(Arc::new(InMemoryEventStore::new()), BusConfig::default())
+    node(&Arc::new(InMemoryEventStore::new()))
+}
+
+/// A bus of its own, as another node has, over `store`.
+fn node(store: &Arc<InMemoryEventStore>) -> CommandBus<InMemoryEventStore> {
+    CommandBus::new(store.clone(), BusConfig::default())
 }
 
 fn context() -> CommandContext {
@@ -184,10 +189,7 @@ async fn doing_nothing_decided_on_a_stale_cache_is_checked_against_the_store() {
 #[tokio::test]
 async fn a_command_on_a_stream_this_bus_has_not_seen_is_decided_on_what_the_store_holds() {
     let store = Arc::new(InMemoryEventStore::new());
-    let (node_a, node_b) = (
-        CommandBus::new(store.clone(), BusConfig::default()),
-        CommandBus::new(store.clone(), BusConfig::default()),
-    );
+    let (node_a, node_b) = (node(&store), node(&store));
     node_a.execute::<Counter>("o.c", open("o"), &context()).await.unwrap();
     node_a
         .execute::<Counter>("o.c", CounterCommand::Increment { amounts: vec![3] }, &context())
@@ -201,10 +203,10 @@ async fn a_command_on_a_stream_this_bus_has_not_seen_is_decided_on_what_the_stor
         matches!(reopened, Err(CommandError::Rejected(CounterError::AlreadyOpen))),
         "an open counter cannot be opened again, got {reopened:?}"
     );
-    let node_c = CommandBus::new(store.clone(), BusConfig::default());
+    let node_c = node(&store);
     let evened = node_c.execute::<Counter>("o.c", CounterCommand::MakeEven, &context()).await;
     assert_eq!(evened.unwrap().version, Version(3), "3 made even");
-    let node_d = CommandBus::new(store.clone(), BusConfig::default());
+    let node_d = node(&store);
     let incremented = node_d
         .execute::<Counter>("o.c", CounterCommand::Increment { amounts: vec![2] }, &context())
         .await;
@@ -212,17 +214,14 @@ async fn a_command_on_a_stream_this_bus_has_not_seen_is_decided_on_what_the_stor
     let stream = StreamId::new("counter", "o.c");
     let stored = store.read_stream(&stream, Version::NONE).await.unwrap();
     assert_eq!(stored.len(), 4, "opened once, then 3, 1 and 2 added");
-    let fresh = CommandBus::new(store, BusConfig::default());
+    let fresh = node(&store);
     assert_eq!(fresh.load::<Counter>("o.c").await.unwrap().state.value, 6);
 }
 
 #[tokio::test]
 async fn a_retry_refused_by_its_own_first_attempt_on_another_node_gets_the_first_answer() {
     let store = Arc::new(InMemoryEventStore::new());
-    let (node_a, node_b) = (
-        CommandBus::new(store.clone(), BusConfig::default()),
-        CommandBus::new(store.clone(), BusConfig::default()),
-    );
+    let (node_a, node_b) = (node(&store), node(&store));
     let keyed = |fingerprint: &str| {
         let mut context = context();
         context.idempotency = Some(strata::IdempotencyClaim {
