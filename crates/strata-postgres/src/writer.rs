@@ -33,6 +33,16 @@
 //! explicitly READ COMMITTED, whatever the server's default, because the argument above
 //! needs a fresh snapshot per statement.
 //!
+//! **One round trip.** The lock is held until the commit, so every round trip inside a
+//! group lengthens the serial part of every append. When the writer remembers every stream
+//! of a group (or the request expects a new stream), it does not read first: it plans on
+//! its memory and sends the whole transaction at once, with an insert that goes in only if
+//! the head under the lock is still the one it remembers. A moved head or an existing
+//! "new" stream writes nothing, and the group is then written as above. Such a group's
+//! COMMIT goes out with its first byte, so a server that falls silent leaves its callers
+//! with [`StoreError::OutcomeUnknown`] (unless the lookup above can answer), where a group
+//! written step by step that is cut off before its COMMIT is known not to be written.
+//!
 //! **Notification.** Inside the transaction, the group sends `pg_notify('strata_events',
 //! '<schema>:<head>')`; PostgreSQL delivers it only at commit, so a follower woken by it
 //! finds the rows. The task publishes the new head on its own watch channel after `COMMIT`.
@@ -82,6 +92,13 @@ const INSERT: &str = "INSERT INTO strata_events (position, aggregate_type, aggre
      user_id, recorded_at) \
      SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[], \
      $6::bigint[], $7::bytea[], $8::uuid[], $9::text[], $10::text[], $11::text[], $12::bigint[])";
+/// [`INSERT`] guarded by the head the group was planned at: it inserts every row or none.
+fn insert_at_head() -> String {
+    format!("{INSERT} WHERE ({HEAD}) = $13")
+}
+/// The group's notification, sent only if its last position exists.
+const NOTIFY_WRITTEN: &str = "SELECT pg_notify($1, $2) \
+     WHERE EXISTS (SELECT 1 FROM strata_events WHERE position = $3)";
 const STORED_ID: &str = "SELECT event_id FROM strata_events WHERE event_id = ANY($1) LIMIT 1";
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 const CLAIM_KEYS: &str = "INSERT INTO strata_idempotency (key, fingerprint, aggregate_type, \
@@ -163,8 +180,10 @@ struct Statements {
     versions: Statement,
     version: Statement,
     insert: Statement,
+    insert_at_head: Statement,
     stored_id: Statement,
     notify: Statement,
+    notify_written: Statement,
     claim_keys: Statement,
     select_key: Statement,
 }
@@ -186,8 +205,10 @@ impl Connection {
             versions: client.prepare(VERSIONS).await?,
             version: client.prepare(VERSION).await?,
             insert: client.prepare(INSERT).await?,
+            insert_at_head: client.prepare(&insert_at_head()).await?,
             stored_id: client.prepare(STORED_ID).await?,
             notify: client.prepare(NOTIFY).await?,
+            notify_written: client.prepare(NOTIFY_WRITTEN).await?,
             claim_keys: client.prepare(CLAIM_KEYS).await?,
             select_key: client.prepare(SELECT_KEY).await?,
         };
@@ -399,30 +420,40 @@ impl Columns {
         self.position.is_empty()
     }
 
+    fn parameters(&self) -> [&(dyn ToSql + Sync); 12] {
+        [
+            &self.position,
+            &self.aggregate_type,
+            &self.aggregate_id,
+            &self.version,
+            &self.event_type,
+            &self.schema_version,
+            &self.payload,
+            &self.event_id,
+            &self.correlation_id,
+            &self.causation_id,
+            &self.user_id,
+            &self.recorded_at,
+        ]
+    }
+
     async fn insert(
         &self,
         client: &Client,
         statement: &Statement,
     ) -> Result<u64, tokio_postgres::Error> {
-        client
-            .execute(
-                statement,
-                &[
-                    &self.position,
-                    &self.aggregate_type,
-                    &self.aggregate_id,
-                    &self.version,
-                    &self.event_type,
-                    &self.schema_version,
-                    &self.payload,
-                    &self.event_id,
-                    &self.correlation_id,
-                    &self.causation_id,
-                    &self.user_id,
-                    &self.recorded_at,
-                ],
-            )
-            .await
+        client.execute(statement, &self.parameters()).await
+    }
+
+    /// Inserts every row if the log's head is still `head`, else none; returns how many.
+    async fn insert_at_head(
+        &self,
+        client: &Client,
+        statement: &Statement,
+        head: &i64,
+    ) -> Result<u64, tokio_postgres::Error> {
+        let [a, b, c, d, e, f, g, h, i, j, k, l] = self.parameters();
+        client.execute(statement, &[a, b, c, d, e, f, g, h, i, j, k, l, head]).await
     }
 }
 
@@ -487,6 +518,40 @@ impl VersionCache {
         self.head = None;
         self.versions.clear();
     }
+
+    /// The log as this writer's last commit left it, with every stream of `group` in it,
+    /// if that is known without asking: each stream is remembered, or its request expects
+    /// no stream (so its version is 0, or the insert will hit the stream's first version).
+    /// Requests that claim an idempotency key take the long way.
+    fn predict(&self, group: &[AppendRequest]) -> Option<Tally> {
+        let head = self.head?;
+        let mut versions = HashMap::with_capacity(group.len());
+        for request in group {
+            if request.claim.is_some() {
+                return None;
+            }
+            let version = match self.versions.get(&request.stream) {
+                Some(version) => *version,
+                None if request.expected == ExpectedVersion::NoStream => 0,
+                None => return None,
+            };
+            versions.entry(request.stream.clone()).or_insert(version);
+        }
+        Some(Tally { head, versions })
+    }
+
+    /// Remembers what a committed (or ended) group left. `current` says whether the
+    /// versions remembered before are still exact.
+    fn remember(&mut self, tally: Tally, current: bool) {
+        // Versions remembered from before another node's commit may be stale, and the new
+        // head would vouch for them: only this group's streams, read under the lock, are
+        // kept.
+        if !current || self.versions.len() > CACHED_STREAMS {
+            self.versions.clear();
+        }
+        self.head = Some(tally.head);
+        self.versions.extend(tally.versions);
+    }
 }
 
 type Outcomes = Vec<Result<AppendOutcome, StoreError>>;
@@ -508,6 +573,9 @@ enum Attempt {
     /// The insert of [`Mode::Together`] hit a unique violation (a duplicate event id); the
     /// transaction was rolled back and the group must be written one by one.
     Split,
+    /// What [`write_predicted`] assumed was not so (another node wrote, or a stream
+    /// expected to be new exists); nothing was written, and the group must be read first.
+    Missed,
 }
 
 /// Writes every request of `group` in one transaction. An error means the transaction
@@ -520,10 +588,15 @@ async fn write_group(
     schema: &str,
     committing: &mut Option<Committing>,
 ) -> Result<(Outcomes, Option<Position>), DbError> {
-    let mut mode = Mode::Together;
+    // First in one round trip if the writer knows enough ([`write_predicted`]).
+    let mut mode = None;
     loop {
-        let attempt =
-            attempt_group(connection, cache, group, lock_key, schema, mode, committing).await;
+        let attempt = match mode {
+            None => write_predicted(connection, cache, group, lock_key, schema, committing).await,
+            Some(mode) => {
+                attempt_group(connection, cache, group, lock_key, schema, mode, committing).await
+            }
+        };
         let attempt = match attempt {
             Ok(attempt) => attempt,
             Err(error) => {
@@ -536,7 +609,8 @@ async fn write_group(
         };
         match attempt {
             Attempt::Done(outcomes, head) => return Ok((outcomes, head)),
-            Attempt::Split => mode = Mode::OneByOne,
+            Attempt::Split => mode = Some(Mode::OneByOne),
+            Attempt::Missed => mode = Some(Mode::Together),
         }
     }
 }
@@ -660,14 +734,78 @@ async fn attempt_group(
         }
     };
 
-    // Versions remembered from before another node's commit may be stale, and the new head
-    // would vouch for them: only this group's streams, read under the lock, are kept.
-    if !current || cache.versions.len() > CACHED_STREAMS {
-        cache.versions.clear();
-    }
-    cache.head = Some(tally.head);
-    cache.versions.extend(tally.versions);
+    cache.remember(tally, current);
     Ok(Attempt::Done(outcomes, new_head))
+}
+
+/// The whole transaction in one round trip, for a group whose streams' versions and head
+/// this writer knows ([`VersionCache::predict`]): begin, take the append lock, insert the
+/// rows numbered from the remembered head if that is still the head, notify if they went
+/// in, commit. The lock is taken before the insert's guard reads the head, so the argument
+/// of the module documentation holds as for a group that reads first. When the guard finds
+/// another head (another node wrote), nothing is inserted; when a stream expected to be new
+/// exists, its first version's unique key refuses the insert and the transaction ends
+/// rolled back. Either way the group is then written the long way. Refusals planned here
+/// stand only once the guard has confirmed the versions they were checked against.
+async fn write_predicted(
+    connection: &Connection,
+    cache: &mut VersionCache,
+    group: &[AppendRequest],
+    lock_key: i64,
+    schema: &str,
+    committing: &mut Option<Committing>,
+) -> Result<Attempt, DbError> {
+    let Some(start) = cache.predict(group) else { return Ok(Attempt::Missed) };
+    let mut tally = start.clone();
+    let mut columns = Columns::default();
+    let outcomes: Outcomes =
+        group.iter().map(|request| tally.plan(request, &mut columns)).collect();
+    let probe = group
+        .iter()
+        .zip(&outcomes)
+        .find(|(_, outcome)| outcome.is_ok())
+        .and_then(|(request, _)| request.events.first())
+        .map(|event| event.event_id);
+    // A group refused whole is confirmed by reading: there is nothing to commit.
+    let Some(probe) = probe else { return Ok(Attempt::Missed) };
+    let client = &connection.client;
+    let statements = &connection.statements;
+    let new_head = Position(tally.head);
+    let (expected_head, last) = (to_bigint(start.head), to_bigint(new_head.0));
+    let payload = format!("{schema}:{}", new_head.0);
+    let lock_parameters: [&(dyn ToSql + Sync); 1] = [&lock_key];
+    let notify_parameters: [&(dyn ToSql + Sync); 3] =
+        [&PgDatabase::NOTIFY_CHANNEL, &payload, &last];
+    let rows = columns.position.len() as u64;
+    // From here until COMMIT answers, a failure leaves the outcome unknown.
+    *committing = Some(Committing { outcomes, head: new_head, probe });
+    let (begun, locked, inserted, notified, committed) = tokio::join!(
+        client.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED"),
+        client.execute(&statements.lock, &lock_parameters),
+        columns.insert_at_head(client, &statements.insert_at_head, &expected_head),
+        client.execute(&statements.notify_written, &notify_parameters),
+        client.batch_execute("COMMIT"),
+    );
+    // COMMIT answered: whatever happened is known. (It ends a transaction that an earlier
+    // statement aborted as a rollback, without an error of its own.)
+    committed?;
+    let outcomes = committing.take().map(|sent| sent.outcomes).unwrap_or_default();
+    begun?;
+    locked?;
+    match inserted {
+        Ok(count) if count == rows => {
+            notified?;
+            cache.remember(tally, true);
+            Ok(Attempt::Done(outcomes, Some(new_head)))
+        }
+        // The head moved: what this writer remembers is stale.
+        Ok(_) => {
+            cache.forget();
+            Ok(Attempt::Missed)
+        }
+        Err(error) if violated_unique_constraint(&error).is_some() => Ok(Attempt::Missed),
+        Err(error) => Err(error.into()),
+    }
 }
 
 fn stream_columns<'a>(streams: &[&'a StreamId]) -> (Vec<&'a str>, Vec<&'a str>) {

@@ -1,8 +1,8 @@
 //! What the PostgreSQL event store promises beyond the contract: a refused append inside a
 //! group commit fails alone, another node's commit wakes this node's subscribers, several
 //! nodes starting at once migrate a schema exactly once, one idempotency key sent to two
-//! nodes at once appends once, and a node's remembered stream versions never outlive
-//! another node's commit.
+//! nodes at once appends once, a node's remembered stream versions never outlive
+//! another node's commit, and a stream a node takes to be new is checked against the log.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -177,6 +177,34 @@ async fn a_stream_another_node_appended_to_is_not_judged_by_a_remembered_version
         Ok(appended) => assert_eq!(appended.version, Version(3)),
         Err(error) => panic!("judged by a stale version: {error}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_new_to_this_node_but_not_to_the_log_is_a_conflict_and_leaves_no_gap() {
+    let Some(fixture) = fixture().await else { return };
+    let node_b = PgEventStore::open(&database(&fixture).await).await.unwrap();
+    node_b
+        .append(&stream("order"), ExpectedVersion::NoStream, vec![sample_event(0)])
+        .await
+        .unwrap();
+    // Node A starts after that and commits once, so it knows the head and nothing of the
+    // order: its next group is planned without reading the log.
+    let node_a = PgEventStore::connect(fixture.base_url(), Some(fixture.schema())).await.unwrap();
+    node_a
+        .append(&stream("other"), ExpectedVersion::NoStream, vec![sample_event(1)])
+        .await
+        .unwrap();
+    match node_a.append(&stream("order"), ExpectedVersion::NoStream, vec![sample_event(2)]).await {
+        Err(StoreError::Conflict { actual, .. }) => assert_eq!(actual, Version(1)),
+        other => panic!("an existing stream was taken to be new: {other:?}"),
+    }
+    let next = node_a
+        .append(&stream("third"), ExpectedVersion::NoStream, vec![sample_event(3)])
+        .await
+        .unwrap();
+    assert_eq!(next.first_position, Position(3), "the refused append left a hole");
+    let order = node_a.read_stream(&stream("order"), Version::NONE).await.unwrap();
+    assert_eq!(order.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
