@@ -32,8 +32,15 @@ use crate::database::{PgDatabase, lock_key};
 use crate::error::{DbError, PgError, from_bigint, to_bigint};
 use crate::tables;
 
-const SELECT_VIEWS: &str = "SELECT view_id, data, position, parked_position, parked_error, parked_attempts, \
-     parked_at FROM strata_views WHERE projection = $1 AND view_id = ANY($2)";
+/// One primary-key probe per id, whatever the planner believes of the table: with
+/// `view_id = ANY($2)`, a table without statistics yet (new, or filling during a rebuild)
+/// was planned as a scan of every view of the projection, and after `ANALYZE` a long list
+/// as a scan of the whole table (docs/benchmarks.md, fourth round). `LIMIT 1` keeps each
+/// probe a subquery of its own (the key is unique, so it drops nothing).
+const SELECT_VIEWS: &str = "SELECT v.view_id, v.data, v.position, v.parked_position, \
+     v.parked_error, v.parked_attempts, v.parked_at FROM unnest($2::text[]) AS wanted (view_id), \
+     LATERAL (SELECT * FROM strata_views s WHERE s.projection = $1 AND s.view_id = wanted.view_id \
+     LIMIT 1) AS v";
 const SELECT_VIEW: &str = "SELECT view_id, data, position, parked_position, parked_error, parked_attempts, \
      parked_at FROM strata_views WHERE projection = $1 AND view_id = $2";
 const UPSERT_VIEWS: &str = "INSERT INTO strata_views \
@@ -710,5 +717,46 @@ impl ViewManager for PgViewManager {
             Ok(Ok(swapped))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PgDatabase;
+
+    /// The plan of [`SELECT_VIEWS`] for `ids`, one line per row of `EXPLAIN`.
+    async fn plan(client: &tokio_postgres::Client, ids: &[String]) -> String {
+        let explain = format!("EXPLAIN {SELECT_VIEWS}");
+        let rows = client.query(&explain, &[&"order_summary", &ids]).await.unwrap();
+        rows.iter().map(|row| row.get::<_, String>(0)).collect::<Vec<_>>().join("\n")
+    }
+
+    fn assert_probes_the_key(plan: &str) {
+        assert!(plan.contains("Index Scan using strata_views_pkey"), "{plan}");
+        assert!(!plan.contains("Seq Scan") && !plan.contains("Filter"), "{plan}");
+    }
+
+    #[tokio::test]
+    async fn a_load_probes_the_key_per_view_with_or_without_statistics() {
+        let Some(fixture) = strata_testkit::services::postgres().await else { return };
+        let database =
+            PgDatabase::connect(fixture.base_url(), Some(fixture.schema())).await.unwrap();
+        let client = database.pool().get().await.unwrap();
+        client
+            .batch_execute(
+                "INSERT INTO strata_views (projection, view_id, data, position) \
+                 SELECT 'order_summary', 'o' || n, '\\x00', n FROM generate_series(1, 20000) n",
+            )
+            .await
+            .unwrap();
+        let few: Vec<String> = (5000..5060).map(|n| format!("o{n}")).collect();
+        let many: Vec<String> = (2000..3000).map(|n| format!("o{n}")).collect();
+        // A table new enough to have no statistics (as during a rebuild, or a young store).
+        assert_probes_the_key(&plan(&client, &few).await);
+        assert_probes_the_key(&plan(&client, &many).await);
+        client.batch_execute("ANALYZE strata_views").await.unwrap();
+        assert_probes_the_key(&plan(&client, &few).await);
+        assert_probes_the_key(&plan(&client, &many).await);
     }
 }
