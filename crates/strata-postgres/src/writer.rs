@@ -704,16 +704,10 @@ async fn attempt_group(
     let new_head = (tally.head != start.head).then_some(Position(tally.head));
     let outcomes = match new_head {
         Some(new_head) => {
-            // One notification per group, delivered by PostgreSQL at commit. Not pipelined
-            // with the COMMIT: measured, that made groups several times slower.
+            // One notification per group, delivered by PostgreSQL at commit.
             let payload = format!("{schema}:{}", new_head.0);
             client.execute(&statements.notify, &[&PgDatabase::NOTIFY_CHANNEL, &payload]).await?;
-            let probe = group
-                .iter()
-                .zip(&outcomes)
-                .find(|(_, outcome)| outcome.is_ok())
-                .and_then(|(request, _)| request.events.first())
-                .map(|event| event.event_id);
+            let probe = probe(group, &outcomes);
             match probe {
                 Some(probe) => {
                     // From here until COMMIT answers, a failure leaves the outcome unknown.
@@ -760,12 +754,7 @@ async fn write_predicted(
     let mut columns = Columns::default();
     let outcomes: Outcomes =
         group.iter().map(|request| tally.plan(request, &mut columns)).collect();
-    let probe = group
-        .iter()
-        .zip(&outcomes)
-        .find(|(_, outcome)| outcome.is_ok())
-        .and_then(|(request, _)| request.events.first())
-        .map(|event| event.event_id);
+    let probe = probe(group, &outcomes);
     // A group refused whole is confirmed by reading: there is nothing to commit.
     let Some(probe) = probe else { return Ok(Attempt::Missed) };
     let client = &connection.client;
@@ -806,6 +795,17 @@ async fn write_predicted(
         Err(error) if violated_unique_constraint(&error).is_some() => Ok(Attempt::Missed),
         Err(error) => Err(error.into()),
     }
+}
+
+/// One event id of the group that is written if the group commits: what a lookup after an
+/// unanswered COMMIT looks for.
+fn probe(group: &[AppendRequest], outcomes: &Outcomes) -> Option<Uuid> {
+    group
+        .iter()
+        .zip(outcomes)
+        .find(|(_, outcome)| outcome.is_ok())
+        .and_then(|(request, _)| request.events.first())
+        .map(|event| event.event_id)
 }
 
 fn stream_columns<'a>(streams: &[&'a StreamId]) -> (Vec<&'a str>, Vec<&'a str>) {
