@@ -21,10 +21,13 @@
 //! fails alone. If that one insert hits a unique violation (a duplicate event id), the
 //! transaction is rolled back and the group written again with one savepoint per request,
 //! so again only the offending request fails. If the transaction itself fails, every
-//! request of the group gets an error and nothing of it was written; when the connection
-//! dies during `COMMIT` the outcome is unknown to us, and the callers are told it failed (a
-//! retry then finds its events, as a duplicate id or a version conflict, rather than
-//! writing them twice).
+//! request of the group gets an error and nothing of it was written. When the connection
+//! dies after `COMMIT` was sent, one of the group's events is looked up at the position the
+//! group gave it (its id alone could be an earlier append's, since a retry reuses ids), on
+//! a fresh connection under the lock: found, the group is answered as written; not found,
+//! as not written, or as [`StoreError::OutcomeUnknown`] when the group may still reach the
+//! server (below) or the lookup fails. A retry of an unknown outcome finds its events, as a
+//! duplicate id or a version conflict, rather than writing them twice.
 //!
 //! **Version cache.** Reading the versions of a group's streams is the costliest query. The
 //! writer remembers the versions its own commits left and the head after them; when the
@@ -39,9 +42,11 @@
 //! its memory and sends the whole transaction at once, with an insert that goes in only if
 //! the head under the lock is still the one it remembers. A moved head or an existing
 //! "new" stream writes nothing, and the group is then written as above. Such a group's
-//! COMMIT goes out with its first byte, so a server that falls silent leaves its callers
-//! with [`StoreError::OutcomeUnknown`] (unless the lookup above can answer), where a group
-//! written step by step that is cut off before its COMMIT is known not to be written.
+//! COMMIT goes out with its first byte, before the server has taken its lock, so a lookup
+//! that does not find it settles nothing (the transaction may still be on its way): its
+//! callers are told [`StoreError::OutcomeUnknown`] unless the lookup finds it, where a group
+//! written step by step is known not to be written when it is cut off before its COMMIT or
+//! not found after it.
 //!
 //! **Notification.** Inside the transaction, the group sends `pg_notify('strata_events',
 //! '<schema>:<head>')`; PostgreSQL delivers it only at commit, so a follower woken by it
@@ -100,6 +105,9 @@ fn insert_at_head() -> String {
 const NOTIFY_WRITTEN: &str = "SELECT pg_notify($1, $2) \
      WHERE EXISTS (SELECT 1 FROM strata_events WHERE position = $3)";
 const STORED_ID: &str = "SELECT event_id FROM strata_events WHERE event_id = ANY($1) LIMIT 1";
+/// Whether an event is stored where a group numbered it: only that group's commit can have
+/// put it there (a retry reuses event ids, so the id alone may find an earlier append).
+const STORED_AT: &str = "SELECT 1 FROM strata_events WHERE event_id = $1 AND position = $2";
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 const CLAIM_KEYS: &str = "INSERT INTO strata_idempotency (key, fingerprint, aggregate_type, \
      aggregate_id, version, position) \
@@ -182,6 +190,7 @@ struct Statements {
     insert: Statement,
     insert_at_head: Statement,
     stored_id: Statement,
+    stored_at: Statement,
     notify: Statement,
     notify_written: Statement,
     claim_keys: Statement,
@@ -207,6 +216,7 @@ impl Connection {
             insert: client.prepare(INSERT).await?,
             insert_at_head: client.prepare(&insert_at_head()).await?,
             stored_id: client.prepare(STORED_ID).await?,
+            stored_at: client.prepare(STORED_AT).await?,
             notify: client.prepare(NOTIFY).await?,
             notify_written: client.prepare(NOTIFY_WRITTEN).await?,
             claim_keys: client.prepare(CLAIM_KEYS).await?,
@@ -280,13 +290,19 @@ impl Writer {
             tracing::warn!(%error, "a group commit was interrupted; finding out whether it happened");
             match tokio::time::timeout(RESOLVE_TIMEOUT, self.stored(sent.probe)).await {
                 Ok(Ok(true)) => result = Ok((sent.outcomes, Some(sent.head))),
-                Ok(Ok(false)) => {}
-                Ok(Err(unknown)) => in_doubt = Some(unknown),
-                Err(_) => in_doubt = Some(DbError::TimedOut(RESOLVE_TIMEOUT)),
+                // Not there, and nothing of the group can arrive any more: its COMMIT left
+                // only after the server had answered the group's lock.
+                Ok(Ok(false)) if !sent.whole => {}
+                // Not there yet: a group sent whole may still be on its way to the server.
+                Ok(Ok(false)) => in_doubt = Some(Doubt::MayStillLand),
+                Ok(Err(unknown)) => in_doubt = Some(Doubt::LookupFailed(unknown)),
+                Err(_) => {
+                    in_doubt = Some(Doubt::LookupFailed(DbError::TimedOut(RESOLVE_TIMEOUT)));
+                }
             }
         }
         let silent = matches!(result, Err(DbError::TimedOut(_)))
-            || matches!(in_doubt, Some(DbError::TimedOut(_)));
+            || matches!(in_doubt, Some(Doubt::LookupFailed(DbError::TimedOut(_))));
         match result {
             Ok((outcomes, head)) => {
                 let events: u64 = outcomes
@@ -314,14 +330,19 @@ impl Writer {
                     self.connection = None;
                 }
                 let error = Arc::new(error);
-                let in_doubt = in_doubt.map(Arc::new);
+                let in_doubt = in_doubt.map(|doubt| match doubt {
+                    Doubt::LookupFailed(unknown) => Some(Arc::new(unknown)),
+                    Doubt::MayStillLand => None,
+                });
                 for request in group.drain(..) {
+                    let error = Arc::clone(&error);
                     let failed = match &in_doubt {
-                        Some(unknown) => StoreError::OutcomeUnknown(Box::new(InDoubt(
-                            Arc::clone(&error),
+                        Some(Some(unknown)) => StoreError::OutcomeUnknown(Box::new(InDoubt(
+                            error,
                             Arc::clone(unknown),
                         ))),
-                        None => StoreError::Backend(Box::new(GroupFailed(Arc::clone(&error)))),
+                        Some(None) => StoreError::OutcomeUnknown(Box::new(MayStillLand(error))),
+                        None => StoreError::Backend(Box::new(GroupFailed(error))),
                     };
                     let _ = request.answer.send(Err(failed));
                 }
@@ -330,20 +351,21 @@ impl Writer {
         if silent { Server::Silent } else { Server::Answering }
     }
 
-    /// Whether the event `id` is stored, asked on a fresh connection (which becomes the
-    /// writer's) under the append lock: the interrupted transaction holds that lock until it
-    /// has committed or aborted, so once the lock is had, what is stored is final. (Without
-    /// it, a commit still waiting on a slow fsync or standby would be missed, and then land.)
-    async fn stored(&mut self, id: Uuid) -> Result<bool, DbError> {
+    /// Whether the probe's event is stored at its position, asked on a fresh connection
+    /// (which becomes the writer's) under the append lock: an interrupted transaction that
+    /// had the lock holds it until it has committed or aborted, so once the lock is had,
+    /// what it stored is final. (Without it, a commit still waiting on a slow fsync or
+    /// standby would be missed, and then land.)
+    async fn stored(&mut self, probe: Probe) -> Result<bool, DbError> {
         let connection = connected(&mut self.connection, &self.config).await?;
         let (client, statements) = (&connection.client, &connection.statements);
-        let ids = vec![id];
+        let position = to_bigint(probe.position.0);
         let lock_parameters: [&(dyn ToSql + Sync); 1] = [&self.lock_key];
-        let id_parameters: [&(dyn ToSql + Sync); 1] = [&ids];
+        let probe_parameters: [&(dyn ToSql + Sync); 2] = [&probe.event_id, &position];
         let (_, _, found) = tokio::try_join!(
             client.batch_execute("BEGIN"),
             client.execute(&statements.lock, &lock_parameters),
-            client.query_opt(&statements.stored_id, &id_parameters),
+            client.query_opt(&statements.stored_at, &probe_parameters),
         )?;
         client.batch_execute("ROLLBACK").await?;
         Ok(found.is_some())
@@ -358,17 +380,44 @@ enum Server {
 }
 
 /// A group whose COMMIT was sent: what it answers if the commit happened, and one of its
-/// event ids to look for.
+/// events to look for.
 struct Committing {
     outcomes: Outcomes,
     head: Position,
-    probe: Uuid,
+    probe: Probe,
+    /// Sent in one round trip ([`write_predicted`]): its COMMIT left before the server had
+    /// answered anything, so the whole transaction may still be on its way.
+    whole: bool,
+}
+
+/// One event of a group and the position the group gave it.
+#[derive(Clone, Copy)]
+struct Probe {
+    event_id: Uuid,
+    position: Position,
+}
+
+/// Why an interrupted group's outcome is not known.
+enum Doubt {
+    /// Asking whether it committed failed.
+    LookupFailed(DbError),
+    /// It is not stored now, but it was sent whole and may still arrive.
+    MayStillLand,
 }
 
 /// Why an append's outcome is unknown: the commit was interrupted, then finding out failed.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}; asking whether it committed failed too: {1}")]
 struct InDoubt(#[source] Arc<DbError>, Arc<DbError>);
+
+/// Why an append's outcome is unknown: it was sent whole and interrupted, and it is not
+/// stored yet.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{0}; the append was sent in one piece and is not stored yet, but may still arrive at the \
+     server and commit: retry it with the same event ids or idempotency key"
+)]
+struct MayStillLand(#[source] Arc<DbError>);
 
 /// The writer's connection, opened if it is missing or broken.
 async fn connected<'a>(
@@ -711,7 +760,8 @@ async fn attempt_group(
             match probe {
                 Some(probe) => {
                     // From here until COMMIT answers, a failure leaves the outcome unknown.
-                    *committing = Some(Committing { outcomes, head: new_head, probe });
+                    *committing =
+                        Some(Committing { outcomes, head: new_head, probe, whole: false });
                     client.batch_execute("COMMIT").await?;
                     committing.take().map(|sent| sent.outcomes).unwrap_or_default()
                 }
@@ -767,7 +817,7 @@ async fn write_predicted(
         [&PgDatabase::NOTIFY_CHANNEL, &payload, &last];
     let rows = columns.position.len() as u64;
     // From here until COMMIT answers, a failure leaves the outcome unknown.
-    *committing = Some(Committing { outcomes, head: new_head, probe });
+    *committing = Some(Committing { outcomes, head: new_head, probe, whole: true });
     let (begun, locked, inserted, notified, committed) = tokio::join!(
         client.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED"),
         client.execute(&statements.lock, &lock_parameters),
@@ -797,15 +847,14 @@ async fn write_predicted(
     }
 }
 
-/// One event id of the group that is written if the group commits: what a lookup after an
-/// unanswered COMMIT looks for.
-fn probe(group: &[AppendRequest], outcomes: &Outcomes) -> Option<Uuid> {
-    group
-        .iter()
-        .zip(outcomes)
-        .find(|(_, outcome)| outcome.is_ok())
-        .and_then(|(request, _)| request.events.first())
-        .map(|event| event.event_id)
+/// One event of the group that is written if the group commits, and its position: what a
+/// lookup after an unanswered COMMIT looks for.
+fn probe(group: &[AppendRequest], outcomes: &Outcomes) -> Option<Probe> {
+    group.iter().zip(outcomes).find_map(|(request, outcome)| {
+        let written = outcome.as_ref().ok()?;
+        let event = request.events.first()?;
+        Some(Probe { event_id: event.event_id, position: written.first_position })
+    })
 }
 
 fn stream_columns<'a>(streams: &[&'a StreamId]) -> (Vec<&'a str>, Vec<&'a str>) {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use strata::{EventStore, ExpectedVersion, StoreError, StreamId, Version};
+use strata::{EventStore, ExpectedVersion, Position, StoreError, StreamId, Version};
 use strata_postgres::PgEventStore;
 use strata_testkit::sample_event;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,7 +16,8 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::fixture;
 
 const PASS: u8 = 0;
-/// Forward a COMMIT, then close both sides when its answer comes back.
+/// Forward a COMMIT, then close both sides when its answer (committed or rolled back) comes
+/// back.
 const CUT_AFTER_COMMIT: u8 = 1;
 /// Forward a COMMIT, then forward nothing more either way (and let new connections hang).
 const HANG_AFTER_COMMIT: u8 = 2;
@@ -25,8 +26,9 @@ const HANG: u8 = 3;
 
 /// The simple-query message a client sends for `COMMIT`.
 const COMMIT: &[u8] = b"Q\0\0\0\x0bCOMMIT\0";
-/// The server's answer to it once it has committed (a `CommandComplete` tagged `COMMIT`).
-const COMMITTED: &[u8] = b"C\0\0\0\x0bCOMMIT\0";
+/// The server's answers to it: a `CommandComplete` tagged `COMMIT`, or `ROLLBACK` when an
+/// earlier statement of the transaction failed.
+const COMMIT_ANSWERS: [&[u8]; 2] = [b"C\0\0\0\x0bCOMMIT\0", b"C\0\0\0\x0dROLLBACK\0"];
 
 struct Proxy {
     port: u16,
@@ -90,16 +92,23 @@ async fn relay(client: TcpStream, upstream: TcpStream, mode: Arc<AtomicU8>) {
     };
     let to_client = async move {
         let mut buffer = vec![0_u8; 64 * 1024];
+        // The end of the previous read, so that an answer split between reads is seen.
+        let mut tail = Vec::new();
         loop {
             let n = match server_read.read(&mut buffer).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            let answers_commit = buffer[..n].windows(COMMITTED.len()).any(|w| w == COMMITTED);
+            let mut seen = std::mem::take(&mut tail);
+            seen.extend_from_slice(&buffer[..n]);
+            let answers_commit = COMMIT_ANSWERS
+                .iter()
+                .any(|answer| seen.windows(answer.len()).any(|window| window == *answer));
+            tail = seen[seen.len().saturating_sub(16)..].to_vec();
             loop {
                 match committed.load(Ordering::SeqCst) {
-                    // The server committed and answers: the client never hears it. (Answers
-                    // to statements sent with the COMMIT, before it, still pass.)
+                    // The server answered the COMMIT: the client never hears it. (Answers to
+                    // statements sent with the COMMIT, before it, still pass.)
                     1 if answers_commit => return,
                     2 => tokio::time::sleep(Duration::from_millis(20)).await,
                     _ if mode.load(Ordering::SeqCst) == HANG => {
@@ -160,6 +169,37 @@ async fn a_commit_cut_off_before_its_answer_is_found_written_and_answered_so() {
 }
 
 #[tokio::test]
+async fn a_retried_event_cut_off_at_its_rollback_is_not_answered_as_written() {
+    let Some(fixture) = fixture().await else { return };
+    let proxy = Proxy::start(&server_address(fixture.base_url())).await;
+    let store = PgEventStore::connect(&through(&proxy, fixture.base_url()), Some(fixture.schema()))
+        .await
+        .unwrap();
+    let event = sample_event(1);
+    store
+        .append(&StreamId::new("account", "a4"), ExpectedVersion::NoStream, vec![event.clone()])
+        .await
+        .unwrap();
+
+    // The same event again (a retry), on a stream the writer takes to be new: sent in one
+    // round trip, refused by the event id's key, and the answer to its COMMIT lost. The id
+    // is stored, but not by this append.
+    proxy.set(CUT_AFTER_COMMIT);
+    let retried = StreamId::new("account", "a5");
+    let again = store.append(&retried, ExpectedVersion::NoStream, vec![event]).await;
+    proxy.set(PASS);
+    assert!(matches!(again, Err(StoreError::OutcomeUnknown(_))), "{again:?}");
+
+    let direct = PgEventStore::connect(fixture.base_url(), Some(fixture.schema())).await.unwrap();
+    assert!(direct.read_stream(&retried, Version::NONE).await.unwrap().is_empty());
+    let next = store
+        .append(&StreamId::new("account", "a6"), ExpectedVersion::NoStream, vec![sample_event(2)])
+        .await
+        .unwrap();
+    assert_eq!(next.first_position, Position(2), "the log goes on where it was");
+}
+
+#[tokio::test]
 async fn a_hung_server_is_answered_within_5_s_and_the_writer_recovers_when_it_returns() {
     let Some(fixture) = fixture().await else { return };
     let proxy = Proxy::start(&server_address(fixture.base_url())).await;
@@ -183,7 +223,10 @@ async fn a_hung_server_is_answered_within_5_s_and_the_writer_recovers_when_it_re
     assert!(read.is_err() && started.elapsed() < Duration::from_secs(5), "a read is bounded too");
 
     // Hung with the COMMIT sent: nobody can tell whether it happened, and the answer says so.
-    // A group the writer sends in one round trip sends its COMMIT at once: the same.
+    // (The writer knows the stream again after this append, so it sends the next group in
+    // one round trip, COMMIT and all.)
+    proxy.set(PASS);
+    store.append(&stream, ExpectedVersion::Any, vec![sample_event(5)]).await.unwrap();
     proxy.set(HANG_AFTER_COMMIT);
     let started = Instant::now();
     let unknown = store.append(&stream, ExpectedVersion::Any, vec![sample_event(4)]).await;
