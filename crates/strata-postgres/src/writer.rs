@@ -22,11 +22,11 @@
 //! transaction is rolled back and the group written again with one savepoint per request,
 //! so again only the offending request fails. If the transaction itself fails, every
 //! request of the group gets an error and nothing of it was written. When the connection
-//! dies after `COMMIT` was sent, one of the group's events is looked up at the position the
-//! group gave it (its id alone could be an earlier append's, since a retry reuses ids), on
-//! a fresh connection under the lock: found, the group is answered as written; not found,
-//! as not written, or as [`StoreError::OutcomeUnknown`] when the group may still reach the
-//! server (below) or the lookup fails. A retry of an unknown outcome finds its events, as a
+//! dies after `COMMIT` was sent, the group's events are looked up where it put them
+//! (position, id, stream and version: an id alone could be an earlier append's, since a
+//! retry reuses ids), on a fresh connection under the lock: all found, the group is
+//! answered as written; not, as not written, or as [`StoreError::OutcomeUnknown`] when the
+//! group may still reach the server (below) or the lookup fails. A retry of an unknown outcome finds its events, as a
 //! duplicate id or a version conflict, rather than writing them twice.
 //!
 //! **Version cache.** Reading the versions of a group's streams is the costliest query. The
@@ -105,9 +105,14 @@ fn insert_at_head() -> String {
 const NOTIFY_WRITTEN: &str = "SELECT pg_notify($1, $2) \
      WHERE EXISTS (SELECT 1 FROM strata_events WHERE position = $3)";
 const STORED_ID: &str = "SELECT event_id FROM strata_events WHERE event_id = ANY($1) LIMIT 1";
-/// Whether an event is stored where a group numbered it: only that group's commit can have
-/// put it there (a retry reuses event ids, so the id alone may find an earlier append).
-const STORED_AT: &str = "SELECT 1 FROM strata_events WHERE event_id = $1 AND position = $2";
+/// How many of a group's events are stored exactly as its outcomes report them (position,
+/// id, stream and version), one primary-key probe each. An event id alone does not tell: a
+/// retry reuses ids, so it may find an earlier append of the same event.
+const STORED_AS_PLANNED: &str = "SELECT count(*) FROM unnest($1::bigint[], $2::uuid[], \
+     $3::text[], $4::text[], $5::bigint[]) AS w (position, event_id, aggregate_type, \
+     aggregate_id, version), LATERAL (SELECT 1 FROM strata_events e WHERE e.position = \
+     w.position AND e.event_id = w.event_id AND e.aggregate_type = w.aggregate_type AND \
+     e.aggregate_id = w.aggregate_id AND e.version = w.version LIMIT 1) AS found";
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 const CLAIM_KEYS: &str = "INSERT INTO strata_idempotency (key, fingerprint, aggregate_type, \
      aggregate_id, version, position) \
@@ -190,7 +195,7 @@ struct Statements {
     insert: Statement,
     insert_at_head: Statement,
     stored_id: Statement,
-    stored_at: Statement,
+    stored_as_planned: Statement,
     notify: Statement,
     notify_written: Statement,
     claim_keys: Statement,
@@ -216,7 +221,7 @@ impl Connection {
             insert: client.prepare(INSERT).await?,
             insert_at_head: client.prepare(&insert_at_head()).await?,
             stored_id: client.prepare(STORED_ID).await?,
-            stored_at: client.prepare(STORED_AT).await?,
+            stored_as_planned: client.prepare(STORED_AS_PLANNED).await?,
             notify: client.prepare(NOTIFY).await?,
             notify_written: client.prepare(NOTIFY_WRITTEN).await?,
             claim_keys: client.prepare(CLAIM_KEYS).await?,
@@ -283,12 +288,14 @@ impl Writer {
         };
         let mut in_doubt = None;
         if let (Err(error), Some(sent)) = (&result, committing) {
-            // COMMIT was sent and not answered: it may have happened. The group's event ids
-            // are unique, so a fresh connection can tell.
+            // COMMIT was sent and not answered: it may have happened. Its events, where it
+            // put them, tell.
             self.connection = None;
             self.versions.forget();
             tracing::warn!(%error, "a group commit was interrupted; finding out whether it happened");
-            match tokio::time::timeout(RESOLVE_TIMEOUT, self.stored(sent.probe)).await {
+            let found =
+                tokio::time::timeout(RESOLVE_TIMEOUT, self.stored(group, &sent.outcomes)).await;
+            match found {
                 Ok(Ok(true)) => result = Ok((sent.outcomes, Some(sent.head))),
                 // Not there, and nothing of the group can arrive any more: its COMMIT left
                 // only after the server had answered the group's lock.
@@ -351,24 +358,35 @@ impl Writer {
         if silent { Server::Silent } else { Server::Answering }
     }
 
-    /// Whether the probe's event is stored at its position, asked on a fresh connection
-    /// (which becomes the writer's) under the append lock: an interrupted transaction that
-    /// had the lock holds it until it has committed or aborted, so once the lock is had,
-    /// what it stored is final. (Without it, a commit still waiting on a slow fsync or
-    /// standby would be missed, and then land.)
-    async fn stored(&mut self, probe: Probe) -> Result<bool, DbError> {
+    /// Whether every event `outcomes` report for `group` is stored as reported, asked on a
+    /// fresh connection (which becomes the writer's) under the append lock: an interrupted
+    /// transaction that had the lock holds it until it has committed or aborted, so once the
+    /// lock is had, what it stored is final. (Without it, a commit still waiting on a slow
+    /// fsync or standby would be missed, and then land.)
+    async fn stored(
+        &mut self,
+        group: &[AppendRequest],
+        outcomes: &Outcomes,
+    ) -> Result<bool, DbError> {
+        let rows = PlannedRows::of(group, outcomes);
         let connection = connected(&mut self.connection, &self.config).await?;
         let (client, statements) = (&connection.client, &connection.statements);
-        let position = to_bigint(probe.position.0);
         let lock_parameters: [&(dyn ToSql + Sync); 1] = [&self.lock_key];
-        let probe_parameters: [&(dyn ToSql + Sync); 2] = [&probe.event_id, &position];
+        let row_parameters: [&(dyn ToSql + Sync); 5] = [
+            &rows.position,
+            &rows.event_id,
+            &rows.aggregate_type,
+            &rows.aggregate_id,
+            &rows.version,
+        ];
         let (_, _, found) = tokio::try_join!(
             client.batch_execute("BEGIN"),
             client.execute(&statements.lock, &lock_parameters),
-            client.query_opt(&statements.stored_at, &probe_parameters),
+            client.query_one(&statements.stored_as_planned, &row_parameters),
         )?;
         client.batch_execute("ROLLBACK").await?;
-        Ok(found.is_some())
+        let found: i64 = found.try_get(0)?;
+        Ok(!rows.position.is_empty() && found == rows.position.len() as i64)
     }
 }
 
@@ -379,22 +397,42 @@ enum Server {
     Silent,
 }
 
-/// A group whose COMMIT was sent: what it answers if the commit happened, and one of its
-/// events to look for.
+/// A group whose COMMIT was sent: what it answers if the commit happened.
 struct Committing {
     outcomes: Outcomes,
     head: Position,
-    probe: Probe,
     /// Sent in one round trip ([`write_predicted`]): its COMMIT left before the server had
     /// answered anything, so the whole transaction may still be on its way.
     whole: bool,
 }
 
-/// One event of a group and the position the group gave it.
-#[derive(Clone, Copy)]
-struct Probe {
-    event_id: Uuid,
-    position: Position,
+/// Every event the written requests of a group report, where their outcomes put it, column
+/// by column.
+#[derive(Default)]
+struct PlannedRows<'a> {
+    position: Vec<i64>,
+    event_id: Vec<Uuid>,
+    aggregate_type: Vec<&'a str>,
+    aggregate_id: Vec<&'a str>,
+    version: Vec<i64>,
+}
+
+impl<'a> PlannedRows<'a> {
+    fn of(group: &'a [AppendRequest], outcomes: &Outcomes) -> Self {
+        let mut rows = Self::default();
+        for (request, outcome) in group.iter().zip(outcomes) {
+            let Ok(outcome) = outcome else { continue };
+            let first_version = outcome.version.0 + 1 - request.events.len() as u64;
+            for (offset, event) in (0..).zip(&request.events) {
+                rows.position.push(to_bigint(outcome.first_position.0 + offset));
+                rows.event_id.push(event.event_id);
+                rows.aggregate_type.push(&request.stream.aggregate_type);
+                rows.aggregate_id.push(&request.stream.id);
+                rows.version.push(to_bigint(first_version + offset));
+            }
+        }
+        rows
+    }
 }
 
 /// Why an interrupted group's outcome is not known.
@@ -415,7 +453,7 @@ struct InDoubt(#[source] Arc<DbError>, Arc<DbError>);
 #[derive(Debug, thiserror::Error)]
 #[error(
     "{0}; the append was sent in one piece and is not stored yet, but may still arrive at the \
-     server and commit: retry it with the same event ids or idempotency key"
+     server and commit"
 )]
 struct MayStillLand(#[source] Arc<DbError>);
 
@@ -756,20 +794,10 @@ async fn attempt_group(
             // One notification per group, delivered by PostgreSQL at commit.
             let payload = format!("{schema}:{}", new_head.0);
             client.execute(&statements.notify, &[&PgDatabase::NOTIFY_CHANNEL, &payload]).await?;
-            let probe = probe(group, &outcomes);
-            match probe {
-                Some(probe) => {
-                    // From here until COMMIT answers, a failure leaves the outcome unknown.
-                    *committing =
-                        Some(Committing { outcomes, head: new_head, probe, whole: false });
-                    client.batch_execute("COMMIT").await?;
-                    committing.take().map(|sent| sent.outcomes).unwrap_or_default()
-                }
-                None => {
-                    client.batch_execute("COMMIT").await?;
-                    outcomes
-                }
-            }
+            // From here until COMMIT answers, a failure leaves the outcome unknown.
+            *committing = Some(Committing { outcomes, head: new_head, whole: false });
+            client.batch_execute("COMMIT").await?;
+            committing.take().map(|sent| sent.outcomes).unwrap_or_default()
         }
         // Nothing written: nothing to make durable.
         None => {
@@ -804,9 +832,10 @@ async fn write_predicted(
     let mut columns = Columns::default();
     let outcomes: Outcomes =
         group.iter().map(|request| tally.plan(request, &mut columns)).collect();
-    let probe = probe(group, &outcomes);
     // A group refused whole is confirmed by reading: there is nothing to commit.
-    let Some(probe) = probe else { return Ok(Attempt::Missed) };
+    if columns.is_empty() {
+        return Ok(Attempt::Missed);
+    }
     let client = &connection.client;
     let statements = &connection.statements;
     let new_head = Position(tally.head);
@@ -817,7 +846,7 @@ async fn write_predicted(
         [&PgDatabase::NOTIFY_CHANNEL, &payload, &last];
     let rows = columns.position.len() as u64;
     // From here until COMMIT answers, a failure leaves the outcome unknown.
-    *committing = Some(Committing { outcomes, head: new_head, probe, whole: true });
+    *committing = Some(Committing { outcomes, head: new_head, whole: true });
     let (begun, locked, inserted, notified, committed) = tokio::join!(
         client.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED"),
         client.execute(&statements.lock, &lock_parameters),
@@ -845,16 +874,6 @@ async fn write_predicted(
         Err(error) if violated_unique_constraint(&error).is_some() => Ok(Attempt::Missed),
         Err(error) => Err(error.into()),
     }
-}
-
-/// One event of the group that is written if the group commits, and its position: what a
-/// lookup after an unanswered COMMIT looks for.
-fn probe(group: &[AppendRequest], outcomes: &Outcomes) -> Option<Probe> {
-    group.iter().zip(outcomes).find_map(|(request, outcome)| {
-        let written = outcome.as_ref().ok()?;
-        let event = request.events.first()?;
-        Some(Probe { event_id: event.event_id, position: written.first_position })
-    })
 }
 
 fn stream_columns<'a>(streams: &[&'a StreamId]) -> (Vec<&'a str>, Vec<&'a str>) {

@@ -104,7 +104,8 @@ async fn relay(client: TcpStream, upstream: TcpStream, mode: Arc<AtomicU8>) {
             let answers_commit = COMMIT_ANSWERS
                 .iter()
                 .any(|answer| seen.windows(answer.len()).any(|window| window == *answer));
-            tail = seen[seen.len().saturating_sub(16)..].to_vec();
+            // One byte short of the longest answer, so that no answer is seen twice.
+            tail = seen[seen.len().saturating_sub(13)..].to_vec();
             loop {
                 match committed.load(Ordering::SeqCst) {
                     // The server answered the COMMIT: the client never hears it. (Answers to
