@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use strata::{EventStore, ExpectedVersion, Position, StoreError, StreamId, Version};
 use strata_postgres::PgEventStore;
 use strata_testkit::sample_event;
+use strata_testkit::services::PostgresFixture;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -145,13 +146,18 @@ fn server_address(url: &str) -> String {
     if host.contains(':') { host.to_owned() } else { format!("{host}:5432") }
 }
 
+/// A store on the fixture's schema whose every connection goes through a new proxy.
+async fn store_through_proxy(fixture: &PostgresFixture) -> (Proxy, PgEventStore) {
+    let proxy = Proxy::start(&server_address(fixture.base_url())).await;
+    let url = through(&proxy, fixture.base_url());
+    let store = PgEventStore::connect(&url, Some(fixture.schema())).await.unwrap();
+    (proxy, store)
+}
+
 #[tokio::test]
 async fn a_commit_cut_off_before_its_answer_is_found_written_and_answered_so() {
     let Some(fixture) = fixture().await else { return };
-    let proxy = Proxy::start(&server_address(fixture.base_url())).await;
-    let store = PgEventStore::connect(&through(&proxy, fixture.base_url()), Some(fixture.schema()))
-        .await
-        .unwrap();
+    let (proxy, store) = store_through_proxy(&fixture).await;
     let stream = StreamId::new("account", "a1");
     store.append(&stream, ExpectedVersion::NoStream, vec![sample_event(1)]).await.unwrap();
 
@@ -172,10 +178,7 @@ async fn a_commit_cut_off_before_its_answer_is_found_written_and_answered_so() {
 #[tokio::test]
 async fn a_retried_event_cut_off_at_its_rollback_is_not_answered_as_written() {
     let Some(fixture) = fixture().await else { return };
-    let proxy = Proxy::start(&server_address(fixture.base_url())).await;
-    let store = PgEventStore::connect(&through(&proxy, fixture.base_url()), Some(fixture.schema()))
-        .await
-        .unwrap();
+    let (proxy, store) = store_through_proxy(&fixture).await;
     let event = sample_event(1);
     store
         .append(&StreamId::new("account", "a4"), ExpectedVersion::NoStream, vec![event.clone()])
@@ -203,10 +206,7 @@ async fn a_retried_event_cut_off_at_its_rollback_is_not_answered_as_written() {
 #[tokio::test]
 async fn a_hung_server_is_answered_within_5_s_and_the_writer_recovers_when_it_returns() {
     let Some(fixture) = fixture().await else { return };
-    let proxy = Proxy::start(&server_address(fixture.base_url())).await;
-    let store = PgEventStore::connect(&through(&proxy, fixture.base_url()), Some(fixture.schema()))
-        .await
-        .unwrap();
+    let (proxy, store) = store_through_proxy(&fixture).await;
     let stream = StreamId::new("account", "a2");
     store.append(&stream, ExpectedVersion::NoStream, vec![sample_event(1)]).await.unwrap();
 
