@@ -26,8 +26,9 @@
 //! (position, id, stream and version: an id alone could be an earlier append's, since a
 //! retry reuses ids), on a fresh connection under the lock: all found, the group is
 //! answered as written; not, as not written, or as [`StoreError::OutcomeUnknown`] when the
-//! group may still reach the server (below) or the lookup fails. A retry of an unknown outcome finds its events, as a
-//! duplicate id or a version conflict, rather than writing them twice.
+//! group may still reach the server (below) or the lookup fails. A retry of an unknown
+//! outcome finds its events, as a duplicate id or a version conflict, rather than writing
+//! them twice.
 //!
 //! **Version cache.** Reading the versions of a group's streams is the costliest query. The
 //! writer remembers the versions its own commits left and the head after them; when the
@@ -302,14 +303,15 @@ impl Writer {
                 Ok(Ok(false)) if !sent.whole => {}
                 // Not there yet: a group sent whole may still be on its way to the server.
                 Ok(Ok(false)) => in_doubt = Some(Doubt::MayStillLand),
-                Ok(Err(unknown)) => in_doubt = Some(Doubt::LookupFailed(unknown)),
+                Ok(Err(unknown)) => in_doubt = Some(Doubt::LookupFailed(Arc::new(unknown))),
                 Err(_) => {
-                    in_doubt = Some(Doubt::LookupFailed(DbError::TimedOut(RESOLVE_TIMEOUT)));
+                    let silent = DbError::TimedOut(RESOLVE_TIMEOUT);
+                    in_doubt = Some(Doubt::LookupFailed(Arc::new(silent)));
                 }
             }
         }
         let silent = matches!(result, Err(DbError::TimedOut(_)))
-            || matches!(in_doubt, Some(Doubt::LookupFailed(DbError::TimedOut(_))));
+            || matches!(&in_doubt, Some(Doubt::LookupFailed(unknown)) if matches!(**unknown, DbError::TimedOut(_)));
         match result {
             Ok((outcomes, head)) => {
                 let events: u64 = outcomes
@@ -337,18 +339,10 @@ impl Writer {
                     self.connection = None;
                 }
                 let error = Arc::new(error);
-                let in_doubt = in_doubt.map(|doubt| match doubt {
-                    Doubt::LookupFailed(unknown) => Some(Arc::new(unknown)),
-                    Doubt::MayStillLand => None,
-                });
                 for request in group.drain(..) {
                     let error = Arc::clone(&error);
                     let failed = match &in_doubt {
-                        Some(Some(unknown)) => StoreError::OutcomeUnknown(Box::new(InDoubt(
-                            error,
-                            Arc::clone(unknown),
-                        ))),
-                        Some(None) => StoreError::OutcomeUnknown(Box::new(MayStillLand(error))),
+                        Some(doubt) => doubt.answer(error),
                         None => StoreError::Backend(Box::new(GroupFailed(error))),
                     };
                     let _ = request.answer.send(Err(failed));
@@ -368,7 +362,7 @@ impl Writer {
         group: &[AppendRequest],
         outcomes: &Outcomes,
     ) -> Result<bool, DbError> {
-        let rows = PlannedRows::of(group, outcomes);
+        let rows = Columns::written(group, outcomes);
         let connection = connected(&mut self.connection, &self.config).await?;
         let (client, statements) = (&connection.client, &connection.statements);
         let lock_parameters: [&(dyn ToSql + Sync); 1] = [&self.lock_key];
@@ -406,41 +400,24 @@ struct Committing {
     whole: bool,
 }
 
-/// Every event the written requests of a group report, where their outcomes put it, column
-/// by column.
-#[derive(Default)]
-struct PlannedRows<'a> {
-    position: Vec<i64>,
-    event_id: Vec<Uuid>,
-    aggregate_type: Vec<&'a str>,
-    aggregate_id: Vec<&'a str>,
-    version: Vec<i64>,
-}
-
-impl<'a> PlannedRows<'a> {
-    fn of(group: &'a [AppendRequest], outcomes: &Outcomes) -> Self {
-        let mut rows = Self::default();
-        for (request, outcome) in group.iter().zip(outcomes) {
-            let Ok(outcome) = outcome else { continue };
-            let first_version = outcome.version.0 + 1 - request.events.len() as u64;
-            for (offset, event) in (0..).zip(&request.events) {
-                rows.position.push(to_bigint(outcome.first_position.0 + offset));
-                rows.event_id.push(event.event_id);
-                rows.aggregate_type.push(&request.stream.aggregate_type);
-                rows.aggregate_id.push(&request.stream.id);
-                rows.version.push(to_bigint(first_version + offset));
-            }
-        }
-        rows
-    }
-}
-
 /// Why an interrupted group's outcome is not known.
 enum Doubt {
     /// Asking whether it committed failed.
-    LookupFailed(DbError),
+    LookupFailed(Arc<DbError>),
     /// It is not stored now, but it was sent whole and may still arrive.
     MayStillLand,
+}
+
+impl Doubt {
+    /// A caller's answer for a group interrupted by `error`.
+    fn answer(&self, error: Arc<DbError>) -> StoreError {
+        match self {
+            Doubt::LookupFailed(unknown) => {
+                StoreError::OutcomeUnknown(Box::new(InDoubt(error, Arc::clone(unknown))))
+            }
+            Doubt::MayStillLand => StoreError::OutcomeUnknown(Box::new(MayStillLand(error))),
+        }
+    }
 }
 
 /// Why an append's outcome is unknown: the commit was interrupted, then finding out failed.
@@ -505,6 +482,22 @@ impl Columns {
 
     fn is_empty(&self) -> bool {
         self.position.is_empty()
+    }
+
+    /// The rows of every request of `group` that `outcomes` report written, where they put
+    /// them: what an interrupted group's lookup looks for.
+    fn written(group: &[AppendRequest], outcomes: &Outcomes) -> Self {
+        let mut columns = Self::default();
+        for (request, outcome) in group.iter().zip(outcomes) {
+            let Ok(outcome) = outcome else { continue };
+            let first_version = outcome.version.0 + 1 - request.events.len() as u64;
+            for (offset, event) in (0..).zip(&request.events) {
+                let (position, version) =
+                    (outcome.first_position.0 + offset, first_version + offset);
+                columns.push(&request.stream, position, version, event);
+            }
+        }
+        columns
     }
 
     fn parameters(&self) -> [&(dyn ToSql + Sync); 12] {

@@ -279,11 +279,10 @@ impl<S: EventStore> CommandBus<S> {
                 }
                 None => (load::<A, S>(&self.store, &stream).await?, Source::Store),
             };
-            let from_cache = source == Source::Cache;
             if let Some(expected) = context.expected_version
                 && loaded.version != expected
             {
-                if from_cache {
+                if source == Source::Cache {
                     // The cache may lag another process; only the store may refuse.
                     continue;
                 }
@@ -305,7 +304,7 @@ impl<S: EventStore> CommandBus<S> {
                 if source == Source::AssumedNew {
                     continue;
                 }
-                if from_cache {
+                if source == Source::Cache {
                     // A refusal appends nothing, so no version check would ever correct a
                     // cached state that another process has moved on from: look at the
                     // stream's tail before refusing, and decide again if it grew.
@@ -325,7 +324,7 @@ impl<S: EventStore> CommandBus<S> {
                 }
                 // Deciding to do nothing appends nothing either: like a refusal, it must not
                 // rest on a cached state that another process has moved on from.
-                let loaded = if from_cache {
+                let loaded = if source == Source::Cache {
                     let (fresh, grew) = catch_up::<A, S>(&self.store, &stream, loaded).await?;
                     if grew {
                         *cached = Some(Box::new(fresh));
