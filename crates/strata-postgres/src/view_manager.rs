@@ -3,10 +3,11 @@
 //! `strata_checkpoints` and the projections' own tables.
 //!
 //! A commit takes the checkpoint row's lock first (`SELECT … FOR UPDATE`, after making sure
-//! the row exists), checks it with the core's [`Checkpoint::fence`], then writes the
-//! batch's views, parked events, table rows and the new checkpoint. Under READ COMMITTED a
-//! second runner, retry or rebuild racing from the same checkpoint waits for the first
-//! one's row lock, then reads the committed row, fails the fence, and writes nothing. A
+//! the row exists) and writes the batch's views, parked events and the new checkpoint
+//! behind it, all sent at once; it then checks the row it locked with the core's
+//! [`Checkpoint::fence`] and commits, or rolls back if the fence fails. Under READ COMMITTED
+//! a second runner, retry or rebuild racing from the same checkpoint waits for the first
+//! one's row lock, then reads the committed row, fails the fence, and leaves nothing. A
 //! rebuild's storage sits beside the live one under the key `<name>#rebuild` and tables
 //! `<table>__rebuild`; beginning, failing and finishing one also take a transaction-level
 //! advisory lock per projection, so two nodes never begin two rebuilds at once.
@@ -23,10 +24,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use strata::table::{TableQuery, TableSpec, Value};
 use strata::{
-    Checkpoint, Commit, EncodedCommit, ParkedInstance, Parking, Position, ProjectionRecord,
-    RebuildRecord, RecordedEvent, SkippedEvent, Slot, StoredView, ViewError, ViewManager,
-    check_projection_name, decode_view, encode_commit,
+    Checkpoint, Commit, EncodedCommit, EncodedView, ParkedInstance, Parking, Position,
+    ProjectionRecord, RebuildRecord, RecordedEvent, SkippedEvent, Slot, StoredView, ViewError,
+    ViewManager, check_projection_name, decode_view, encode_commit,
 };
+use tokio_postgres::Statement;
+use tokio_postgres::types::ToSql;
 
 use crate::database::{PgDatabase, lock_key};
 use crate::error::{DbError, PgError, from_bigint, to_bigint};
@@ -199,117 +202,227 @@ async fn running_rebuild(
         .map(|row| row.checkpoint))
 }
 
+/// Writes a batch under its checkpoint's lock and fences it: `Ok(Err(_))` when the
+/// checkpoint had moved, and then the caller rolls back what was written.
+///
+/// Every statement is prepared first (from the connection's cache after its first batch),
+/// so that each is sent the first time it is polled: the lock goes first and the writes
+/// after it, in one round trip instead of one each. The server runs them in the order sent,
+/// so a racing writer still waits at the lock before writing anything, and two writers take
+/// their locks in the same order.
 async fn write_commit(
     transaction: &Transaction<'_>,
     projection: &str,
     slot: Slot,
     commit: &EncodedCommit,
-) -> Result<(), DbError> {
+) -> Result<Result<(), ViewError>, DbError> {
     let key = slot.key(projection);
-    let (mut deleted, mut ids, mut data, mut positions) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut parked_positions, mut errors, mut attempts, mut parked_at) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for view in &commit.views {
-        let Some(bytes) = &view.data else {
-            deleted.push(view.id.as_str());
-            continue;
-        };
-        ids.push(view.id.as_str());
-        data.push(bytes.as_slice());
-        positions.push(to_bigint(view.position.0));
-        let parked = view.parked.as_ref();
-        parked_positions.push(parked.map(|p| to_bigint(p.position.0)));
-        errors.push(parked.map(|p| p.error.as_str()));
-        attempts.push(parked.map(|p| i32::try_from(p.attempts).unwrap_or(i32::MAX)));
-        parked_at.push(parked.map(|p| p.parked_at));
+    let views = ViewColumns::of(&commit.views);
+    let parked = ParkedColumns::of(&commit.parked_events)?;
+    let skipped = SkippedColumns::of(&commit.skipped);
+    let next = commit.next();
+    let (position, revision) = (to_bigint(next.position.0), to_bigint(next.revision));
+    let key_only: [&(dyn ToSql + Sync); 1] = [&key];
+    let upsert_params = views.upsert_params(&key);
+    let delete_params: [&(dyn ToSql + Sync); 2] = [&key, &views.deleted];
+    let release_params: [&(dyn ToSql + Sync); 2] = [&key, &commit.released];
+    let park_params = parked.params(&key);
+    let skip_params = skipped.params(&projection);
+    let move_params: [&(dyn ToSql + Sync); 3] = [&key, &position, &revision];
+
+    let ensure = transaction.prepare_cached(ENSURE_CHECKPOINT).await?;
+    let lock = transaction.prepare_cached(LOCK_CHECKPOINT).await?;
+    let upsert = prepare_if(transaction, !views.ids.is_empty(), UPSERT_VIEWS).await?;
+    let delete = prepare_if(transaction, !views.deleted.is_empty(), DELETE_VIEWS).await?;
+    let release = prepare_if(transaction, !commit.released.is_empty(), RELEASE_PARKED).await?;
+    let park = prepare_if(transaction, !parked.ids.is_empty(), INSERT_PARKED).await?;
+    let skip = prepare_if(transaction, !skipped.ids.is_empty(), INSERT_SKIPPED).await?;
+    let move_to = transaction.prepare_cached(MOVE_CHECKPOINT).await?;
+    let (ensured, locked, upserted, deleted, released, parked, skipped, moved) = tokio::join!(
+        biased;
+        transaction.execute(&ensure, &key_only),
+        transaction.query_one(&lock, &key_only),
+        execute_if(transaction, upsert.as_ref(), &upsert_params),
+        execute_if(transaction, delete.as_ref(), &delete_params),
+        execute_if(transaction, release.as_ref(), &release_params),
+        execute_if(transaction, park.as_ref(), &park_params),
+        execute_if(transaction, skip.as_ref(), &skip_params),
+        transaction.execute(&move_to, &move_params),
+    );
+    // In the order sent: after a failed statement the later ones fail only because it did.
+    ensured?;
+    let row = locked?;
+    for written in [upserted, deleted, released, parked, skipped, moved] {
+        written?;
     }
-    if !ids.is_empty() {
-        let statement = transaction.prepare_cached(UPSERT_VIEWS).await?;
-        transaction
-            .execute(
-                &statement,
-                &[&key, &ids, &data, &positions, &parked_positions, &errors, &attempts, &parked_at],
-            )
-            .await?;
+    let actual = Checkpoint {
+        position: Position(from_bigint(row.try_get(0)?, "checkpoint")?),
+        revision: from_bigint(row.try_get(1)?, "checkpoint revision")?,
+    };
+    if let Err(fenced) = Checkpoint::fence(&key, commit.from, actual) {
+        return Ok(Err(fenced));
     }
-    if !deleted.is_empty() {
-        let statement = transaction.prepare_cached(DELETE_VIEWS).await?;
-        transaction.execute(&statement, &[&key, &deleted]).await?;
-    }
-    if !commit.released.is_empty() {
-        let statement = transaction.prepare_cached(RELEASE_PARKED).await?;
-        transaction.execute(&statement, &[&key, &commit.released]).await?;
-    }
-    if !commit.parked_events.is_empty() {
-        insert_parked(transaction, &key, &commit.parked_events).await?;
-    }
-    if !commit.skipped.is_empty() {
-        let skipped = &commit.skipped;
-        let ids: Vec<&str> = skipped.iter().map(|s| s.view_id.as_str()).collect();
-        let positions: Vec<i64> = skipped.iter().map(|s| to_bigint(s.position.0)).collect();
-        let types: Vec<&str> = skipped.iter().map(|s| s.event_type.as_str()).collect();
-        let reasons: Vec<&str> = skipped.iter().map(|s| s.reason.as_str()).collect();
-        let times: Vec<DateTime<Utc>> = skipped.iter().map(|s| s.skipped_at).collect();
-        let statement = transaction.prepare_cached(INSERT_SKIPPED).await?;
-        transaction
-            .execute(&statement, &[&projection, &ids, &positions, &types, &reasons, &times])
-            .await?;
-    }
+    // A statement or two per table, in turn: only reports have rows.
     tables::apply(transaction, &commit.rows, |spec| slot.table(spec.name)).await?;
-    move_checkpoint(transaction, &key, commit.next()).await
+    Ok(Ok(()))
 }
 
-async fn insert_parked(
+async fn prepare_if(
     transaction: &Transaction<'_>,
-    key: &str,
-    events: &[(String, RecordedEvent)],
-) -> Result<(), DbError> {
-    let mut recorded_at = Vec::with_capacity(events.len());
-    for (_, event) in events {
-        let nanos = event.metadata.recorded_at.timestamp_nanos_opt().ok_or_else(|| {
-            DbError::Corrupt(format!("event {} has an unstorable time", event.metadata.event_id))
-        })?;
-        recorded_at.push(nanos);
+    needed: bool,
+    sql: &str,
+) -> Result<Option<Statement>, DbError> {
+    Ok(if needed { Some(transaction.prepare_cached(sql).await?) } else { None })
+}
+
+/// Runs `statement` if there is one, sending it when first polled.
+async fn execute_if(
+    transaction: &Transaction<'_>,
+    statement: Option<&Statement>,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, tokio_postgres::Error> {
+    match statement {
+        Some(statement) => transaction.execute(statement, params).await,
+        None => Ok(0),
     }
-    let ids: Vec<&str> = events.iter().map(|(id, _)| id.as_str()).collect();
-    let positions: Vec<i64> = events.iter().map(|(_, e)| to_bigint(e.position.0)).collect();
-    let types: Vec<&str> = events.iter().map(|(_, e)| e.stream.aggregate_type.as_str()).collect();
-    let aggregate_ids: Vec<&str> = events.iter().map(|(_, e)| e.stream.id.as_str()).collect();
-    let versions: Vec<i64> = events.iter().map(|(_, e)| to_bigint(e.version.0)).collect();
-    let event_types: Vec<&str> = events.iter().map(|(_, e)| e.event_type.as_str()).collect();
-    let schema_versions: Vec<i64> =
-        events.iter().map(|(_, e)| i64::from(e.schema_version)).collect();
-    let payloads: Vec<&[u8]> = events.iter().map(|(_, e)| e.payload.as_slice()).collect();
-    let event_ids: Vec<uuid::Uuid> = events.iter().map(|(_, e)| e.metadata.event_id).collect();
-    let correlations: Vec<&str> =
-        events.iter().map(|(_, e)| e.metadata.correlation_id.as_str()).collect();
-    let causations: Vec<Option<&str>> =
-        events.iter().map(|(_, e)| e.metadata.causation_id.as_deref()).collect();
-    let users: Vec<Option<&str>> = events.iter().map(|(_, e)| e.metadata.user.as_deref()).collect();
-    let statement = transaction.prepare_cached(INSERT_PARKED).await?;
-    transaction
-        .execute(
-            &statement,
-            &[
-                &key,
-                &ids,
-                &positions,
-                &types,
-                &aggregate_ids,
-                &versions,
-                &event_types,
-                &schema_versions,
-                &payloads,
-                &event_ids,
-                &correlations,
-                &causations,
-                &users,
-                &recorded_at,
-            ],
-        )
-        .await?;
-    Ok(())
+}
+
+/// A batch's views as `UPSERT_VIEWS`'s arrays, and the ids to delete.
+#[derive(Default)]
+struct ViewColumns<'a> {
+    deleted: Vec<&'a str>,
+    ids: Vec<&'a str>,
+    data: Vec<&'a [u8]>,
+    positions: Vec<i64>,
+    parked_positions: Vec<Option<i64>>,
+    errors: Vec<Option<&'a str>>,
+    attempts: Vec<Option<i32>>,
+    parked_at: Vec<Option<DateTime<Utc>>>,
+}
+
+impl<'a> ViewColumns<'a> {
+    fn of(views: &'a [EncodedView]) -> Self {
+        let mut columns = Self::default();
+        for view in views {
+            let Some(bytes) = &view.data else {
+                columns.deleted.push(view.id.as_str());
+                continue;
+            };
+            columns.ids.push(view.id.as_str());
+            columns.data.push(bytes.as_slice());
+            columns.positions.push(to_bigint(view.position.0));
+            let parked = view.parked.as_ref();
+            columns.parked_positions.push(parked.map(|p| to_bigint(p.position.0)));
+            columns.errors.push(parked.map(|p| p.error.as_str()));
+            columns.attempts.push(parked.map(|p| i32::try_from(p.attempts).unwrap_or(i32::MAX)));
+            columns.parked_at.push(parked.map(|p| p.parked_at));
+        }
+        columns
+    }
+
+    fn upsert_params<'p>(&'p self, key: &'p String) -> [&'p (dyn ToSql + Sync); 8] {
+        [
+            key,
+            &self.ids,
+            &self.data,
+            &self.positions,
+            &self.parked_positions,
+            &self.errors,
+            &self.attempts,
+            &self.parked_at,
+        ]
+    }
+}
+
+/// Events parked behind their instances, as `INSERT_PARKED`'s arrays.
+struct ParkedColumns<'a> {
+    ids: Vec<&'a str>,
+    positions: Vec<i64>,
+    types: Vec<&'a str>,
+    aggregate_ids: Vec<&'a str>,
+    versions: Vec<i64>,
+    event_types: Vec<&'a str>,
+    schema_versions: Vec<i64>,
+    payloads: Vec<&'a [u8]>,
+    event_ids: Vec<uuid::Uuid>,
+    correlations: Vec<&'a str>,
+    causations: Vec<Option<&'a str>>,
+    users: Vec<Option<&'a str>>,
+    recorded_at: Vec<i64>,
+}
+
+impl<'a> ParkedColumns<'a> {
+    fn of(events: &'a [(String, RecordedEvent)]) -> Result<Self, DbError> {
+        let mut recorded_at = Vec::with_capacity(events.len());
+        for (_, event) in events {
+            let nanos = event.metadata.recorded_at.timestamp_nanos_opt().ok_or_else(|| {
+                DbError::Corrupt(format!(
+                    "event {} has an unstorable time",
+                    event.metadata.event_id
+                ))
+            })?;
+            recorded_at.push(nanos);
+        }
+        Ok(Self {
+            ids: events.iter().map(|(id, _)| id.as_str()).collect(),
+            positions: events.iter().map(|(_, e)| to_bigint(e.position.0)).collect(),
+            types: events.iter().map(|(_, e)| e.stream.aggregate_type.as_str()).collect(),
+            aggregate_ids: events.iter().map(|(_, e)| e.stream.id.as_str()).collect(),
+            versions: events.iter().map(|(_, e)| to_bigint(e.version.0)).collect(),
+            event_types: events.iter().map(|(_, e)| e.event_type.as_str()).collect(),
+            schema_versions: events.iter().map(|(_, e)| i64::from(e.schema_version)).collect(),
+            payloads: events.iter().map(|(_, e)| e.payload.as_slice()).collect(),
+            event_ids: events.iter().map(|(_, e)| e.metadata.event_id).collect(),
+            correlations: events.iter().map(|(_, e)| e.metadata.correlation_id.as_str()).collect(),
+            causations: events.iter().map(|(_, e)| e.metadata.causation_id.as_deref()).collect(),
+            users: events.iter().map(|(_, e)| e.metadata.user.as_deref()).collect(),
+            recorded_at,
+        })
+    }
+
+    fn params<'p>(&'p self, key: &'p String) -> [&'p (dyn ToSql + Sync); 14] {
+        [
+            key,
+            &self.ids,
+            &self.positions,
+            &self.types,
+            &self.aggregate_ids,
+            &self.versions,
+            &self.event_types,
+            &self.schema_versions,
+            &self.payloads,
+            &self.event_ids,
+            &self.correlations,
+            &self.causations,
+            &self.users,
+            &self.recorded_at,
+        ]
+    }
+}
+
+/// Events no instance would take, as `INSERT_SKIPPED`'s arrays.
+struct SkippedColumns<'a> {
+    ids: Vec<&'a str>,
+    positions: Vec<i64>,
+    types: Vec<&'a str>,
+    reasons: Vec<&'a str>,
+    times: Vec<DateTime<Utc>>,
+}
+
+impl<'a> SkippedColumns<'a> {
+    fn of(skipped: &'a [SkippedEvent]) -> Self {
+        Self {
+            ids: skipped.iter().map(|s| s.view_id.as_str()).collect(),
+            positions: skipped.iter().map(|s| to_bigint(s.position.0)).collect(),
+            types: skipped.iter().map(|s| s.event_type.as_str()).collect(),
+            reasons: skipped.iter().map(|s| s.reason.as_str()).collect(),
+            times: skipped.iter().map(|s| s.skipped_at).collect(),
+        }
+    }
+
+    fn params<'p>(&'p self, projection: &'p &'p str) -> [&'p (dyn ToSql + Sync); 6] {
+        [projection, &self.ids, &self.positions, &self.types, &self.reasons, &self.times]
+    }
 }
 
 /// How long a read of views may take before it counts as failed. Longer than any query's
@@ -484,18 +597,8 @@ impl ViewManager for PgViewManager {
         // Encode everything first: a view that does not serialize fails the commit before
         // anything is written, and no JSON work holds a connection.
         let encoded = encode_commit(projection, commit)?;
-        self.write(async |transaction| {
-            let key = slot.key(projection);
-            // The fence goes first: it takes the checkpoint row's lock, so a racing writer
-            // waits here before writing anything.
-            let actual = lock_checkpoint(transaction, &key).await?;
-            if let Err(fenced) = Checkpoint::fence(&key, encoded.from, actual) {
-                return Ok(Err(fenced));
-            }
-            write_commit(transaction, projection, slot, &encoded).await?;
-            Ok(Ok(()))
-        })
-        .await
+        self.write(async |transaction| write_commit(transaction, projection, slot, &encoded).await)
+            .await
     }
 
     async fn parked(&self, projection: &str, slot: Slot) -> Result<Vec<ParkedInstance>, ViewError> {

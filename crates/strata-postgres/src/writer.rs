@@ -841,6 +841,7 @@ async fn write_predicted(
     // From here until COMMIT answers, a failure leaves the outcome unknown.
     *committing = Some(Committing { outcomes, head: new_head, whole: true });
     let (begun, locked, inserted, notified, committed) = tokio::join!(
+        biased;
         client.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED"),
         client.execute(&statements.lock, &lock_parameters),
         columns.insert_at_head(client, &statements.insert_at_head, &expected_head),
