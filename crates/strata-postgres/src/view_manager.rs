@@ -7,7 +7,8 @@
 //! behind it, all sent at once; it then checks the row it locked with the core's
 //! [`Checkpoint::fence`] and commits, or rolls back if the fence fails. Under READ COMMITTED
 //! a second runner, retry or rebuild racing from the same checkpoint waits for the first
-//! one's row lock, then reads the committed row, fails the fence, and leaves nothing. A
+//! one's row lock, then reads the committed row, fails the fence, and leaves nothing. Table
+//! rows are written after the fence holds, a statement or two per table. A
 //! rebuild's storage sits beside the live one under the key `<name>#rebuild` and tables
 //! `<table>__rebuild`; beginning, failing and finishing one also take a transaction-level
 //! advisory lock per projection, so two nodes never begin two rebuilds at once.
@@ -719,13 +720,15 @@ impl ViewManager for PgViewManager {
                 return Ok(Err(ViewError::RebuildInProgress(projection.to_owned())));
             }
             let key = Slot::Rebuild.key(projection);
+            // The checkpoint's lock before the slot's rows, in the order a commit takes them:
+            // a stale runner's commit to this slot waits here instead of deadlocking.
+            let previous = lock_checkpoint(transaction, &key).await?;
             transaction.execute("DELETE FROM strata_views WHERE projection = $1", &[&key]).await?;
             transaction.execute("DELETE FROM strata_parked_events WHERE projection = $1", &[&key]).await?;
             for spec in tables {
                 let name = Slot::Rebuild.table(spec.name);
                 transaction.batch_execute(&format!("DROP TABLE IF EXISTS {name};{}", tables::create(spec, &name))).await?;
             }
-            let previous = lock_checkpoint(transaction, &key).await?;
             let begun = Checkpoint { position: Position::START, revision: previous.revision + 1 };
             transaction
                 .execute(
@@ -861,5 +864,41 @@ mod tests {
         client.batch_execute("ANALYZE strata_views").await.unwrap();
         assert_probes_the_key(&plan(&client, &few).await);
         assert_probes_the_key(&plan(&client, &many).await);
+    }
+
+    /// The SQLSTATE a failed commit reports, if the server refused it.
+    fn sqlstate(error: &ViewError) -> Option<&tokio_postgres::error::SqlState> {
+        let ViewError::Backend(source) = error else { return None };
+        match source.downcast_ref::<DbError>()? {
+            DbError::Postgres(error) => error.code(),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_refused_by_one_of_its_writes_reports_that_write_and_leaves_nothing() {
+        let Some(fixture) = strata_testkit::services::postgres().await else { return };
+        let database =
+            PgDatabase::connect(fixture.base_url(), Some(fixture.schema())).await.unwrap();
+        let views = PgViewManager::new(&database);
+        let view =
+            |count: u64| StoredView::current(serde_json::json!({ "count": count }), Position(2));
+        // One id twice: the upsert cannot change a row twice. The statements sent after it
+        // fail only because it did, and must not hide its error.
+        let mut twice = Commit::new(Checkpoint::START, Position(2));
+        twice.views = vec![("a".to_owned(), view(1)), ("a".to_owned(), view(2))];
+        let error = views.commit("twice", Slot::Live, twice).await.unwrap_err();
+        assert_eq!(
+            sqlstate(&error),
+            Some(&tokio_postgres::error::SqlState::CARDINALITY_VIOLATION),
+            "{error:?}"
+        );
+        assert_eq!(views.checkpoint("twice", Slot::Live).await.unwrap(), Checkpoint::START);
+        assert!(views.get::<serde_json::Value>("twice", "a").await.unwrap().is_none());
+        // The connection it used is usable again.
+        let mut once = Commit::new(Checkpoint::START, Position(2));
+        once.views = vec![("a".to_owned(), view(1))];
+        views.commit("twice", Slot::Live, once).await.unwrap();
+        assert_eq!(views.checkpoint("twice", Slot::Live).await.unwrap().position, Position(2));
     }
 }

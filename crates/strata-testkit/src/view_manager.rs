@@ -311,6 +311,43 @@ async fn parked_instances_keep_their_events_as_stored<M: ViewManager>(views: &M)
         "waiting events come back exactly as stored"
     );
 
+    // A stale runner's batch that would release, delete, park and skip is fenced, and
+    // leaves none of it behind (PostgreSQL sends its writes before it knows the fence).
+    let mut stale = commit(Checkpoint::START, 17, vec![counter("p", 9, 15)]);
+    stale.views.push(("ok".to_owned(), StoredView::current(Counter::default(), Position::START)));
+    stale.views.push((
+        "r".to_owned(),
+        StoredView { parked: Some(parking(17, 1)), ..counter("r", 1, 16).1 },
+    ));
+    stale.released = ids(&["p", "q"]);
+    stale.parked_events = vec![("r".to_owned(), recorded(17, 2))];
+    stale.skipped.push(SkippedEvent {
+        view_id: "q".to_owned(),
+        position: Position(16),
+        event_type: "Sample".to_owned(),
+        reason: "from a stale runner".to_owned(),
+        skipped_at: parking(16, 1).parked_at,
+    });
+    let fenced = views.commit(name, Slot::Live, stale).await;
+    assert!(matches!(fenced, Err(ViewError::Fenced { .. })), "a stale batch is fenced: {fenced:?}");
+    let still: Vec<(String, u64)> = views
+        .parked(name, Slot::Live)
+        .await
+        .expect("parked")
+        .into_iter()
+        .map(|p| (p.view_id, p.events))
+        .collect();
+    assert_eq!(still, [("p".to_owned(), 2), ("q".to_owned(), 1)], "nothing released or parked");
+    assert_eq!(
+        views.parked_events(name, Slot::Live, "p").await.expect("parked events"),
+        vec![recorded(14, 3), recorded(15, 4)]
+    );
+    assert!(views.parked_events(name, Slot::Live, "r").await.expect("events").is_empty());
+    assert!(views.get::<Counter>(name, "r").await.expect("get").is_none(), "nothing written");
+    assert_eq!(views.get::<Counter>(name, "ok").await.expect("get"), Some(counter("ok", 1, 13).1));
+    assert!(views.skipped(name).await.expect("skipped").is_empty(), "nothing skipped");
+    assert_eq!(views.checkpoint(name, Slot::Live).await.expect("checkpoint"), at(16, 1));
+
     // Released with both events applied; q's only event skipped for good, so q goes.
     let mut release = commit(at(16, 1), 16, vec![counter("p", 9, 15)]);
     release.views.push(("q".to_owned(), StoredView::current(Counter::default(), Position::START)));
