@@ -1,4 +1,5 @@
-//! `/health` with a store that stops answering: it says so within a second, with 503.
+//! `/health` with a store that stops answering (it says so within a second, with 503) and
+//! with one whose writes fail while its reads answer.
 
 #![expect(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
 
@@ -10,20 +11,21 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use strata::{
-    AppendOutcome, EventStore, ExpectedVersion, IdempotencyClaim, IdempotencyRecord,
-    InMemoryEventStore, InMemoryViewManager, NewEvent, Position, Projections, RecordedEvent,
-    Snapshot, StoreError, StreamId, Version,
+    AppendOutcome, EventStore, ExpectedVersion, GroupCommitCounters, IdempotencyClaim,
+    IdempotencyRecord, InMemoryEventStore, InMemoryViewManager, NewEvent, Position, Projections,
+    RecordedEvent, Snapshot, StoreError, StreamId, Version, WriteFailure,
 };
 use strata_http::HttpMetrics;
 use strata_http::admin::{self, Admin};
 use tower::ServiceExt;
 
 /// An in-memory store whose reads of the log hang while `hung` is set, as a frozen database's
-/// would.
+/// would, and whose writes' health is what `writes` recorded.
 #[derive(Default)]
 struct Freezable {
     inner: InMemoryEventStore,
     hung: AtomicBool,
+    writes: GroupCommitCounters,
 }
 
 impl EventStore for Freezable {
@@ -78,6 +80,9 @@ impl EventStore for Freezable {
     fn subscribe(&self) -> tokio::sync::watch::Receiver<Position> {
         self.inner.subscribe()
     }
+    fn write_failure(&self) -> Option<WriteFailure> {
+        self.writes.failure()
+    }
 }
 
 async fn health(store: &Arc<Freezable>) -> (StatusCode, serde_json::Value, Duration) {
@@ -115,4 +120,25 @@ async fn a_store_that_stops_answering_shows_in_health_within_a_second() {
     assert_eq!(body["status"], "degraded");
     assert!(body["checks"]["store"].as_str().unwrap().contains("no answer"), "{body}");
     assert!(took < Duration::from_secs(1), "answered in {took:?}");
+}
+
+#[tokio::test]
+async fn writes_that_fail_while_reads_answer_show_in_health_until_a_group_commits() {
+    let store = Arc::new(Freezable::default());
+    store.writes.record_failure(&"database or disk is full");
+    store.writes.record_failure(&"database or disk is full");
+    let (status, body, _) = health(&store).await;
+    // Still 200: queries answer, and the next append that commits clears it.
+    assert_eq!((status, &body["status"]), (StatusCode::OK, &"degraded".into()), "{body}");
+    let check = body["checks"]["store"].as_str().unwrap();
+    assert!(check.starts_with("writes failing (2 group commits in a row"), "{body}");
+    assert!(check.ends_with("database or disk is full"), "{body}");
+
+    store.writes.record(1, 1, Duration::from_millis(1));
+    let (status, body, _) = health(&store).await;
+    assert_eq!(
+        (status, &body["status"], &body["checks"]["store"]),
+        (StatusCode::OK, &"ok".into(), &"ok".into())
+    );
+    assert_eq!(store.writes.snapshot().failed_groups, 2, "failures are counted for /metrics");
 }

@@ -273,6 +273,10 @@ impl EventStore for PgEventStore {
     fn group_commit_metrics(&self) -> Option<GroupCommitMetrics> {
         Some(self.inner.metrics.snapshot())
     }
+
+    fn write_failure(&self) -> Option<strata::WriteFailure> {
+        self.inner.metrics.failure()
+    }
 }
 
 /// How long one read or snapshot write may take: a server that hangs must not hang the

@@ -332,6 +332,7 @@ impl Writer {
             }
             Err(error) => {
                 tracing::error!(%error, requests = group.len(), "event store group commit failed");
+                self.metrics.record_failure(&error);
                 self.versions.forget();
                 if self.connection.as_ref().is_none_or(|c| c.client.is_closed()) {
                     // Reconnect on the next group rather than here: if the server is down,

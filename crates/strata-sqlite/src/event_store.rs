@@ -389,6 +389,10 @@ impl EventStore for SqliteEventStore {
     fn group_commit_metrics(&self) -> Option<GroupCommitMetrics> {
         Some(self.inner.metrics.snapshot())
     }
+
+    fn write_failure(&self) -> Option<strata::WriteFailure> {
+        self.inner.metrics.failure()
+    }
 }
 
 /// Encodes an event for its row. Time is stored in nanoseconds so that the event read back

@@ -263,6 +263,7 @@ impl Writer {
             }
             Err(error) => {
                 tracing::error!(%error, requests = group.len(), "event store group commit failed");
+                self.metrics.record_failure(&error);
                 // Whatever made the group fail may have been a version the cache got wrong;
                 // forgetting costs one lookup per stream, keeping a wrong one fails groups.
                 self.versions = StreamVersions::default();

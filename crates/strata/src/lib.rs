@@ -43,7 +43,8 @@ pub use projection::{
 pub use routed_views::RoutedViews;
 pub use snapshot::{Snapshot, SnapshotPolicy};
 pub use store::{
-    AppendOutcome, EventStore, GroupCommitCounters, GroupCommitMetrics, StoreError, check_append,
+    AppendOutcome, EventStore, GroupCommitCounters, GroupCommitMetrics, StoreError, WriteFailure,
+    check_append,
 };
 pub use stream::{ExpectedVersion, Position, StreamId, Version};
 pub use table::{

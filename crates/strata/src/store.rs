@@ -6,9 +6,11 @@
 //! [`StoreError::Conflict`] and writes nothing; positions strictly increase in commit order.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use crate::IdempotencyClaim;
@@ -92,6 +94,21 @@ pub struct GroupCommitMetrics {
     /// [`GROUP_SIZE_BOUNDS`]`[i]` appends (and more than the bound before); the last counts
     /// the larger ones.
     pub group_sizes: [u64; GROUP_SIZE_BOUNDS.len() + 1],
+    /// Transactions that failed, so that none of their appends was written.
+    pub failed_groups: u64,
+}
+
+/// The store's writes are failing: its last group commit failed and none has committed
+/// since. Reads may still answer (a full disk refuses writes only), so a read alone would
+/// not show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteFailure {
+    /// Why the last group failed, as the backend said.
+    pub error: String,
+    /// When it failed.
+    pub at: DateTime<Utc>,
+    /// Groups failed in a row up to it.
+    pub groups: u64,
 }
 
 /// The upper bounds of the group-size buckets of [`GroupCommitMetrics::group_sizes`].
@@ -119,6 +136,10 @@ pub struct GroupCommitCounters {
     largest_group: AtomicU64,
     busy_micros: AtomicU64,
     group_sizes: [AtomicU64; GROUP_SIZE_BOUNDS.len() + 1],
+    failed_groups: AtomicU64,
+    /// Whether `failure` holds one: a committed group checks this, not the lock.
+    failing: AtomicBool,
+    failure: Mutex<Option<WriteFailure>>,
 }
 
 impl GroupCommitCounters {
@@ -135,6 +156,24 @@ impl GroupCommitCounters {
             .position(|bound| appends as u64 <= *bound)
             .unwrap_or(GROUP_SIZE_BOUNDS.len());
         self.group_sizes[bucket].fetch_add(1, Ordering::Relaxed);
+        if self.failing.swap(false, Ordering::Relaxed) {
+            *self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        }
+    }
+
+    /// Records a group that failed with `error`; [`Self::failure`] reports it until a
+    /// group commits.
+    pub fn record_failure(&self, error: &dyn std::fmt::Display) {
+        self.failed_groups.fetch_add(1, Ordering::Relaxed);
+        let mut failure = self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let groups = failure.as_ref().map_or(0, |earlier| earlier.groups) + 1;
+        *failure = Some(WriteFailure { error: error.to_string(), at: Utc::now(), groups });
+        self.failing.store(true, Ordering::Relaxed);
+    }
+
+    /// The failure the writes are in, if the last group failed.
+    pub fn failure(&self) -> Option<WriteFailure> {
+        self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
     /// The counters now.
@@ -146,6 +185,7 @@ impl GroupCommitCounters {
             largest_group: self.largest_group.load(Ordering::Relaxed),
             busy_micros: self.busy_micros.load(Ordering::Relaxed),
             group_sizes: std::array::from_fn(|i| self.group_sizes[i].load(Ordering::Relaxed)),
+            failed_groups: self.failed_groups.load(Ordering::Relaxed),
         }
     }
 }
@@ -251,6 +291,11 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Group-commit counters, for stores that commit appends in groups.
     fn group_commit_metrics(&self) -> Option<GroupCommitMetrics> {
+        None
+    }
+
+    /// Whether the store's writes are failing now (see [`WriteFailure`]), for `/health`.
+    fn write_failure(&self) -> Option<WriteFailure> {
         None
     }
 }

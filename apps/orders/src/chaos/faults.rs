@@ -26,8 +26,12 @@ pub struct HealthSeen {
     pub slowest: Duration,
     /// Probes answered 503 (a dependency down).
     pub unavailable: u64,
+    /// Probes whose store check said the writes were failing.
+    pub writes_failing: u64,
     /// What the first probe that failed saw.
     pub first_failure: Option<String>,
+    /// What the fault should have made `/health` say and it did not.
+    pub missed: Option<String>,
 }
 
 impl HealthSeen {
@@ -37,7 +41,9 @@ impl HealthSeen {
         self.slow += other.slow;
         self.slowest = self.slowest.max(other.slowest);
         self.unavailable += other.unavailable;
+        self.writes_failing += other.writes_failing;
         self.first_failure = self.first_failure.take().or(other.first_failure);
+        self.missed = self.missed.take().or(other.missed);
     }
 }
 
@@ -55,8 +61,10 @@ pub async fn watch_health(base: &str, lasting: Duration, every: Duration) -> Hea
         seen.probes += 1;
         seen.slowest = seen.slowest.max(waited);
         let failure = match answer {
-            Ok(Ok((status, _))) if waited <= HEALTH_BOUND => {
+            Ok(Ok((status, body))) if waited <= HEALTH_BOUND => {
                 seen.unavailable += u64::from(status == 503);
+                let store = body["checks"]["store"].as_str().unwrap_or_default();
+                seen.writes_failing += u64::from(store.starts_with("writes failing"));
                 None
             }
             Ok(Ok((status, _))) => Some(format!("{status} after {} ms", waited.as_millis())),

@@ -162,7 +162,9 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     }
     print!("{}", table(&rows));
     let failed = rows.iter().filter(|row| match &row.outcome {
-        Ok(outcome) => outcome.tally.failed() || outcome.health.slow > 0,
+        Ok(outcome) => {
+            outcome.tally.failed() || outcome.health.slow > 0 || outcome.health.missed.is_some()
+        }
         Err(why) => why.starts_with("failed"),
     });
     let failed: Vec<&str> = failed.map(|row| row.fault.name()).collect();
@@ -356,6 +358,11 @@ async fn inject(
             let filler = disk.fill()?;
             seen = watch(Duration::from_secs(2)).await;
             std::fs::remove_file(&filler).context("cannot free the disk")?;
+            // Reads still answer on a full disk: only the writer's failed groups show it.
+            if seen.writes_failing == 0 {
+                seen.missed =
+                    Some("the full disk never showed in /health as failing writes".into());
+            }
         }
         Fault::DamagedViews => {
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -395,8 +402,12 @@ fn table(rows: &[Row]) -> String {
                 let summary = if health.probes == 0 {
                     "-".to_owned()
                 } else {
+                    let writes = match health.writes_failing {
+                        0 => String::new(),
+                        n => format!(", {n} said writes failing"),
+                    };
                     format!(
-                        "{} probes, slowest {} ms, {} over 1 s, {} said 503",
+                        "{} probes, slowest {} ms, {} over 1 s, {} said 503{writes}",
                         health.probes,
                         health.slowest.as_millis(),
                         health.slow,
@@ -414,7 +425,7 @@ fn table(rows: &[Row]) -> String {
                     clients.retries,
                     clients.slowest.as_millis()
                 );
-                if let Some(failure) = &health.first_failure {
+                for failure in health.first_failure.iter().chain(&health.missed) {
                     let _ = writeln!(out, "|  | /health: {failure} | | | | | | | | | |");
                 }
                 for example in &tally.examples {

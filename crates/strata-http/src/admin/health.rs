@@ -19,10 +19,12 @@ use crate::Problem;
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct Health {
-    /// `ok`; `degraded` while a projection fails or a dependency does not answer.
+    /// `ok`; `degraded` while a projection fails, the store's writes fail or a dependency
+    /// does not answer.
     status: &'static str,
     node_id: String,
-    /// Each dependency and what it said: `ok`, or why not.
+    /// Each dependency and what it said: `ok`, or why not (for the store, `writes failing …`
+    /// while its reads answer but its group commits fail).
     checks: Checks,
     /// Projections whose batches or last rebuild failed, with why.
     failing: Vec<Failing>,
@@ -44,8 +46,9 @@ struct Failing {
 const STORE_CHECK: Duration = Duration::from_millis(500);
 
 /// Whether this node can serve: 200 while the store and the view store answer (`degraded`
-/// if a projection fails, since commands and the other views still work), 503 when either
-/// does not answer in time. Needs no token.
+/// if a projection fails, since commands and the other views still work, or if the store's
+/// writes fail while its reads answer, since queries still work and the next append that
+/// commits clears it), 503 when either does not answer in time. Needs no token.
 #[utoipa::path(get, path = "/health", tag = "operations", security(()),
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub(super) async fn health<S: EventStore, M: ViewManager>(
@@ -64,6 +67,15 @@ pub(super) async fn health<S: EventStore, M: ViewManager>(
         Ok(Err(error)) => Err(format!("failing: {error}")),
         Err(_) => Err(silent()),
     };
+    // Reads can answer while writes fail (a full disk): the writer's last group says so.
+    let writes = admin.store.write_failure().map(|failure| {
+        format!(
+            "writes failing ({} group commits in a row, the last at {}): {}",
+            failure.groups,
+            failure.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            failure.error
+        )
+    });
     let (failing, views): (Vec<Failing>, Result<(), String>) = match statuses {
         Ok(Ok(statuses)) => (
             statuses
@@ -84,14 +96,15 @@ pub(super) async fn health<S: EventStore, M: ViewManager>(
         (Ok(()), 0) => "ok".to_owned(),
         (Ok(()), n) => format!("{n} failing"),
     };
-    let status =
-        if store.is_ok() && views.is_ok() && failing.is_empty() { "ok" } else { "degraded" };
+    let healthy = store.is_ok() && writes.is_none() && views.is_ok() && failing.is_empty();
+    let status = if healthy { "ok" } else { "degraded" };
     let code = if store.is_ok() && views.is_ok() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let checks = Checks { store: store.err().unwrap_or_else(|| "ok".to_owned()), projections };
+    let store = store.err().or(writes).unwrap_or_else(|| "ok".to_owned());
+    let checks = Checks { store, projections };
     let health = Health { status, node_id: admin.node_id.clone(), checks, failing };
     Ok((code, Json(health)).into_response())
 }
@@ -173,6 +186,12 @@ pub(super) async fn metrics<S: EventStore, M: ViewManager>(
             "strata_group_commit_events",
             "Events written by group commits",
             total(group.events),
+        );
+        counters(
+            &mut registry,
+            "strata_group_commit_failed_groups",
+            "Group commits that failed, none of their appends written",
+            total(group.failed_groups),
         );
         let busy = Family::<Labels, Counter<f64, AtomicU64>>::default();
         busy.get_or_create(&Labels::new()).inc_by(group.busy_micros as f64 / 1e6);
