@@ -123,7 +123,7 @@ async fn a_store_that_stops_answering_shows_in_health_within_a_second() {
 }
 
 #[tokio::test]
-async fn writes_that_fail_while_reads_answer_show_in_health_until_a_group_commits() {
+async fn writes_that_fail_while_reads_answer_show_in_health_until_events_are_written() {
     let store = Arc::new(Freezable::default());
     store.writes.record_failure(&"database or disk is full");
     store.writes.record_failure(&"database or disk is full");
@@ -134,6 +134,11 @@ async fn writes_that_fail_while_reads_answer_show_in_health_until_a_group_commit
     assert!(check.starts_with("writes failing (2 group commits in a row"), "{body}");
     assert!(check.ends_with("database or disk is full"), "{body}");
 
+    // A group that wrote nothing (every append refused, an expiry that found no key) commits
+    // on a full disk too, so it proves nothing.
+    store.writes.record(3, 0, Duration::from_millis(1));
+    let (_, body, _) = health(&store).await;
+    assert_eq!(body["status"], "degraded", "{body}");
     store.writes.record(1, 1, Duration::from_millis(1));
     let (status, body, _) = health(&store).await;
     assert_eq!(

@@ -98,8 +98,8 @@ pub struct GroupCommitMetrics {
     pub failed_groups: u64,
 }
 
-/// The store's writes are failing: its last group commit failed and none has committed
-/// since. Reads may still answer (a full disk refuses writes only), so a read alone would
+/// The store's writes are failing: its last group commit failed and none that wrote events
+/// has committed since. Reads may still answer (a full disk refuses writes only), so a read alone would
 /// not show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteFailure {
@@ -126,8 +126,8 @@ impl GroupCommitMetrics {
     }
 }
 
-/// The counters behind [`GroupCommitMetrics`]: written by a store's writer after each
-/// group, read by anyone, without locks.
+/// The counters behind [`GroupCommitMetrics`]: written by a store's one writer after each
+/// group, read by anyone, without locks but for the last failure's text.
 #[derive(Debug, Default)]
 pub struct GroupCommitCounters {
     groups: AtomicU64,
@@ -156,13 +156,16 @@ impl GroupCommitCounters {
             .position(|bound| appends as u64 <= *bound)
             .unwrap_or(GROUP_SIZE_BOUNDS.len());
         self.group_sizes[bucket].fetch_add(1, Ordering::Relaxed);
-        if self.failing.swap(false, Ordering::Relaxed) {
+        // Only a group that wrote events proves the writes work again: one that committed
+        // nothing new (an expiry that found no key, every append refused) writes no page,
+        // and commits on a full disk too.
+        if events > 0 && self.failing.swap(false, Ordering::Relaxed) {
             *self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
         }
     }
 
     /// Records a group that failed with `error`; [`Self::failure`] reports it until a
-    /// group commits.
+    /// group that writes events commits. One writer calls this and [`Self::record`].
     pub fn record_failure(&self, error: &dyn std::fmt::Display) {
         self.failed_groups.fetch_add(1, Ordering::Relaxed);
         let mut failure = self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

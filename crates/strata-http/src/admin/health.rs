@@ -48,7 +48,7 @@ const STORE_CHECK: Duration = Duration::from_millis(500);
 /// Whether this node can serve: 200 while the store and the view store answer (`degraded`
 /// if a projection fails, since commands and the other views still work, or if the store's
 /// writes fail while its reads answer, since queries still work and the next append that
-/// commits clears it), 503 when either does not answer in time. Needs no token.
+/// writes events clears it), 503 when either does not answer in time. Needs no token.
 #[utoipa::path(get, path = "/health", tag = "operations", security(()),
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub(super) async fn health<S: EventStore, M: ViewManager>(
@@ -190,7 +190,7 @@ pub(super) async fn metrics<S: EventStore, M: ViewManager>(
         counters(
             &mut registry,
             "strata_group_commit_failed_groups",
-            "Group commits that failed, none of their appends written",
+            "Group commits that failed",
             total(group.failed_groups),
         );
         let busy = Family::<Labels, Counter<f64, AtomicU64>>::default();
