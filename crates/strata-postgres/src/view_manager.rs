@@ -144,16 +144,21 @@ struct CheckpointRow {
     version: u32,
 }
 
+/// The checkpoint in a row whose first two columns are `position, revision`.
+fn checkpoint_of(row: &tokio_postgres::Row) -> Result<Checkpoint, DbError> {
+    Ok(Checkpoint {
+        position: Position(from_bigint(row.try_get(0)?, "checkpoint")?),
+        revision: from_bigint(row.try_get(1)?, "checkpoint revision")?,
+    })
+}
+
 async fn checkpoint_row(
     transaction: &Transaction<'_>,
     key: &str,
 ) -> Result<Option<CheckpointRow>, DbError> {
     let statement = transaction.prepare_cached(SELECT_CHECKPOINT).await?;
     let Some(row) = transaction.query_opt(&statement, &[&key]).await? else { return Ok(None) };
-    let checkpoint = Checkpoint {
-        position: Position(from_bigint(row.try_get(0)?, "checkpoint")?),
-        revision: from_bigint(row.try_get(1)?, "checkpoint revision")?,
-    };
+    let checkpoint = checkpoint_of(&row)?;
     let version: i32 = row.try_get(4)?;
     Ok(Some(CheckpointRow {
         checkpoint,
@@ -174,11 +179,7 @@ async fn lock_checkpoint(transaction: &Transaction<'_>, key: &str) -> Result<Che
     let ensure = transaction.prepare_cached(ENSURE_CHECKPOINT).await?;
     transaction.execute(&ensure, &[&key]).await?;
     let lock = transaction.prepare_cached(LOCK_CHECKPOINT).await?;
-    let row = transaction.query_one(&lock, &[&key]).await?;
-    Ok(Checkpoint {
-        position: Position(from_bigint(row.try_get(0)?, "checkpoint")?),
-        revision: from_bigint(row.try_get(1)?, "checkpoint revision")?,
-    })
+    checkpoint_of(&transaction.query_one(&lock, &[&key]).await?)
 }
 
 async fn move_checkpoint(
@@ -256,10 +257,7 @@ async fn write_commit(
     for written in [upserted, deleted, released, parked, skipped, moved] {
         written?;
     }
-    let actual = Checkpoint {
-        position: Position(from_bigint(row.try_get(0)?, "checkpoint")?),
-        revision: from_bigint(row.try_get(1)?, "checkpoint revision")?,
-    };
+    let actual = checkpoint_of(&row)?;
     if let Err(fenced) = Checkpoint::fence(&key, commit.from, actual) {
         return Ok(Err(fenced));
     }
@@ -581,10 +579,7 @@ impl ViewManager for PgViewManager {
             let Some(row) = client.query_opt(&statement, &[&key]).await? else {
                 return Ok(Checkpoint::START);
             };
-            Ok::<_, DbError>(Checkpoint {
-                position: Position(from_bigint(row.try_get(0)?, "checkpoint")?),
-                revision: from_bigint(row.try_get(1)?, "checkpoint revision")?,
-            })
+            checkpoint_of(&row)
         };
         within(READ_BOUND, read).await.map_err(DbError::into_view_error)
     }

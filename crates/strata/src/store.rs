@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -94,13 +94,14 @@ pub struct GroupCommitMetrics {
     /// [`GROUP_SIZE_BOUNDS`]`[i]` appends (and more than the bound before); the last counts
     /// the larger ones.
     pub group_sizes: [u64; GROUP_SIZE_BOUNDS.len() + 1],
-    /// Transactions that failed, so that none of their appends was written.
+    /// Groups that failed: their appends were answered with an error (on PostgreSQL, one
+    /// whose commit went unanswered may still have been written).
     pub failed_groups: u64,
 }
 
 /// The store's writes are failing: its last group commit failed and none that wrote events
-/// has committed since. Reads may still answer (a full disk refuses writes only), so a read alone would
-/// not show it.
+/// has committed since. Reads may still answer (a full disk refuses writes only), so a read
+/// alone would not show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteFailure {
     /// Why the last group failed, as the backend said.
@@ -127,7 +128,8 @@ impl GroupCommitMetrics {
 }
 
 /// The counters behind [`GroupCommitMetrics`]: written by a store's one writer after each
-/// group, read by anyone, without locks but for the last failure's text.
+/// group, read by anyone; only the last failure is behind a lock (taken once per group,
+/// uncontended but for `/health`).
 #[derive(Debug, Default)]
 pub struct GroupCommitCounters {
     groups: AtomicU64,
@@ -137,8 +139,6 @@ pub struct GroupCommitCounters {
     busy_micros: AtomicU64,
     group_sizes: [AtomicU64; GROUP_SIZE_BOUNDS.len() + 1],
     failed_groups: AtomicU64,
-    /// Whether `failure` holds one: a committed group checks this, not the lock.
-    failing: AtomicBool,
     failure: Mutex<Option<WriteFailure>>,
 }
 
@@ -159,7 +159,7 @@ impl GroupCommitCounters {
         // Only a group that wrote events proves the writes work again: one that committed
         // nothing new (an expiry that found no key, every append refused) writes no page,
         // and commits on a full disk too.
-        if events > 0 && self.failing.swap(false, Ordering::Relaxed) {
+        if events > 0 {
             *self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
         }
     }
@@ -171,7 +171,6 @@ impl GroupCommitCounters {
         let mut failure = self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let groups = failure.as_ref().map_or(0, |earlier| earlier.groups) + 1;
         *failure = Some(WriteFailure { error: error.to_string(), at: Utc::now(), groups });
-        self.failing.store(true, Ordering::Relaxed);
     }
 
     /// The failure the writes are in, if the last group failed.
