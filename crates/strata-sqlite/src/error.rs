@@ -112,6 +112,15 @@ pub enum SqliteError {
     /// The event store's writer thread could not be started.
     #[error("cannot start the event store's writer thread: {0}")]
     WriterThread(#[source] std::io::Error),
+    /// The event log's write-ahead log could not be synced to disk at opening.
+    #[error("cannot sync the write-ahead log of {path} to disk: {source}")]
+    Sync {
+        /// The database file.
+        path: PathBuf,
+        /// What the file system said.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A failure inside an operation, before it is mapped to the trait's error type.

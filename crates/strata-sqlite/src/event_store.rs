@@ -19,6 +19,7 @@ use strata::{
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
+use crate::durability::{self, SyncLog};
 use crate::error::{DbError, SqliteError, from_sql_integer};
 use crate::pool::ReadPool;
 use crate::schema;
@@ -35,48 +36,46 @@ macro_rules! columns {
     };
 }
 
-/// A whole stream. Deliberately without a range on `version` or an ORDER BY: with STAT4
-/// (which the bundled SQLite enables) a statement whose plan might depend on a bound range
-/// is re-prepared at every execution, and that parse cost more than the read. The rows come
-/// in index order anyway; they are sorted in Rust to not depend on it.
-const READ_WHOLE_STREAM: &str =
-    concat!("SELECT ", columns!(), " FROM events WHERE aggregate_type = ?1 AND aggregate_id = ?2");
-/// The tail of a stream after a version.
+/// A whole stream, up to the durable head (`?3`). Deliberately without a range on
+/// `version` or an ORDER BY: the rows come in index order anyway; they are sorted in Rust
+/// to not depend on it.
+const READ_WHOLE_STREAM: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM events WHERE aggregate_type = ?1 AND aggregate_id = ?2 AND position <= ?3"
+);
+/// The tail of a stream after a version, up to the durable head.
 const READ_STREAM: &str = concat!(
     "SELECT ",
     columns!(),
     " FROM events WHERE aggregate_type = ?1 AND aggregate_id = ?2 AND version > ?3 \
-     ORDER BY version"
+     AND position <= ?4 ORDER BY version"
 );
-const READ_ALL: &str =
-    concat!("SELECT ", columns!(), " FROM events WHERE position > ?1 ORDER BY position LIMIT ?2");
+const READ_ALL: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM events WHERE position > ?1 AND position <= ?3 ORDER BY position LIMIT ?2"
+);
 
-/// Events by position: the positions come as one JSON array, so that any number of them is
-/// one prepared statement; each is found through the log's primary key.
+/// Events by position, up to the durable head: the positions come as one JSON array, so
+/// that any number of them is one prepared statement; each is found through the log's
+/// primary key.
 const READ_POSITIONS: &str = concat!(
     "SELECT ",
     columns!(),
-    " FROM events WHERE position IN (SELECT value FROM json_each(?1)) ORDER BY position"
+    " FROM events WHERE position IN (SELECT value FROM json_each(?1)) AND position <= ?2 \
+     ORDER BY position"
 );
 
 const READ_SNAPSHOT: &str = "SELECT version, format, state FROM snapshots \
      WHERE aggregate_type = ?1 AND aggregate_id = ?2";
 const EVENT_TYPES: &str = "SELECT DISTINCT event_type, schema_version FROM events";
 
-/// Whether every commit is synced to disk before it is answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Durability {
-    /// The log itself: an answered append survives a power cut (invariant 5).
-    EveryCommit,
-    /// A copy of a log kept elsewhere, which can be copied again.
-    Copy,
-}
-
 /// An [`EventStore`] on SQLite: `events.sqlite` in the directory it is opened on.
 ///
 /// Clones share one store. When the last clone is dropped the writer thread finishes the
-/// appends already sent and stops, and the drop waits for it (at most one group commit),
-/// so the directory can be opened again at once.
+/// appends already sent and stops, and the drop waits for it and for their syncs (at most a
+/// group commit or two), so the directory can be opened again at once.
 #[derive(Clone)]
 pub struct SqliteEventStore {
     inner: Arc<Inner>,
@@ -87,6 +86,7 @@ struct Inner {
     /// `None` only while dropping: closing the channel is what stops the writer.
     requests: Option<mpsc::Sender<WriteRequest>>,
     writer: Option<JoinHandle<()>>,
+    /// The newest durable position, where reads stop.
     head: watch::Receiver<Position>,
     readers: ReadPool,
     metrics: Arc<strata::GroupCommitCounters>,
@@ -101,7 +101,8 @@ impl SqliteEventStore {
     ///
     /// This blocks on file I/O; call it at startup, or from `spawn_blocking`.
     pub fn open(dir: &Path) -> Result<Self, SqliteError> {
-        Self::open_with(dir, Durability::EveryCommit)
+        // An answered append survives a power cut (invariant 5).
+        Self::open_with(dir, durability::write_ahead_log)
     }
 
     /// [`open`](Self::open) for a copy of a log kept elsewhere (a read replica's, filled by
@@ -110,17 +111,25 @@ impl SqliteEventStore {
     /// process loses nothing. Appends that wait for each other in turn (a follower's) then
     /// cost no fsync each.
     pub fn open_copy(dir: &Path) -> Result<Self, SqliteError> {
-        Self::open_with(dir, Durability::Copy)
+        Self::open_with(dir, |_| Box::new(|| Ok(())))
     }
 
-    fn open_with(dir: &Path, durability: Durability) -> Result<Self, SqliteError> {
+    /// Opens the store in `dir`, with `sync` making the file's commits durable.
+    pub(crate) fn open_with(
+        dir: &Path,
+        sync: impl FnOnce(&Path) -> SyncLog,
+    ) -> Result<Self, SqliteError> {
         let lock = lock_for_writing(dir)?;
         let (connection, path) = schema::open_writer(dir, &schema::EVENTS)?;
-        if durability == Durability::Copy {
-            connection
-                .pragma_update(None, "synchronous", "NORMAL")
-                .map_err(|source| SqliteError::Open { path: path.clone(), source })?;
-        }
+        // Commits do not sync the log themselves: the durability thread does, beside the
+        // writer, before anything committed is answered or read (`durability.rs`).
+        connection
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|source| SqliteError::Open { path: path.clone(), source })?;
+        let mut sync = sync(&path);
+        // Groups that a killed process committed but never synced are in the file: put them
+        // on disk before the head that includes them is read and published.
+        sync().map_err(|source| SqliteError::Sync { path: path.clone(), source })?;
         let head: i64 = connection
             .query_row(writer::HEAD, [], |row| row.get(0))
             .map_err(|source| SqliteError::Open { path: path.clone(), source })?;
@@ -128,7 +137,7 @@ impl SqliteEventStore {
         let (published, head_receiver) = watch::channel(head);
         let (requests, received) = mpsc::channel();
         let metrics = Arc::new(strata::GroupCommitCounters::default());
-        let writer = writer::spawn(connection, head, published, metrics.clone(), received)
+        let writer = writer::spawn(connection, head, published, sync, metrics.clone(), received)
             .map_err(SqliteError::WriterThread)?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -145,7 +154,8 @@ impl SqliteEventStore {
 
     /// Opens `dir/events.sqlite` for reading only, beside a process that may be writing it
     /// (WAL lets both work): appends fail with [`StoreError::Closed`], and the head is the
-    /// one found at opening, not followed. For tools that look at a running service's store.
+    /// one found at opening, not followed. For tools that look at a running service's store;
+    /// that head may include the writer's newest group before its sync has returned.
     pub fn open_read_only(dir: &Path) -> Result<Self, SqliteError> {
         let path = dir.join(schema::EVENTS.file_name);
         let open_error = |source| SqliteError::Open { path: path.clone(), source };
@@ -226,6 +236,14 @@ impl Drop for Inner {
     }
 }
 
+impl Inner {
+    /// The newest position synced to disk: reads stop there, since a committed group is in
+    /// the file before it is durable (`durability.rs`).
+    fn durable_head(&self) -> i64 {
+        i64::try_from(self.head.borrow().0).unwrap_or(i64::MAX)
+    }
+}
+
 impl SqliteEventStore {
     /// Sends `request` to the writer thread and waits for its reply.
     async fn write<T>(
@@ -260,14 +278,22 @@ impl EventStore for SqliteEventStore {
 
     async fn read_claim(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
         let key = key.to_owned();
-        self.inner
+        let head = self.inner.durable_head();
+        let record = self
+            .inner
             .readers
             .run(move |connection| {
                 let mut statement = connection.prepare_cached(writer::SELECT_KEY)?;
                 Ok(statement.query_row([key], writer::read_record).optional()?)
             })
             .await
-            .map_err(DbError::into_store_error)
+            .map_err(DbError::into_store_error)?;
+        // A claim is written with its events: it is not there until they are durable.
+        Ok(record.filter(|record| {
+            record.appended.as_ref().and_then(|appended| appended.position).is_none_or(|position| {
+                i64::try_from(position.0).is_ok_and(|position| position <= head)
+            })
+        }))
     }
 
     async fn read_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
@@ -324,18 +350,24 @@ impl EventStore for SqliteEventStore {
         let stream = stream.clone();
         // No stream reaches i64::MAX events, so a larger `after` simply finds none.
         let after = i64::try_from(after.0).unwrap_or(i64::MAX);
+        let head = self.inner.durable_head();
         self.inner
             .readers
             .run(move |connection| {
                 let mut events = if after == 0 {
                     let mut statement = connection.prepare_cached(READ_WHOLE_STREAM)?;
-                    collect_events(statement.query(params![stream.aggregate_type, stream.id])?)?
+                    collect_events(statement.query(params![
+                        stream.aggregate_type,
+                        stream.id,
+                        head
+                    ])?)?
                 } else {
                     let mut statement = connection.prepare_cached(READ_STREAM)?;
                     collect_events(statement.query(params![
                         stream.aggregate_type,
                         stream.id,
-                        after
+                        after,
+                        head
                     ])?)?
                 };
                 events.sort_unstable_by_key(|event| event.version);
@@ -352,11 +384,12 @@ impl EventStore for SqliteEventStore {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let after = i64::try_from(after.0).unwrap_or(i64::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let head = self.inner.durable_head();
         self.inner
             .readers
             .run(move |connection| {
                 let mut statement = connection.prepare_cached(READ_ALL)?;
-                let rows = statement.query(params![after, limit])?;
+                let rows = statement.query(params![after, limit, head])?;
                 collect_events(rows)
             })
             .await
@@ -372,11 +405,12 @@ impl EventStore for SqliteEventStore {
         }
         let list: Vec<String> = positions.iter().map(|p| p.0.to_string()).collect();
         let list = format!("[{}]", list.join(","));
+        let head = self.inner.durable_head();
         self.inner
             .readers
             .run(move |connection| {
                 let mut statement = connection.prepare_cached(READ_POSITIONS)?;
-                collect_events(statement.query([list])?)
+                collect_events(statement.query(params![list, head])?)
             })
             .await
             .map_err(DbError::into_store_error)

@@ -3,16 +3,18 @@
 //!
 //! A store directory holds two files. `events.sqlite` is the event log and the idempotency
 //! records, written only by the [`SqliteEventStore`]'s writer thread, which commits
-//! concurrent appends in groups (one fsync per group). `views.sqlite` holds view instances
-//! and projection checkpoints ([`SqliteViewManager`]); it is a separate file so that
-//! projection commits and appends never wait for each other's lock.
-//! Both files use WAL with `synchronous=FULL`: what a caller was told is committed
-//! survives a power cut.
+//! concurrent appends in groups, each synced to disk (one fsync per group) by a second
+//! thread before it is answered or read. `views.sqlite` holds view instances and projection
+//! checkpoints ([`SqliteViewManager`]); it is a separate file so that projection commits and
+//! appends never wait for each other's lock. Both files use WAL: what a caller was told is
+//! committed survives a power cut, and views, which are not synced per commit, are applied
+//! again from their checkpoint after one.
 //!
 //! This crate is for one process on one machine. Several nodes sharing a log is the
 //! PostgreSQL backend's job; nothing here coordinates between processes beyond SQLite's
 //! own file locks.
 
+mod durability;
 mod error;
 mod event_store;
 mod pool;

@@ -4,11 +4,12 @@
 //!
 //! Group commit: the thread blocks for the first pending request, then takes every request
 //! already waiting (never waiting for more), checks and writes each one inside its own
-//! savepoint of a single transaction, commits once (one fsync for the whole group) and
-//! answers each caller with its own result. A request that fails its checks is rolled back
-//! alone; the rest of the group commits. Because this thread is the only writer, positions
-//! are dense and in commit order (invariant 3), and the expected-version check is a plain
-//! read inside the transaction.
+//! savepoint of a single transaction, commits once and hands the group, with each
+//! caller's own result, to the durability thread (`durability.rs`), which syncs the log
+//! (one fsync for the group, or for several) and answers. A request that fails its checks
+//! is rolled back alone; the rest of the group commits. Because this thread is the only
+//! writer, positions are dense and in commit order (invariant 3), and the expected-version
+//! check is a plain read inside the transaction.
 //!
 //! It is a `std::thread` rather than a tokio task because every step blocks on SQLite and
 //! the disk; a task would hold a runtime worker for the whole commit.
@@ -27,6 +28,9 @@ use strata::{
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
+use crate::durability::{
+    self, Committed, PendingSyncs, SYNC_WAIT, SyncFailed, SyncFailure, SyncLog,
+};
 use crate::error::{from_sql_integer, to_sql_integer};
 
 /// The most requests one group commits. It bounds the time the first caller of a group
@@ -121,7 +125,7 @@ pub(crate) struct ExpireRequest {
 }
 
 /// What the writer did for one request of a committed group.
-enum Done {
+pub(crate) enum Done {
     Append(Result<AppendOutcome, StoreError>),
     Answer,
     Expired(u64),
@@ -130,7 +134,7 @@ enum Done {
 
 impl WriteRequest {
     /// Tells the caller; a caller that stopped waiting has nobody to tell.
-    fn reply(self, done: Done) {
+    pub(crate) fn reply(self, done: Done) {
         match (self, done) {
             (Self::Append(request), Done::Append(outcome)) => {
                 let _ = request.answer.send(outcome);
@@ -148,7 +152,7 @@ impl WriteRequest {
         }
     }
 
-    fn fail(self, error: StoreError) {
+    pub(crate) fn fail(self, error: StoreError) {
         match self {
             Self::Append(request) => {
                 let _ = request.answer.send(Err(error));
@@ -193,30 +197,57 @@ impl StreamVersions {
     }
 }
 
-/// Starts the writer thread. It runs until every sender of `requests` is dropped, finishing
-/// the requests already sent.
+/// Starts the writer thread and, beside it, the durability thread that syncs and answers
+/// what it commits. The writer runs until every sender of `requests` is dropped, finishing
+/// the requests already sent; it then waits for their syncs.
 pub(crate) fn spawn(
     connection: Connection,
     head: Position,
     published: watch::Sender<Position>,
+    sync: SyncLog,
     metrics: Arc<GroupCommitCounters>,
     requests: mpsc::Receiver<WriteRequest>,
 ) -> std::io::Result<JoinHandle<()>> {
-    let writer =
-        Writer { connection, head, published, metrics, versions: StreamVersions::default() };
-    std::thread::Builder::new()
-        .name("strata-sqlite-writer".to_owned())
-        .spawn(move || writer.run(requests))
+    let failure = SyncFailure::default();
+    let pending = Arc::new(PendingSyncs::default());
+    let (committed, to_sync) = mpsc::channel();
+    let durability = durability::spawn(
+        sync,
+        published,
+        metrics.clone(),
+        failure.clone(),
+        pending.clone(),
+        to_sync,
+    )?;
+    let writer = Writer {
+        connection,
+        head,
+        committed,
+        failure,
+        pending,
+        metrics,
+        versions: StreamVersions::default(),
+    };
+    std::thread::Builder::new().name("strata-sqlite-writer".to_owned()).spawn(move || {
+        writer.run(requests);
+        if durability.join().is_err() {
+            tracing::error!("the event log's sync thread panicked");
+        }
+    })
 }
 
 struct Writer {
     /// The only connection that writes `events.sqlite`.
     connection: Connection,
-    /// The position of the last committed event. Kept here rather than queried per group:
-    /// nothing else writes the file.
+    /// The position of the last committed event, durable or not yet. Kept here rather than
+    /// queried per group: nothing else writes the file.
     head: Position,
-    /// Where followers learn of new commits.
-    published: watch::Sender<Position>,
+    /// Where committed groups go to be synced and answered.
+    committed: mpsc::Sender<Committed>,
+    /// Set when a sync failed: no more groups are written.
+    failure: SyncFailure,
+    /// Groups sent and not yet synced.
+    pending: Arc<PendingSyncs>,
     metrics: Arc<GroupCommitCounters>,
     /// Versions of streams as committed; updated only after a group commits.
     versions: StreamVersions,
@@ -240,28 +271,53 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.commit_group(&mut group);
+            self.commit_group(&mut group, &requests);
         }
         tracing::debug!("event store writer stopped: the store was dropped");
+        // Dropping `self` closes the durability thread's channel once it has the last group.
     }
 
-    /// Writes and commits `group`, answers every request in it and empties it.
-    fn commit_group(&mut self, group: &mut Vec<WriteRequest>) {
+    /// Writes and commits `group` and sends it to be synced and answered; empties it.
+    fn commit_group(
+        &mut self,
+        group: &mut Vec<WriteRequest>,
+        requests: &mpsc::Receiver<WriteRequest>,
+    ) {
+        if let Some(error) = self.failure.get().cloned() {
+            self.refuse(group, &error);
+            return;
+        }
         let started = Instant::now();
-        match self.write_group(group) {
-            Ok((outcomes, head)) => {
-                self.metrics.record(group.len(), head.0 - self.head.0, started.elapsed());
-                if head != self.head {
-                    self.head = head;
-                    // After the commit, never before: a follower woken by this must find
-                    // the rows.
-                    self.published.send_replace(head);
-                }
-                for (request, done) in group.drain(..).zip(outcomes) {
-                    request.reply(done);
+        let mut late = Vec::new();
+        let written = self.write_group(group, &mut late, requests);
+        group.append(&mut late);
+        match written {
+            Ok(Written::Withheld(error)) => self.refuse(group, &error),
+            Ok(Written::Committed(outcomes, head)) => {
+                let events = head.0 - self.head.0;
+                self.head = head;
+                let group = std::mem::take(group);
+                self.pending.sent();
+                let committed = Committed { group, outcomes, head, events, started };
+                if let Err(mpsc::SendError(committed)) = self.committed.send(committed) {
+                    // The durability thread is gone (it only stops after this thread, so it
+                    // panicked): the group is in the file but not known to be on disk, and
+                    // no later one would be either.
+                    let error =
+                        Arc::new(std::io::Error::other("the event log's sync thread stopped"));
+                    let error = Arc::clone(self.failure.get_or_init(|| error));
+                    self.pending.synced(1);
+                    self.metrics.record_failure(&SyncFailed(Arc::clone(&error)));
+                    for request in committed.group {
+                        let unknown = SyncFailed(Arc::clone(&error));
+                        request.fail(StoreError::OutcomeUnknown(Box::new(unknown)));
+                    }
                 }
             }
             Err(error) => {
+                // The groups before this one are answered first, so that the failure recorded
+                // last, which /health shows, is this one.
+                self.pending.wait_until_synced(SYNC_WAIT);
                 tracing::error!(%error, requests = group.len(), "event store group commit failed");
                 self.metrics.record_failure(&error);
                 // Whatever made the group fail may have been a version the cache got wrong;
@@ -285,71 +341,119 @@ impl Writer {
         }
     }
 
-    /// Writes every request of `group` in one transaction. The outer error means the
-    /// transaction failed and nothing was written; otherwise each request has its own
-    /// outcome, and the returned position is the new head.
-    fn write_group(&mut self, group: &[WriteRequest]) -> rusqlite::Result<(Vec<Done>, Position)> {
+    /// Refuses every request of `group`, after a sync failed: the store takes no more writes.
+    fn refuse(&self, group: &mut Vec<WriteRequest>, error: &Arc<std::io::Error>) {
+        self.metrics.record_failure(&SyncFailed(Arc::clone(error)));
+        for request in group.drain(..) {
+            request.fail(StoreError::Backend(Box::new(SyncFailed(Arc::clone(error)))));
+        }
+    }
+
+    /// Writes every request of `group` in one transaction, then those that arrive while the
+    /// previous group is being synced, taken into `late` (the caller adds them to the group
+    /// whatever happens). The outer error means the transaction failed and nothing was
+    /// written; otherwise each request has its own outcome.
+    fn write_group<'a>(
+        &mut self,
+        group: &'a [WriteRequest],
+        late: &'a mut Vec<WriteRequest>,
+        requests: &mpsc::Receiver<WriteRequest>,
+    ) -> rusqlite::Result<Written> {
         let mut head = self.head;
         // Versions written by this group, visible to its later requests but remembered in
         // `self.versions` only once the group has committed.
-        let mut written: HashMap<&StreamId, Version> = HashMap::new();
+        let mut written: HashMap<&'a StreamId, Version> = HashMap::new();
         // IMMEDIATE takes the write lock up front, so the transaction cannot fail halfway
         // with SQLITE_BUSY if another process has the file open.
         let transaction =
             self.connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut outcomes = Vec::with_capacity(group.len());
         for request in group {
-            let request = match request {
-                WriteRequest::Append(request) => request,
-                WriteRequest::Answer(request) => {
-                    let claim = &request.claim;
-                    transaction.prepare_cached(PUT_ANSWER)?.execute(params![
-                        claim.key,
-                        claim.fingerprint,
-                        request.answer,
-                        claim.created_at
-                    ])?;
-                    outcomes.push(Done::Answer);
-                    continue;
-                }
-                WriteRequest::Snapshot(request) => {
-                    let (stream, snapshot) = (&request.stream, &request.snapshot);
-                    transaction.prepare_cached(WRITE_SNAPSHOT)?.execute(params![
-                        stream.aggregate_type,
-                        stream.id,
-                        to_sql_integer(snapshot.version.0)?,
-                        snapshot.format,
-                        snapshot.state,
-                    ])?;
-                    outcomes.push(Done::Snapshot);
-                    continue;
-                }
-                WriteRequest::Expire(request) => {
-                    let count = transaction
-                        .prepare_cached(EXPIRE_KEYS)?
-                        .execute(params![request.before, request.limit])?;
-                    outcomes.push(Done::Expired(count as u64));
-                    continue;
-                }
-            };
-            let stream = &request.stream;
-            let actual = match written.get(stream).copied().or_else(|| self.versions.get(stream)) {
-                Some(version) => version,
-                None => current_version(&transaction, stream)?,
-            };
-            let outcome = append_one(&transaction, request, actual, head)?;
-            if let Ok(appended) = &outcome {
-                head = appended.last_position;
-                written.insert(stream, appended.version);
-            }
-            outcomes.push(Done::Append(outcome));
+            let done =
+                write_request(&transaction, request, &self.versions, &mut written, &mut head)?;
+            outcomes.push(done);
+        }
+        // Committing while the previous group is still being synced would only make this
+        // one wait for a sync of its own: take in what arrives meanwhile instead, so that
+        // one sync covers more.
+        self.pending.wait_until_synced(SYNC_WAIT);
+        if let Some(error) = self.failure.get() {
+            // Dropping the transaction rolls it back: these callers learn that nothing of
+            // theirs was written, rather than that it is unknown.
+            return Ok(Written::Withheld(Arc::clone(error)));
+        }
+        late.extend(requests.try_iter().take(MAX_BATCH.saturating_sub(group.len())));
+        let late: &'a [WriteRequest] = late;
+        for request in late {
+            let done =
+                write_request(&transaction, request, &self.versions, &mut written, &mut head)?;
+            outcomes.push(done);
         }
         transaction.commit()?;
         for (stream, version) in written {
             self.versions.set(stream.clone(), version);
         }
-        Ok((outcomes, head))
+        Ok(Written::Committed(outcomes, head))
     }
+}
+
+/// What became of a group the writer wrote.
+enum Written {
+    /// Committed: each request's outcome, and the head after the group.
+    Committed(Vec<Done>, Position),
+    /// Rolled back, because a sync failed while the group waited to commit.
+    Withheld(Arc<std::io::Error>),
+}
+
+/// Writes one request of a group. The error is a driver failure that fails the whole group.
+fn write_request<'a>(
+    transaction: &Transaction<'_>,
+    request: &'a WriteRequest,
+    versions: &StreamVersions,
+    written: &mut HashMap<&'a StreamId, Version>,
+    head: &mut Position,
+) -> rusqlite::Result<Done> {
+    let request = match request {
+        WriteRequest::Append(request) => request,
+        WriteRequest::Answer(request) => {
+            let claim = &request.claim;
+            transaction.prepare_cached(PUT_ANSWER)?.execute(params![
+                claim.key,
+                claim.fingerprint,
+                request.answer,
+                claim.created_at
+            ])?;
+            return Ok(Done::Answer);
+        }
+        WriteRequest::Snapshot(request) => {
+            let (stream, snapshot) = (&request.stream, &request.snapshot);
+            transaction.prepare_cached(WRITE_SNAPSHOT)?.execute(params![
+                stream.aggregate_type,
+                stream.id,
+                to_sql_integer(snapshot.version.0)?,
+                snapshot.format,
+                snapshot.state,
+            ])?;
+            return Ok(Done::Snapshot);
+        }
+        WriteRequest::Expire(request) => {
+            let count = transaction
+                .prepare_cached(EXPIRE_KEYS)?
+                .execute(params![request.before, request.limit])?;
+            return Ok(Done::Expired(count as u64));
+        }
+    };
+    let stream = &request.stream;
+    let actual = match written.get(stream).copied().or_else(|| versions.get(stream)) {
+        Some(version) => version,
+        None => current_version(transaction, stream)?,
+    };
+    let outcome = append_one(transaction, request, actual, *head)?;
+    if let Ok(appended) = &outcome {
+        *head = appended.last_position;
+        written.insert(stream, appended.version);
+    }
+    Ok(Done::Append(outcome))
 }
 
 /// The version of `stream` as stored.

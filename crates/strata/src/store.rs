@@ -80,7 +80,8 @@ pub enum StoreError {
 /// counts are totals since the store was opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GroupCommitMetrics {
-    /// Transactions committed (each one fsync).
+    /// Transactions committed; each is synced to disk before it is answered (except in a
+    /// store that keeps a copy of a log kept elsewhere, such as a replica's).
     pub groups: u64,
     /// Appends answered, whether they committed or were refused.
     pub appends: u64,
@@ -88,7 +89,9 @@ pub struct GroupCommitMetrics {
     pub events: u64,
     /// The largest group so far.
     pub largest_group: u64,
-    /// Time spent writing and committing groups, in microseconds.
+    /// Time from the start of each group's writing to its answer (its sync included), summed
+    /// over groups, in microseconds. On SQLite a group is written while the one before it
+    /// syncs, so the sum can run ahead of the clock.
     pub busy_micros: u64,
     /// Groups by their number of appends: `group_sizes[i]` counts the groups of at most
     /// [`GROUP_SIZE_BOUNDS`]`[i]` appends (and more than the bound before); the last counts
@@ -127,8 +130,8 @@ impl GroupCommitMetrics {
     }
 }
 
-/// The counters behind [`GroupCommitMetrics`]: written by a store's one writer after each
-/// group, read by anyone; only the last failure is behind a lock (taken once per group,
+/// The counters behind [`GroupCommitMetrics`]: written by a store's writer after each group,
+/// in the order the groups are answered, read by anyone; only the last failure is behind a lock (taken once per group,
 /// uncontended but for `/health`).
 #[derive(Debug, Default)]
 pub struct GroupCommitCounters {
@@ -165,7 +168,8 @@ impl GroupCommitCounters {
     }
 
     /// Records a group that failed with `error`; [`Self::failure`] reports it until a
-    /// group that writes events commits. One writer calls this and [`Self::record`].
+    /// group that writes events commits, so this and [`Self::record`] are called in the order
+    /// of the groups.
     pub fn record_failure(&self, error: &dyn std::fmt::Display) {
         self.failed_groups.fetch_add(1, Ordering::Relaxed);
         let mut failure = self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

@@ -397,7 +397,7 @@ async fn run_store(
     let outcome =
         in_process::run(plan, events, views, rebuilds, || system::bytes_below(&events_dir).ok())
             .await?;
-    let target = format!("sqlite in {} (WAL, synchronous=FULL)", dir.path().display());
+    let target = format!("sqlite in {} (WAL, synced before each answer)", dir.path().display());
     Ok((target, outcome))
 }
 
@@ -429,7 +429,7 @@ async fn run_on_redis(
             let outcome = in_process::run(plan, events, views.clone(), Some(fresh), || None).await;
             (
                 format!(
-                    "events in sqlite in {} (WAL, synchronous=FULL), {target}",
+                    "events in sqlite in {} (WAL, synced before each answer), {target}",
                     dir.path().display()
                 ),
                 outcome,
@@ -463,7 +463,8 @@ async fn run_long_stream(args: &BenchArgs, events: u64) -> anyhow::Result<()> {
         "sqlite" => {
             let dir = data_dir(args.data_dir.clone())?;
             let store = Arc::new(SqliteEventStore::open(dir.path())?);
-            let target = format!("sqlite in {} (WAL, synchronous=FULL)", dir.path().display());
+            let target =
+                format!("sqlite in {} (WAL, synced before each answer)", dir.path().display());
             (target, long_stream::run(store, events).await?)
         }
         other => {
@@ -519,7 +520,7 @@ async fn run_saga(args: &BenchArgs, plan: Plan) -> anyhow::Result<()> {
     } else if store == "sqlite" {
         let dir = data_dir(args.data_dir.clone())?;
         let stores = crate::backends::open_sqlite(dir.path())?;
-        let target = format!("sqlite in {} (WAL, synchronous=FULL)", dir.path().display());
+        let target = format!("sqlite in {} (WAL, synced before each answer)", dir.path().display());
         (target, saga::run(stores, orders, tasks).await?)
     } else {
         return Err(BenchUsageError::Invalid(format!(

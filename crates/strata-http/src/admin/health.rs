@@ -197,7 +197,7 @@ pub(super) async fn metrics<S: EventStore, M: ViewManager>(
         busy.get_or_create(&Labels::new()).inc_by(group.busy_micros as f64 / 1e6);
         registry.register(
             "strata_group_commit_busy_seconds",
-            "Time spent writing and committing groups",
+            "Time groups took from the start of their writing to their answer, sync included",
             busy,
         );
         gauges(
