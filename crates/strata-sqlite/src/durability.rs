@@ -10,12 +10,15 @@
 //! it would only wait for a sync of its own, and smaller groups cost more per append.
 //!
 //! An answer still means the events are on disk (invariant 5). What changes is that a
-//! committed group is in the file before it is durable, so the store's reads stop at the
-//! published head (`event_store.rs`): nothing is read, projected or relied on before its
-//! sync. SQLite keeps the file consistent in this mode by itself (it syncs the log before a
-//! checkpoint and when the log starts over); a power cut loses at most the groups that were
-//! not answered yet, and never one after an answered group, since the log is replayed in
-//! order up to its first incomplete frame.
+//! committed group is in the file before it is durable, so the store's reads of events stop
+//! at the published head (`event_store.rs`): no event is read, projected or relied on before
+//! its sync. SQLite keeps the file consistent in this mode by itself (it syncs the log before
+//! a checkpoint and when the log starts over); a power cut loses at most groups that were
+//! not answered yet, never one that an answered group came after, since the log is
+//! replayed in order up to its first incomplete frame.
+//!
+//! A group that failed to commit comes through here too, after the groups before it, so
+//! that callers and the failure that `/health` reports hear of groups in their order.
 //!
 //! Opening the store syncs the log before its head is read, so that groups a killed process
 //! committed but never synced are on disk before anything reads them.
@@ -36,7 +39,7 @@ use std::time::{Duration, Instant};
 use strata::{GroupCommitCounters, Position, StoreError};
 use tokio::sync::watch;
 
-use crate::writer::{Done, WriteRequest};
+use crate::writer::{Done, GroupFailed, WriteRequest};
 
 /// Makes everything committed so far durable.
 pub(crate) type SyncLog = Box<dyn FnMut() -> std::io::Result<()> + Send>;
@@ -80,6 +83,20 @@ impl PendingSyncs {
     }
 }
 
+/// What the writer sends, in the order of its groups.
+pub(crate) enum Group {
+    /// To be synced, then answered.
+    Committed(Committed),
+    /// Rolled back: to be answered in its turn.
+    Failed(FailedGroup),
+}
+
+/// A group whose transaction failed: nothing of it was written.
+pub(crate) struct FailedGroup {
+    pub(crate) group: Vec<WriteRequest>,
+    pub(crate) error: Arc<rusqlite::Error>,
+}
+
 /// A group committed by the writer, waiting for its sync to be answered.
 pub(crate) struct Committed {
     pub(crate) group: Vec<WriteRequest>,
@@ -100,11 +117,12 @@ pub(crate) struct Committed {
 )]
 pub(crate) struct SyncFailed(#[source] pub(crate) Arc<std::io::Error>);
 
-/// Syncs `events.sqlite`'s write-ahead log, the file every commit appends to. The file is
-/// opened at the first sync that finds it and kept: SQLite keeps the same file while the
-/// writer's connection is open, writing it from the start again after a checkpoint rather
-/// than replacing it. Its directory is synced once too, as SQLite does for a log it
-/// creates. No log yet means nothing to sync.
+/// Syncs the write-ahead log of `database` (SQLite's name for the file, symlinks followed,
+/// since the log is kept beside the real file), the file every commit appends to. The file
+/// is opened at the first sync and kept: SQLite keeps the same file while the writer's
+/// connection is open, writing it from the start again after a checkpoint rather than
+/// replacing it. Its directory is synced once too, as SQLite does for a log it creates. A
+/// missing log is an error, but at the sync at opening: any read makes SQLite create it.
 pub(crate) fn write_ahead_log(database: &Path) -> SyncLog {
     let mut log_path = database.as_os_str().to_owned();
     log_path.push("-wal");
@@ -114,16 +132,20 @@ pub(crate) fn write_ahead_log(database: &Path) -> SyncLog {
         _ => PathBuf::from("."),
     };
     let mut log: Option<File> = None;
+    let mut first = true;
     Box::new(move || {
         let file = match &mut log {
             Some(file) => file,
             None => {
+                let opening = std::mem::replace(&mut first, false);
                 let file = match File::options().write(true).open(&log_path) {
                     Ok(file) => file,
-                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                    Err(error) if opening && error.kind() == std::io::ErrorKind::NotFound => {
+                        return Ok(());
+                    }
                     Err(error) => return Err(error),
                 };
-                sync_directory(&directory)?;
+                sync_directory(&directory);
                 log.insert(file)
             }
         };
@@ -131,18 +153,20 @@ pub(crate) fn write_ahead_log(database: &Path) -> SyncLog {
     })
 }
 
+/// Some file systems cannot sync a directory (FUSE, network mounts); SQLite carries on
+/// there, and so does this.
 #[cfg(unix)]
-fn sync_directory(directory: &Path) -> std::io::Result<()> {
-    File::open(directory)?.sync_all()
+fn sync_directory(directory: &Path) {
+    if let Err(error) = File::open(directory).and_then(|directory| directory.sync_all()) {
+        tracing::warn!(%error, directory = %directory.display(), "cannot sync the event log's directory");
+    }
 }
 
 /// Elsewhere a directory cannot be opened as a file to sync it.
 #[cfg(not(unix))]
-fn sync_directory(_: &Path) -> std::io::Result<()> {
-    Ok(())
-}
+fn sync_directory(_: &Path) {}
 
-/// Starts the durability thread. It runs until every sender of `committed` is dropped,
+/// Starts the durability thread. It runs until every sender of `groups` is dropped,
 /// syncing and answering the groups already sent.
 pub(crate) fn spawn(
     sync: SyncLog,
@@ -150,12 +174,12 @@ pub(crate) fn spawn(
     metrics: Arc<GroupCommitCounters>,
     failure: SyncFailure,
     pending: Arc<PendingSyncs>,
-    committed: mpsc::Receiver<Committed>,
+    groups: mpsc::Receiver<Group>,
 ) -> std::io::Result<JoinHandle<()>> {
     let durability = Durability { sync, published, metrics, failure, pending };
     std::thread::Builder::new()
         .name("strata-sqlite-sync".to_owned())
-        .spawn(move || durability.run(committed))
+        .spawn(move || durability.run(groups))
 }
 
 struct Durability {
@@ -168,55 +192,76 @@ struct Durability {
 }
 
 impl Durability {
-    fn run(mut self, committed: mpsc::Receiver<Committed>) {
-        while let Ok(first) = committed.recv() {
+    fn run(mut self, received: mpsc::Receiver<Group>) {
+        while let Ok(first) = received.recv() {
             let mut groups = vec![first];
-            groups.extend(committed.try_iter());
+            groups.extend(received.try_iter());
             let count = groups.len();
-            match self.failure.get() {
-                Some(error) => self.fail(groups, &Arc::clone(error)),
-                None => match (self.sync)() {
-                    Ok(()) => self.answer(groups),
-                    Err(error) => {
-                        let error = Arc::new(error);
-                        tracing::error!(%error, "syncing the event log failed; the store takes no more writes");
-                        let _ = self.failure.set(Arc::clone(&error));
-                        self.fail(groups, &error);
+            let any_committed = groups.iter().any(|group| matches!(group, Group::Committed(_)));
+            let synced = match self.failure.get() {
+                Some(error) => Err(Arc::clone(error)),
+                None if any_committed => self.sync_log(),
+                None => Ok(()),
+            };
+            for group in groups {
+                match (group, &synced) {
+                    (Group::Committed(committed), Ok(())) => self.answer(committed),
+                    (Group::Committed(committed), Err(error)) => {
+                        answer_unknown(&self.metrics, committed, error);
                     }
-                },
+                    (Group::Failed(failed), _) => answer_refused(&self.metrics, failed),
+                }
             }
             self.pending.synced(count);
         }
         tracing::debug!("event log sync stopped: the writer stopped");
     }
 
-    fn answer(&self, groups: Vec<Committed>) {
-        let Some(head) = groups.last().map(|group| group.head) else { return };
-        // Before the answers: a caller that reads after its answer must find its events.
-        self.published.send_if_modified(|published| {
-            let moved = *published != head;
-            *published = head;
-            moved
-        });
-        for committed in groups {
-            let appends = committed.group.len();
-            self.metrics.record(appends, committed.events, committed.started.elapsed());
-            for (request, done) in committed.group.into_iter().zip(committed.outcomes) {
-                request.reply(done);
-            }
-        }
+    /// Syncs the log; a failure (or a panic, which would otherwise leave the groups
+    /// unanswered) stops the store's writes.
+    fn sync_log(&mut self) -> Result<(), Arc<std::io::Error>> {
+        let synced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.sync)()))
+            .unwrap_or_else(|_| Err(std::io::Error::other("syncing the event log panicked")));
+        synced.map_err(|error| {
+            tracing::error!(%error, "syncing the event log failed; the store takes no more writes");
+            Arc::clone(self.failure.get_or_init(|| Arc::new(error)))
+        })
     }
 
-    /// Answers every request of `groups` that their outcome is unknown, counting each group
-    /// as failed.
-    fn fail(&self, groups: Vec<Committed>, error: &Arc<std::io::Error>) {
-        for committed in groups {
-            self.metrics.record_failure(&SyncFailed(Arc::clone(error)));
-            for request in committed.group {
-                let unknown = SyncFailed(Arc::clone(error));
-                request.fail(StoreError::OutcomeUnknown(Box::new(unknown)));
-            }
+    fn answer(&self, committed: Committed) {
+        // Before the answers: a caller that reads after its answer must find its events.
+        self.published.send_if_modified(|published| {
+            let moved = *published != committed.head;
+            *published = committed.head;
+            moved
+        });
+        let appends = committed.group.len();
+        self.metrics.record(appends, committed.events, committed.started.elapsed());
+        for (request, done) in committed.group.into_iter().zip(committed.outcomes) {
+            request.reply(done);
         }
+    }
+}
+
+/// Answers every request of a committed group whose sync failed that its outcome is unknown.
+pub(crate) fn answer_unknown(
+    metrics: &GroupCommitCounters,
+    committed: Committed,
+    error: &Arc<std::io::Error>,
+) {
+    metrics.record_failure(&SyncFailed(Arc::clone(error)));
+    for request in committed.group {
+        let unknown = SyncFailed(Arc::clone(error));
+        request.fail(StoreError::OutcomeUnknown(Box::new(unknown)));
+    }
+}
+
+/// Answers every request of a group that did not commit that nothing of it was written.
+pub(crate) fn answer_refused(metrics: &GroupCommitCounters, failed: FailedGroup) {
+    metrics.record_failure(&failed.error);
+    for request in failed.group {
+        let refused = GroupFailed(Arc::clone(&failed.error));
+        request.fail(StoreError::Backend(Box::new(refused)));
     }
 }
 
@@ -302,8 +347,24 @@ mod tests {
         assert_eq!(*store.subscribe().borrow(), Position(2));
     }
 
+    #[cfg(unix)]
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_store_opened_through_a_symlink_syncs_the_log_beside_the_real_file() {
+        let (real, linked) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        drop(SqliteEventStore::open(real.path()).unwrap());
+        let file = "events.sqlite";
+        std::os::unix::fs::symlink(real.path().join(file), linked.path().join(file)).unwrap();
+        let store = SqliteEventStore::open(linked.path()).unwrap();
+        let stream = StreamId::new("Order", "o1");
+        let appended = store.append(&stream, ExpectedVersion::NoStream, vec![event()]).await;
+        // A sync of a log that is not there would fail the append.
+        assert!(appended.is_ok(), "{appended:?}");
+        assert!(real.path().join("events.sqlite-wal").exists());
+        assert!(!linked.path().join("events.sqlite-wal").exists());
+    }
+
     #[test]
-    fn opening_syncs_the_log_first_and_refuses_to_open_when_it_cannot() {
+    fn opening_syncs_the_log_and_refuses_to_open_when_it_cannot() {
         let dir = tempfile::tempdir().unwrap();
         drop(SqliteEventStore::open(dir.path()).unwrap());
         let syncs = Arc::new(std::sync::atomic::AtomicUsize::new(0));

@@ -126,7 +126,9 @@ impl SqliteEventStore {
         connection
             .pragma_update(None, "synchronous", "NORMAL")
             .map_err(|source| SqliteError::Open { path: path.clone(), source })?;
-        let mut sync = sync(&path);
+        // SQLite's own name for the file (a symlink followed), beside which it keeps the log.
+        let resolved = connection.path().filter(|name| !name.is_empty()).map(PathBuf::from);
+        let mut sync = sync(resolved.as_deref().unwrap_or(&path));
         // Groups that a killed process committed but never synced are in the file: put them
         // on disk before the head that includes them is read and published.
         sync().map_err(|source| SqliteError::Sync { path: path.clone(), source })?;

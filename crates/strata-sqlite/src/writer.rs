@@ -29,7 +29,7 @@ use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 use crate::durability::{
-    self, Committed, PendingSyncs, SYNC_WAIT, SyncFailed, SyncFailure, SyncLog,
+    self, Committed, FailedGroup, Group, PendingSyncs, SYNC_WAIT, SyncFailed, SyncFailure, SyncLog,
 };
 use crate::error::{from_sql_integer, to_sql_integer};
 
@@ -210,7 +210,7 @@ pub(crate) fn spawn(
 ) -> std::io::Result<JoinHandle<()>> {
     let failure = SyncFailure::default();
     let pending = Arc::new(PendingSyncs::default());
-    let (committed, to_sync) = mpsc::channel();
+    let (groups, to_sync) = mpsc::channel();
     let durability = durability::spawn(
         sync,
         published,
@@ -222,7 +222,7 @@ pub(crate) fn spawn(
     let writer = Writer {
         connection,
         head,
-        committed,
+        groups,
         failure,
         pending,
         metrics,
@@ -242,8 +242,8 @@ struct Writer {
     /// The position of the last committed event, durable or not yet. Kept here rather than
     /// queried per group: nothing else writes the file.
     head: Position,
-    /// Where committed groups go to be synced and answered.
-    committed: mpsc::Sender<Committed>,
+    /// Where groups go to be synced and answered, in order.
+    groups: mpsc::Sender<Group>,
     /// Set when a sync failed: no more groups are written.
     failure: SyncFailure,
     /// Groups sent and not yet synced.
@@ -256,7 +256,7 @@ struct Writer {
 /// Why a whole group failed: the transaction did not commit, so none of it was written.
 #[derive(Debug, thiserror::Error)]
 #[error("the group commit holding this append failed, nothing of it was written: {0}")]
-struct GroupFailed(#[source] Arc<rusqlite::Error>);
+pub(crate) struct GroupFailed(#[source] pub(crate) Arc<rusqlite::Error>);
 
 impl Writer {
     fn run(mut self, requests: mpsc::Receiver<WriteRequest>) {
@@ -297,37 +297,17 @@ impl Writer {
                 let events = head.0 - self.head.0;
                 self.head = head;
                 let group = std::mem::take(group);
-                self.pending.sent();
-                let committed = Committed { group, outcomes, head, events, started };
-                if let Err(mpsc::SendError(committed)) = self.committed.send(committed) {
-                    // The durability thread is gone (it only stops after this thread, so it
-                    // panicked): the group is in the file but not known to be on disk, and
-                    // no later one would be either.
-                    let error =
-                        Arc::new(std::io::Error::other("the event log's sync thread stopped"));
-                    let error = Arc::clone(self.failure.get_or_init(|| error));
-                    self.pending.synced(1);
-                    self.metrics.record_failure(&SyncFailed(Arc::clone(&error)));
-                    for request in committed.group {
-                        let unknown = SyncFailed(Arc::clone(&error));
-                        request.fail(StoreError::OutcomeUnknown(Box::new(unknown)));
-                    }
-                }
+                self.send(Group::Committed(Committed { group, outcomes, head, events, started }));
             }
             Err(error) => {
-                // The groups before this one are answered first, so that the failure recorded
-                // last, which /health shows, is this one.
-                self.pending.wait_until_synced(SYNC_WAIT);
                 tracing::error!(%error, requests = group.len(), "event store group commit failed");
-                self.metrics.record_failure(&error);
                 // Whatever made the group fail may have been a version the cache got wrong;
                 // forgetting costs one lookup per stream, keeping a wrong one fails groups.
                 self.versions = StreamVersions::default();
-                let error = Arc::new(error);
-                for request in group.drain(..) {
-                    let failed = GroupFailed(Arc::clone(&error));
-                    request.fail(StoreError::Backend(Box::new(failed)));
-                }
+                // Answered after the groups before it, so that callers, and the failure that
+                // /health shows, hear of the groups in their order.
+                let failed = FailedGroup { group: std::mem::take(group), error: Arc::new(error) };
+                self.send(Group::Failed(failed));
                 // The transaction rolled back, so the head is unchanged; but a failed
                 // commit is the one place where that is worth checking, not assuming.
                 match self.connection.query_row(HEAD, [], |row| row.get::<_, i64>(0)) {
@@ -338,6 +318,24 @@ impl Writer {
                     Err(error) => tracing::error!(%error, "cannot re-read the head"),
                 }
             }
+        }
+    }
+
+    /// Sends `group` to be synced and answered in its turn. Should the durability thread be
+    /// gone (it stops only after this thread, so it panicked), answers it here and stops
+    /// writes: a committed group is in the file but not known to be on disk, and no later one
+    /// would be.
+    fn send(&self, group: Group) {
+        self.pending.sent();
+        let Err(mpsc::SendError(group)) = self.groups.send(group) else { return };
+        self.pending.synced(1);
+        let stopped = Arc::new(std::io::Error::other("the event log's sync thread stopped"));
+        let error = Arc::clone(self.failure.get_or_init(|| stopped));
+        match group {
+            Group::Committed(committed) => {
+                durability::answer_unknown(&self.metrics, committed, &error)
+            }
+            Group::Failed(failed) => durability::answer_refused(&self.metrics, failed),
         }
     }
 

@@ -131,8 +131,8 @@ impl GroupCommitMetrics {
 }
 
 /// The counters behind [`GroupCommitMetrics`]: written by a store's writer after each group,
-/// in the order the groups are answered, read by anyone; only the last failure is behind a lock (taken once per group,
-/// uncontended but for `/health`).
+/// in the order the groups are answered, read by anyone; only the last failure is behind a
+/// lock (taken once per group, uncontended but for `/health`).
 #[derive(Debug, Default)]
 pub struct GroupCommitCounters {
     groups: AtomicU64,

@@ -172,7 +172,7 @@ pub(super) async fn metrics<S: EventStore, M: ViewManager>(
         counters(
             &mut registry,
             "strata_group_commit_groups",
-            "Transactions committed, one fsync each",
+            "Transactions committed by the event store's group commit",
             total(group.groups),
         );
         counters(
