@@ -3,18 +3,18 @@
 //! The writer commits a group with `synchronous = NORMAL`, which writes its frames to the
 //! write-ahead log without syncing it, and hands the group to the thread here, which syncs
 //! the log file and only then answers the group's callers and moves the published head.
-//! Meanwhile the writer is already writing the next group, so the disk's sync (0.1-0.3 ms
-//! here, a third of a group's time under load) overlaps the next group's inserts instead of
-//! stopping them. The writer commits that next group only once the sync has returned (or
-//! after [`SYNC_WAIT`]), taking in the requests that arrived meanwhile: committed earlier,
-//! it would only wait for a sync of its own, and smaller groups cost more per append.
+//! Meanwhile the writer is already writing the next group, so the disk's sync overlaps the
+//! next group's inserts instead of stopping them (docs/benchmarks.md, sixth round). The
+//! writer commits that next group only once the sync has returned (or after [`SYNC_WAIT`]),
+//! taking in the requests that arrived meanwhile: committed earlier, it would only wait for
+//! a sync of its own, and smaller groups cost more per append.
 //!
 //! An answer still means the events are on disk (invariant 5). What changes is that a
 //! committed group is in the file before it is durable, so the store's reads of events stop
 //! at the published head (`event_store.rs`): no event is read, projected or relied on before
 //! its sync. SQLite keeps the file consistent in this mode by itself (it syncs the log before
 //! a checkpoint and when the log starts over); a power cut loses at most groups that were
-//! not answered yet, never one that an answered group came after, since the log is
+//! not answered yet, never one that came before an answered group, since the log is
 //! replayed in order up to its first incomplete frame.
 //!
 //! A group that failed to commit comes through here too, after the groups before it, so
@@ -44,15 +44,17 @@ use crate::writer::{Done, GroupFailed, WriteRequest};
 /// Makes everything committed so far durable.
 pub(crate) type SyncLog = Box<dyn FnMut() -> std::io::Result<()> + Send>;
 
-/// Why the store stopped taking writes: a sync failed. Set once, by the durability thread;
-/// read by the writer before each group.
+/// Why the store stopped taking writes: a sync failed, or the durability thread is gone. Set
+/// once; read by the writer before each group.
 pub(crate) type SyncFailure = Arc<OnceLock<Arc<std::io::Error>>>;
 
 /// How long the writer holds a written group back while the previous one is being synced.
-/// A sync takes 0.1-0.3 ms here; the bound keeps a stuck disk from holding the writer.
+/// A sync takes well under a millisecond; the bound keeps a stuck disk from holding the
+/// writer.
 pub(crate) const SYNC_WAIT: Duration = Duration::from_millis(20);
 
-/// The number of groups sent to be synced and not yet synced, for the writer to wait on.
+/// The number of groups sent to the durability thread and not yet answered, for the writer to
+/// wait on.
 #[derive(Default)]
 pub(crate) struct PendingSyncs {
     groups: Mutex<usize>,
@@ -122,7 +124,7 @@ pub(crate) struct SyncFailed(#[source] pub(crate) Arc<std::io::Error>);
 /// is opened at the first sync and kept: SQLite keeps the same file while the writer's
 /// connection is open, writing it from the start again after a checkpoint rather than
 /// replacing it. Its directory is synced once too, as SQLite does for a log it creates. A
-/// missing log is an error, but at the sync at opening: any read makes SQLite create it.
+/// missing log is an error, except at the sync at opening: any read makes SQLite create it.
 pub(crate) fn write_ahead_log(database: &Path) -> SyncLog {
     let mut log_path = database.as_os_str().to_owned();
     log_path.push("-wal");

@@ -168,8 +168,8 @@ impl GroupCommitCounters {
     }
 
     /// Records a group that failed with `error`; [`Self::failure`] reports it until a
-    /// group that writes events commits, so this and [`Self::record`] are called in the order
-    /// of the groups.
+    /// group that writes events commits. Call this and [`Self::record`] in the order of the
+    /// groups, or an earlier group's success clears a later failure.
     pub fn record_failure(&self, error: &dyn std::fmt::Display) {
         self.failed_groups.fetch_add(1, Ordering::Relaxed);
         let mut failure = self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
