@@ -1,6 +1,9 @@
 //! The in-memory backend runs the same contract suites as every other backend.
 
-use strata::{InMemoryEventStore, InMemoryViewManager};
+use strata::{
+    EventStore, ExpectedVersion, InMemoryEventStore, InMemoryViewManager, Position, StreamId,
+    Version,
+};
 use strata_testkit::{EventStoreFactory, ViewManagerFactory};
 
 struct Memory;
@@ -33,6 +36,48 @@ async fn in_memory_event_store_meets_the_contract() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn in_memory_view_manager_meets_the_contract() {
     strata_testkit::view_manager_contract(Memory).await;
+}
+
+/// The in-memory log is kept in segments of 16,384 events; a log of several reads back whole
+/// and in order from any place, across the seams.
+#[tokio::test]
+async fn a_log_of_several_segments_reads_back_across_their_seams() {
+    let store = InMemoryEventStore::new();
+    let streams = [StreamId::new("seam", "a"), StreamId::new("seam", "b")];
+    let total: u64 = 40_000;
+    let mut appended = Vec::new();
+    for batch in 0..total / 500 {
+        let stream = &streams[(batch % 2) as usize];
+        let events: Vec<_> =
+            (batch * 500..(batch + 1) * 500).map(strata_testkit::sample_event).collect();
+        appended.extend(events.iter().map(|event| event.payload.clone()));
+        store.append(stream, ExpectedVersion::Any, events).await.expect("append");
+    }
+
+    let mut read = Vec::new();
+    let mut after = Position::START;
+    loop {
+        let page = store.read_all(after, 997).await.expect("read");
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        read.extend(page);
+    }
+    let positions: Vec<u64> = read.iter().map(|event| event.position.0).collect();
+    assert_eq!(positions, (1..=total).collect::<Vec<_>>(), "every position once, in order");
+    let payloads: Vec<_> = read.iter().map(|event| event.payload.clone()).collect();
+    assert_eq!(payloads, appended, "each position holds the event appended there");
+
+    for seam in [16_384, 32_768] {
+        let around = store.read_all(Position(seam - 2), 4).await.expect("read");
+        let got: Vec<u64> = around.iter().map(|event| event.position.0).collect();
+        assert_eq!(got, vec![seam - 1, seam, seam + 1, seam + 2], "read across the seam at {seam}");
+        let picked =
+            store.read_positions(&[Position(seam), Position(seam + 1)]).await.expect("read");
+        assert_eq!(picked.iter().map(|e| e.position.0).collect::<Vec<_>>(), vec![seam, seam + 1]);
+    }
+    let tail = store.read_stream(&streams[1], Version(19_998)).await.expect("read");
+    assert_eq!(tail.iter().map(|e| e.version.0).collect::<Vec<_>>(), vec![19_999, 20_000]);
+    assert_eq!(tail.last().map(|e| e.position.0), Some(total), "b holds the last batch");
 }
 
 /// Two in-memory managers behind [`strata::RoutedViews`]: the projections with tables on one,
