@@ -11,6 +11,9 @@ use orders::cli::store::StoreUrlError;
 use orders::cli::{LogFormat, config, exit};
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = match config::parse() {
         Ok(cli) => cli,
