@@ -75,6 +75,12 @@ async fn a_log_of_several_segments_reads_back_across_their_seams() {
             store.read_positions(&[Position(seam), Position(seam + 1)]).await.expect("read");
         assert_eq!(picked.iter().map(|e| e.position.0).collect::<Vec<_>>(), vec![seam, seam + 1]);
     }
+    let from_seam = store.read_all(Position(16_384), 2).await.expect("read");
+    assert_eq!(from_seam.iter().map(|e| e.position.0).collect::<Vec<_>>(), vec![16_385, 16_386]);
+    for beyond in [total, total + 1, u64::MAX] {
+        let read = store.read_all(Position(beyond), 10).await.expect("read");
+        assert!(read.is_empty(), "nothing after {beyond}");
+    }
     let tail = store.read_stream(&streams[1], Version(19_998)).await.expect("read");
     assert_eq!(tail.iter().map(|e| e.version.0).collect::<Vec<_>>(), vec![19_999, 20_000]);
     assert_eq!(tail.last().map(|e| e.position.0), Some(total), "b holds the last batch");
