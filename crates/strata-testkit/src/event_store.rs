@@ -69,7 +69,8 @@ pub async fn event_store_contract<F: EventStoreFactory>(factory: F) {
     }
 }
 
-async fn read_everything<S: EventStore>(store: &S) -> Vec<RecordedEvent> {
+/// The whole log, read in pages of 97 events (so that pages end at no round number).
+pub async fn read_everything<S: EventStore>(store: &S) -> Vec<RecordedEvent> {
     let mut all = Vec::new();
     let mut after = Position::START;
     loop {

@@ -29,7 +29,7 @@ use std::future::Future;
 use strata::{EventStore, IdempotencyStore, ViewManager};
 
 pub use dying::DyingViews;
-pub use event_store::{event_store_contract, sample_event};
+pub use event_store::{event_store_contract, read_everything, sample_event};
 pub use view_manager::view_manager_contract;
 
 /// Opens one backend's event store, always at the same location, so that a second `open`

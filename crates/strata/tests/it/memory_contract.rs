@@ -54,14 +54,7 @@ async fn a_log_of_several_segments_reads_back_across_their_seams() {
         store.append(stream, ExpectedVersion::Any, events).await.expect("append");
     }
 
-    let mut read = Vec::new();
-    let mut after = Position::START;
-    loop {
-        let page = store.read_all(after, 997).await.expect("read");
-        let Some(last) = page.last() else { break };
-        after = last.position;
-        read.extend(page);
-    }
+    let read = strata_testkit::read_everything(&store).await;
     let positions: Vec<u64> = read.iter().map(|event| event.position.0).collect();
     assert_eq!(positions, (1..=total).collect::<Vec<_>>(), "every position once, in order");
     let payloads: Vec<_> = read.iter().map(|event| event.payload.clone()).collect();
