@@ -204,11 +204,6 @@ impl RedisFixture {
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
-
-    /// How many keys exist under the prefix.
-    pub fn key_count(&self) -> usize {
-        redis_keys(&self.url, &self.prefix).map_or(0, |keys| keys.len())
-    }
 }
 
 impl Drop for RedisFixture {
