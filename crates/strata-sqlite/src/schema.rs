@@ -1,5 +1,6 @@
 //! Opening the two database files: connection settings (WAL, `synchronous=FULL` until the
-//! opener says otherwise, busy timeout) and schema migrations, versioned with `PRAGMA user_version`.
+//! opener says otherwise, busy timeout) and schema migrations, versioned with
+//! `PRAGMA user_version`.
 //!
 //! Migrations are an ordered list of SQL files; migration `i` (from 0) leads to schema
 //! version `i + 1`. A migration is never edited once released: a change is a new file.

@@ -97,8 +97,8 @@ impl Files {
         // and each one holds view changes together with the checkpoint they lead to: the
         // projection resumes from the older checkpoint and applies those events again,
         // exactly once. Events themselves are synced before they are answered (invariant 5,
-        // `durability.rs`). This halves
-        // the fsyncs of a lone client, whose every command is its own projection batch.
+        // `durability.rs`). This halves the fsyncs of a lone client, whose every command is
+        // its own projection batch.
         connection
             .pragma_update(None, "synchronous", "NORMAL")
             .map_err(|source| SqliteError::Open { path: path.clone(), source })?;

@@ -55,13 +55,13 @@ const SEGMENT: usize = 1 << 14;
 /// every client stood still (docs/benchmarks.md, seventh round).
 #[derive(Default)]
 struct Segments {
+    /// Every segment but the last is full.
     segments: Vec<Vec<RecordedEvent>>,
-    len: usize,
 }
 
 impl Segments {
     fn len(&self) -> usize {
-        self.len
+        self.segments.last().map_or(0, |last| (self.segments.len() - 1) * SEGMENT + last.len())
     }
 
     fn push(&mut self, event: RecordedEvent) {
@@ -73,7 +73,6 @@ impl Segments {
                 self.segments.push(segment);
             }
         }
-        self.len += 1;
     }
 
     fn get(&self, index: usize) -> Option<&RecordedEvent> {
