@@ -154,13 +154,19 @@ async fn invalid_appends_write_nothing<S: EventStore>(store: &S) {
     let existing = store.read_all(Position::START, 1).await.expect("read")[0].metadata.clone();
     let mut duplicate = sample_event(9);
     duplicate.metadata = existing.clone();
-    let batch = vec![sample_event(10), duplicate];
+    let fresh = sample_event(10);
+    let batch = vec![fresh.clone(), duplicate];
     match store.append(&s, ExpectedVersion::NoStream, batch).await {
         Err(StoreError::DuplicateEventId(id)) => assert_eq!(id, existing.event_id),
         other => panic!("a duplicate event id must be refused, got {other:?}"),
     }
     assert_eq!(store.head(), head, "no event of a refused append is stored");
     assert!(store.read_stream(&s, Version::NONE).await.expect("read").is_empty());
+    // Nor is any of its ids taken: the event that came before the duplicate can be appended.
+    store
+        .append(&s, ExpectedVersion::NoStream, vec![fresh])
+        .await
+        .expect("the id of an event whose append was refused is free");
 }
 
 async fn reads_after_a_position_come_in_batches<S: EventStore>(store: &S) {
