@@ -246,8 +246,10 @@ impl<B: Backend> App<B> {
     /// [`views::ORDER_SEARCH`]. Call it before the app is shared.
     pub fn search(&mut self, index: Arc<strata_search::SearchIndex>) -> Result<(), ViewError> {
         let runner = ProjectionRunner::new(self.node_id.clone());
-        let view =
-            Arc::new(strata_search::SearchProjection::new(index.clone(), views::OrderIndexer));
+        let view = Arc::new(strata_search::SearchProjection::new(
+            index.clone(),
+            views::OrderIndexer::default(),
+        ));
         let handle = runner.spawn_local(views::ORDER_SEARCH, view, self.events().clone());
         self.list(handle)?;
         self.search = Some(index);

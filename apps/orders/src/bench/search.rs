@@ -90,7 +90,7 @@ pub async fn run(orders: u64) -> anyhow::Result<SearchFigures> {
 
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
     let index = Arc::new(SearchIndex::open(dir.path())?);
-    let view = Arc::new(SearchProjection::new(index.clone(), OrderIndexer));
+    let view = Arc::new(SearchProjection::new(index.clone(), OrderIndexer::default()));
     let indexed = Arc::new(AtomicU64::new(0));
     let progress = Progress::start("events indexed", head.0, indexed.clone());
     let started = Instant::now();

@@ -16,13 +16,15 @@ const CUSTOMERS: [(&str, &str); 5] = [
     ("edsger", "Edsger Dijkstra"),
     ("barbara", "Barbara Liskov"),
 ];
-const PRODUCTS: [(&str, &str); 6] = [
+// One sku is also a customer's id: an order's text must name each with its own name.
+const PRODUCTS: [(&str, &str); 7] = [
     ("tea", "Green Tea"),
     ("coffee", "Black Coffee"),
     ("cake", "Carrot Cake"),
     ("scone", "Cheese Scone"),
     ("jam", "Strawberry Jam"),
     ("bread", "Rye Bread"),
+    ("edsger", "Edsger Shortbread"),
 ];
 const ADDRESSES: [&str; 4] =
     ["12 Harbour Street Leith", "3 Mill Lane Oxford", "40 Castle Road Cardiff", "7 Quay Walk"];
