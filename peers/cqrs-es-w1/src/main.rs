@@ -1,8 +1,9 @@
 //! Workload W1 on cqrs-es 0.5's `MemStore`, so that `strata bench --store memory` has a
-//! peer measured on the same machine in the same hour (docs/benchmarks.md). The domain is
-//! W1's as `apps/orders/src/bench/workload.rs` defines it: orders placed once, then nine
-//! lines each, split over the tasks as `strata bench` splits them, and one `order_summary`
-//! per order, checked after the run.
+//! peer measured on the same machine in the same hour (docs/benchmarks.md). The orders,
+//! customers, lines and expected summaries are W1's own (`orders::bench::workload`); only
+//! the aggregate, its events and the query are written again here, in cqrs-es's terms.
+//! Orders are split over the tasks as `strata bench` splits them, and every
+//! `order_summary` is checked after the run.
 //!
 //! `MemStore` prints a line to standard output on every load and every commit, so the result
 //! goes to standard error: `cargo run --release -- 10000 64 > /dev/null`.
@@ -15,13 +16,14 @@ use async_trait::async_trait;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::mem_store::MemStore;
 use cqrs_es::{Aggregate, CqrsFramework, DomainEvent, EventEnvelope, Query};
+use orders::bench::workload::{
+    LINES_PER_ORDER, OrderSummary, customer_id, expected_summary, line, order_id,
+};
 use serde::{Deserialize, Serialize};
 
 // The allocator of the `strata` binary, so that the two are not told apart by malloc.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-const LINES_PER_ORDER: u64 = 9;
 
 #[derive(Default, Serialize, Deserialize)]
 struct BenchOrder {
@@ -103,13 +105,6 @@ impl Aggregate for BenchOrder {
     }
 }
 
-#[derive(Default, Clone, PartialEq, Debug)]
-struct OrderSummary {
-    customer_id: String,
-    lines: u64,
-    total_cents: i64,
-}
-
 /// The `order_summary` view of every order, kept by a query that cqrs-es runs after each
 /// command's commit.
 #[derive(Default, Clone)]
@@ -134,16 +129,6 @@ impl Query<BenchOrder> for Summaries {
     }
 }
 
-fn customer_id(n: u64) -> String {
-    format!("c{}", n % 1000)
-}
-
-/// W1's line `k` of every order: its sku, qty and price.
-fn line(k: u64) -> (String, i64, i64) {
-    let k = k as i64;
-    (format!("sku{k}"), k + 1, 100 + k)
-}
-
 fn argument(position: usize, default: u64) -> u64 {
     std::env::args().nth(position).map_or(default, |value| {
         value.parse().unwrap_or_else(|_| panic!("argument {position} must be a number: {value}"))
@@ -164,7 +149,7 @@ async fn main() {
         let cqrs = Arc::clone(&cqrs);
         clients.push(tokio::spawn(async move {
             for n in (task..orders).step_by(tasks as usize) {
-                let id = format!("o{n}");
+                let id = order_id(n);
                 let place =
                     BenchCommand::PlaceOrder { customer_id: customer_id(n), total_cents: 0 };
                 cqrs.execute(&id, place).await.expect("placing an order");
@@ -181,13 +166,9 @@ async fn main() {
     }
     let elapsed = started.elapsed();
 
-    let total_cents = (0..LINES_PER_ORDER).map(line).map(|(_, qty, price)| qty * price).sum();
     let summaries = summaries.0.lock().unwrap_or_else(PoisonError::into_inner);
-    let correct = (0..orders).all(|n| {
-        let expected =
-            OrderSummary { customer_id: customer_id(n), lines: LINES_PER_ORDER, total_cents };
-        summaries.get(&format!("o{n}")) == Some(&expected)
-    });
+    let correct = (0..orders)
+        .all(|n| summaries.get(&order_id(n)) == Some(&expected_summary(n, LINES_PER_ORDER)));
     let commands = orders * (1 + LINES_PER_ORDER);
     let rate = commands as f64 / elapsed.as_secs_f64();
     eprintln!(r#"{{"commands": {commands}, "commands_per_s": {rate:.0}, "correct": {correct}}}"#);
