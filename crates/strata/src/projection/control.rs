@@ -429,6 +429,12 @@ impl ProjectionHandle {
         timeout: Duration,
     ) -> Result<Position, Position> {
         let mut position = self.position.clone();
+        if *position.borrow() >= target {
+            return Ok(*position.borrow());
+        }
+        // Counted while it waits, so the runner on this node does not rest between batches
+        // (a runner on another node does: the wait is then up to its rest longer).
+        let _waiting = Waiting::new(&self.shared);
         let reached = tokio::time::timeout(timeout, position.wait_for(|p| *p >= target)).await;
         match reached {
             Ok(Ok(reached)) => Ok(*reached),
@@ -526,5 +532,22 @@ impl Projections {
         for handle in &self.handles {
             handle.stop();
         }
+    }
+}
+
+/// A query waiting on a projection, counted in [`Shared::waiters`] until dropped.
+struct Waiting<'a>(&'a Shared);
+
+impl<'a> Waiting<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        shared.waiters.fetch_add(1, Ordering::AcqRel);
+        shared.hurry.notify_one();
+        Self(shared)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Ordering::AcqRel);
     }
 }

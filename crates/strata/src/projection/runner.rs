@@ -10,7 +10,7 @@
 //! a rebuild that cannot go on is marked failed, and the live views keep serving.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -54,6 +54,16 @@ const READS_AHEAD: usize = 2;
 /// The longest wait between two tries of a failing batch.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// After a live batch that was not full, the projection rests for this many times what the
+/// batch took before it reads again, so that under load it spends about a tenth of its time
+/// on batches: every commit costs a transaction, and many small ones cost far more than a
+/// few large ones (serve on SQLite ran a third more commands per second; docs/benchmarks.md,
+/// ninth round). A query waiting for a position ends the rest at once.
+const REST_FACTOR: u32 = 9;
+
+/// The longest rest.
+const MAX_REST: Duration = Duration::from_millis(20);
+
 fn backoff(failures: u32) -> Duration {
     Duration::from_millis(50u64 << failures.min(7)).min(MAX_BACKOFF)
 }
@@ -71,6 +81,11 @@ pub(crate) struct Shared {
     pub(crate) failure: Mutex<Option<String>>,
     /// Wakes the owner when a rebuild is asked for on this node.
     pub(crate) wake: Notify,
+    /// Queries on this node waiting for a position the views have not reached; while there
+    /// are any, the live slot does not rest between batches.
+    pub(crate) waiters: AtomicUsize,
+    /// Ends the live slot's rest: a query began to wait.
+    pub(crate) hurry: Notify,
     pub(crate) events_applied: AtomicU64,
     pub(crate) failed_applies: AtomicU64,
     /// The task processing the projection while this node holds its lease, so that a stop
@@ -85,6 +100,8 @@ impl Shared {
             owner: watch::channel(None).0,
             failure: Mutex::new(None),
             wake: Notify::new(),
+            waiters: AtomicUsize::new(0),
+            hurry: Notify::new(),
             events_applied: AtomicU64::new(0),
             failed_applies: AtomicU64::new(0),
             running: Mutex::new(None),
@@ -248,6 +265,8 @@ pub(crate) struct Cursor<E, V> {
     batch_failures: u32,
     fences: u32,
     not_before: Option<Instant>,
+    /// Resting after a small live batch until then (see [`REST_FACTOR`]).
+    resting_until: Option<Instant>,
 }
 
 /// What bringing a rebuild's parked instances in line with live did.
@@ -314,6 +333,7 @@ impl<E, V> Cursor<E, V> {
             batch_failures: 0,
             fences: 0,
             not_before: None,
+            resting_until: None,
         }
     }
 
@@ -430,6 +450,13 @@ where
             }
             cursor.not_before = None;
         }
+        if let Some(until) = cursor.resting_until.take()
+            && Instant::now() < until
+        {
+            cursor.resting_until = Some(until);
+            return Step::Waiting(until);
+        }
+        let started = Instant::now();
         let from = match cursor.checkpoint {
             Some(from) => from,
             None => match self.load(cursor).await {
@@ -460,10 +487,20 @@ where
                 &mut cursor.warm,
             )
             .await;
+        let read = events.len();
         match passed {
             Ok(Pass::Committed { to, events, parked }) => {
                 cursor.committed(from.next(to));
                 if cursor.slot == Slot::Live {
+                    // A saga rests never: its commands are what a waiting request (a
+                    // confirmation) waits for, and nobody waits on it to hurry it.
+                    let rests = read < self.projection.batch_size
+                        && self.projection.reactor.is_none()
+                        && self.shared.waiters.load(Ordering::Acquire) == 0;
+                    if rests {
+                        let rest = (started.elapsed() * REST_FACTOR).min(MAX_REST);
+                        cursor.resting_until = Some(Instant::now() + rest);
+                    }
                     self.shared.advance(to);
                     self.shared.set_failure(None);
                     self.shared.events_applied.fetch_add(events, Ordering::Relaxed);
@@ -943,6 +980,7 @@ where
             tokio::select! {
                 changed = heads.changed(), if live_idle => if changed.is_err() { return },
                 () = self.shared.wake.notified() => next_check = Instant::now(),
+                () = self.shared.hurry.notified() => live.resting_until = None,
                 () = &mut timer => {}
             }
         }
