@@ -8,8 +8,8 @@ use std::time::Duration;
 use strata::bus::CommandContext;
 use strata::projection::Projection;
 use strata::{
-    BusConfig, CommandBus, InMemoryEventStore, InMemoryViewManager, Position, ProjectionRunner,
-    RecordedEvent, Slot, StoredView, ViewManager,
+    BusConfig, CommandBus, EventStore, InMemoryEventStore, InMemoryViewManager, Position,
+    ProjectionRunner, RecordedEvent, Slot, StoredView, ViewManager,
 };
 use strata_testkit::DyingViews;
 use strata_testkit::leases::SharedLeases;
@@ -96,6 +96,48 @@ async fn a_spawned_runner_follows_live_commits_and_answers_waits() {
     );
     let beyond = handle.wait_for(Position(target.0 + 1), Duration::from_millis(50)).await;
     assert_eq!(beyond, Err(target), "a wait for a position never written times out");
+}
+
+/// After a small batch the runner rests before it reads again (under load it commits fewer,
+/// larger batches), but a query that waits ends the rest: it waits for the commit only.
+#[tokio::test(start_paused = true)]
+async fn a_waiting_query_is_not_kept_waiting_by_the_rest_after_a_small_batch() {
+    let store = Arc::new(InMemoryEventStore::new());
+    let views = Arc::new(DyingViews::new(Arc::new(InMemoryViewManager::new())));
+    let commit = Duration::from_millis(10);
+    views.land_late(commit);
+    let bus = CommandBus::new(store.clone(), BusConfig::default());
+    let handle = ProjectionRunner::new("node-a").spawn(owners(), store.clone(), views.clone());
+    let ctx = CommandContext::new("live");
+    let inc = || CounterCommand::Increment { amounts: vec![1] };
+    let open = CounterCommand::Open { owner: "owner0".into() };
+    bus.execute::<Counter>("owner0.c0", open, &ctx).await.unwrap();
+
+    // Nobody waits: the runner commits, then rests (nine times the batch, at most 20 ms),
+    // so an event appended right after the commit is committed only after the rest.
+    let committed = |target: Position| {
+        let handle = &handle;
+        async move {
+            let started = tokio::time::Instant::now();
+            while handle.position() < target {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            started.elapsed()
+        }
+    };
+    committed(store.head()).await;
+    bus.execute::<Counter>("owner0.c0", inc(), &ctx).await.unwrap();
+    let unwaited = committed(store.head()).await;
+    assert!(unwaited >= commit + Duration::from_millis(15), "rested: {unwaited:?}");
+
+    // A query waits: the runner reads at once, and the wait is the commit's.
+    committed(store.head()).await;
+    let target = bus.execute::<Counter>("owner0.c0", inc(), &ctx).await.unwrap().position;
+    let started = tokio::time::Instant::now();
+    handle.wait_for(target.unwrap(), Duration::from_secs(5)).await.unwrap();
+    let waited = started.elapsed();
+    assert!(waited < commit + Duration::from_millis(5), "not kept waiting: {waited:?}");
+    assert_eq!(view_of(views.as_ref(), "owner0").await.view.total, 2);
 }
 
 #[tokio::test]
