@@ -54,11 +54,11 @@ const READS_AHEAD: usize = 2;
 /// The longest wait between two tries of a failing batch.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// After a live batch that was not full, the projection rests for this many times what the
-/// batch took before it reads again, so that under load it spends about a tenth of its time
-/// on batches: every commit costs a transaction, and many small ones cost far more than a
-/// few large ones (serve on SQLite ran a third more commands per second; docs/benchmarks.md,
-/// ninth round). A query waiting for a position ends the rest at once.
+/// After a live batch that was not full, the projection rests for this many times what the batch
+/// took before it reads again, so that under load it spends about a tenth of its time on batches:
+/// every commit costs a transaction, and many small ones cost far more than a few large ones (serve
+/// on SQLite spent a quarter less CPU per command; docs/benchmarks.md, ninth round). A query
+/// waiting for a position ends the rest at once.
 const REST_FACTOR: u32 = 9;
 
 /// The longest rest.
@@ -450,8 +450,11 @@ where
             }
             cursor.not_before = None;
         }
+        // A query that began to wait ends the rest here too: while a rebuild keeps the
+        // loop busy, the wake in `follow` is not listened for.
         if let Some(until) = cursor.resting_until.take()
             && Instant::now() < until
+            && self.shared.waiters.load(Ordering::Acquire) == 0
         {
             cursor.resting_until = Some(until);
             return Step::Waiting(until);
