@@ -223,8 +223,11 @@ pub async fn customer_orders<B: Backend>(
         ));
     }
     let (query, limit) = list_query(Some(customer.clone()), &params)?;
-    let customers = wait.until_ready(projection(&app, "customers")?, app.events().as_ref()).await?;
-    let listed = wait.until_ready(projection(&app, LIST)?, app.events().as_ref()).await?;
+    // Both at once: a projection is hurried only while a query waits on it.
+    let (customers, listed) = tokio::try_join!(
+        wait.until_ready(projection(&app, "customers")?, app.events().as_ref()),
+        wait.until_ready(projection(&app, LIST)?, app.events().as_ref()),
+    )?;
     match app.views.get::<CustomerView>("customers", &customer).await? {
         Some(stored) => drop(current("customers", "customer", &customer, stored)?),
         None => return Err(Problem::not_found(format!("customer {customer:?} does not exist"))),
