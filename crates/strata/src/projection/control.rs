@@ -429,8 +429,9 @@ impl ProjectionHandle {
         timeout: Duration,
     ) -> Result<Position, Position> {
         let mut position = self.position.clone();
-        if *position.borrow() >= target {
-            return Ok(*position.borrow());
+        let now = *position.borrow();
+        if now >= target {
+            return Ok(now);
         }
         // Counted while it waits, so the runner on this node does not rest between batches
         // (a runner on another node does: the wait is then up to its rest longer).

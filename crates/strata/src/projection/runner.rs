@@ -450,8 +450,8 @@ where
             }
             cursor.not_before = None;
         }
-        // A query that began to wait ends the rest here too: while a rebuild keeps the
-        // loop busy, the wake in `follow` is not listened for.
+        // The count of waiting queries decides; their wake (in `follow`) only ends the
+        // loop's wait, and a rebuild that keeps the loop busy comes here without it.
         if let Some(until) = cursor.resting_until.take()
             && Instant::now() < until
             && self.shared.waiters.load(Ordering::Acquire) == 0
@@ -983,7 +983,7 @@ where
             tokio::select! {
                 changed = heads.changed(), if live_idle => if changed.is_err() { return },
                 () = self.shared.wake.notified() => next_check = Instant::now(),
-                () = self.shared.hurry.notified() => live.resting_until = None,
+                () = self.shared.hurry.notified() => {}
                 () = &mut timer => {}
             }
         }
