@@ -382,6 +382,10 @@ impl<B: Backend> App<B> {
     async fn decided(&self, asked: &CommandOutcome) -> Option<Decided> {
         let orders = self.projection("orders")?;
         let requested = asked.position?;
+        // The saga's commands decide, at positions not known yet: keep it from resting
+        // between its batches while this request waits (on this node; another node's saga
+        // rests up to its longest rest per step).
+        let _saga = self.projection("fulfilment").map(ProjectionHandle::awaited);
         let mut target = requested;
         loop {
             // Every wait is bounded by the caller's timeout.

@@ -36,9 +36,9 @@ pub use lease::{Lease, LeaseError, Leases, LocalLeases};
 pub use memory::{InMemoryEventStore, InMemoryViewManager};
 pub use projection::reader::SharedReader;
 pub use projection::{
-    ControlError, InstanceReport, LocalView, Outlet, Projection, ProjectionError, ProjectionHandle,
-    ProjectionRunner, ProjectionState, ProjectionStatus, Projections, Pulled, RebuildProgress,
-    Source, status_of,
+    Awaited, ControlError, InstanceReport, LocalView, Outlet, Projection, ProjectionError,
+    ProjectionHandle, ProjectionRunner, ProjectionState, ProjectionStatus, Projections, Pulled,
+    RebuildProgress, Source, status_of,
 };
 pub use routed_views::RoutedViews;
 pub use snapshot::{Snapshot, SnapshotPolicy};

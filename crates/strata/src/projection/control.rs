@@ -435,12 +435,22 @@ impl ProjectionHandle {
         }
         // Counted while it waits, so the runner on this node does not rest between batches
         // (a runner on another node does: the wait is then up to its rest longer).
-        let _waiting = Waiting::new(&self.shared);
+        let _awaited = self.awaited();
         let reached = tokio::time::timeout(timeout, position.wait_for(|p| *p >= target)).await;
         match reached {
             Ok(Ok(reached)) => Ok(*reached),
             _ => Err(*self.position.borrow()),
         }
+    }
+
+    /// Marks the projection as awaited until the guard is dropped: meanwhile its runner on
+    /// this node takes each batch as soon as there are events, without resting between
+    /// them. For a request that waits on what the projection does next without a position
+    /// to wait for, such as the outcome of a saga's commands.
+    pub fn awaited(&self) -> Awaited<'_> {
+        self.shared.waiters.fetch_add(1, Ordering::AcqRel);
+        self.shared.hurry.notify_one();
+        Awaited(&self.shared)
     }
 
     /// Where the projection stands: position, lag, state, parked instances and rebuild.
@@ -536,18 +546,12 @@ impl Projections {
     }
 }
 
-/// A query waiting on a projection, counted in [`Shared::waiters`] until dropped.
-struct Waiting<'a>(&'a Shared);
+/// A projection awaited by a query ([`ProjectionHandle::awaited`]), counted in
+/// [`Shared::waiters`] until dropped.
+#[must_use = "the projection is awaited only while the guard lives"]
+pub struct Awaited<'a>(&'a Shared);
 
-impl<'a> Waiting<'a> {
-    fn new(shared: &'a Shared) -> Self {
-        shared.waiters.fetch_add(1, Ordering::AcqRel);
-        shared.hurry.notify_one();
-        Self(shared)
-    }
-}
-
-impl Drop for Waiting<'_> {
+impl Drop for Awaited<'_> {
     fn drop(&mut self) {
         self.0.waiters.fetch_sub(1, Ordering::AcqRel);
     }

@@ -21,16 +21,20 @@ use crate::event::RecordedEvent;
 use crate::store::EventStore;
 use crate::stream::Position;
 
-/// How many events one commit carries at most.
-const BATCH: usize = 1000;
+/// How many events one commit carries at most: more than arrive in one [`REST`] under load,
+/// so that a view keeping up commits once per rest.
+const BATCH: usize = 10_000;
 /// The longest wait between two attempts after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long to wait for a new commit's notice before looking at the log anyway.
 const IDLE_LOOK: Duration = Duration::from_secs(1);
 /// How long a checkpoint past the log's head may wait for the log before it is a failure.
 const AHEAD_GRACE: Duration = Duration::from_secs(10);
-/// The shortest time from one commit's start to the next's while events trickle in.
-const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
+/// The shortest time from one commit's start to the next's while events trickle in and no
+/// query waits for a position. A search index's usual refresh interval: each commit writes
+/// and syncs a new segment that is merged later, and at 100 ms the index took a fifth of
+/// serve's CPU under load; at one second, about 6% (docs/benchmarks.md, tenth round).
+const REST: Duration = Duration::from_secs(1);
 
 /// A view kept by this node alone, in storage that commits its own checkpoint.
 pub trait LocalView: Send + Sync + 'static {
@@ -75,7 +79,7 @@ impl<S: EventStore, L: LocalView> Local<S, L> {
                         // A commit of such storage costs far more than an event (an index
                         // commit writes and syncs files): under a steady trickle, gather
                         // events for a while rather than commit each few on their own.
-                        tokio::time::sleep_until(started + COMMIT_INTERVAL).await;
+                        self.rest(started + REST).await;
                     }
                 }
                 Err(error) => {
@@ -85,6 +89,17 @@ impl<S: EventStore, L: LocalView> Local<S, L> {
                     self.shared.set_failure(Some(error));
                     tokio::time::sleep(backoff(failures)).await;
                 }
+            }
+        }
+    }
+
+    /// Waits until `until`, or only until a query waits for a position (its wait counts as
+    /// one of the waiters; see `ProjectionHandle::awaited`).
+    async fn rest(&self, until: tokio::time::Instant) {
+        while self.shared.waiters.load(Ordering::Acquire) == 0 {
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => return,
+                () = self.shared.hurry.notified() => {}
             }
         }
     }

@@ -36,8 +36,8 @@ use crate::view::{EventRows, RawLocator, View, ViewLocator};
 use crate::view_manager::{ViewError, check_projection_name};
 
 pub use control::{
-    ControlError, InstanceReport, ProjectionHandle, ProjectionState, ProjectionStatus, Projections,
-    RebuildProgress, status_of,
+    Awaited, ControlError, InstanceReport, ProjectionHandle, ProjectionState, ProjectionStatus,
+    Projections, RebuildProgress, status_of,
 };
 pub use delivery::Outlet;
 pub use follower::{Pulled, Source};

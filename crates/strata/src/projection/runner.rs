@@ -58,11 +58,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// took before it reads again, so that under load it spends about a tenth of its time on batches:
 /// every commit costs a transaction, and many small ones cost far more than a few large ones (serve
 /// on SQLite spent a quarter less CPU per command; docs/benchmarks.md, ninth round). A query
-/// waiting for a position ends the rest at once.
+/// waiting for a position, or a request holding `ProjectionHandle::awaited`, ends the rest at
+/// once.
 const REST_FACTOR: u32 = 9;
 
-/// The longest rest.
-const MAX_REST: Duration = Duration::from_millis(20);
+/// The longest rest: only batches that took over 5 ms, on a machine already busy, rest this
+/// long (with it, the search index's longer interval and resting sagas, serve spent a third less
+/// CPU per command; docs/benchmarks.md, tenth round).
+const MAX_REST: Duration = Duration::from_millis(50);
 
 fn backoff(failures: u32) -> Duration {
     Duration::from_millis(50u64 << failures.min(7)).min(MAX_BACKOFF)
@@ -81,7 +84,8 @@ pub(crate) struct Shared {
     pub(crate) failure: Mutex<Option<String>>,
     /// Wakes the owner when a rebuild is asked for on this node.
     pub(crate) wake: Notify,
-    /// Queries on this node waiting for a position the views have not reached; while there
+    /// Queries on this node waiting for a position the views have not reached, and requests
+    /// holding [`ProjectionHandle::awaited`](super::ProjectionHandle::awaited); while there
     /// are any, the live slot does not rest between batches.
     pub(crate) waiters: AtomicUsize,
     /// Ends the live slot's rest: a query began to wait.
@@ -495,10 +499,9 @@ where
             Ok(Pass::Committed { to, events, parked }) => {
                 cursor.committed(from.next(to));
                 if cursor.slot == Slot::Live {
-                    // A saga rests never: its commands are what a waiting request (a
-                    // confirmation) waits for, and nobody waits on it to hurry it.
+                    // Sagas rest too: a request that waits on what a saga does next
+                    // without a position to wait for holds `ProjectionHandle::awaited`.
                     let rests = read < self.projection.batch_size
-                        && self.projection.reactor.is_none()
                         && self.shared.waiters.load(Ordering::Acquire) == 0;
                     if rests {
                         let rest = (started.elapsed() * REST_FACTOR).min(MAX_REST);

@@ -113,7 +113,7 @@ async fn a_waiting_query_is_not_kept_waiting_by_the_rest_after_a_small_batch() {
     let open = CounterCommand::Open { owner: "owner0".into() };
     bus.execute::<Counter>("owner0.c0", open, &ctx).await.unwrap();
 
-    // Nobody waits: the runner commits, then rests (nine times the batch, at most 20 ms),
+    // Nobody waits: the runner commits, then rests (nine times the batch, at most 50 ms),
     // so an event appended right after the commit is committed only after the rest.
     let committed = |target: Position| {
         let handle = &handle;
@@ -138,6 +138,76 @@ async fn a_waiting_query_is_not_kept_waiting_by_the_rest_after_a_small_batch() {
     let waited = started.elapsed();
     assert!(waited < commit + Duration::from_millis(5), "not kept waiting: {waited:?}");
     assert_eq!(view_of(views.as_ref(), "owner0").await.view.total, 2);
+
+    // A request that awaits what the projection does next, with no position to wait for
+    // (a saga's outcome), holds the guard: a rest begun before it ends, and none begins.
+    committed(store.head()).await;
+    bus.execute::<Counter>("owner0.c0", inc(), &ctx).await.unwrap();
+    committed(store.head()).await;
+    let awaited = handle.awaited();
+    for _ in 0..2 {
+        bus.execute::<Counter>("owner0.c0", inc(), &ctx).await.unwrap();
+        let prompt = committed(store.head()).await;
+        assert!(prompt < commit + Duration::from_millis(5), "awaited, not resting: {prompt:?}");
+    }
+    // Dropped, it no longer counts: the next small batch rests again.
+    drop(awaited);
+    bus.execute::<Counter>("owner0.c0", inc(), &ctx).await.unwrap();
+    committed(store.head()).await;
+    bus.execute::<Counter>("owner0.c0", inc(), &ctx).await.unwrap();
+    let unwaited = committed(store.head()).await;
+    assert!(unwaited >= commit + Duration::from_millis(15), "rests again: {unwaited:?}");
+}
+
+/// A node-local view (a search index) keeps what it reads for a second before it commits
+/// under a trickle of events, unless a query waits for a position.
+#[tokio::test(start_paused = true)]
+async fn a_local_view_gathers_events_for_a_second_unless_a_query_waits() {
+    struct SlowView {
+        position: std::sync::Mutex<Position>,
+        commits: AtomicUsize,
+    }
+    impl strata::LocalView for SlowView {
+        async fn checkpoint(&self) -> Result<Position, String> {
+            Ok(*self.position.lock().unwrap())
+        }
+        async fn commit(&self, events: Vec<RecordedEvent>) -> Result<(), String> {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            *self.position.lock().unwrap() = events.last().unwrap().position;
+            self.commits.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+    let store = Arc::new(InMemoryEventStore::new());
+    let view = Arc::new(SlowView { position: Default::default(), commits: AtomicUsize::new(0) });
+    let bus = CommandBus::new(store.clone(), BusConfig::default());
+    let ctx = CommandContext::new("local");
+    let open = CounterCommand::Open { owner: "owner0".into() };
+    bus.execute::<Counter>("owner0.c0", open, &ctx).await.unwrap();
+    let handle = ProjectionRunner::new("node-a").spawn_local("slow", view.clone(), store.clone());
+    handle.wait_for(store.head(), Duration::from_secs(5)).await.unwrap();
+
+    // Events that nobody waits for, a few milliseconds apart, go into one commit a second
+    // after the last one started.
+    let started = tokio::time::Instant::now();
+    let commits = view.commits.load(Ordering::SeqCst);
+    for _ in 0..20 {
+        let inc = CounterCommand::Increment { amounts: vec![1] };
+        bus.execute::<Counter>("owner0.c0", inc, &ctx).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    while handle.position() < store.head() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(started.elapsed() >= Duration::from_millis(900), "gathered: {:?}", started.elapsed());
+    assert!(view.commits.load(Ordering::SeqCst) - commits <= 2, "few commits");
+
+    // A query waits: the rest ends, and the wait is the commit's.
+    let inc = CounterCommand::Increment { amounts: vec![1] };
+    let target = bus.execute::<Counter>("owner0.c0", inc, &ctx).await.unwrap().position.unwrap();
+    let started = tokio::time::Instant::now();
+    handle.wait_for(target, Duration::from_secs(5)).await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(15), "waited {:?}", started.elapsed());
 }
 
 #[tokio::test]
