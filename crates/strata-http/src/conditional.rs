@@ -1,6 +1,6 @@
 //! Conditional requests. `If-Match: "<version>"` on a command: apply it only if the
-//! aggregate is at that version (412 otherwise, also for a tag that is no version). And
-//! [`not_modified`] on reads: every successful `GET` or `HEAD` answer gets an `ETag` (a
+//! aggregate is at that version (412 otherwise, also for a tag that is no version). And on
+//! reads ([`crate::every_request`]): every successful `GET` or `HEAD` answer gets an `ETag` (a
 //! view's version where it has one, else a digest of the body), and a request whose
 //! `If-None-Match` names it is answered 304 without a body.
 
@@ -38,18 +38,13 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
     }
 }
 
-/// Middleware for reads: gives `200` answers to `GET` an `ETag` when the route set none (a
-/// digest of the body), and answers `304 Not Modified` when `If-None-Match` names it.
-pub async fn not_modified(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
+/// For a read's answer: gives a `200` an `ETag` when the route set none (a digest of the
+/// body), and turns it into `304 Not Modified` when the request's `If-None-Match` names it.
+pub(crate) async fn tagged(
+    if_none_match: Option<axum::http::HeaderValue>,
+    response: axum::response::Response,
 ) -> axum::response::Response {
-    use axum::http::{HeaderValue, Method, StatusCode, header};
-    if request.method() != Method::GET && request.method() != Method::HEAD {
-        return next.run(request).await;
-    }
-    let if_none_match = request.headers().get(header::IF_NONE_MATCH).cloned();
-    let response = next.run(request).await;
+    use axum::http::{HeaderValue, StatusCode, header};
     if response.status() != StatusCode::OK || !crate::json::small(&response) {
         return response;
     }

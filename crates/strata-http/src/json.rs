@@ -1,7 +1,7 @@
 //! [`JsonBody`]: a JSON request body whose failures are problem+json answers that say what
 //! was wrong, with which field: 415 when the body is not JSON, 413 when it is too large, 400
-//! when it is empty, malformed, or a field is missing or mistyped. And [`end_with_newline`]:
-//! every JSON answer ends with a line break, as text tools and terminals expect.
+//! when it is empty, malformed, or a field is missing or mistyped. And every JSON answer
+//! ([`crate::every_request`]) ends with a line break, as text tools and terminals expect.
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
@@ -95,12 +95,10 @@ pub(crate) fn small(response: &axum::response::Response) -> bool {
     response.body().size_hint().upper().is_some_and(|upper| upper <= BUFFERED)
 }
 
-/// Middleware: appends a line break to every JSON (and problem+json) answer that lacks one.
-pub async fn end_with_newline(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
+/// Appends a line break to a JSON (or problem+json) answer that lacks one.
+pub(crate) async fn end_with_newline(
+    response: axum::response::Response,
 ) -> axum::response::Response {
-    let response = next.run(request).await;
     let is_json = response
         .headers()
         .get(axum::http::header::CONTENT_TYPE)

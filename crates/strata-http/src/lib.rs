@@ -11,6 +11,7 @@ pub mod admin;
 pub mod auth;
 pub mod conditional;
 pub mod correlation;
+pub mod every_request;
 pub mod idempotency;
 pub mod json;
 pub mod metrics;
@@ -23,14 +24,15 @@ pub mod shutdown;
 pub mod wait;
 
 pub use auth::{Required, Role, Tokens, User, require};
-pub use conditional::{IfMatch, not_modified};
-pub use correlation::{CORRELATION_HEADER, CorrelationId, correlation_id};
+pub use conditional::IfMatch;
+pub use correlation::{CORRELATION_HEADER, CorrelationId};
+pub use every_request::{EveryRequest, every_request};
 pub use idempotency::{IDEMPOTENCY_HEADER, Idempotency, IdempotencyLayerState, idempotency};
-pub use json::{JsonBody, end_with_newline};
-pub use metrics::{HttpMetrics, count_requests};
+pub use json::JsonBody;
+pub use metrics::HttpMetrics;
 pub use problem::Problem;
 pub use read_only::{Replica, read_only};
-pub use shutdown::{Shutdown, attach_shutdown};
+pub use shutdown::Shutdown;
 pub use wait::{VIEW_POSITION_HEADER, ViewWait, WaitParams};
 
 /// The largest request body accepted, in bytes; larger ones get 413.

@@ -1,15 +1,11 @@
 //! HTTP request metrics, kept for `/metrics`: requests by route template, method and status,
-//! and a latency histogram per route. Counted by [`count_requests`], a middleware any
-//! Strata application layers over its router with the [`HttpMetrics`] its admin routes
+//! and a latency histogram per route. Counted by [`crate::every_request`], the middleware
+//! any Strata application layers over its router, in the [`HttpMetrics`] its admin routes
 //! report.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -50,7 +46,8 @@ impl HttpMetrics {
         Arc::new(Self::default())
     }
 
-    fn record(&self, route: &str, method: &str, status: u16, seconds: f64) {
+    /// Counts one answered request.
+    pub(crate) fn record(&self, route: &str, method: &str, status: u16, seconds: f64) {
         let labels = vec![
             ("route".to_owned(), route.to_owned()),
             ("method".to_owned(), method.to_owned()),
@@ -93,23 +90,4 @@ impl HttpMetrics {
             closed,
         );
     }
-}
-
-/// Middleware: counts every answered request in `metrics`.
-pub async fn count_requests(
-    State(metrics): State<Arc<HttpMetrics>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    // Unmatched paths share one label, so a scanner cannot grow the families without bound.
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("(no route)", MatchedPath::as_str)
-        .to_owned();
-    let method = request.method().as_str().to_owned();
-    let started = Instant::now();
-    let response = next.run(request).await;
-    metrics.record(&route, &method, response.status().as_u16(), started.elapsed().as_secs_f64());
-    response
 }

@@ -524,20 +524,11 @@ impl AsyncWrite for Counted {
 #[derive(Debug, Clone, Copy)]
 pub struct ReadTimeout(pub Duration);
 
-/// Middleware: a `GET` or `HEAD` not answered within [`ReadTimeout`] plus the `wait_ms` it
-/// asked for (at most 30 s) gets 503 with `Retry-After`. Commands are not cut short: one
-/// stopped mid-append could be written and answered as failed; the store's own timeouts
-/// bound them.
-pub async fn bounded_reads(
-    axum::extract::State(limit): axum::extract::State<ReadTimeout>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use axum::http::Method;
-    use axum::response::IntoResponse;
-    if request.method() != Method::GET && request.method() != Method::HEAD {
-        return next.run(request).await;
-    }
+/// How long a `GET` or `HEAD` may take: [`ReadTimeout`] plus the `wait_ms` it asked for (at
+/// most 30 s). A read not answered by then gets 503 with `Retry-After`
+/// ([`crate::every_request`]). Commands are not cut short: one stopped mid-append could be
+/// written and answered as failed; the store's own timeouts bound them.
+pub(crate) fn read_bound(limit: ReadTimeout, request: &axum::extract::Request) -> Duration {
     let asked = request
         .uri()
         .query()
@@ -546,15 +537,7 @@ pub async fn bounded_reads(
         })
         .unwrap_or(0)
         .min(crate::wait::MAX_WAIT_MS);
-    let bound = limit.0 + Duration::from_millis(asked);
-    match tokio::time::timeout(bound, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => crate::Problem::timed_out(format!(
-            "the read took longer than {} ms; try again",
-            bound.as_millis()
-        ))
-        .into_response(),
-    }
+    limit.0 + Duration::from_millis(asked)
 }
 
 #[cfg(test)]
@@ -570,12 +553,14 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(300)).await;
             "done"
         };
-        Router::new().route("/slow", get(slow).post(slow)).layer(
-            axum::middleware::from_fn_with_state(
-                ReadTimeout(Duration::from_millis(100)),
-                bounded_reads,
-            ),
-        )
+        let around = crate::EveryRequest {
+            metrics: crate::HttpMetrics::new(),
+            shutdown: crate::Shutdown::new(),
+            read_timeout: ReadTimeout(Duration::from_millis(100)),
+        };
+        Router::new()
+            .route("/slow", get(slow).post(slow))
+            .layer(axum::middleware::from_fn_with_state(around, crate::every_request))
     }
 
     async fn status(method: &str, uri: &str) -> StatusCode {

@@ -5,9 +5,6 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
 use tokio::sync::watch;
 
 /// The service's shutdown, shared by the server and the requests it is answering.
@@ -39,14 +36,4 @@ impl Shutdown {
         // An error means the sender is gone, which only happens when nothing can begin it.
         let _ = receiver.wait_for(|begun| *begun).await;
     }
-}
-
-/// Middleware: lets the request's extractors see the shutdown (see [`crate::ViewWait`]).
-pub async fn attach_shutdown(
-    State(shutdown): State<Shutdown>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    request.extensions_mut().insert(shutdown);
-    next.run(request).await
 }

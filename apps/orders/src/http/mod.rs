@@ -15,10 +15,10 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use strata_http::admin::{self, Admin};
 use strata_http::openapi::{self, route};
-use strata_http::server::{ReadTimeout, bounded_reads};
+use strata_http::server::ReadTimeout;
 use strata_http::{
-    IdempotencyLayerState, MAX_BODY_BYTES, Problem, Required, Role, attach_shutdown,
-    correlation_id, count_requests, end_with_newline, idempotency, not_modified, require,
+    EveryRequest, IdempotencyLayerState, MAX_BODY_BYTES, Problem, Required, Role, every_request,
+    idempotency, require,
 };
 use utoipa_axum::router::OpenApiRouter;
 
@@ -27,9 +27,11 @@ use crate::app::{AGGREGATE_TYPES, App, AppError, Backend};
 /// The whole API over a running service.
 pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
     let idempotency_state = IdempotencyLayerState::new(app.events().clone());
-    let app_shutdown = app.shutdown.clone();
-    let app_read_timeout = app.read_timeout;
-    let http_metrics = app.http_metrics.clone();
+    let around = EveryRequest {
+        metrics: app.http_metrics.clone(),
+        shutdown: app.shutdown.clone(),
+        read_timeout: ReadTimeout(app.read_timeout),
+    };
     let commands = OpenApiRouter::new()
         .routes(route::<commands::__path_register_customer, _, _, _>(
             commands::register_customer::<B>,
@@ -75,7 +77,7 @@ pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
         sagas: app.sagas.clone(),
         node_id: app.node_id.clone(),
         aggregate_types: AGGREGATE_TYPES.to_vec(),
-        http: http_metrics.clone(),
+        http: around.metrics.clone(),
         commands: app.bus.counts().clone(),
         tokens: app.tokens.clone(),
     });
@@ -87,13 +89,7 @@ pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
         .fallback(|| async { Problem::not_found("no such route") })
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        // Inside the correlation id and the counting: a timed-out read is logged and counted.
-        .layer(axum::middleware::from_fn_with_state(ReadTimeout(app_read_timeout), bounded_reads))
-        .layer(axum::middleware::from_fn(end_with_newline))
-        .layer(axum::middleware::from_fn(not_modified))
-        .layer(axum::middleware::from_fn_with_state(app_shutdown, attach_shutdown))
-        .layer(axum::middleware::from_fn_with_state(http_metrics, count_requests))
-        .layer(axum::middleware::from_fn(correlation_id))
+        .layer(axum::middleware::from_fn_with_state(around, every_request))
 }
 
 impl From<AppError> for Problem {

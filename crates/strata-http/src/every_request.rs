@@ -1,0 +1,116 @@
+//! [`every_request`]: what a Strata service does around each request, as one middleware.
+//!
+//! In order, from the outside in: take or make the correlation id (400 for a bad one), open
+//! the request's span (method, route template, correlation id), hand the handlers the
+//! [`Shutdown`] and the [`CorrelationId`], and bound a read's time ([`ReadTimeout`] plus the
+//! `wait_ms` it asked for). On the way out, from the inside: end a JSON answer with a line
+//! break, give a read's `200` an `ETag` (304 when `If-None-Match` names it), count the
+//! answer in [`HttpMetrics`], log it with its status and latency (never its body), and echo
+//! the correlation id.
+//!
+//! One layer rather than one per concern: each axum `from_fn` layer clones and boxes the
+//! service inside it for every request, and six of them cost serve more CPU than any of the
+//! concerns themselves (docs/benchmarks.md, eleventh round).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
+
+use crate::correlation::{self, CORRELATION_HEADER, CorrelationId};
+use crate::metrics::HttpMetrics;
+use crate::problem::Problem;
+use crate::server::{ReadTimeout, read_bound};
+use crate::shutdown::Shutdown;
+
+/// What [`every_request`] needs from the service.
+#[derive(Debug, Clone)]
+pub struct EveryRequest {
+    /// Where answered requests are counted.
+    pub metrics: Arc<HttpMetrics>,
+    /// Ends waiting queries when the service stops.
+    pub shutdown: Shutdown,
+    /// How long a read may take beyond the wait it asked for.
+    pub read_timeout: ReadTimeout,
+}
+
+/// Middleware: everything a Strata service does around each request (see the module).
+/// Layer it outermost, over every route: `.layer(from_fn_with_state(state, every_request))`.
+pub async fn every_request(
+    State(around): State<EveryRequest>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let id = correlation::requested(&request);
+    // Unmatched paths share one label, so a scanner cannot grow the metric families or the
+    // log's routes without bound.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("(no route)", MatchedPath::as_str)
+        .to_owned();
+    let method = request.method().clone();
+    let span = tracing::info_span!(
+        "request",
+        method = %method,
+        route = %route,
+        correlation_id = %id.as_deref().unwrap_or("(invalid)"),
+    );
+    let started = Instant::now();
+    let mut response = match &id {
+        Ok(id) => {
+            request.extensions_mut().insert(CorrelationId(id.clone()));
+            request.extensions_mut().insert(around.shutdown.clone());
+            let read = method == Method::GET || method == Method::HEAD;
+            let if_none_match =
+                if read { request.headers().get(header::IF_NONE_MATCH).cloned() } else { None };
+            let bound = read.then(|| read_bound(around.read_timeout, &request));
+            let answered = async {
+                let response = match bound {
+                    Some(bound) => match tokio::time::timeout(bound, next.run(request)).await {
+                        Ok(response) => response,
+                        Err(_) => Problem::timed_out(format!(
+                            "the read took longer than {} ms; try again",
+                            bound.as_millis()
+                        ))
+                        .into_response(),
+                    },
+                    None => next.run(request).await,
+                };
+                let response = crate::json::end_with_newline(response).await;
+                let response = if read {
+                    crate::conditional::tagged(if_none_match, response).await
+                } else {
+                    response
+                };
+                let status = response.status().as_u16();
+                let seconds = started.elapsed().as_secs_f64();
+                around.metrics.record(&route, method.as_str(), status, seconds);
+                response
+            };
+            answered.instrument(span.clone()).await
+        }
+        // Refused before anything else looks at it, so not counted either.
+        Err(problem) => crate::json::end_with_newline(problem.clone().into_response()).await,
+    };
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let status = response.status().as_u16();
+    span.in_scope(|| {
+        // Probes come every few seconds; at info they would drown the requests people make.
+        if matches!(route.as_str(), "/health" | "/metrics") {
+            tracing::debug!(status, latency_ms, "request answered");
+        } else {
+            tracing::info!(status, latency_ms, "request answered");
+        }
+    });
+    if let Ok(id) = &id
+        && let Ok(value) = HeaderValue::from_str(id)
+    {
+        response.headers_mut().insert(CORRELATION_HEADER.clone(), value);
+    }
+    response
+}
