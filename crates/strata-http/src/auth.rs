@@ -16,6 +16,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::Problem;
 
@@ -222,6 +223,19 @@ pub async fn require(
     }
     request.extensions_mut().insert(Subject(subject.to_owned()));
     next.run(request).await
+}
+
+/// `routes` with [`require`] checking `required` on each, or `routes` as they are when the
+/// service checks no tokens: a layer that would only pass requests on still clones the
+/// routes' service and boxes twice for every request.
+pub fn guarded<S: Clone + Send + Sync + 'static>(
+    routes: OpenApiRouter<S>,
+    required: Required,
+) -> OpenApiRouter<S> {
+    if required.tokens.is_none() {
+        return routes;
+    }
+    routes.route_layer(axum::middleware::from_fn_with_state(required, require))
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ pub mod server;
 pub mod shutdown;
 pub mod wait;
 
-pub use auth::{Required, Role, Tokens, User, require};
+pub use auth::{Required, Role, Tokens, User, guarded, require};
 pub use conditional::IfMatch;
 pub use correlation::{CORRELATION_HEADER, CorrelationId};
 pub use every_request::{EveryRequest, every_request};

@@ -18,7 +18,7 @@ use strata_http::openapi::{self, route};
 use strata_http::server::ReadTimeout;
 use strata_http::{
     EveryRequest, IdempotencyLayerState, MAX_BODY_BYTES, Problem, Required, Role, every_request,
-    idempotency, require,
+    guarded, idempotency,
 };
 use utoipa_axum::router::OpenApiRouter;
 
@@ -46,12 +46,9 @@ pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(
             idempotency_state,
             idempotency::<B::Events>,
-        ))
-        // Outermost: an unauthenticated request never reaches the idempotency records.
-        .route_layer(axum::middleware::from_fn_with_state(
-            Required { tokens: app.tokens.clone(), role: Role::Write },
-            require,
         ));
+    // Outermost: an unauthenticated request never reaches the idempotency records.
+    let commands = guarded(commands, Required { tokens: app.tokens.clone(), role: Role::Write });
     // A replica answers every command route with 405, whoever asks.
     let commands = if app.read_only {
         commands.route_layer(axum::middleware::from_fn(strata_http::read_only))
@@ -65,11 +62,8 @@ pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
         .routes(route::<lists::__path_orders, _, _, _>(lists::orders::<B>))
         .routes(route::<queries::__path_order, _, _, _>(queries::order::<B>))
         .routes(route::<reports::__path_sales, _, _, _>(reports::sales::<B>))
-        .routes(route::<search::__path_orders, _, _, _>(search::orders::<B>))
-        .route_layer(axum::middleware::from_fn_with_state(
-            Required { tokens: app.tokens.clone(), role: Role::Read },
-            require,
-        ));
+        .routes(route::<search::__path_orders, _, _, _>(search::orders::<B>));
+    let queries = guarded(queries, Required { tokens: app.tokens.clone(), role: Role::Read });
     let operations = admin::routes(Admin {
         store: app.events().clone(),
         views: app.views.clone(),

@@ -48,7 +48,7 @@ pub struct Admin<S, M> {
     pub node_id: String,
     /// The aggregate types `/admin/streams` accepts.
     pub aggregate_types: Vec<&'static str>,
-    /// The HTTP requests counted by [`crate::count_requests`], for `/metrics`.
+    /// The HTTP requests counted by [`crate::every_request()`], for `/metrics`.
     pub http: Arc<crate::HttpMetrics>,
     /// The commands the application's bus handled ([`strata::CommandBus::counts`]).
     pub commands: Arc<strata::CommandCounts>,
@@ -89,8 +89,8 @@ pub fn routes<S: EventStore, M: ViewManager>(admin: Admin<S, M>) -> OpenApiRoute
         .routes(route::<events::__path_stream, _, _, _>(events::stream::<S, M>))
         .routes(route::<events::__path_log, _, _, _>(events::log::<S, M>))
         .routes(route::<events::__path_audit, _, _, _>(events::audit::<S, M>))
-        .routes(route::<health::__path_metrics, _, _, _>(health::metrics::<S, M>))
-        .route_layer(axum::middleware::from_fn_with_state(required, crate::require));
+        .routes(route::<health::__path_metrics, _, _, _>(health::metrics::<S, M>));
+    let operator = crate::guarded(operator, required);
     // Load balancers and orchestrators ask without a token.
     // The UI's page, script and styles hold no data; what they show comes from the routes above.
     let open = OpenApiRouter::new()
