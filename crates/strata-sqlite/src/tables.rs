@@ -9,7 +9,11 @@
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
-use rusqlite::{Transaction, params_from_iter};
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use rusqlite::{CachedStatement, Transaction, params_from_iter};
+use strata::Slot;
 use strata::table::{ColumnType, RowChange, TableQuery, TableSpec, Value};
 
 use crate::error::DbError;
@@ -66,38 +70,80 @@ fn from_sql(
     })
 }
 
-/// Runs one change against the table `name` (the spec's table in some slot).
+/// Runs a commit's row changes against their tables in `slot`. Each table's statements are
+/// written and looked up once per commit, not once per row: a view commit can hold
+/// thousands of rows of one table, and building the SQL text for each showed in profiles.
 pub(crate) fn apply(
     transaction: &Transaction<'_>,
-    name: &str,
-    change: &RowChange,
+    slot: Slot,
+    changes: &[RowChange],
 ) -> Result<(), DbError> {
-    let spec = change.table();
+    let mut prepared: HashMap<(&'static str, Kind), Prepared<'_>> = HashMap::new();
+    for change in changes {
+        let spec = change.table();
+        let statements = match prepared.entry((spec.name, Kind::of(change))) {
+            Entry::Occupied(found) => found.into_mut(),
+            Entry::Vacant(missing) => {
+                let (first, then) = statements_for(spec, &slot.table(spec.name), change);
+                let then = then.map(|sql| transaction.prepare_cached(&sql)).transpose()?;
+                missing.insert(Prepared { first: transaction.prepare_cached(&first)?, then })
+            }
+        };
+        let (RowChange::Upsert { row: values, .. }
+        | RowChange::Delete { key: values, .. }
+        | RowChange::Add { row: values, .. }) = change;
+        statements.first.execute(params_from_iter(values.iter().map(to_sql)))?;
+        if let Some(then) = &mut statements.then {
+            let key = &values[..spec.key_columns];
+            then.execute(params_from_iter(key.iter().map(to_sql)))?;
+        }
+    }
+    Ok(())
+}
+
+/// A change's statements: the one it runs, and for an `Add` the delete that follows.
+struct Prepared<'t> {
+    first: CachedStatement<'t>,
+    /// Bound to the row's key columns.
+    then: Option<CachedStatement<'t>>,
+}
+
+/// Which statements a change runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Upsert,
+    Delete,
+    Add,
+}
+
+impl Kind {
+    fn of(change: &RowChange) -> Kind {
+        match change {
+            RowChange::Upsert { .. } => Kind::Upsert,
+            RowChange::Delete { .. } => Kind::Delete,
+            RowChange::Add { .. } => Kind::Add,
+        }
+    }
+}
+
+/// The SQL of `change` against the table `name`: one statement, or for an `Add` the sum's
+/// upsert and then the delete of a row whose sums all became zero.
+fn statements_for(spec: &TableSpec, name: &str, change: &RowChange) -> (String, Option<String>) {
     let k = spec.key_columns;
     let key_match: Vec<String> =
         spec.key().iter().enumerate().map(|(i, c)| format!("{} = ?{}", c.name, i + 1)).collect();
     let key_match = key_match.join(" AND ");
     match change {
-        RowChange::Upsert { row, .. } => {
-            let sql = upsert(spec, name, |c| format!("{c} = excluded.{c}"));
-            transaction.prepare_cached(&sql)?.execute(params_from_iter(row.iter().map(to_sql)))?;
-        }
-        RowChange::Delete { key, .. } => {
-            let sql = format!("DELETE FROM {name} WHERE {key_match}");
-            transaction.prepare_cached(&sql)?.execute(params_from_iter(key.iter().map(to_sql)))?;
-        }
-        RowChange::Add { row, .. } => {
-            let sql = upsert(spec, name, |c| format!("{c} = {c} + excluded.{c}"));
-            transaction.prepare_cached(&sql)?.execute(params_from_iter(row.iter().map(to_sql)))?;
+        RowChange::Upsert { .. } => (upsert(spec, name, |c| format!("{c} = excluded.{c}")), None),
+        RowChange::Delete { .. } => (format!("DELETE FROM {name} WHERE {key_match}"), None),
+        RowChange::Add { .. } => {
             let zero: Vec<String> =
                 spec.columns[k..].iter().map(|c| format!("{} = 0", c.name)).collect();
-            let sql = format!("DELETE FROM {name} WHERE {key_match} AND {}", zero.join(" AND "));
-            transaction
-                .prepare_cached(&sql)?
-                .execute(params_from_iter(row[..k].iter().map(to_sql)))?;
+            let drop_zero =
+                format!("DELETE FROM {name} WHERE {key_match} AND {}", zero.join(" AND "));
+            (upsert(spec, name, |c| format!("{c} = {c} + excluded.{c}")), Some(drop_zero))
         }
     }
-    Ok(())
 }
 
 /// `INSERT … ON CONFLICT (key) DO UPDATE SET <set(column)>…` over every column.

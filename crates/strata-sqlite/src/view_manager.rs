@@ -369,9 +369,7 @@ fn write_commit(
             ])?;
         }
     }
-    for change in &commit.rows {
-        tables::apply(transaction, &slot.table(change.table().name), change)?;
-    }
+    tables::apply(transaction, slot, &commit.rows)?;
     set_checkpoint(transaction, &key, commit.next())
 }
 
