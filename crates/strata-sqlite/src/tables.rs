@@ -7,11 +7,12 @@
 //! Table and column names come from specs checked by [`TableSpec::check`], so they are
 //! plain identifiers and need no quoting; values are always bound, never formatted in.
 
-use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
-use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::mem::{Discriminant, discriminant};
 
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use rusqlite::{CachedStatement, Transaction, params_from_iter};
 use strata::Slot;
 use strata::table::{ColumnType, RowChange, TableQuery, TableSpec, Value};
@@ -78,10 +79,12 @@ pub(crate) fn apply(
     slot: Slot,
     changes: &[RowChange],
 ) -> Result<(), DbError> {
-    let mut prepared: HashMap<(&'static str, Kind), Prepared<'_>> = HashMap::new();
+    // By table and kind of change (upsert, delete, add).
+    let mut prepared: HashMap<(&'static str, Discriminant<RowChange>), Prepared<'_>> =
+        HashMap::new();
     for change in changes {
         let spec = change.table();
-        let statements = match prepared.entry((spec.name, Kind::of(change))) {
+        let statements = match prepared.entry((spec.name, discriminant(change))) {
             Entry::Occupied(found) => found.into_mut(),
             Entry::Vacant(missing) => {
                 let (first, then) = statements_for(spec, &slot.table(spec.name), change);
@@ -106,24 +109,6 @@ struct Prepared<'t> {
     first: CachedStatement<'t>,
     /// Bound to the row's key columns.
     then: Option<CachedStatement<'t>>,
-}
-
-/// Which statements a change runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Kind {
-    Upsert,
-    Delete,
-    Add,
-}
-
-impl Kind {
-    fn of(change: &RowChange) -> Kind {
-        match change {
-            RowChange::Upsert { .. } => Kind::Upsert,
-            RowChange::Delete { .. } => Kind::Delete,
-            RowChange::Add { .. } => Kind::Add,
-        }
-    }
 }
 
 /// The SQL of `change` against the table `name`: one statement, or for an `Add` the sum's

@@ -88,7 +88,8 @@ pub(crate) struct Shared {
     /// holding [`ProjectionHandle::awaited`](super::ProjectionHandle::awaited); while there
     /// are any, the live slot does not rest between batches.
     pub(crate) waiters: AtomicUsize,
-    /// Ends the live slot's rest: a query began to wait.
+    /// Ends the live slot's rest (and a local view's): a query began to wait, or a request
+    /// took an [`Awaited`](super::Awaited) guard.
     pub(crate) hurry: Notify,
     pub(crate) events_applied: AtomicU64,
     pub(crate) failed_applies: AtomicU64,
