@@ -11,18 +11,21 @@
 //! once, one appends and the other answers from its record.
 
 use std::collections::HashSet;
+use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use axum::body::{Body, to_bytes};
 use axum::extract::FromRequestParts;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::future::{BoxFuture, Either};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use strata::{IdempotencyClaim, IdempotencyRecord, IdempotencyStore};
+use tower::{Layer, Service};
 
 use crate::problem::Problem;
 
@@ -34,17 +37,82 @@ pub static REPLAYED_HEADER: HeaderName = HeaderName::from_static("idempotency-re
 
 const MAX_KEY_LEN: usize = 255;
 
-/// What the idempotency middleware needs: where answers are kept, and the keys in flight.
-pub struct IdempotencyLayerState<I> {
-    store: Arc<I>,
-    in_flight: Mutex<HashSet<String>>,
+/// The `Idempotency-Key` middleware for command routes, as a route layer:
+/// `.route_layer(IdempotencyLayer::new(store))`. Requests without the header go straight to
+/// the route (a hand-written service rather than axum's `from_fn`, which clones and boxes
+/// the route for every request, keyed or not: most commands carry no key).
+pub struct IdempotencyLayer<I> {
+    state: Arc<Keys<I>>,
 }
 
-impl<I> IdempotencyLayerState<I> {
+impl<I> IdempotencyLayer<I> {
     /// Keeps answers in `store`.
-    pub fn new(store: Arc<I>) -> Arc<Self> {
-        Arc::new(Self { store, in_flight: Mutex::new(HashSet::new()) })
+    pub fn new(store: Arc<I>) -> Self {
+        Self { state: Arc::new(Keys { store, in_flight: Mutex::new(HashSet::new()) }) }
     }
+}
+
+impl<I> Clone for IdempotencyLayer<I> {
+    fn clone(&self) -> Self {
+        Self { state: self.state.clone() }
+    }
+}
+
+impl<S, I> Layer<S> for IdempotencyLayer<I> {
+    type Service = IdempotencyService<S, I>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        IdempotencyService { inner, state: self.state.clone() }
+    }
+}
+
+/// A route behind [`IdempotencyLayer`].
+pub struct IdempotencyService<S, I> {
+    inner: S,
+    state: Arc<Keys<I>>,
+}
+
+impl<S: Clone, I> Clone for IdempotencyService<S, I> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone(), state: self.state.clone() }
+    }
+}
+
+impl<S, I> Service<Request> for IdempotencyService<S, I>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    I: IdempotencyStore,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<S::Future, BoxFuture<'static, Result<Response, Infallible>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let Some(key) = request.headers().get(&IDEMPOTENCY_HEADER).cloned() else {
+            return Either::Left(self.inner.call(request));
+        };
+        // The keyed answer outlives this call: it takes the route that was made ready and
+        // leaves a clone in its place.
+        let ready = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, ready);
+        let state = self.state.clone();
+        Either::Right(Box::pin(async move {
+            match answer(state, &key, request, inner).await {
+                Ok(response) | Err(response) => Ok(response),
+            }
+        }))
+    }
+}
+
+/// Where answers are kept, and the keys in flight on this node.
+struct Keys<I> {
+    store: Arc<I>,
+    in_flight: Mutex<HashSet<String>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -56,7 +124,7 @@ struct StoredAnswer {
 
 /// Removes the key from the in-flight set however the request ends.
 struct InFlight<I> {
-    state: Arc<IdempotencyLayerState<I>>,
+    state: Arc<Keys<I>>,
     key: String,
 }
 
@@ -67,25 +135,18 @@ impl<I> Drop for InFlight<I> {
     }
 }
 
-/// Middleware for command routes; requests without the header pass straight through.
-pub async fn idempotency<I: IdempotencyStore>(
-    State(state): State<Arc<IdempotencyLayerState<I>>>,
+/// The answer to a request with an `Idempotency-Key`: replayed, refused, or the route's.
+async fn answer<I, S>(
+    state: Arc<Keys<I>>,
+    key: &HeaderValue,
     request: Request,
-    next: Next,
-) -> Response {
-    match answer(state, request, next).await {
-        Ok(response) | Err(response) => response,
-    }
-}
-
-async fn answer<I: IdempotencyStore>(
-    state: Arc<IdempotencyLayerState<I>>,
-    request: Request,
-    next: Next,
-) -> Result<Response, Response> {
-    let Some(key) = request.headers().get(&IDEMPOTENCY_HEADER) else {
-        return Ok(next.run(request).await);
-    };
+    mut route: S,
+) -> Result<Response, Response>
+where
+    I: IdempotencyStore,
+    S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+{
     let key = match key.to_str() {
         Ok(key)
             if !key.is_empty()
@@ -163,7 +224,10 @@ async fn answer<I: IdempotencyStore>(
     // that disconnects does not cut them short.
     let task = tokio::spawn(tracing::Instrument::in_current_span(async move {
         let _in_flight = guard;
-        let mut response = next.run(request).await;
+        let mut response = match route.call(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
         if replayed {
             // Only an answer that is the first one is a replay; a failure now (the store
             // unreachable while the route read something) is this request's own.

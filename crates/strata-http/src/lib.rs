@@ -27,7 +27,7 @@ pub use auth::{Required, Role, Tokens, User, guarded, require};
 pub use conditional::IfMatch;
 pub use correlation::{CORRELATION_HEADER, CorrelationId};
 pub use every_request::{EveryRequest, every_request};
-pub use idempotency::{IDEMPOTENCY_HEADER, Idempotency, IdempotencyLayerState, idempotency};
+pub use idempotency::{IDEMPOTENCY_HEADER, Idempotency, IdempotencyLayer};
 pub use json::JsonBody;
 pub use metrics::HttpMetrics;
 pub use problem::Problem;

@@ -17,8 +17,7 @@ use strata_http::admin::{self, Admin};
 use strata_http::openapi::{self, route};
 use strata_http::server::ReadTimeout;
 use strata_http::{
-    EveryRequest, IdempotencyLayerState, MAX_BODY_BYTES, Problem, Required, Role, every_request,
-    guarded, idempotency,
+    EveryRequest, IdempotencyLayer, MAX_BODY_BYTES, Problem, Required, Role, every_request, guarded,
 };
 use utoipa_axum::router::OpenApiRouter;
 
@@ -26,7 +25,6 @@ use crate::app::{AGGREGATE_TYPES, App, AppError, Backend};
 
 /// The whole API over a running service.
 pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
-    let idempotency_state = IdempotencyLayerState::new(app.events().clone());
     let around = EveryRequest {
         metrics: app.http_metrics.clone(),
         shutdown: app.shutdown.clone(),
@@ -43,10 +41,7 @@ pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
         .routes(route::<commands::__path_confirm_order, _, _, _>(commands::confirm_order::<B>))
         .routes(route::<commands::__path_ship_order, _, _, _>(commands::ship_order::<B>))
         .routes(route::<commands::__path_cancel_order, _, _, _>(commands::cancel_order::<B>))
-        .route_layer(axum::middleware::from_fn_with_state(
-            idempotency_state,
-            idempotency::<B::Events>,
-        ));
+        .route_layer(IdempotencyLayer::new(app.events().clone()));
     // Outermost: an unauthenticated request never reaches the idempotency records.
     let commands = guarded(commands, Required { tokens: app.tokens.clone(), role: Role::Write });
     // A replica answers every command route with 405, whoever asks.
