@@ -1,6 +1,6 @@
 //! Conditional requests. `If-Match: "<version>"` on a command: apply it only if the
 //! aggregate is at that version (412 otherwise, also for a tag that is no version). And on
-//! reads ([`crate::every_request()`]): every successful `GET` or `HEAD` answer gets an `ETag` (a
+//! reads ([`crate::EveryRequest`]): every successful `GET` or `HEAD` answer gets an `ETag` (a
 //! view's version where it has one, else a digest of the body), and a request whose
 //! `If-None-Match` names it is answered 304 without a body.
 

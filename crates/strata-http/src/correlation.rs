@@ -1,7 +1,7 @@
 //! Correlation ids: taken from `X-Correlation-Id` (at most 128 visible ASCII characters) or
 //! generated, handed to handlers as [`CorrelationId`], and echoed on every answer, errors
 //! included, so a client can find the events and log lines its request caused
-//! ([`crate::every_request()`] takes, makes and echoes them).
+//! ([`crate::EveryRequest`] takes, makes and echoes them).
 
 use axum::extract::{FromRequestParts, Request};
 use axum::http::HeaderName;

@@ -1,7 +1,7 @@
 //! [`JsonBody`]: a JSON request body whose failures are problem+json answers that say what
 //! was wrong, with which field: 415 when the body is not JSON, 413 when it is too large, 400
 //! when it is empty, malformed, or a field is missing or mistyped. And every JSON answer
-//! ([`crate::every_request()`]) ends with a line break, as text tools and terminals expect.
+//! ([`crate::EveryRequest`]) ends with a line break, as text tools and terminals expect.
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;

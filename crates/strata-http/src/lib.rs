@@ -26,7 +26,7 @@ pub mod wait;
 pub use auth::{Required, Role, Tokens, User, guarded, require};
 pub use conditional::IfMatch;
 pub use correlation::{CORRELATION_HEADER, CorrelationId};
-pub use every_request::{EveryRequest, every_request};
+pub use every_request::{EveryRequest, EveryRequestService};
 pub use idempotency::{IDEMPOTENCY_HEADER, Idempotency, IdempotencyLayer};
 pub use json::JsonBody;
 pub use metrics::HttpMetrics;

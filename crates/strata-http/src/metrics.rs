@@ -1,5 +1,5 @@
 //! HTTP request metrics, kept for `/metrics`: requests by route template, method and status,
-//! and a latency histogram per route. Counted by [`crate::every_request()`], the middleware
+//! and a latency histogram per route. Counted by [`crate::EveryRequest`], the middleware
 //! any Strata application layers over its router, in the [`HttpMetrics`] its admin routes
 //! report.
 

@@ -526,7 +526,7 @@ pub struct ReadTimeout(pub Duration);
 
 /// How long a `GET` or `HEAD` may take: [`ReadTimeout`] plus the `wait_ms` it asked for (at
 /// most 30 s). A read not answered by then gets 503 with `Retry-After`
-/// ([`crate::every_request()`]). Commands are not cut short: one stopped mid-append could be
+/// ([`crate::EveryRequest`]). Commands are not cut short: one stopped mid-append could be
 /// written and answered as failed; the store's own timeouts bound them.
 pub(crate) fn read_bound(limit: ReadTimeout, request: &axum::extract::Request) -> Duration {
     let asked = request
@@ -558,9 +558,7 @@ mod tests {
             shutdown: crate::Shutdown::new(),
             read_timeout: ReadTimeout(Duration::from_millis(100)),
         };
-        Router::new()
-            .route("/slow", get(slow).post(slow))
-            .layer(axum::middleware::from_fn_with_state(around, crate::every_request))
+        Router::new().route("/slow", get(slow).post(slow)).layer(around)
     }
 
     async fn status(method: &str, uri: &str) -> StatusCode {

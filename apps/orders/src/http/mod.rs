@@ -17,7 +17,7 @@ use strata_http::admin::{self, Admin};
 use strata_http::openapi::{self, route};
 use strata_http::server::ReadTimeout;
 use strata_http::{
-    EveryRequest, IdempotencyLayer, MAX_BODY_BYTES, Problem, Required, Role, every_request, guarded,
+    EveryRequest, IdempotencyLayer, MAX_BODY_BYTES, Problem, Required, Role, guarded,
 };
 use utoipa_axum::router::OpenApiRouter;
 
@@ -78,7 +78,7 @@ pub fn router<B: Backend>(app: Arc<App<B>>) -> Router {
         .fallback(|| async { Problem::not_found("no such route") })
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn_with_state(around, every_request))
+        .layer(around)
 }
 
 impl From<AppError> for Problem {

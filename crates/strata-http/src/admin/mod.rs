@@ -48,7 +48,7 @@ pub struct Admin<S, M> {
     pub node_id: String,
     /// The aggregate types `/admin/streams` accepts.
     pub aggregate_types: Vec<&'static str>,
-    /// The HTTP requests counted by [`crate::every_request()`], for `/metrics`.
+    /// The HTTP requests counted by [`crate::EveryRequest`], for `/metrics`.
     pub http: Arc<crate::HttpMetrics>,
     /// The commands the application's bus handled ([`strata::CommandBus::counts`]).
     pub commands: Arc<strata::CommandCounts>,
