@@ -2,7 +2,7 @@
 //! They keep every promise of the contracts except durability: a dropped store is gone.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -55,8 +55,10 @@ const SEGMENT: usize = 1 << 14;
 /// every client stood still (docs/benchmarks.md, seventh round).
 #[derive(Default)]
 struct Segments {
-    /// Every segment but the last is full.
-    segments: Vec<Vec<RecordedEvent>>,
+    /// Every segment but the last is full. Shared, so that a read takes references under
+    /// the lock and copies the events after it: a projection's batch of a thousand events
+    /// copied under the lock held every append back for as long.
+    segments: Vec<Vec<Arc<RecordedEvent>>>,
 }
 
 impl Segments {
@@ -65,6 +67,7 @@ impl Segments {
     }
 
     fn push(&mut self, event: RecordedEvent) {
+        let event = Arc::new(event);
         match self.segments.last_mut() {
             Some(segment) if segment.len() < SEGMENT => segment.push(event),
             _ => {
@@ -75,18 +78,23 @@ impl Segments {
         }
     }
 
-    fn get(&self, index: usize) -> Option<&RecordedEvent> {
+    fn get(&self, index: usize) -> Option<&Arc<RecordedEvent>> {
         self.segments.get(index / SEGMENT)?.get(index % SEGMENT)
     }
 
     /// The events from `start` (an index) on, in order.
-    fn starting_at(&self, start: usize) -> impl Iterator<Item = &RecordedEvent> {
+    fn starting_at(&self, start: usize) -> impl Iterator<Item = &Arc<RecordedEvent>> {
         let skip = start % SEGMENT;
         self.segments.iter().skip(start / SEGMENT).enumerate().flat_map(move |(n, segment)| {
             let from = if n == 0 { skip } else { 0 };
             segment.get(from..).unwrap_or_default().iter()
         })
     }
+}
+
+/// Copies of shared events, made after the log's lock is let go.
+fn owned(shared: Vec<Arc<RecordedEvent>>) -> Vec<RecordedEvent> {
+    shared.into_iter().map(Arc::unwrap_or_clone).collect()
 }
 
 impl Default for InMemoryEventStore {
@@ -199,14 +207,19 @@ impl EventStore for InMemoryEventStore {
         stream: &StreamId,
         after: Version,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let log = locked(&self.log);
-        let Some(indexes) = log.streams.get(stream) else { return Ok(Vec::new()) };
-        let skip = usize::try_from(after.0).unwrap_or(usize::MAX);
-        Ok(indexes
-            .iter()
-            .skip(skip)
-            .map(|&index| log.events.get(index).expect("a stream's indexes are in the log").clone())
-            .collect())
+        let shared: Vec<Arc<RecordedEvent>> = {
+            let log = locked(&self.log);
+            let Some(indexes) = log.streams.get(stream) else { return Ok(Vec::new()) };
+            let skip = usize::try_from(after.0).unwrap_or(usize::MAX);
+            indexes
+                .iter()
+                .skip(skip)
+                .map(|&index| {
+                    log.events.get(index).expect("a stream's indexes are in the log").clone()
+                })
+                .collect()
+        };
+        Ok(owned(shared))
     }
 
     async fn read_all(
@@ -214,26 +227,32 @@ impl EventStore for InMemoryEventStore {
         after: Position,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let log = locked(&self.log);
-        let skip = usize::try_from(after.0).unwrap_or(usize::MAX);
-        Ok(log.events.starting_at(skip).take(limit).cloned().collect())
+        let shared: Vec<Arc<RecordedEvent>> = {
+            let log = locked(&self.log);
+            let skip = usize::try_from(after.0).unwrap_or(usize::MAX);
+            log.events.starting_at(skip).take(limit).cloned().collect()
+        };
+        Ok(owned(shared))
     }
 
     async fn read_positions(
         &self,
         positions: &[Position],
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let log = locked(&self.log);
         let mut sorted: Vec<Position> = positions.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
-        Ok(sorted
-            .into_iter()
-            .filter_map(|position| {
-                let index = usize::try_from(position.0).ok()?.checked_sub(1)?;
-                log.events.get(index).cloned()
-            })
-            .collect())
+        let shared: Vec<Arc<RecordedEvent>> = {
+            let log = locked(&self.log);
+            sorted
+                .into_iter()
+                .filter_map(|position| {
+                    let index = usize::try_from(position.0).ok()?.checked_sub(1)?;
+                    log.events.get(index).cloned()
+                })
+                .collect()
+        };
+        Ok(owned(shared))
     }
 
     fn subscribe(&self) -> watch::Receiver<Position> {
