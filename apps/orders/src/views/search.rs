@@ -24,7 +24,7 @@ const CUSTOMER: &str = "customer";
 const PRODUCT: &str = "product";
 
 /// A customer's or product's name, kept to be looked up.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Name {
     name: String,
 }
@@ -109,12 +109,12 @@ impl Indexer for OrderIndexer {
         let id = envelope.stream.id.as_str();
         match &envelope.event {
             OrdersEvent::Customer(CustomerEvent::CustomerRegistered(registered)) => {
-                documents.put(CUSTOMER, id, &Name { name: registered.name.clone() }, None)
+                documents.put(CUSTOMER, id, Name { name: registered.name.clone() }, None);
             }
             OrdersEvent::Product(ProductEvent::ProductCreated(created)) => {
-                documents.put(PRODUCT, id, &Name { name: created.name.clone() }, None)
+                documents.put(PRODUCT, id, Name { name: created.name.clone() }, None);
             }
-            OrdersEvent::Product(_) => Ok(()),
+            OrdersEvent::Product(_) => {}
             OrdersEvent::Order(_) => {
                 let mut order = documents.get::<OrderView>(ORDER, id)?.unwrap_or_default();
                 if let Err(error) = order.apply(&envelope) {
@@ -122,9 +122,10 @@ impl Indexer for OrderIndexer {
                     return Ok(());
                 }
                 let text = self.text(documents, &order)?;
-                documents.put(ORDER, id, &order, Some(text))
+                documents.put(ORDER, id, order, Some(text));
             }
         }
+        Ok(())
     }
 }
 
