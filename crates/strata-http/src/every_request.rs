@@ -11,7 +11,8 @@
 //! One layer rather than one per concern, and a hand-written one: each axum `from_fn` layer
 //! clones and boxes the service inside it for every request; with six of them axum's own
 //! code was 12% of serve's CPU under load (docs/benchmarks.md, eleventh round). This one
-//! calls the route before it boxes its answer, so it clones nothing.
+//! calls the route before it boxes its answer, so it neither clones the route nor boxes
+//! it again.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -50,7 +51,8 @@ impl<S> Layer<S> for EveryRequest {
     }
 }
 
-/// A route behind [`EveryRequest`].
+/// A route behind [`EveryRequest`]. The read's time bound covers the route's answer, not its
+/// `call`: axum's routes do their work when the answer is polled.
 #[derive(Debug, Clone)]
 pub struct EveryRequestService<S> {
     inner: S,

@@ -60,7 +60,9 @@ impl<'a> Documents<'a> {
         Self { index, pending: HashMap::new() }
     }
 
-    /// The document `id` of `kind`, as this batch left it, or as committed.
+    /// The document `id` of `kind`, as this batch left it, or as committed. A document this
+    /// batch put comes back as the value put, so a document type's JSON must keep all it
+    /// holds (no `#[serde(skip)]`): otherwise a batch would see more than a later one.
     pub fn get<D: DeserializeOwned + Clone + 'static>(
         &self,
         kind: &str,

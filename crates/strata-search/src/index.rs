@@ -212,9 +212,12 @@ impl SearchIndex {
         // leaves nothing of the batch behind.
         let mut changed = Vec::with_capacity(documents.pending.len());
         for ((kind, id), pending) in documents.pending {
-            let body = pending
-                .body()
-                .map_err(|error| format!("document {kind}/{id} does not encode: {error}"))?;
+            let body = pending.body().map_err(|error| {
+                format!(
+                    "document {kind}/{id} of the batch ending at position {last} does not \
+                         encode: {error}"
+                )
+            })?;
             changed.push((kind, id, body, pending.text));
         }
         let mut writer = self.writer();
