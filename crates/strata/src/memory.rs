@@ -66,8 +66,7 @@ impl Segments {
         self.segments.last().map_or(0, |last| (self.segments.len() - 1) * SEGMENT + last.len())
     }
 
-    fn push(&mut self, event: RecordedEvent) {
-        let event = Arc::new(event);
+    fn push(&mut self, event: Arc<RecordedEvent>) {
         match self.segments.last_mut() {
             Some(segment) if segment.len() < SEGMENT => segment.push(event),
             _ => {
@@ -119,55 +118,75 @@ impl EventStore for InMemoryEventStore {
         claim: Option<&IdempotencyClaim>,
     ) -> Result<AppendOutcome, StoreError> {
         check_append(stream, &events)?;
-        let mut log = locked(&self.log);
-        if let Some(claim) = claim
-            && let Some((record, _)) = log.keys.get(&claim.key)
-        {
-            return Err(StoreError::KeyClaimed {
-                key: claim.key.clone(),
-                record: Box::new(record.clone()),
-            });
-        }
-        let actual = Version(log.streams.get(stream).map_or(0, |indexes| indexes.len() as u64));
-        if !expected.matches(actual) {
-            return Err(StoreError::Conflict { stream: stream.clone(), expected, actual });
-        }
-        if let Some(stored) = events.iter().find(|e| log.event_ids.contains(&e.metadata.event_id)) {
-            return Err(StoreError::DuplicateEventId(stored.metadata.event_id));
-        }
-        let log = &mut *log;
-        let first_index = log.events.len();
-        let first_position = Position(first_index as u64 + 1);
-        let mut version = actual;
-        for event in events {
-            version = Version(version.0 + 1);
-            let position = Position(log.events.len() as u64 + 1);
-            log.event_ids.insert(event.metadata.event_id);
-            log.events.push(event.recorded(stream.clone(), version, position));
-        }
-        let appended = first_index..log.events.len();
-        match log.streams.get_mut(stream) {
-            Some(indexes) => indexes.extend(appended),
-            None => {
-                log.streams.insert(stream.clone(), appended.collect());
+        // Made before the lock is taken, which every append and read waits for: only their
+        // versions and positions are decided under it.
+        let mut recorded: Vec<Arc<RecordedEvent>> = events
+            .into_iter()
+            .map(|event| Arc::new(event.recorded(stream.clone(), Version(0), Position::START)))
+            .collect();
+        let (version, first_position, last_position) = {
+            let mut log = locked(&self.log);
+            if let Some(claim) = claim
+                && let Some((record, _)) = log.keys.get(&claim.key)
+            {
+                return Err(StoreError::KeyClaimed {
+                    key: claim.key.clone(),
+                    record: Box::new(record.clone()),
+                });
             }
-        }
-        let last_position = Position(log.events.len() as u64);
-        if let Some(claim) = claim {
-            let appended = CommandOutcome {
-                stream: stream.clone(),
-                version,
-                position: Some(last_position),
-                replayed: false,
-            };
-            let record = IdempotencyRecord {
-                fingerprint: claim.fingerprint.clone(),
-                appended: Some(appended),
-                answer: None,
-            };
-            log.keys.insert(claim.key.clone(), (record, Utc::now()));
-        }
-        self.head.send_replace(last_position);
+            let actual = Version(log.streams.get(stream).map_or(0, |indexes| indexes.len() as u64));
+            if !expected.matches(actual) {
+                return Err(StoreError::Conflict { stream: stream.clone(), expected, actual });
+            }
+            if let Some(stored) =
+                recorded.iter().find(|e| log.event_ids.contains(&e.metadata.event_id))
+            {
+                return Err(StoreError::DuplicateEventId(stored.metadata.event_id));
+            }
+            let log = &mut *log;
+            let first_index = log.events.len();
+            let mut version = actual;
+            for mut event in recorded.drain(..) {
+                version = Version(version.0 + 1);
+                let position = Position(log.events.len() as u64 + 1);
+                let unshared = Arc::get_mut(&mut event).expect("made above and not yet shared");
+                (unshared.version, unshared.position) = (version, position);
+                log.event_ids.insert(event.metadata.event_id);
+                log.events.push(event);
+            }
+            let appended = first_index..log.events.len();
+            match log.streams.get_mut(stream) {
+                Some(indexes) => indexes.extend(appended),
+                None => {
+                    log.streams.insert(stream.clone(), appended.collect());
+                }
+            }
+            let last_position = Position(log.events.len() as u64);
+            if let Some(claim) = claim {
+                let appended = CommandOutcome {
+                    stream: stream.clone(),
+                    version,
+                    position: Some(last_position),
+                    replayed: false,
+                };
+                let record = IdempotencyRecord {
+                    fingerprint: claim.fingerprint.clone(),
+                    appended: Some(appended),
+                    answer: None,
+                };
+                log.keys.insert(claim.key.clone(), (record, Utc::now()));
+            }
+            (version, Position(first_index as u64 + 1), last_position)
+        };
+        // Published after the lock, since waking the followers is work too; two appends may
+        // publish out of order, so the head only moves forward.
+        self.head.send_if_modified(|head| {
+            let moved = last_position > *head;
+            if moved {
+                *head = last_position;
+            }
+            moved
+        });
         Ok(AppendOutcome { version, first_position, last_position })
     }
 
