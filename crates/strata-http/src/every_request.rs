@@ -111,10 +111,8 @@ where
                 Ok((answer, read, if_none_match, bound)) => {
                     let answered = async {
                         let answer = async {
-                            match answer.await {
-                                Ok(response) => response,
-                                Err(never) => match never {},
-                            }
+                            let Ok(response) = answer.await;
+                            response
                         };
                         let response = match bound {
                             Some(bound) => match tokio::time::timeout(bound, answer).await {

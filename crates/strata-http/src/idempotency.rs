@@ -224,10 +224,7 @@ where
     // that disconnects does not cut them short.
     let task = tokio::spawn(tracing::Instrument::in_current_span(async move {
         let _in_flight = guard;
-        let mut response = match route.call(request).await {
-            Ok(response) => response,
-            Err(never) => match never {},
-        };
+        let Ok(mut response) = route.call(request).await;
         if replayed {
             // Only an answer that is the first one is a replay; a failure now (the store
             // unreachable while the route read something) is this request's own.

@@ -120,7 +120,7 @@ impl EventStore for InMemoryEventStore {
         check_append(stream, &events)?;
         // Made before the lock is taken, which every append and read waits for: only their
         // versions and positions are decided under it.
-        let mut recorded: Vec<Arc<RecordedEvent>> = events
+        let recorded: Vec<Arc<RecordedEvent>> = events
             .into_iter()
             .map(|event| Arc::new(event.recorded(stream.clone(), Version(0), Position::START)))
             .collect();
@@ -146,7 +146,7 @@ impl EventStore for InMemoryEventStore {
             let log = &mut *log;
             let first_index = log.events.len();
             let mut version = actual;
-            for mut event in recorded.drain(..) {
+            for mut event in recorded {
                 version = Version(version.0 + 1);
                 let position = Position(log.events.len() as u64 + 1);
                 let unshared = Arc::get_mut(&mut event).expect("made above and not yet shared");
